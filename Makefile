@@ -1,0 +1,34 @@
+# Thin targets: each one calls mlcloud or a script. `make run` and `make test` do all set-up.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+MLCLOUD := $(VENV)/bin/mlcloud
+PYTEST_ARGS ?=
+export MLCLOUD_STATE_DIR ?= $(CURDIR)/.state
+
+.PHONY: run test bench models images system-deps venv clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+system-deps:
+	bash deploy/system-deps.sh
+
+models: venv
+	$(MLCLOUD) models build
+
+run: venv system-deps models
+	$(MLCLOUD) up --app deploy/app.yaml
+
+test: venv system-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: venv system-deps models
+	$(MLCLOUD) bench
+
+clean:
+	rm -rf .state models/build

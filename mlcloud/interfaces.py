@@ -1,0 +1,199 @@
+"""The message types of the lattice's contracts, defined once for actors, providers and tests.
+
+Types are ``msgspec.Struct``s whose wire names are the camelCase names of the original wasmCloud
+interfaces (``queryString``, ``statusCode``, ``valueTypes``). They are encoded as msgpack on the
+lattice; bytes stay bytes (no base64). The HTTP API's JSON form of a tensor (``data`` as a list
+of byte values, as the original's serde output) is produced by :meth:`Tensor.to_json`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, TypeVar
+
+import msgspec
+import numpy as np
+
+from mlcloud.errors import CorruptInputTensor
+
+# Capability contract ids.
+HTTPSERVER = "wasmcloud:httpserver"
+MLINFERENCE = "wasmcloud:mlinference"
+
+# Operation names, as wasmCloud's generated interfaces name them.
+OP_HANDLE_REQUEST = "HttpServer.HandleRequest"
+OP_PREDICT = "MlInference.Predict"
+OP_PREPROCESS = "Preprocess.Convert"
+OP_POSTPROCESS = "Postprocess.Matches"
+OP_MODEL_STATUS = "MlInference.Status"
+
+
+class _Wire(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """Base of every message: camelCase on the wire, unknown fields ignored."""
+
+
+class HttpRequest(_Wire):
+    method: str
+    path: str
+    query_string: str = ""
+    header: dict[str, str] = {}
+    body: bytes = b""
+
+
+class HttpResponse(_Wire):
+    status_code: int = 200
+    header: dict[str, str] = {}
+    body: bytes = b""
+
+
+class ValueType(enum.StrEnum):
+    """Tensor element types with the numpy dtype each one is carried as (little-endian)."""
+
+    ValueF16 = "ValueF16"
+    ValueF32 = "ValueF32"
+    ValueF64 = "ValueF64"
+    ValueU8 = "ValueU8"
+    ValueU16 = "ValueU16"
+    ValueU32 = "ValueU32"
+    ValueU64 = "ValueU64"
+    ValueS8 = "ValueS8"
+    ValueS16 = "ValueS16"
+    ValueS32 = "ValueS32"
+    ValueS64 = "ValueS64"
+    ValueBool = "ValueBool"
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(_DTYPES[self])
+
+    @classmethod
+    def from_dtype(cls, dtype: np.dtype) -> ValueType:
+        for value_type, name in _DTYPES.items():
+            if np.dtype(name) == np.dtype(dtype).newbyteorder("<"):
+                return value_type
+        raise CorruptInputTensor(f"no tensor value type carries numpy dtype {dtype}")
+
+
+_DTYPES = {
+    ValueType.ValueF16: "<f2",
+    ValueType.ValueF32: "<f4",
+    ValueType.ValueF64: "<f8",
+    ValueType.ValueU8: "u1",
+    ValueType.ValueU16: "<u2",
+    ValueType.ValueU32: "<u4",
+    ValueType.ValueU64: "<u8",
+    ValueType.ValueS8: "i1",
+    ValueType.ValueS16: "<i2",
+    ValueType.ValueS32: "<i4",
+    ValueType.ValueS64: "<i8",
+    ValueType.ValueBool: "?",
+}
+
+
+class Tensor(_Wire):
+    dimensions: list[int]
+    value_types: list[ValueType]
+    flags: int = 0
+    data: bytes = b""
+
+    @classmethod
+    def from_numpy(cls, array: np.ndarray) -> Tensor:
+        value_type = ValueType.from_dtype(array.dtype)
+        contiguous = np.ascontiguousarray(array, dtype=value_type.dtype)
+        return cls(dimensions=list(array.shape), value_types=[value_type], data=contiguous.tobytes())
+
+    def to_numpy(self) -> np.ndarray:
+        """A read-only view of ``data``; raises CorruptInputTensor when sizes disagree."""
+        if len(self.value_types) != 1:
+            raise CorruptInputTensor(f"expected one value type, got {len(self.value_types)}")
+        dtype = self.value_types[0].dtype
+        count = int(np.prod(self.dimensions, dtype=np.int64)) if self.dimensions else 1
+        if count * dtype.itemsize != len(self.data):
+            raise CorruptInputTensor(
+                f"tensor of dimensions {self.dimensions} and type {self.value_types[0]} needs "
+                f"{count * dtype.itemsize} bytes, got {len(self.data)}"
+            )
+        return np.frombuffer(self.data, dtype=dtype).reshape(self.dimensions)
+
+    def to_json(self) -> dict[str, Any]:
+        """The original project's JSON form: ``data`` as a list of byte values."""
+        return {
+            "dimensions": list(self.dimensions),
+            "valueTypes": [str(v) for v in self.value_types],
+            "flags": self.flags,
+            "data": list(self.data),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Tensor:
+        """Parse the JSON form; ``data`` may be a list of byte values or a base64 string."""
+        try:
+            if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+                obj = {**obj, "data": bytes(obj["data"])}
+            return msgspec.convert(obj, cls, strict=False)
+        except (msgspec.ValidationError, ValueError, TypeError) as exc:
+            raise CorruptInputTensor(f"invalid tensor: {exc}") from exc
+
+
+class InferenceInput(_Wire):
+    model: str
+    tensor: Tensor
+    index: int = 0
+
+
+class InferenceOutput(_Wire):
+    result: str = "Success"
+    tensor: Tensor | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"result": self.result, "tensor": self.tensor.to_json() if self.tensor else None}
+
+
+class PreprocessRequest(_Wire):
+    """Image bytes and the input the model expects (from the model's metadata)."""
+
+    image: bytes
+    dimensions: list[int] = msgspec.field(default_factory=lambda: [1, 3, 224, 224])
+    value_type: ValueType = ValueType.ValueF32
+
+
+class PostprocessRequest(_Wire):
+    tensor: Tensor
+    top: int = 5
+
+
+class Match(_Wire):
+    label: str
+    probability: float
+
+
+class ModelStatusRequest(_Wire):
+    model: str = ""  # empty: every model linked to the caller
+
+
+class ModelInfo(_Wire):
+    """What the api actor reports on ``GET /v2/models/{m}`` and the washboard shows."""
+
+    name: str
+    bindle_id: str
+    engine: str = ""
+    state: str = "LOADING"
+    reason: str = ""
+    inputs: list[dict[str, Any]] = []
+    outputs: list[dict[str, Any]] = []
+
+
+T = TypeVar("T")
+
+encoder = msgspec.msgpack.Encoder()
+
+
+def encode(message: Any) -> bytes:
+    return encoder.encode(message)
+
+
+def decode(data: bytes | Any, type_: type[T]) -> T:
+    """Decode msgpack bytes, or convert an already decoded object, into ``type_``."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return msgspec.msgpack.decode(data, type=type_)
+    return msgspec.convert(data, type_)

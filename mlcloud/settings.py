@@ -1,0 +1,125 @@
+"""One frozen settings object per process: every port, URL, timeout and limit lives here.
+
+Values come from, in order of precedence: explicit overrides (CLI flags), ``MLCLOUD_*``
+environment variables, then the ``DEFAULT_*`` constants below. Child processes started by a host
+inherit the environment, so one ``Settings.from_env()`` call gives every process the same view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "MLCLOUD_"
+
+DEFAULT_LATTICE = "default"
+DEFAULT_NATS_PORT = 4222
+DEFAULT_NATS_MAX_PAYLOAD = 64 * 1024 * 1024  # images and tensors ride on NATS messages
+DEFAULT_RPC_TIMEOUT = 8.0
+DEFAULT_CTL_TIMEOUT = 2.0
+DEFAULT_HEARTBEAT_INTERVAL = 15.0
+DEFAULT_BINDLE_ADDRESS = "127.0.0.1:8080"
+DEFAULT_REGISTRY = "127.0.0.1:5000"
+DEFAULT_HTTP_ADDRESS = "0.0.0.0:8078"
+DEFAULT_WASHBOARD_ADDRESS = "127.0.0.1:4000"
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_RESTART_BACKOFF = 0.5
+DEFAULT_RESTART_BACKOFF_MAX = 30.0
+DEFAULT_STOP_GRACE = 5.0
+
+
+def _default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "mlcloud"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Settings shared by every mlcloud process. Field ``x`` reads ``MLCLOUD_X``."""
+
+    state_dir: Path = dataclasses.field(default_factory=_default_state_dir)
+    lattice: str = DEFAULT_LATTICE
+    # None means "start the embedded nats-server"; a URL means "use that server".
+    nats_url: str | None = None
+    nats_port: int = DEFAULT_NATS_PORT
+    nats_max_payload: int = DEFAULT_NATS_MAX_PAYLOAD
+    rpc_timeout: float = DEFAULT_RPC_TIMEOUT
+    ctl_timeout: float = DEFAULT_CTL_TIMEOUT
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    bindle_address: str = DEFAULT_BINDLE_ADDRESS
+    # None means "the embedded Bindle server at bindle_address".
+    bindle_url: str | None = None
+    registry: str = DEFAULT_REGISTRY
+    http_address: str = DEFAULT_HTTP_ADDRESS
+    washboard_address: str = DEFAULT_WASHBOARD_ADDRESS
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    restart_backoff: float = DEFAULT_RESTART_BACKOFF
+    restart_backoff_max: float = DEFAULT_RESTART_BACKOFF_MAX
+    stop_grace: float = DEFAULT_STOP_GRACE
+    # Comma-separated account public keys whose artifacts a host runs; empty trusts any signer.
+    trusted_issuers: str = ""
+    # Allow plain-HTTP registries (the embedded one is loopback HTTP).
+    registry_insecure: bool = True
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _coerce(f.type, raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "state_dir" in values:
+            values["state_dir"] = Path(values["state_dir"]).expanduser()
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes a child process see these same settings."""
+        env = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                env[ENV_PREFIX + f.name.upper()] = str(int(value) if isinstance(value, bool) else value)
+        return env
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def effective_nats_url(self) -> str:
+        return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def effective_bindle_url(self) -> str:
+        return self.bindle_url or f"http://{self.bindle_address}/v1"
+
+    @property
+    def trusted_issuer_keys(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.trusted_issuers.split(",") if k.strip())
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+
+def _coerce(annotation: Any, raw: str) -> Any:
+    text = str(annotation)
+    if "bool" in text:
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if "int" in text and "float" not in text:
+        return int(raw)
+    if "float" in text:
+        return float(raw)
+    if "Path" in text:
+        return Path(raw).expanduser()
+    return raw
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` → ``("127.0.0.1", 8080)``."""
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
