@@ -21,6 +21,8 @@ DEFAULT_NATS_MAX_PAYLOAD = 64 * 1024 * 1024  # images and tensors ride on NATS m
 DEFAULT_RPC_TIMEOUT = 8.0
 DEFAULT_CTL_TIMEOUT = 2.0
 DEFAULT_HEARTBEAT_INTERVAL = 15.0
+DEFAULT_HEALTH_INTERVAL = 5.0
+DEFAULT_READY_TIMEOUT = 60.0
 DEFAULT_BINDLE_ADDRESS = "127.0.0.1:8080"
 DEFAULT_REGISTRY = "127.0.0.1:5000"
 DEFAULT_HTTP_ADDRESS = "0.0.0.0:8078"
@@ -49,6 +51,9 @@ class Settings:
     rpc_timeout: float = DEFAULT_RPC_TIMEOUT
     ctl_timeout: float = DEFAULT_CTL_TIMEOUT
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
+    health_interval: float = DEFAULT_HEALTH_INTERVAL
+    # How long `ctl start` waits for new instances to report ready.
+    ready_timeout: float = DEFAULT_READY_TIMEOUT
     bindle_address: str = DEFAULT_BINDLE_ADDRESS
     # None means "the embedded Bindle server at bindle_address".
     bindle_url: str | None = None

@@ -1,0 +1,259 @@
+"""The process of one actor or provider instance, started and supervised by a host.
+
+``python -m mlcloud.host.runner`` reads its :class:`InstanceSpec` from the environment, imports
+the component's module from its (verified) folder, connects to NATS and serves. This is host
+code, not component code: it enforces the claims (an actor may call only the contracts it
+claims), resolves links, answers health checks and tells the host when it is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import importlib.util
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+from nats.aio.client import Client as NATS
+
+from mlcloud.component import ComponentKind
+from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, UnknownOperation
+from mlcloud.lattice import subjects
+from mlcloud.lattice.links import LinkDefinition, LinkStore
+from mlcloud.lattice.rpc import RpcClient, RpcServer
+from mlcloud.lattice.wire import Invocation
+from mlcloud.sdk.component import Actor, Context, Provider
+from mlcloud.settings import Settings
+
+T = TypeVar("T")
+SPEC_ENV = "MLCLOUD_INSTANCE_SPEC"
+HEALTH_OP = "Health"
+
+
+class InstanceSpec(msgspec.Struct, kw_only=True, frozen=True):
+    """Everything an instance process needs to know, passed by its host as JSON."""
+
+    instance_id: str
+    host_id: str
+    kind: ComponentKind
+    name: str
+    key: str
+    folder: str
+    module: str
+    capabilities: list[str] = []
+    contract: str = ""
+    link_name: str = "default"
+    config: dict[str, Any] = {}
+
+
+def load_component(folder: Path, module: str) -> Actor | Provider:
+    """Import ``module`` from ``folder`` and return its ``component`` (an Actor or Provider)."""
+    sys.path.insert(0, str(folder))
+    path = folder / f"{module}.py"
+    if not path.exists():
+        path = folder / module / "__init__.py"
+    spec = importlib.util.spec_from_file_location(module, path)
+    if spec is None or spec.loader is None or not path.exists():
+        raise ConfigError(f"component module {module!r} not found in {folder}")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[module] = mod
+    spec.loader.exec_module(mod)
+    component = getattr(mod, "component", None)
+    if isinstance(component, type) and issubclass(component, Provider):
+        component = component()
+    if not isinstance(component, (Actor, Provider)):
+        raise ConfigError(f"{path} must define `component`, an mlcloud.sdk Actor or Provider")
+    return component
+
+
+class ComponentRuntime:
+    """Serves one component instance on the lattice until asked to stop."""
+
+    def __init__(self, spec: InstanceSpec, settings: Settings, component: Actor | Provider) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.component = component
+        self.log = logging.getLogger(f"mlcloud.{spec.name}")
+        self.nc: NATS | None = None
+        self.rpc: RpcClient | None = None
+        self._servers: list[RpcServer] = []
+        self._links: dict[tuple[str, str, str], LinkDefinition] = {}  # (actor, contract, link name)
+        self._links_ready = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def is_provider(self) -> bool:
+        return isinstance(self.component, Provider)
+
+    def link_for(self, actor_id: str) -> LinkDefinition | None:
+        """The link from ``actor_id`` to this provider instance."""
+        return self._links.get((actor_id, self.spec.contract, self.spec.link_name))
+
+    async def call_provider(
+        self, contract: str, op: str, message: Any, result_type: type[T] | None, *,
+        link_name: str, timeout: float | None, invocation_id: str,
+    ) -> T | Any:
+        if contract not in self.spec.capabilities:
+            raise CapabilityNotClaimed(
+                f"actor {self.spec.name} does not claim {contract}; its claims allow "
+                f"{', '.join(self.spec.capabilities) or 'no capabilities'}"
+            )
+        link = self._links.get((self.spec.key, contract, link_name))
+        if link is None:
+            raise LinkNotFound(f"actor {self.spec.name} has no link for {contract} (link name {link_name!r})")
+        subject = subjects.provider_rpc(self.settings.lattice, link.provider_id, link_name)
+        assert self.rpc is not None
+        return await self.rpc.call(subject, op, message, result_type, timeout=timeout, invocation_id=invocation_id)
+
+    async def call_actor(
+        self, actor: str, op: str, message: Any, result_type: type[T] | None, *,
+        timeout: float | None, invocation_id: str,
+    ) -> T | Any:
+        assert self.rpc is not None
+        subject = subjects.actor_rpc(self.settings.lattice, actor)
+        return await self.rpc.call(subject, op, message, result_type, timeout=timeout, invocation_id=invocation_id)
+
+    async def run(self) -> None:
+        self.nc = await nats.connect(
+            self.settings.effective_nats_url,
+            name=f"{self.spec.name}/{self.spec.instance_id[:8]}",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+        )
+        self.rpc = RpcClient(self.nc, origin=self.spec.key, timeout=self.settings.rpc_timeout)
+        lifetime_ctx = Context(self, invocation_id="start", origin=self.spec.key)
+        try:
+            if isinstance(self.component, Provider):
+                self.component.config = dict(self.spec.config)
+                await self.component.on_start(lifetime_ctx)
+            links = await LinkStore.open(self.nc, self.settings.lattice)
+            self._tasks.append(asyncio.create_task(self._follow_links(links), name="links"))
+            await self._links_ready.wait()
+            if isinstance(self.component, Actor):
+                await self.component.on_start(lifetime_ctx)
+            await self._serve()
+            await self.nc.publish(
+                subjects.instance_ready(self.settings.lattice, self.spec.host_id), self.spec.instance_id.encode()
+            )
+            self.log.info("%s %s ready (instance %s)", self.spec.kind, self.spec.name, self.spec.instance_id[:8])
+            await self._stopping.wait()
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _serve(self) -> None:
+        assert self.nc is not None
+        lattice = self.settings.lattice
+        if self.is_provider:
+            queue = f"{self.spec.key}.{self.spec.link_name}"
+            rpc_subject = subjects.provider_rpc(lattice, self.spec.key, self.spec.link_name)
+            health_subject = subjects.provider_health(lattice, self.spec.key, self.spec.link_name)
+            self._servers.append(RpcServer(self.nc, rpc_subject, self._dispatch, queue=queue))
+            self._servers.append(RpcServer(self.nc, health_subject, self._health))
+        else:
+            for name in (self.spec.key, self.spec.name):
+                self._servers.append(RpcServer(self.nc, subjects.actor_rpc(lattice, name), self._dispatch, queue=name))
+        for server in self._servers:
+            await server.start()
+
+    async def _dispatch(self, invocation: Invocation) -> Any:
+        operation = self.component.operations.get(invocation.op)
+        if operation is None:
+            raise UnknownOperation(f"{self.spec.name} has no operation {invocation.op!r}")
+        payload = invocation.payload(operation.request_type) if operation.request_type else invocation.payload(object)
+        ctx = Context(self, invocation_id=invocation.id, origin=invocation.origin)
+        return await operation.invoke(ctx, payload)
+
+    async def _health(self, invocation: Invocation) -> dict[str, Any]:
+        if isinstance(self.component, Provider):
+            return await self.component.health()
+        return {"healthy": True, "message": ""}
+
+    async def _follow_links(self, store: LinkStore) -> None:
+        """Keep ``_links`` current and tell a provider of every link that names it."""
+        while not self._stopping.is_set():
+            try:
+                async for event in store.watch(follow=True):
+                    if event is None:
+                        self._links_ready.set()
+                    else:
+                        await self._apply_link(event.link, event.deleted)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # NATS reconnecting: re-watch; the watch replays current links
+                self.log.warning("link watch interrupted; retrying", exc_info=True)
+                await asyncio.sleep(1)
+
+    async def _apply_link(self, link: LinkDefinition, deleted: bool) -> None:
+        mine = link.provider_id == self.spec.key and link.link_name == self.spec.link_name
+        if not (mine if self.is_provider else link.actor_id == self.spec.key):
+            return
+        key = (link.actor_id, link.contract_id, link.link_name)
+        if deleted:
+            self._links.pop(key, None)
+        elif self._links.get(key) == link:
+            return  # a replay after reconnecting: nothing changed
+        else:
+            self._links[key] = link
+        if isinstance(self.component, Provider):
+            hook = self.component.on_link_del if deleted else self.component.on_link_put
+            try:
+                await hook(link)
+            except Exception:
+                self.log.exception("link %s of %s failed to apply", "del" if deleted else "put", link.actor_id)
+
+    async def _shutdown(self) -> None:
+        for server in self._servers:
+            await server.stop()
+        for task in self._tasks:
+            task.cancel()
+        if isinstance(self.component, Provider):
+            try:
+                await self.component.on_stop()
+            except Exception:
+                self.log.exception("on_stop failed")
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.drain()
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this process when its host dies, so no instance is orphaned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def main() -> None:
+    _die_with_parent()
+    settings = Settings.from_env()
+    spec = msgspec.json.decode(os.environ[SPEC_ENV], type=InstanceSpec)
+    logging.basicConfig(
+        level=os.environ.get("MLCLOUD_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s %(levelname)s [{spec.name}] %(message)s",
+    )
+    component = load_component(Path(spec.folder), spec.module)
+    runtime = ComponentRuntime(spec, settings, component)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, runtime.stop)
+        # Ctrl-C in a terminal reaches the whole process group; the host decides when we stop.
+        loop.add_signal_handler(signal.SIGINT, lambda: None)
+        await runtime.run()
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

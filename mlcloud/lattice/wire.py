@@ -1,0 +1,71 @@
+"""The RPC wire format: msgpack envelopes around every request and reply on the lattice.
+
+A request is ``{op, id, origin, msg}`` and a reply is ``{ok}`` or ``{error: {kind, message,
+details}}``. ``msg`` and ``ok`` are decoded lazily (``msgspec.Raw``), so a component decodes a
+payload straight into the type its handler wants, and large byte fields are not re-parsed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from mlcloud.errors import MalformedMessage, MLCloudError, error_from_wire
+
+T = TypeVar("T")
+
+_encoder = msgspec.msgpack.Encoder()
+_NIL = msgspec.Raw(b"\xc0")  # msgpack nil
+
+
+class Invocation(msgspec.Struct, kw_only=True):
+    op: str
+    id: str
+    origin: str = ""
+    msg: msgspec.Raw = _NIL
+
+    def payload(self, type_: type[T]) -> T:
+        try:
+            return msgspec.msgpack.decode(self.msg, type=type_)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise MalformedMessage(f"{self.op}: payload is not a valid {type_.__name__}: {exc}") from exc
+
+
+class _Reply(msgspec.Struct, kw_only=True):
+    ok: msgspec.Raw = _NIL
+    error: dict[str, Any] | None = None
+
+
+_invocation_decoder = msgspec.msgpack.Decoder(Invocation)
+_reply_decoder = msgspec.msgpack.Decoder(_Reply)
+
+
+def encode_request(op: str, message: Any, *, invocation_id: str, origin: str) -> bytes:
+    return _encoder.encode({"op": op, "id": invocation_id, "origin": origin, "msg": message})
+
+
+def decode_request(data: bytes) -> Invocation:
+    try:
+        return _invocation_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"not an RPC invocation: {exc}") from exc
+
+
+def encode_reply(message: Any) -> bytes:
+    return _encoder.encode({"ok": message})
+
+
+def encode_error(error: MLCloudError) -> bytes:
+    return _encoder.encode({"error": error.to_wire()})
+
+
+def decode_reply(data: bytes, type_: type[T] | None = None) -> T | Any:
+    """The reply's payload as ``type_`` (or plain msgpack objects); raise the remote error."""
+    try:
+        reply = _reply_decoder.decode(data)
+        if reply.error is not None:
+            raise error_from_wire(reply.error)
+        return msgspec.msgpack.decode(reply.ok, type=type_ or Any)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise MalformedMessage(f"malformed RPC reply: {exc}") from exc

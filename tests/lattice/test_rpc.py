@@ -1,0 +1,131 @@
+"""RPC over a real nats-server: round trip, deadline, typed errors, malformed input."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+import nats
+import pytest
+
+from mlcloud.errors import CorruptInputTensor, MalformedMessage, MLCloudError, NoResponders, RpcTimeout
+from mlcloud.interfaces import InferenceInput, Tensor
+from mlcloud.lattice import wire
+from mlcloud.lattice.rpc import RpcClient, RpcServer
+from mlcloud.lattice.wire import Invocation
+
+
+@pytest.fixture
+async def nc(nats_server):
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
+async def test_round_trip_keeps_types_and_bytes(nc):
+    seen: list[Invocation] = []
+
+    async def handler(invocation: Invocation) -> Tensor:
+        seen.append(invocation)
+        request = invocation.payload(InferenceInput)
+        return Tensor(dimensions=request.tensor.dimensions, value_types=request.tensor.value_types,
+                      data=request.tensor.data[::-1])
+
+    server = await RpcServer(nc, "t.rpc", handler, queue="t").start()
+    client = RpcClient(nc, origin="tester", timeout=2)
+    tensor = Tensor(dimensions=[1, 4], value_types=["ValueU8"], data=bytes([1, 2, 3, 4]))
+    result = await client.call("t.rpc", "Op.Do", InferenceInput(model="m", tensor=tensor), Tensor, invocation_id="abc")
+    assert result.data == bytes([4, 3, 2, 1])
+    assert seen[0].origin == "tester" and seen[0].id == "abc" and seen[0].op == "Op.Do"
+    await server.stop()
+
+
+async def test_deadline_raises_rpc_timeout(nc):
+    async def slow(invocation: Invocation) -> None:
+        await asyncio.sleep(5)
+
+    server = await RpcServer(nc, "t.slow", slow).start()
+    client = RpcClient(nc, origin="tester", timeout=0.3)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(RpcTimeout) as info:
+        await client.call("t.slow", "Op.Slow", {})
+    assert 0.25 < loop.time() - started < 2
+    assert isinstance(info.value, TimeoutError)  # also the builtin it resembles
+    server._tasks.clear()  # the sleeping handler is abandoned on purpose
+    await server.stop()
+
+
+async def test_no_responders(nc):
+    client = RpcClient(nc, origin="tester", timeout=1)
+    with pytest.raises(NoResponders):
+        await client.call("t.nobody", "Op.X", {})
+
+
+async def test_typed_error_is_rebuilt_on_the_caller_side(nc):
+    async def failing(invocation: Invocation) -> None:
+        raise CorruptInputTensor("tensor of dimensions [1, 4] needs 16 bytes, got 3")
+
+    server = await RpcServer(nc, "t.fail", failing).start()
+    with pytest.raises(CorruptInputTensor, match="needs 16 bytes"):
+        await RpcClient(nc, origin="t", timeout=2).call("t.fail", "Op.X", {})
+    await server.stop()
+
+
+async def test_unexpected_exception_becomes_an_error_reply_and_server_keeps_serving(nc):
+    calls = 0
+
+    async def buggy(invocation: Invocation) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise ZeroDivisionError("division by zero")
+        return calls
+
+    server = await RpcServer(nc, "t.buggy", buggy).start()
+    client = RpcClient(nc, origin="t", timeout=2)
+    with pytest.raises(MLCloudError, match="ZeroDivisionError: division by zero"):
+        await client.call("t.buggy", "Op.X", {})
+    assert await client.call("t.buggy", "Op.X", {}) == 2
+    await server.stop()
+
+
+@pytest.mark.parametrize("garbage", [b"", b"\xc1", b"not msgpack at all", msgspec.msgpack.encode([1, 2]),
+                                     msgspec.msgpack.encode({"op": 5})])
+async def test_malformed_msgpack_gets_an_error_reply_and_crashes_nothing(nc, garbage):
+    async def echo(invocation: Invocation) -> object:
+        return invocation.payload(object)
+
+    server = await RpcServer(nc, "t.echo", echo).start()
+    reply = await nc.request("t.echo", garbage, timeout=2)
+    with pytest.raises(MalformedMessage):
+        wire.decode_reply(reply.data)
+    assert await RpcClient(nc, origin="t", timeout=2).call("t.echo", "Op.Echo", {"still": "alive"}) == {"still": "alive"}
+    await server.stop()
+
+
+async def test_payload_of_the_wrong_shape_is_a_malformed_message(nc):
+    async def typed(invocation: Invocation) -> None:
+        invocation.payload(InferenceInput)
+
+    server = await RpcServer(nc, "t.typed", typed).start()
+    with pytest.raises(MalformedMessage, match="InferenceInput"):
+        await RpcClient(nc, origin="t", timeout=2).call("t.typed", "Op.X", {"model": 3})
+    await server.stop()
+
+
+async def test_queue_group_spreads_calls_over_servers(nc):
+    counts = {"a": 0, "b": 0}
+
+    def make(name):
+        async def handler(invocation: Invocation) -> str:
+            counts[name] += 1
+            return name
+        return handler
+
+    servers = [await RpcServer(nc, "t.q", make(n), queue="q").start() for n in counts]
+    client = RpcClient(nc, origin="t", timeout=2)
+    await asyncio.gather(*(client.call("t.q", "Op.X", {}) for _ in range(60)))
+    assert counts["a"] > 5 and counts["b"] > 5 and sum(counts.values()) == 60
+    for server in servers:
+        await server.stop()
