@@ -1,0 +1,150 @@
+"""The checks an artifact must pass before anything of it is unpacked where a host runs code.
+
+In order (cheapest first, and before the layer is even downloaded where possible):
+
+1. the manifest carries a claims token whose JWT signature verifies with its issuer (claims.py);
+2. the issuer is trusted, when ``Settings.trusted_issuers`` names any account;
+3. the manifest's code layer is the one the claims name (descriptor digest == claims hash),
+   and the layer's bytes hash to it;
+4. the layer is a safe archive: only regular files and folders, relative paths, no ``..``;
+5. the ``component.toml`` inside the layer agrees with the claims (name, version, revision,
+   capabilities, contract, actor/provider) and the subject key is of the right kind
+   (M… for actors, V… for providers), and is the expected key when the caller names one.
+
+Each failure raises its own ClaimsError subclass (see mlcloud.oci.errors).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from mlcloud.component import MANIFEST_NAME, ComponentKind, ComponentManifest
+from mlcloud.errors import ConfigError
+from mlcloud.identity import kind_of
+from mlcloud.oci.claims import Claims, verify_token
+from mlcloud.oci.errors import HashMismatch, MalformedToken, SubjectMismatch, UnsafeArchive, UntrustedIssuer
+from mlcloud.oci.spec import CLAIMS_ANNOTATION, LAYER_MEDIA_TYPE
+
+# Components are small Python folders; anything near this is a mistake or a gzip bomb.
+MAX_UNPACKED_BYTES = 1 << 30
+
+
+def parse_manifest(raw: bytes, ref: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(manifest, code layer descriptor, claims token) of an OCI manifest, or MalformedToken."""
+    try:
+        manifest = json.loads(raw)
+        layers = [d for d in manifest.get("layers", []) if d.get("mediaType") == LAYER_MEDIA_TYPE]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise MalformedToken(f"{ref}: manifest is not OCI JSON ({exc})") from exc
+    if len(layers) != 1:
+        raise MalformedToken(f"{ref}: expected one {LAYER_MEDIA_TYPE} layer, found {len(layers)}")
+    token = (manifest.get("annotations") or {}).get(CLAIMS_ANNOTATION)
+    if not token:
+        raise MalformedToken(f"{ref}: the manifest carries no claims token ({CLAIMS_ANNOTATION})")
+    return manifest, layers[0], str(token)
+
+
+def verify_claims(token: str, ref: str, trusted_issuers: Iterable[str] = ()) -> Claims:
+    """Signature, validity window and (when configured) the issuer's trust."""
+    claims = verify_token(token)
+    trusted = frozenset(trusted_issuers)
+    if trusted and claims.issuer not in trusted:
+        raise UntrustedIssuer(
+            f"{ref}: {claims.name} is signed by account {claims.issuer}, which is not a trusted issuer"
+        )
+    return claims
+
+
+def check_layer_descriptor(claims: Claims, layer: dict[str, Any], ref: str) -> None:
+    if layer.get("digest") != f"sha256:{claims.hash}":
+        raise HashMismatch(
+            f"{ref}: the code layer is {layer.get('digest')}, but the claims of {claims.name} "
+            f"name sha256:{claims.hash}; refused"
+        )
+
+
+def check_layer_bytes(claims: Claims, path: Path, ref: str) -> None:
+    hasher = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            hasher.update(chunk)
+    if hasher.hexdigest() != claims.hash:
+        raise HashMismatch(
+            f"{ref}: the code layer hashes to sha256:{hasher.hexdigest()}, but the claims of "
+            f"{claims.name} name sha256:{claims.hash}; refused"
+        )
+
+
+def _checked_members(tar: tarfile.TarFile, ref: str) -> list[tarfile.TarInfo]:
+    members = tar.getmembers()
+    total = 0
+    for m in members:
+        path = PurePosixPath(m.name)
+        if path.is_absolute() or ".." in path.parts or "\\" in m.name or not m.name.strip("./"):
+            raise UnsafeArchive(f"{ref}: layer entry {m.name!r} escapes the artifact folder")
+        if not (m.isfile() or m.isdir()):
+            raise UnsafeArchive(f"{ref}: layer entry {m.name!r} is not a regular file or folder")
+        total += m.size
+        if total > MAX_UNPACKED_BYTES:
+            raise UnsafeArchive(f"{ref}: layer unpacks to more than {MAX_UNPACKED_BYTES} bytes")
+    return members
+
+
+def read_layer_manifest(layer_path: Path, ref: str) -> ComponentManifest:
+    """The component.toml inside the layer, after checking every entry is safe to unpack."""
+    try:
+        with tarfile.open(layer_path, "r:gz") as tar:
+            _checked_members(tar, ref)
+            member = tar.extractfile(MANIFEST_NAME)
+            if member is None:
+                raise UnsafeArchive(f"{ref}: {MANIFEST_NAME} in the layer is not a file")
+            data = tomllib.loads(member.read().decode())["component"]
+    except KeyError as exc:
+        raise SubjectMismatch(f"{ref}: the layer has no {MANIFEST_NAME} [component] table") from exc
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UnsafeArchive(f"{ref}: the code layer is not a readable tar.gz ({exc})") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SubjectMismatch(f"{ref}: the layer's {MANIFEST_NAME} is invalid ({exc})") from exc
+    try:
+        return ComponentManifest.from_dict(data, source=f"{ref}:{MANIFEST_NAME}")
+    except ConfigError as exc:
+        raise SubjectMismatch(str(exc)) from exc
+
+
+def check_subject(
+    claims: Claims, manifest: ComponentManifest, ref: str, expected_subject: str | None = None
+) -> None:
+    """The claims describe this component: same identity, same declared capabilities."""
+    if kind_of(claims.subject) is not manifest.kind.key_kind:
+        raise SubjectMismatch(
+            f"{ref}: {manifest.name} is a {manifest.kind}, but the claims subject {claims.subject} "
+            f"is a {kind_of(claims.subject).name.lower()} key"
+        )
+    if expected_subject and claims.subject != expected_subject:
+        raise SubjectMismatch(f"{ref}: subject is {claims.subject}, expected {expected_subject}")
+    declared = {
+        "name": (claims.name, manifest.name),
+        "version": (claims.version, manifest.version),
+        "revision": (claims.revision, manifest.revision),
+        "capabilities": (sorted(claims.caps), sorted(manifest.capabilities)),
+        "contract": (claims.contract, manifest.contract),
+        "provider": (claims.provider, manifest.kind is ComponentKind.PROVIDER),
+    }
+    wrong = [f"{k} {c!r} != {m!r}" for k, (c, m) in declared.items() if c != m]
+    if wrong:
+        raise SubjectMismatch(f"{ref}: claims disagree with the layer's {MANIFEST_NAME}: " + "; ".join(wrong))
+
+
+def unpack(layer_path: Path, dest: Path, ref: str) -> None:
+    """Extract a layer already checked by :func:`read_layer_manifest` into the new folder ``dest``."""
+    dest.mkdir(parents=True)
+    with tarfile.open(layer_path, "r:gz") as tar:
+        members = _checked_members(tar, ref)
+        # The "data" filter is a second guard (and drops setuid bits and odd modes).
+        tar.extractall(dest, members=members, filter="data")
