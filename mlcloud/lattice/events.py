@@ -45,7 +45,7 @@ class EventPublisher:
         self.subject = subjects.events(lattice)
         self.source = source
 
-    async def publish(self, name: str, **data: Any) -> None:
+    async def publish(self, name: str, /, **data: Any) -> None:
         try:
             await self.nc.publish(self.subject, msgspec.json.encode(cloud_event(name, self.source, data)))
         except Exception:  # an event lost while NATS reconnects must not break the caller

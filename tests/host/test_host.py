@@ -1,0 +1,193 @@
+"""A real host running real instance processes on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import msgspec
+import nats
+import pytest
+
+from mlcloud.errors import CapabilityNotClaimed, ComponentNotFound, LinkNotFound, NotFound
+from mlcloud.host.artifacts import resolve_local
+from mlcloud.host.host import Host
+from mlcloud.lattice import subjects
+from mlcloud.lattice.ctl_client import CtlClient
+from mlcloud.lattice.rpc import RpcClient
+from tests.conftest import COMPONENTS
+
+CALLER = str(COMPONENTS / "caller")
+ECHO = str(COMPONENTS / "echo")
+
+
+@pytest.fixture
+async def host(settings):
+    async with Host(settings, labels={"zone": "test"}) as h:
+        yield h
+
+
+@pytest.fixture
+async def ctl(settings, host):
+    client = await CtlClient.connect(settings)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def rpc(settings):
+    nc = await nats.connect(settings.effective_nats_url)
+    yield RpcClient(nc, origin="test", timeout=5)
+    await nc.close()
+
+
+async def start_linked(ctl: CtlClient, host: Host, values: dict | None = None) -> tuple[str, str]:
+    provider = (await ctl.start_provider(host.id, ECHO, config={"greeting": "hi"}))["provider_id"]
+    actor = (await ctl.start_actor(host.id, CALLER))["actor_id"]
+    await ctl.put_link(actor, provider, "test:echo", values=values or {"k": "v"})
+    return actor, provider
+
+
+async def call_until(rpc: RpcClient, subject: str, op: str, message: object, attempts: int = 50) -> object:
+    """Retry while the lattice settles (a link or a restarted instance becomes visible)."""
+    for attempt in range(attempts):
+        try:
+            return await rpc.call(subject, op, message, timeout=2)
+        except (LinkNotFound, Exception):
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def test_get_hosts_and_inventory_show_what_runs(ctl, host):
+    await start_linked(ctl, host)
+    hosts = await ctl.get_hosts()
+    assert [h["id"] for h in hosts] == [host.id]
+    assert hosts[0]["labels"]["zone"] == "test" and hosts[0]["labels"]["arch"]
+    inventory = await ctl.get_inventory(host.id)
+    assert [a["name"] for a in inventory["actors"]] == ["caller"]
+    assert inventory["actors"][0]["instances"][0]["status"] == "healthy"
+    assert [(p["name"], p["contract_id"], p["link_name"]) for p in inventory["providers"]] == [("echo", "test:echo", "default")]
+
+
+async def test_actor_calls_provider_through_link(ctl, host, rpc, settings):
+    actor, _ = await start_linked(ctl, host, values={"model": "m1"})
+    subject = subjects.actor_rpc(settings.lattice, actor)
+    answer = await call_until(rpc, subject, "Caller.Relay", {"x": 1})
+    assert answer["provider"]["echo"] == {"x": 1}
+    assert answer["provider"]["values"] == {"model": "m1"}
+    assert answer["provider"]["greeting"] == "hi"
+    # The call alias (component name) reaches the same actor.
+    by_alias = await rpc.call(subjects.actor_rpc(settings.lattice, "caller"), "Caller.Relay", {"y": 2})
+    assert by_alias["provider"]["echo"] == {"y": 2}
+
+
+async def test_call_without_link_is_link_not_found(ctl, host, rpc, settings):
+    actor = (await ctl.start_actor(host.id, CALLER))["actor_id"]
+    with pytest.raises(LinkNotFound, match="test:echo"):
+        await rpc.call(subjects.actor_rpc(settings.lattice, actor), "Caller.Relay", {})
+
+
+async def test_unclaimed_capability_is_refused(ctl, host, rpc, settings):
+    actor, _ = await start_linked(ctl, host)
+    with pytest.raises(CapabilityNotClaimed, match="test:not-claimed"):
+        await rpc.call(subjects.actor_rpc(settings.lattice, actor), "Caller.Unclaimed", {})
+
+
+async def test_scaling_to_three_spreads_calls(ctl, host, rpc, settings):
+    actor, _ = await start_linked(ctl, host)
+    await ctl.scale_actor(host.id, actor, 3)
+    inventory = await ctl.get_inventory(host.id)
+    assert len(inventory["actors"][0]["instances"]) == 3
+    subject = subjects.actor_rpc(settings.lattice, actor)
+    pids = await asyncio.gather(*(rpc.call(subject, "Caller.Pid", None) for _ in range(90)))
+    counts = {pid: pids.count(pid) for pid in set(pids)}
+    assert len(counts) == 3, counts
+    assert min(counts.values()) >= 5, counts
+    await ctl.scale_actor(host.id, actor, 1)
+    assert len((await ctl.get_inventory(host.id))["actors"][0]["instances"]) == 1
+
+
+async def test_killed_instance_is_restarted_and_calls_succeed_again(ctl, host, rpc, settings):
+    actor, _ = await start_linked(ctl, host)
+    subject = subjects.actor_rpc(settings.lattice, actor)
+    first_pid = await rpc.call(subject, "Caller.Pid", None)
+    os.kill(first_pid, signal.SIGKILL)
+    second_pid = await call_until(rpc, subject, "Caller.Pid", None)
+    assert second_pid != first_pid
+    instance = (await ctl.get_inventory(host.id))["actors"][0]["instances"][0]
+    assert instance["restarts"] == 1
+
+
+async def test_crashing_handler_restarts_instance_with_event(ctl, host, rpc, settings):
+    actor, _ = await start_linked(ctl, host)
+    nc = await nats.connect(settings.effective_nats_url)
+    events: list[str] = []
+
+    async def collect(msg):
+        events.append(msgspec.json.decode(msg.data)["type"])
+
+    sub = await nc.subscribe(subjects.events(settings.lattice), cb=collect)
+    subject = subjects.actor_rpc(settings.lattice, actor)
+    with pytest.raises(Exception):
+        await rpc.call(subject, "Caller.Crash", None, timeout=1)
+    assert await call_until(rpc, subject, "Caller.Pid", None)
+    await asyncio.sleep(0.2)
+    assert "com.wasmcloud.lattice.health_check_failed" in events
+    assert "com.wasmcloud.lattice.actor_restarted" in events
+    await sub.unsubscribe()
+    await nc.close()
+
+
+async def test_restarted_provider_gets_its_links_back(ctl, host, rpc, settings):
+    actor, provider = await start_linked(ctl, host)
+    provider_subject = subjects.provider_rpc(settings.lattice, provider, "default")
+    assert await call_until(rpc, provider_subject, "Echo.Links", None) == [actor]
+    pid = (await ctl.get_inventory(host.id))["providers"][0]["instances"][0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(0.3)
+    links = await call_until(rpc, provider_subject, "Echo.Links", None)
+    assert links == [actor]
+    answer = await call_until(rpc, subjects.actor_rpc(settings.lattice, actor), "Caller.Relay", {"after": "restart"})
+    assert answer["provider"]["values"] == {"k": "v"}
+
+
+async def test_links_survive_a_host_restart(settings, rpc):
+    async with Host(settings) as first:
+        ctl = await CtlClient.connect(settings)
+        actor, provider = await start_linked(ctl, first)
+        await ctl.close()
+    async with Host(settings) as second:
+        ctl = await CtlClient.connect(settings)
+        assert [(l["actor_id"], l["provider_id"]) for l in await ctl.get_links()] == [(actor, provider)]
+        await ctl.start_provider(second.id, ECHO, config={"greeting": "hi"})
+        await ctl.start_actor(second.id, CALLER)
+        answer = await call_until(rpc, subjects.actor_rpc(settings.lattice, actor), "Caller.Relay", {})
+        assert answer["provider"]["values"] == {"k": "v"}
+        await ctl.close()
+
+
+async def test_link_delete_reaches_provider_and_put_is_idempotent(ctl, host, rpc, settings):
+    actor, provider = await start_linked(ctl, host)
+    assert (await ctl.put_link(actor, provider, "test:echo", values={"k": "v"}))["changed"] is False
+    await ctl.delete_link(actor, "test:echo")
+    provider_subject = subjects.provider_rpc(settings.lattice, provider, "default")
+    for _ in range(50):
+        if await rpc.call(provider_subject, "Echo.Links", None) == []:
+            break
+        await asyncio.sleep(0.1)
+    assert await rpc.call(provider_subject, "Echo.Links", None) == []
+    with pytest.raises(NotFound):
+        await ctl.delete_link(actor, "test:echo")
+
+
+async def test_ctl_errors_are_typed(ctl, host):
+    with pytest.raises(ComponentNotFound):
+        await ctl.stop_actor(host.id, "MNOSUCHACTOR")
+    with pytest.raises(Exception, match="component.toml"):
+        await ctl.start_actor(host.id, str(COMPONENTS))
+
+
+def test_local_component_keeps_its_key(settings):
+    assert resolve_local(COMPONENTS / "caller", settings).key == resolve_local(COMPONENTS / "caller", settings).key
