@@ -82,3 +82,26 @@ def check_classifier(path: str | Path, engines: list[str] | None = None) -> dict
     if len({repr(t) for t in tops.values()}) > 1:
         raise VerificationError(f"engines disagree on the top-5: {tops}")
     return report
+
+
+# The committed JPEGs must still classify after re-encoding: (file, acceptable top-1 classes).
+PHOTO_EXPECTATIONS: tuple[tuple[str, frozenset[int]], ...] = (
+    ("cat.jpg", CAT_CLASSES),
+    ("coffee.jpg", frozenset({ESPRESSO})),
+)
+
+
+def check_photos(model: str | Path, images_dir: str | Path, engine: str = "onnxruntime") -> dict[str, tuple[int, float]]:
+    """Top-1 (class, probability) of each checked photo; raise if one is not what it shows."""
+    run = enet.ENGINES[engine](Path(model))
+    found: dict[str, tuple[int, float]] = {}
+    for filename, allowed in PHOTO_EXPECTATIONS:
+        with Image.open(Path(images_dir) / filename) as im:
+            logits = run(imagenet_tensor(im)).reshape(-1).astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        top = int(np.argmax(probs))
+        found[filename] = (top, float(probs[top]))
+        if top not in allowed:
+            raise VerificationError(f"{filename} classified as {top} ({probs[top]:.3f}), expected one of {sorted(allowed)}")
+    return found

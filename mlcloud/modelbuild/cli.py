@@ -1,0 +1,142 @@
+"""``mlcloud models``: build the model bundles, import model-zoo files, make the test photos.
+
+The lead registers :data:`models` in ``mlcloud/cli.py``; every command is idempotent and says
+what it did, so ``make models`` can run on every ``make run``.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import click
+
+from mlcloud.modelbuild import bundles
+from mlcloud.modelbuild.errors import ModelBuildError
+
+_REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_models_dir() -> Path:
+    """``./models`` when run from a checkout, else the checkout this package is installed from."""
+    here = Path("models")
+    return here if (here / "zoo.toml").is_file() else _REPO_ROOT / "models"
+
+
+def default_images_dir() -> Path:
+    here = Path("images")
+    return here if Path("models", "zoo.toml").is_file() else _REPO_ROOT / "images"
+
+
+def _dirs(models_dir: Path | None, out: Path | None) -> tuple[Path, Path]:
+    models_dir = models_dir or default_models_dir()
+    return models_dir, out or models_dir / "build"
+
+
+_models_option = click.option(
+    "--models", "models_dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Directory of the model sources (default: ./models).",
+)
+_out_option = click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path),
+    help="Where the bundles go (default: models/build).",
+)
+
+
+@click.group("models")
+def models() -> None:
+    """Build and import the models mlcloud serves."""
+
+
+@models.command("build")
+@_models_option
+@_out_option
+@click.option("--only", multiple=True, metavar="NAME", help="Build only this model (name or name/version); repeatable.")
+@click.option("--force", is_flag=True, help="Rebuild even what is up to date.")
+@click.option("--no-verify", is_flag=True, help="Skip the classification check of built classifiers.")
+def build_cmd(models_dir: Path | None, out: Path | None, only: tuple[str, ...], force: bool, no_verify: bool) -> None:
+    """Build every bundle that is missing or stale into OUT/{name}-{version}/."""
+    models_dir, out = _dirs(models_dir, out)
+    try:
+        results = bundles.build_all(models_dir, out, only=only, force=force, verify=not no_verify, progress=click.echo)
+    except ModelBuildError as exc:
+        raise click.ClickException(str(exc)) from exc
+    built = 0
+    for st, result in results:
+        if result is not None:
+            built += 1
+            kept = f", kept {', '.join(result.reused)}" if result.reused else ""
+            click.echo(f"{st.source.id}: built {', '.join(result.built) or 'invoice'}{kept} "
+                       f"in {result.seconds:.1f} s → {result.directory}")
+        elif st.state is bundles.State.NEEDS_IMPORT:
+            click.echo(f"{st.source.id}: skipped, {st.reason}")
+        else:
+            click.echo(f"{st.source.id}: up to date")
+    if built == 0:
+        click.echo(f"nothing to build: every buildable bundle in {out} is up to date")
+
+
+@models.command("status")
+@_models_option
+@_out_option
+def status_cmd(models_dir: Path | None, out: Path | None) -> None:
+    """Show, per bundle, whether `models build` would rebuild it and why."""
+    models_dir, out = _dirs(models_dir, out)
+    try:
+        for source in bundles.discover(models_dir):
+            st = bundles.status(source, out)
+            click.echo(f"{source.id}: {st.state.value}" + (f" ({st.reason})" if st.reason and st.state is not bundles.State.MISSING else ""))
+    except ModelBuildError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@models.command("import")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_models_option
+@_out_option
+def import_cmd(file: Path, models_dir: Path | None, out: Path | None) -> None:
+    """Check a model-zoo FILE (size, sha256, shapes) and stage its bundle."""
+    from mlcloud.modelbuild import zoo
+
+    models_dir, out = _dirs(models_dir, out)
+    try:
+        result = zoo.import_file(file, models_dir, out, progress=click.echo)
+    except ModelBuildError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{result.source.id}: staged in {result.directory} ({'; '.join(result.notes)})")
+
+
+@models.command("images")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Default: ./images.")
+@_models_option
+@click.option("--check/--no-check", default=True, help="Classify cat.jpg and coffee.jpg afterwards.")
+def images_cmd(out: Path | None, models_dir: Path | None, check: bool) -> None:
+    """Write the test photos (JPEG, quality 90) from scikit-image and matplotlib."""
+    from mlcloud.modelbuild import efficientnet_lite0, images, verify
+
+    out = out or default_images_dir()
+    try:
+        for path, changed in images.write_photos(out):
+            click.echo(f"{path}: {'written' if changed else 'unchanged'} ({path.stat().st_size:,} B)")
+        if check:
+            models_dir, build_out = _dirs(models_dir, None)
+            with tempfile.TemporaryDirectory() as tmp:
+                model = _built_classifier(models_dir, build_out)
+                if model is None:
+                    click.echo("converting EfficientNet-Lite0 for the check …")
+                    model = efficientnet_lite0.build(Path(tmp) / "efficientnet-lite0.onnx")
+                for name, (cls, p) in verify.check_photos(model, out).items():
+                    click.echo(f"{name}: class {cls} p={p:.3f} ok")
+    except ModelBuildError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _built_classifier(models_dir: Path, out: Path) -> Path | None:
+    """The built EfficientNet-Lite0 file when its bundle is up to date, else None."""
+    try:
+        source = bundles.load_source(models_dir / "efficientnet-lite0" / "1.0.0")
+    except ModelBuildError:
+        return None
+    if bundles.status(source, out).state is not bundles.State.UP_TO_DATE:
+        return None
+    return bundles.bundle_dir(out, source) / "efficientnet-lite0.onnx"
