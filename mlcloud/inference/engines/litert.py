@@ -1,0 +1,125 @@
+"""The LiteRT engine (ai-edge-litert, TensorFlow Lite's runtime) for ``graph_encoding: tflite``.
+
+Used on the aarch64 board path. With ``execution_target: tpu`` the Coral Edge TPU delegate
+(``libedgetpu.so.1``) is loaded; when it is missing (it ships only from Google's own package
+repositories) the model runs on CPU and the log says so. A model compiled for the Edge TPU cannot
+run without the delegate; its load error then says that too.
+
+``ai-edge-litert`` is optional and imported lazily: without it, tflite models fail to load with a
+message saying what to install, and nothing else is affected.
+
+A LiteRT ``Interpreter`` is not thread-safe (``set_tensor``/``invoke``/``get_tensor`` share its
+buffers), so each session has its own lock; sessions of other models still run in parallel.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlcloud.errors import InferenceRuntimeError, InvalidModel
+from mlcloud.inference.engines.base import Engine, Session, TensorSpec
+from mlcloud.inference.metadata import ExecutionTarget
+
+if TYPE_CHECKING:
+    from mlcloud.inference.metadata import ModelMetadata
+
+log = logging.getLogger(__name__)
+
+EDGETPU_LIBRARY = "libedgetpu.so.1"
+
+
+def _import_litert() -> tuple[Any, Any]:
+    try:
+        from ai_edge_litert.interpreter import Interpreter, load_delegate
+    except ImportError as exc:
+        raise InvalidModel(
+            "tflite models need the litert engine, which is not installed here "
+            "(pip install 'mlcloud[litert]', PyPI ai-edge-litert)"
+        ) from exc
+    return Interpreter, load_delegate
+
+
+class LiteRtSession(Session):
+    engine = "litert"
+
+    def __init__(self, interpreter: Any, *, delegate: str | None) -> None:
+        self._inputs_detail = interpreter.get_input_details()
+        self._outputs_detail = interpreter.get_output_details()
+        super().__init__(
+            [_spec(d) for d in self._inputs_detail],
+            [_spec(d) for d in self._outputs_detail],
+            error_kind=InferenceRuntimeError,
+        )
+        self._interpreter = interpreter
+        self._lock = threading.Lock()
+        self.delegate = delegate
+
+    def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
+        interpreter = self._interpreter
+        with self._lock:
+            resized = False
+            current = {d["index"]: tuple(d["shape"]) for d in interpreter.get_input_details()}
+            for detail, array in zip(self._inputs_detail, arrays):
+                if current[detail["index"]] != array.shape:
+                    # A new batch size: LiteRT needs the buffers reallocated before set_tensor.
+                    interpreter.resize_tensor_input(detail["index"], list(array.shape))
+                    resized = True
+            if resized:
+                interpreter.allocate_tensors()
+            for detail, array in zip(self._inputs_detail, arrays):
+                interpreter.set_tensor(detail["index"], np.ascontiguousarray(array))
+            interpreter.invoke()
+            # get_tensor copies, so results survive the next invoke.
+            return [interpreter.get_tensor(d["index"]) for d in self._outputs_detail]
+
+    def close(self) -> None:
+        self._interpreter = None
+
+
+class LiteRtEngine(Engine):
+    name = "litert"
+
+    def _load(self, path: Path, metadata: ModelMetadata) -> Session:
+        interpreter_cls, load_delegate = _import_litert()
+        delegates: list[Any] = []
+        delegate_name = None
+        if metadata.execution_target is ExecutionTarget.TPU:
+            try:
+                delegates.append(load_delegate(EDGETPU_LIBRARY))
+                delegate_name = EDGETPU_LIBRARY
+                log.info("model %s runs on the Edge TPU (%s)", metadata.model_name, EDGETPU_LIBRARY)
+            except Exception as exc:  # ValueError or OSError, depending on the release
+                log.warning(
+                    "Edge TPU delegate %s is not available (%s); running model %s on CPU",
+                    EDGETPU_LIBRARY,
+                    str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+                    metadata.model_name,
+                )
+        elif metadata.execution_target is ExecutionTarget.GPU:
+            log.warning("model %s asks for gpu; the litert engine runs it on CPU", metadata.model_name)
+        try:
+            interpreter = interpreter_cls(
+                model_path=str(path),
+                experimental_delegates=delegates or None,
+                num_threads=self.options.intra_op_threads,
+            )
+            interpreter.allocate_tensors()
+        except Exception as exc:
+            hint = ""
+            if "edgetpu" in str(exc).lower() and delegate_name is None:
+                hint = f" (the model is compiled for the Edge TPU and needs {EDGETPU_LIBRARY})"
+            raise InvalidModel(f"litert could not load the model: {str(exc).strip()}{hint}") from exc
+        return LiteRtSession(interpreter, delegate=delegate_name)
+
+
+def _spec(detail: dict[str, Any]) -> TensorSpec:
+    signature = detail.get("shape_signature")
+    dims = signature if signature is not None and len(signature) else detail["shape"]
+    shape = tuple(None if int(d) < 0 else int(d) for d in dims)
+    return TensorSpec(str(detail.get("name") or detail["index"]), np.dtype(detail["dtype"]), shape)
