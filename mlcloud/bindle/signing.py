@@ -1,0 +1,133 @@
+"""Invoice signatures and keyrings, as the Bindle reference implements them.
+
+What is signed (the reference's ``Invoice::cleartext``) is the lines
+
+    by, name, version, role, "~", then each parcel's sha256 in invoice order
+
+joined with ``\\n`` (no trailing newline), signed with ed25519. The signature and the public key
+are base64 (standard alphabet, padded) in a ``[[signature]]`` block; ``at`` is not signed.
+
+Verification follows the reference's default strategy (GreedyVerification): an invoice needs at
+least one signature, every signature must verify, and a creator's signature must come from a key
+on the keyring. A keyring is the reference's TOML (``version = "1.0"`` and ``[[key]]`` entries).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+import nacl.exceptions
+import nacl.signing
+
+from mlcloud.bindle.errors import SignatureInvalid
+from mlcloud.bindle.models import Invoice, Signature, SignatureRole, _Doc, decode, to_toml
+
+KEYRING_VERSION = "1.0"
+
+
+class _HasSigningKey(Protocol):
+    signing_key: nacl.signing.SigningKey
+
+
+SigningKeyLike = nacl.signing.SigningKey | _HasSigningKey  # mlcloud.identity.KeyPair fits
+
+
+class KeyEntry(_Doc, kw_only=True):
+    label: str
+    roles: list[SignatureRole] = msgspec.field(default_factory=lambda: [SignatureRole.CREATOR])
+    key: str
+    label_signature: str | None = None
+
+
+class KeyRing(_Doc, kw_only=True):
+    version: str = KEYRING_VERSION
+    key: list[KeyEntry] = msgspec.field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: str | Path) -> KeyRing:
+        return decode(Path(path).read_bytes(), cls, error=SignatureInvalid)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(to_toml(self))
+
+    def add(self, label: str, key: SigningKeyLike | nacl.signing.VerifyKey | str,
+            roles: list[SignatureRole] | None = None) -> KeyRing:
+        entry = KeyEntry(label=label, key=public_key_b64(key),
+                         roles=list(roles or [SignatureRole.CREATOR]))
+        return msgspec.structs.replace(self, key=[*self.key, entry])
+
+    def contains(self, key_b64: str) -> bool:
+        return any(entry.key == key_b64 for entry in self.key)
+
+
+def _signing_key(key: SigningKeyLike) -> nacl.signing.SigningKey:
+    return key if isinstance(key, nacl.signing.SigningKey) else key.signing_key
+
+
+def public_key_b64(key: SigningKeyLike | nacl.signing.VerifyKey | str) -> str:
+    """The base64 public key the reference writes in ``key``; a string is taken as already so."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, nacl.signing.VerifyKey):
+        return base64.b64encode(bytes(key)).decode()
+    return base64.b64encode(bytes(_signing_key(key).verify_key)).decode()
+
+
+def cleartext(invoice: Invoice, by: str, role: SignatureRole | str) -> bytes:
+    lines = [by, invoice.bindle.name, invoice.bindle.version, str(SignatureRole(role)), "~"]
+    lines.extend(parcel.label.sha256 for parcel in invoice.parcel or ())
+    return "\n".join(lines).encode()
+
+
+def sign_invoice(invoice: Invoice, by: str, key: SigningKeyLike,
+                 role: SignatureRole = SignatureRole.CREATOR, at: int | None = None) -> Invoice:
+    """A copy of ``invoice`` with one more ``[[signature]]``; one key may sign only once."""
+    signing_key = _signing_key(key)
+    key_b64 = public_key_b64(signing_key)
+    existing = list(invoice.signature or ())
+    if any(sig.key == key_b64 for sig in existing):
+        raise SignatureInvalid(f"key {key_b64} has already signed {invoice.id}")
+    signed = signing_key.sign(cleartext(invoice, by, role)).signature
+    entry = Signature(by=by, signature=base64.b64encode(signed).decode(), key=key_b64,
+                      role=SignatureRole(role), at=int(time.time()) if at is None else at)
+    return msgspec.structs.replace(invoice, signature=[*existing, entry])
+
+
+def verify_signature(invoice: Invoice, sig: Signature) -> None:
+    try:
+        raw_key = base64.b64decode(sig.key, validate=True)
+        verify_key = nacl.signing.VerifyKey(raw_key)
+    except (binascii.Error, ValueError, TypeError, nacl.exceptions.CryptoError) as exc:
+        raise SignatureInvalid(f"signature key is corrupt for `{sig.key}`") from exc
+    try:
+        raw_sig = base64.b64decode(sig.signature, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureInvalid(f"signature block is corrupt for key {sig.key}") from exc
+    if len(raw_sig) != 64:
+        raise SignatureInvalid(f"signature block is corrupt for key {sig.key}")
+    try:
+        verify_key.verify(cleartext(invoice, sig.by, sig.role), raw_sig)
+    except (nacl.exceptions.BadSignatureError, ValueError) as exc:
+        raise SignatureInvalid(f"signatures `{sig.key}` cannot be verified") from exc
+
+
+def verify_invoice(invoice: Invoice, keyring: KeyRing) -> None:
+    """Raise :class:`SignatureInvalid` unless the invoice passes GreedyVerification."""
+    signatures = invoice.signature or []
+    if not signatures:
+        raise SignatureInvalid(
+            "No signatures found on invoice. At least one signature is required")
+    creator_known = False
+    for sig in signatures:
+        verify_signature(invoice, sig)
+        if sig.role == SignatureRole.CREATOR:
+            if not keyring.contains(sig.key):
+                raise SignatureInvalid(f"creator key {sig.key} is not on the keyring")
+            creator_known = True
+    if not creator_known:
+        raise SignatureInvalid("No signature found for role Creator")
