@@ -62,6 +62,7 @@ class NatsServer:
         self.max_payload = max_payload
         self.startup_timeout = startup_timeout
         self.process: asyncio.subprocess.Process | None = None
+        self._drain: asyncio.Task | None = None
 
     @property
     def url(self) -> str:
@@ -126,5 +127,6 @@ class NatsServer:
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
-        with contextlib.suppress(Exception):
-            await getattr(self, "_drain", asyncio.sleep(0))
+        if self._drain is not None:
+            with contextlib.suppress(Exception):
+                await self._drain

@@ -1,0 +1,194 @@
+"""wadm-style application manifests, reconciled onto the lattice.
+
+A manifest (YAML, ``core.oam.dev/v1beta1`` ``Application``) lists components: actors
+(``type: actor``) and providers (``type: capability``), each with an ``image`` (an OCI reference
+or a component folder relative to the manifest), a ``spreadscaler`` trait (replicas and label
+requirements that choose hosts) and ``linkdef`` traits on actors (target provider + values).
+``${VAR}`` and ``${VAR:-default}`` in strings are taken from the environment.
+
+:func:`deploy` compares the manifest with what the hosts report and changes only what differs,
+so deploying twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mlcloud.component import ComponentKind
+from mlcloud.errors import ConfigError
+from mlcloud.host.artifacts import is_local_ref, resolve
+from mlcloud.lattice.ctl_client import CtlClient
+from mlcloud.lattice.links import DEFAULT_LINK_NAME
+from mlcloud.settings import Settings
+
+log = logging.getLogger(__name__)
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    target: str
+    values: dict[str, str]
+    link_name: str = DEFAULT_LINK_NAME
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str
+    kind: ComponentKind
+    image: str
+    replicas: int = 1
+    requirements: dict[str, str] = field(default_factory=dict)
+    contract: str = ""
+    link_name: str = DEFAULT_LINK_NAME
+    config: dict[str, Any] = field(default_factory=dict)
+    links: tuple[LinkSpec, ...] = ()
+
+    def placeable_on(self, host: dict[str, Any]) -> bool:
+        labels = host.get("labels", {})
+        return all(str(labels.get(k)) == str(v) for k, v in self.requirements.items())
+
+
+@dataclass(frozen=True)
+class AppManifest:
+    name: str
+    version: str
+    components: tuple[ComponentSpec, ...]
+
+    @classmethod
+    def load(cls, path: Path, environ: dict[str, str] | None = None) -> AppManifest:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(_substitute(path.read_text(), environ or dict(os.environ)))
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read app manifest {path}: {exc}") from exc
+        return cls.parse(raw, base_dir=path.parent, source=str(path))
+
+    @classmethod
+    def parse(cls, raw: Any, *, base_dir: Path, source: str = "manifest") -> AppManifest:
+        if not isinstance(raw, dict) or raw.get("kind") != "Application":
+            raise ConfigError(f"{source}: not an Application manifest (kind: Application)")
+        meta = raw.get("metadata") or {}
+        components = []
+        for item in (raw.get("spec") or {}).get("components") or []:
+            components.append(_parse_component(item, base_dir, source))
+        names = [c.name for c in components]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{source}: component names must be unique")
+        for component in components:
+            for link in component.links:
+                target = next((c for c in components if c.name == link.target), None)
+                if target is None or target.kind is not ComponentKind.PROVIDER:
+                    raise ConfigError(f"{source}: {component.name} links to {link.target!r}, which is not a provider here")
+        return cls(
+            name=str(meta.get("name") or "app"),
+            version=str((meta.get("annotations") or {}).get("version", "")),
+            components=tuple(components),
+        )
+
+
+def _substitute(text: str, environ: dict[str, str]) -> str:
+    def value(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in environ:
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"manifest uses ${{{name}}}, which is not set")
+
+    return _VAR.sub(value, text)
+
+
+def _parse_component(item: dict[str, Any], base_dir: Path, source: str) -> ComponentSpec:
+    try:
+        name = str(item["name"])
+        kind = {"actor": ComponentKind.ACTOR, "capability": ComponentKind.PROVIDER}[item["type"]]
+        props = item.get("properties") or {}
+        image = str(props["image"])
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{source}: component needs name, type (actor|capability) and properties.image ({exc})") from exc
+    local = base_dir / image
+    if not image.startswith(("/", "~")) and local.is_dir():
+        image = str(local.resolve())
+    replicas, requirements, links = 1, {}, []
+    for trait in item.get("traits") or []:
+        tprops = trait.get("properties") or {}
+        if trait.get("type") == "spreadscaler":
+            replicas = int(tprops.get("replicas", 1))
+            for spread in tprops.get("spread") or []:
+                requirements.update({str(k): str(v) for k, v in (spread.get("requirements") or {}).items()})
+        elif trait.get("type") == "linkdef":
+            values = {str(k): str(v) for k, v in (tprops.get("values") or {}).items()}
+            links.append(LinkSpec(str(tprops["target"]), values, str(tprops.get("link_name", DEFAULT_LINK_NAME))))
+        else:
+            raise ConfigError(f"{source}: unknown trait {trait.get('type')!r} on {name}")
+    return ComponentSpec(
+        name=name, kind=kind, image=image, replicas=replicas, requirements=requirements,
+        contract=str(props.get("contract", "")), link_name=str(props.get("link_name", DEFAULT_LINK_NAME)),
+        config=dict(props.get("config") or {}), links=tuple(links),
+    )
+
+
+async def deploy(
+    manifest: AppManifest, ctl: CtlClient, settings: Settings, *, report: Callable[[str], None] = log.info
+) -> list[str]:
+    """Reconcile the lattice to ``manifest``; return the changes made (empty when none)."""
+    changes: list[str] = []
+    inventories = await ctl.get_inventories()
+    if not inventories:
+        raise ConfigError("no host answers on this lattice: start one with `mlcloud up` or `mlcloud host`")
+    keys: dict[str, str] = {}
+    for spec in manifest.components:
+        resolved = await resolve(spec.image, settings)
+        if resolved.kind is not spec.kind:
+            raise ConfigError(f"{spec.name}: {spec.image} is a {resolved.kind}, not a {spec.kind}")
+        keys[spec.name] = resolved.key
+        hosts = [inv for inv in inventories if spec.placeable_on(inv)]
+        if not hosts:
+            raise ConfigError(f"{spec.name}: no host has labels {spec.requirements}")
+        if spec.kind is ComponentKind.PROVIDER:
+            changes += await _place_provider(spec, resolved.key, hosts, ctl, report)
+        else:
+            changes += await _place_actor(spec, resolved.key, hosts, ctl, report)
+    for spec in manifest.components:
+        for link in spec.links:
+            target = next(c for c in manifest.components if c.name == link.target)
+            reply = await ctl.put_link(keys[spec.name], keys[target.name], target.contract or "", link.link_name, link.values)
+            if reply.get("changed"):
+                changes.append(f"link {spec.name} → {target.name} ({link.link_name})")
+                report(changes[-1])
+    return changes
+
+
+async def _place_provider(spec: ComponentSpec, key: str, hosts: list[dict], ctl: CtlClient, report) -> list[str]:
+    running = [h for h in hosts if any(p["id"] == key and p["link_name"] == spec.link_name for p in h["providers"])]
+    changes = []
+    for host in [h for h in hosts if h not in running][: max(spec.replicas - len(running), 0)]:
+        report(f"starting provider {spec.name} on host {host['host_id'][:8]}…")
+        await ctl.start_provider(host["host_id"], spec.image, spec.link_name, spec.config)
+        changes.append(f"provider {spec.name} started on {host['host_id'][:8]}")
+    return changes
+
+
+async def _place_actor(spec: ComponentSpec, key: str, hosts: list[dict], ctl: CtlClient, report) -> list[str]:
+    """Spread ``replicas`` evenly over the matching hosts."""
+    changes = []
+    for index, host in enumerate(hosts):
+        want = spec.replicas // len(hosts) + (1 if index < spec.replicas % len(hosts) else 0)
+        have = sum(len(a["instances"]) for a in host["actors"] if a["id"] == key)
+        if want != have:
+            report(f"scaling actor {spec.name} on host {host['host_id'][:8]}: {have} → {want}…")
+            await ctl.scale_actor(host["host_id"], key, want, actor_ref=spec.image)
+            changes.append(f"actor {spec.name} on {host['host_id'][:8]}: {have} → {want} instances")
+    return changes
+
+
+__all__ = ["AppManifest", "ComponentSpec", "LinkSpec", "deploy", "is_local_ref"]

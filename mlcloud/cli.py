@@ -1,0 +1,367 @@
+"""The ``mlcloud`` command: start the system, drive the lattice, manage models and artifacts.
+
+Human-readable tables by default, ``--json`` for scripts. Every command reads the same
+settings (flags override ``MLCLOUD_*`` environment variables). Errors print one clear line and
+exit non-zero; no tracebacks for errors mlcloud raised on purpose.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlcloud.errors import MLCloudError, RequestError
+from mlcloud.settings import Settings
+
+
+def run_async(fn: Callable[..., Coroutine]) -> Callable[..., Any]:
+    """Run an async click command, turning mlcloud errors into one line on stderr."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return asyncio.run(fn(*args, **kwargs))
+        except MLCloudError as err:
+            raise click.ClickException(f"{err.kind}: {err.message}") from err
+
+    return wrapper
+
+
+def parse_pairs(pairs: tuple[str, ...], what: str) -> dict[str, str]:
+    values = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{what} must look like key=value, got {pair!r}")
+        values[key] = value
+    return values
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if not rows:
+        click.echo("(none)")
+        return
+    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    click.echo("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+
+
+def emit(data: Any, as_json: bool, table: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        table()
+
+
+settings_options = [
+    click.option("--nats-url", envvar="MLCLOUD_NATS_URL", help="Use this NATS server instead of the embedded one."),
+    click.option("--lattice", envvar="MLCLOUD_LATTICE", help="Lattice name (default: default)."),
+    click.option("--rpc-timeout", type=float, envvar="MLCLOUD_RPC_TIMEOUT", help="Seconds an RPC may take (default 8)."),
+]
+
+
+def with_settings(fn: Callable) -> Callable:
+    for option in reversed(settings_options):
+        fn = option(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, nats_url: str | None, lattice: str | None, rpc_timeout: float | None, **kwargs: Any) -> Any:
+        settings = Settings.from_env(nats_url=nats_url, lattice=lattice, rpc_timeout=rpc_timeout)
+        return fn(*args, settings=settings, **kwargs)
+
+    return wrapper
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+@click.version_option(package_name="mlcloud")
+def main(verbose: bool) -> None:
+    """mlcloud: ML inference as a lattice of actors and capability providers."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("nats").setLevel(logging.CRITICAL if not verbose else logging.DEBUG)
+
+
+# ---- up / host -----------------------------------------------------------------------------
+
+
+@main.command()
+@with_settings
+@click.option("--nats-port", type=int, help="Port of the embedded NATS server (default 4222).")
+@click.option("--bindle-url", help="Use this Bindle server instead of the embedded one.")
+@click.option("--registry", help="Use this OCI registry (host:port) instead of the embedded one.")
+@click.option("--label", "labels", multiple=True, help="Host label key=value (repeatable).")
+@click.option("--app", "app_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="App manifest to deploy.")
+@click.option("--no-washboard", is_flag=True, help="Do not serve the washboard.")
+@run_async
+async def up(settings: Settings, nats_port: int | None, bindle_url: str | None, registry: str | None,
+             labels: tuple[str, ...], app_path: Path | None, no_washboard: bool) -> None:
+    """Start NATS, Bindle, the registry, a host and the washboard; deploy --app; run until Ctrl-C."""
+    from mlcloud.up import UpOptions, up as run_up
+
+    settings = settings.replace(**{k: v for k, v in {"nats_port": nats_port, "bindle_url": bindle_url,
+                                                     "registry": registry}.items() if v is not None})
+    options = UpOptions(labels=parse_pairs(labels, "--label"), app=app_path,
+                        start_registry=registry is None, start_washboard=not no_washboard)
+    await run_up(settings, options)
+
+
+@main.command("host")
+@with_settings
+@click.option("--label", "labels", multiple=True, help="Host label key=value (repeatable).")
+@click.option("--key-file", type=click.Path(path_type=Path), help="Keep the host's nkey here (stable host id).")
+@run_async
+async def host_command(settings: Settings, labels: tuple[str, ...], key_file: Path | None) -> None:
+    """Run one host that joins an existing lattice (--nats-url), until Ctrl-C."""
+    from mlcloud.host.host import Host
+    from mlcloud.identity import KeyKind, load_or_create
+    from mlcloud.up import wait_for_stop_signal
+
+    key = load_or_create(key_file, KeyKind.HOST) if key_file else None
+    async with Host(settings, parse_pairs(labels, "--label"), key=key) as host:
+        click.echo(f"host {host.id} joined lattice {settings.lattice!r} at {settings.effective_nats_url}")
+        click.echo(f"labels {host.labels}")
+        stopper = asyncio.ensure_future(wait_for_stop_signal())
+        await asyncio.wait([stopper, asyncio.ensure_future(host.wait_stopped())], return_when=asyncio.FIRST_COMPLETED)
+
+
+# ---- ctl -----------------------------------------------------------------------------------
+
+
+@main.group()
+def ctl() -> None:
+    """Drive the lattice's control interface."""
+
+
+async def _connect(settings: Settings):
+    from mlcloud.lattice.ctl_client import CtlClient
+
+    return await CtlClient.connect(settings)
+
+
+async def _pick_host(ctl_client, host: str | None) -> str:
+    hosts = await ctl_client.get_hosts()
+    if host:
+        matches = [h["id"] for h in hosts if h["id"].startswith(host)]
+        if len(matches) != 1:
+            raise RequestError(f"{len(matches)} hosts match {host!r}")
+        return matches[0]
+    if len(hosts) != 1:
+        raise RequestError(f"{len(hosts)} hosts on the lattice: choose one with --host")
+    return hosts[0]["id"]
+
+
+async def _find_component(ctl_client, name_or_id: str, kind: str) -> tuple[str, dict[str, Any]]:
+    """(host id, component) of an actor or provider named by key, name or image ref."""
+    for inventory in await ctl_client.get_inventories():
+        for item in inventory[kind]:
+            if name_or_id in (item["id"], item["name"], item["image_ref"]):
+                return inventory["host_id"], item
+    raise RequestError(f"no {kind[:-1]} {name_or_id!r} runs on the lattice")
+
+
+async def _component_id(ctl_client, name_or_id: str, kind: str) -> str:
+    """A public key as given, or the key of the running component with that name or ref."""
+    from mlcloud.identity import kind_of
+
+    try:
+        kind_of(name_or_id)
+        return name_or_id
+    except MLCloudError:
+        return (await _find_component(ctl_client, name_or_id, kind))[1]["id"]
+
+
+@ctl.group("get")
+def ctl_get() -> None:
+    """Show hosts, inventories or links."""
+
+
+@ctl_get.command("hosts")
+@with_settings
+@click.option("--json", "as_json", is_flag=True)
+@run_async
+async def get_hosts(settings: Settings, as_json: bool) -> None:
+    async with await _connect(settings) as c:
+        hosts = await c.get_hosts()
+    rows = [{**h, "labels": ",".join(f"{k}={v}" for k, v in sorted(h["labels"].items())),
+             "uptime": f"{h['uptime_seconds']:.0f}s"} for h in hosts]
+    emit(hosts, as_json, lambda: print_table(rows, ["id", "labels", "uptime", "actors", "providers", "version"]))
+
+
+@ctl_get.command("inventory")
+@with_settings
+@click.argument("host", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@run_async
+async def get_inventory(settings: Settings, host: str | None, as_json: bool) -> None:
+    async with await _connect(settings) as c:
+        inventories = [await c.get_inventory(await _pick_host(c, host))] if host else await c.get_inventories()
+
+    def table() -> None:
+        for inv in inventories:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(inv["labels"].items()))
+            click.echo(f"host {inv['host_id']}  ({labels}, up {inv['uptime_seconds']:.0f}s)")
+            rows = []
+            for a in inv["actors"]:
+                statuses = sorted({i["status"] for i in a["instances"]})
+                rows.append({"kind": "actor", "name": a["name"], "id": a["id"], "instances": len(a["instances"]),
+                             "status": ",".join(statuses), "image": a["image_ref"]})
+            for p in inv["providers"]:
+                statuses = sorted({i["status"] for i in p["instances"]})
+                rows.append({"kind": "provider", "name": f"{p['name']} ({p['link_name']})", "id": p["id"],
+                             "instances": len(p["instances"]), "status": ",".join(statuses), "image": p["image_ref"]})
+            print_table(rows, ["kind", "name", "id", "instances", "status", "image"])
+            click.echo()
+
+    emit(inventories, as_json, table)
+
+
+@ctl_get.command("links")
+@with_settings
+@click.option("--json", "as_json", is_flag=True)
+@run_async
+async def get_links(settings: Settings, as_json: bool) -> None:
+    async with await _connect(settings) as c:
+        links = await c.get_links()
+    rows = [{**link, "values": ",".join(f"{k}={v}" for k, v in sorted(link["values"].items()))} for link in links]
+    emit(links, as_json, lambda: print_table(rows, ["actor_id", "provider_id", "contract_id", "link_name", "values"]))
+
+
+@ctl.group("start")
+def ctl_start() -> None:
+    """Start an actor or a provider on a host."""
+
+
+@ctl_start.command("actor")
+@with_settings
+@click.argument("ref")
+@click.option("--count", type=int, default=1, show_default=True)
+@click.option("--host", help="Host id (or a prefix); needed when several hosts run.")
+@run_async
+async def start_actor(settings: Settings, ref: str, count: int, host: str | None) -> None:
+    async with await _connect(settings) as c:
+        reply = await c.start_actor(await _pick_host(c, host), ref, count)
+    click.echo(f"actor {reply['actor_id']} now has {reply['instances']} instance(s)")
+
+
+@ctl_start.command("provider")
+@with_settings
+@click.argument("ref")
+@click.option("--link-name", default="default", show_default=True)
+@click.option("--config", "config_json", default="{}", help="Provider configuration as a JSON object.")
+@click.option("--host", help="Host id (or a prefix); needed when several hosts run.")
+@run_async
+async def start_provider(settings: Settings, ref: str, link_name: str, config_json: str, host: str | None) -> None:
+    try:
+        config = json.loads(config_json)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"--config is not JSON: {exc}") from exc
+    async with await _connect(settings) as c:
+        reply = await c.start_provider(await _pick_host(c, host), ref, link_name, config)
+    click.echo(f"provider {reply['provider_id']} ({reply['link_name']}) started")
+
+
+@ctl.command("scale")
+@with_settings
+@click.argument("kind", type=click.Choice(["actor"]))
+@click.argument("actor")
+@click.argument("count", type=int)
+@run_async
+async def scale(settings: Settings, kind: str, actor: str, count: int) -> None:
+    """Set the number of instances of ACTOR (key, name or image ref)."""
+    async with await _connect(settings) as c:
+        host_id, item = await _find_component(c, actor, "actors")
+        await c.scale_actor(host_id, item["id"], count)
+    click.echo(f"actor {item['name']} scaled to {count} on host {host_id[:8]}")
+
+
+@ctl.command("stop")
+@with_settings
+@click.argument("kind", type=click.Choice(["actor", "provider", "host"]))
+@click.argument("target")
+@click.option("--link-name", default="default", show_default=True)
+@run_async
+async def stop(settings: Settings, kind: str, target: str, link_name: str) -> None:
+    """Stop an actor, a provider (key, name or image ref) or a host (id or prefix)."""
+    async with await _connect(settings) as c:
+        if kind == "host":
+            host_id = await _pick_host(c, target)
+            await c.stop_host(host_id)
+            click.echo(f"host {host_id} stopping")
+            return
+        host_id, item = await _find_component(c, target, kind + "s")
+        if kind == "actor":
+            await c.stop_actor(host_id, item["id"])
+        else:
+            await c.stop_provider(host_id, item["id"], link_name)
+    click.echo(f"{kind} {item['name']} stopped on host {host_id[:8]}")
+
+
+@ctl.group("link")
+def ctl_link() -> None:
+    """Put or delete link definitions."""
+
+
+@ctl_link.command("put")
+@with_settings
+@click.argument("actor")
+@click.argument("provider")
+@click.argument("contract")
+@click.argument("values", nargs=-1)
+@click.option("--link-name", default="default", show_default=True)
+@run_async
+async def link_put(settings: Settings, actor: str, provider: str, contract: str, values: tuple[str, ...], link_name: str) -> None:
+    """Link ACTOR to PROVIDER for CONTRACT with key=value VALUES (names, keys or refs)."""
+    async with await _connect(settings) as c:
+        actor_id = await _component_id(c, actor, "actors")
+        provider_id = await _component_id(c, provider, "providers")
+        reply = await c.put_link(actor_id, provider_id, contract, link_name, parse_pairs(values, "a link value"))
+    click.echo("link set" if reply.get("changed") else "link unchanged")
+
+
+@ctl_link.command("del")
+@with_settings
+@click.argument("actor")
+@click.argument("contract")
+@click.option("--link-name", default="default", show_default=True)
+@run_async
+async def link_del(settings: Settings, actor: str, contract: str, link_name: str) -> None:
+    async with await _connect(settings) as c:
+        actor_id = await _component_id(c, actor, "actors")
+        await c.delete_link(actor_id, contract, link_name)
+    click.echo("link deleted")
+
+
+# ---- app -----------------------------------------------------------------------------------
+
+
+@main.group()
+def app() -> None:
+    """Deploy wadm-style application manifests."""
+
+
+@app.command("deploy")
+@with_settings
+@click.argument("manifest", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@run_async
+async def app_deploy(settings: Settings, manifest: Path) -> None:
+    """Reconcile MANIFEST onto the lattice; deploying twice changes nothing."""
+    from mlcloud.up import deploy_app
+
+    started = time.monotonic()
+    await deploy_app(settings, manifest, click.echo)
+    click.echo(f"done in {time.monotonic() - started:.1f} s")

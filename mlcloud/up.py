@@ -1,0 +1,100 @@
+"""``mlcloud up``: the whole system in one foreground process tree.
+
+Starts, in order, the embedded NATS server (unless ``--nats-url``), the Bindle server (unless
+``--bindle-url``), the OCI registry (unless ``--registry`` names another), a host, the
+washboard, then publishes the project's components and deploys the app manifest. Ctrl-C (or
+SIGTERM) stops everything in reverse order; a second Ctrl-C exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlcloud.host.host import Host
+from mlcloud.identity import KeyKind, load_or_create
+from mlcloud.lattice.nats_server import NatsServer
+from mlcloud.servers import running_app
+from mlcloud.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UpOptions:
+    labels: dict[str, str] = field(default_factory=dict)
+    app: Path | None = None
+    start_registry: bool = True
+    start_washboard: bool = True
+
+
+async def wait_for_stop_signal() -> None:
+    """Return on the first SIGINT/SIGTERM; a second one exits immediately."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            raise SystemExit(130)
+        print("\nmlcloud: stopping (Ctrl-C again to force)…", flush=True)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop.wait()
+
+
+async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] = print) -> None:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    async with contextlib.AsyncExitStack() as stack:
+        if settings.nats_url is None:
+            nats = NatsServer(settings.state_dir / "nats", port=settings.nats_port, max_payload=settings.nats_max_payload)
+            await stack.enter_async_context(nats)
+            say(f"NATS (JetStream)   {nats.url}")
+        if settings.bindle_url is None:
+            from mlcloud.bindle.server import create_app
+
+            directory = settings.state_dir / "bindle"
+            address = await stack.enter_async_context(
+                running_app(create_app(directory), settings.bindle_address, "the Bindle server", access_log=None)
+            )
+            say(f"Bindle             http://{address}/v1   (data in {directory})")
+        if options.start_registry:
+            from mlcloud.oci import EmbeddedRegistry
+
+            registry = await stack.enter_async_context(EmbeddedRegistry.from_settings(settings))
+            say(f"OCI registry       {registry.url}")
+        host_key = load_or_create(settings.state_dir / "host.nk", KeyKind.HOST)
+        host = await stack.enter_async_context(Host(settings, options.labels, key=host_key))
+        say(f"host               {host.id}  labels {host.labels}")
+        if options.start_washboard:
+            from mlcloud.washboard.app import create_washboard
+
+            address = await stack.enter_async_context(
+                running_app(create_washboard(settings), settings.washboard_address, "the washboard", access_log=None)
+            )
+            say(f"washboard          http://{address}/")
+        if options.app is not None:
+            await deploy_app(settings, options.app, say)
+        say("mlcloud is up. Ctrl-C stops it.")
+        await wait_for_stop_signal()
+
+
+async def deploy_app(settings: Settings, manifest_path: Path, say: Callable[[str], None]) -> list[str]:
+    """Publish the project's components when the manifest uses OCI refs, then deploy."""
+    from mlcloud.app import AppManifest, deploy
+    from mlcloud.lattice.ctl_client import CtlClient
+
+    manifest = AppManifest.load(manifest_path)
+    from mlcloud.publish import publish_manifest_components
+
+    await publish_manifest_components(manifest, settings, say)
+    async with await CtlClient.connect(settings) as ctl:
+        changes = await deploy(manifest, ctl, settings, report=say)
+    say(f"app {manifest.name}: {len(changes)} change(s)" if changes else f"app {manifest.name}: up to date")
+    return changes
