@@ -65,8 +65,11 @@ def build_command(folder: Path, out: Path | None, state_dir: Path | None) -> Non
 @click.argument("source", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--registry", help="Registry host:port (default: the embedded one, MLCLOUD_REGISTRY).")
 @click.option("--ref", "reference", help="Full reference to push to (default: REGISTRY/mlcloud/NAME:VERSION).")
+@click.option("--if-changed", is_flag=True, help="Leave the tag alone when it already holds this code and keys.")
 @click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path))
-def push_command(source: Path, registry: str | None, reference: str | None, state_dir: Path | None) -> None:
+def push_command(
+    source: Path, registry: str | None, reference: str | None, if_changed: bool, state_dir: Path | None
+) -> None:
     """Push SOURCE: a component folder (built first) or a folder `mlcloud build` wrote."""
     settings = _settings(state_dir=state_dir, registry=registry)
     try:
@@ -76,10 +79,11 @@ def push_command(source: Path, registry: str | None, reference: str | None, stat
             artifact = _build(source, settings, None)
         else:
             raise click.UsageError(f"{source} holds neither {MANIFEST_NAME} nor a built {ARTIFACT_FILE}")
-        result = push(artifact, settings, reference)
+        result = push(artifact, settings, reference, if_changed=if_changed)
     except MLCloudError as exc:
         raise _fail(exc) from exc
-    click.echo(f"pushed {result.reference.registry}/{result.reference.repository}:{result.reference.tag}")
+    verb = "pushed" if result.pushed else "unchanged"
+    click.echo(f"{verb} {result.reference.registry}/{result.reference.repository}:{result.reference.tag}")
     click.echo(f"  digest   {result.digest}")
     click.echo(f"  pinned   {result.pinned}")
     click.echo(f"  layer    {artifact.layer_digest}")

@@ -37,7 +37,7 @@ from mlcloud.oci.push import push
 from mlcloud.oci.registry import EmbeddedRegistry
 from mlcloud.settings import Settings
 
-from .conftest import free_port, write_component
+from .conftest import free_port
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
@@ -273,3 +273,15 @@ def test_cli_build_push_keys(component: Path, settings: Settings) -> None:
 
     refused = runner.invoke(push_command, [str(component), "--registry", f"127.0.0.1:{free_port()}"], env=env)
     assert refused.exit_code == 1 and "PushFailed" in refused.output
+
+
+def test_push_if_changed_keeps_the_tag_when_the_code_is_the_same(make_component: Callable[..., Path],
+                                                                  settings: Settings) -> None:
+    folder = make_component("steady")
+    first = push(_build(folder, settings), settings, if_changed=True)
+    again = push(_build(folder, settings), settings, if_changed=True)  # new token, same code and keys
+    assert first.pushed and not again.pushed and again.digest == first.digest
+    (folder / "steady.py").write_text("component = 'changed'\n")
+    changed = push(_build(folder, settings), settings, if_changed=True)
+    assert changed.pushed and changed.digest != first.digest
+    assert ArtifactStore(settings).pull_and_verify(f"{settings.registry}/mlcloud/steady:0.1.0").digest == changed.digest
