@@ -47,7 +47,7 @@ class RegistryClient(OrasClient):
     """oras's client with request timeouts and without its sleeping retry loop."""
 
     # The undecorated method: authentication (401 → token → retry) kept, sleep-and-retry dropped.
-    do_request = OrasClient.do_request.__wrapped__  # type: ignore[attr-defined]
+    do_request = getattr(OrasClient.do_request, "__wrapped__", OrasClient.do_request)
 
     def __init__(self, hostname: str, insecure: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
         super().__init__(hostname=hostname, insecure=insecure)
