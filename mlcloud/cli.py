@@ -365,3 +365,21 @@ async def app_deploy(settings: Settings, manifest: Path) -> None:
     started = time.monotonic()
     await deploy_app(settings, manifest, click.echo)
     click.echo(f"done in {time.monotonic() - started:.1f} s")
+
+
+# ---- commands that live beside their subsystems ----------------------------------------------
+
+
+def _register_subcommands() -> None:
+    from mlcloud.bindle.cli import bindle
+    from mlcloud.modelbuild.cli import models
+    from mlcloud.oci.cli import build_command, keys_command, push_command
+
+    for command in (bindle, models):
+        main.add_command(command)
+    main.add_command(build_command, "build")
+    main.add_command(push_command, "push")
+    main.add_command(keys_command, "keys")
+
+
+_register_subcommands()

@@ -44,17 +44,18 @@ async def resolve(ref: str, settings: Settings) -> ResolvedComponent:
     """Resolve ``ref`` to a runnable component; OCI artifacts are pulled and verified first."""
     if is_local_ref(ref):
         return resolve_local(Path(ref).expanduser().resolve(), settings)
-    from mlcloud.oci import pull_and_verify  # imported lazily: oras pulls in requests
+    from mlcloud.oci import pull_and_verify_async  # imported lazily: oras pulls in requests
 
-    artifact = await pull_and_verify(ref, settings)
+    artifact = await pull_and_verify_async(ref, settings)
     return ResolvedComponent(
         ref=ref,
-        folder=artifact.folder,
+        folder=artifact.path,
         manifest=artifact.manifest,
         key=artifact.claims.subject,
         digest=artifact.digest,
         issuer=artifact.claims.issuer,
-        capabilities=tuple(artifact.claims.capabilities),
+        # The signed claims, not the folder's manifest, decide what the actor may call.
+        capabilities=tuple(artifact.claims.caps),
     )
 
 

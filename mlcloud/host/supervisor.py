@@ -115,7 +115,13 @@ class Instance:
             await self.on_change(self, "restarted")
 
     async def _spawn(self) -> None:
-        env = {**os.environ, **self.settings.to_env(), SPEC_ENV: msgspec.json.encode(self.spec).decode()}
+        env = {
+            **os.environ,
+            **self.settings.to_env(),
+            SPEC_ENV: msgspec.json.encode(self.spec).decode(),
+            # A verified artifact folder must stay exactly as it was verified.
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mlcloud.host.runner", env=env, cwd=self.spec.folder,
         )

@@ -1,0 +1,208 @@
+"""The api actor: the HTTP API of DESIGN §4, composed from the other components.
+
+    PUT  /{model}/matches      image → top-k labels      (preprocess → mlinference → postprocess)
+    PUT  /{model}/preprocess   image → raw model output  (preprocess → mlinference)
+    POST /{model}              JSON tensor → InferenceOutput JSON
+    GET  /v2/health/live       200 while the actor answers
+    GET  /v2/health/ready      200 only when every linked model is READY
+    GET  /v2/models[/{model}]  name, bindle id, engine, state, inputs and outputs
+
+Every error is a JSON body ``{"error": {"kind", "message"}}`` with the status its class names;
+the response header ``X-Model`` says which bindle served the route. The shape of a model's input
+(for the preprocess actor) comes from the mlinference provider's status, cached briefly.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import parse_qs
+
+from mlcloud.errors import (
+    ContextNotFound,
+    InvalidModel,
+    MethodNotAllowed,
+    MLCloudError,
+    ModelLoading,
+    NotFound,
+    RequestError,
+    UnsupportedMediaType,
+)
+from mlcloud.interfaces import (
+    MLINFERENCE,
+    OP_HANDLE_REQUEST,
+    OP_MODEL_STATUS,
+    OP_POSTPROCESS,
+    OP_PREDICT,
+    OP_PREPROCESS,
+    HttpRequest,
+    HttpResponse,
+    InferenceInput,
+    InferenceOutput,
+    Match,
+    ModelInfo,
+    ModelStatusRequest,
+    PostprocessRequest,
+    PreprocessRequest,
+    Tensor,
+    ValueType,
+)
+from mlcloud.sdk import Actor, Context
+
+component = Actor()
+
+CATALOG_TTL = 1.0  # seconds a model's status is reused between requests
+IMAGE_METHODS = ("PUT", "POST")
+JSON = {"content-type": "application/json"}
+
+
+def json_response(body: object, status: int = 200, header: dict[str, str] | None = None) -> HttpResponse:
+    return HttpResponse(status_code=status, header={**JSON, **(header or {})}, body=json.dumps(body).encode())
+
+
+def error_response(err: MLCloudError) -> HttpResponse:
+    header = {"retry-after": "1"} if err.http_status == 503 else {}
+    if isinstance(err, MethodNotAllowed) and "allow" in err.details:
+        header["allow"] = err.details["allow"]
+    return json_response(err.to_http_body(), int(err.http_status), header)
+
+
+class Catalog:
+    """The models the mlinference provider serves for this actor, cached for ``CATALOG_TTL``."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, ModelInfo] = {}
+        self._fetched = 0.0
+
+    async def all(self, ctx: Context, *, fresh: bool = False) -> dict[str, ModelInfo]:
+        if fresh or time.monotonic() - self._fetched > CATALOG_TTL:
+            infos = await ctx.call(MLINFERENCE, OP_MODEL_STATUS, ModelStatusRequest(), list[ModelInfo])
+            self._models = {info.name: info for info in infos}
+            self._fetched = time.monotonic()
+        return self._models
+
+    async def ready(self, ctx: Context, model: str) -> ModelInfo:
+        """The model's info when it can serve; the error that says why not otherwise."""
+        info = (await self.all(ctx)).get(model)
+        if info is None or info.state != "READY":
+            info = (await self.all(ctx, fresh=True)).get(model)
+        if info is None:
+            raise ContextNotFound(f"no model {model!r} is linked; known: {', '.join(sorted(self._models)) or 'none'}")
+        if info.state == "LOADING":
+            raise ModelLoading(f"model {model!r} ({info.bindle_id}) is still loading")
+        if info.state == "FAILED":
+            raise InvalidModel(f"model {model!r} ({info.bindle_id}) failed to load: {info.reason}")
+        return info
+
+
+catalog = Catalog()
+
+
+@component.operation(OP_HANDLE_REQUEST, HttpRequest)
+async def handle_request(ctx: Context, request: HttpRequest) -> HttpResponse:
+    try:
+        return await route(ctx, request)
+    except MLCloudError as err:
+        return error_response(err)
+
+
+async def route(ctx: Context, request: HttpRequest) -> HttpResponse:
+    parts = [p for p in request.path.split("/") if p]
+    method = request.method.upper()
+    if parts[:1] == ["v2"]:
+        return await route_v2(ctx, method, parts[1:])
+    if len(parts) == 2 and parts[1] in ("matches", "preprocess"):
+        require(method, IMAGE_METHODS)
+        model, action = parts
+        top = parse_top(request.query_string)
+        return await classify(ctx, model, request, top) if action == "matches" else await infer_image(ctx, model, request)
+    if len(parts) == 1:
+        require(method, ("POST", "PUT"))
+        return await infer_tensor(ctx, parts[0], request)
+    raise NotFound(f"no route {method} {request.path}")
+
+
+def require(method: str, allowed: tuple[str, ...]) -> None:
+    if method not in allowed:
+        raise MethodNotAllowed(f"{method} is not allowed here; use {' or '.join(allowed)}", allow=", ".join(allowed))
+
+
+def parse_top(query_string: str) -> int:
+    values = parse_qs(query_string).get("top")
+    if not values:
+        return 5
+    try:
+        return int(values[-1])
+    except ValueError:
+        raise RequestError(f"top must be a whole number, got {values[-1]!r}") from None
+
+
+async def route_v2(ctx: Context, method: str, parts: list[str]) -> HttpResponse:
+    require(method, ("GET", "HEAD"))
+    if parts == ["health", "live"]:
+        return json_response({"live": True})
+    if parts == ["health", "ready"]:
+        models = await catalog.all(ctx, fresh=True)
+        not_ready = {name: info.state for name, info in models.items() if info.state != "READY"}
+        body = {"ready": bool(models) and not not_ready, "models": {n: i.state for n, i in models.items()}}
+        return json_response(body, 200 if body["ready"] else 503, {} if body["ready"] else {"retry-after": "1"})
+    if parts == ["models"]:
+        return json_response([model_json(i) for i in (await catalog.all(ctx, fresh=True)).values()])
+    if len(parts) == 2 and parts[0] == "models":
+        info = (await catalog.all(ctx, fresh=True)).get(parts[1])
+        if info is None:
+            raise ContextNotFound(f"no model {parts[1]!r} is linked")
+        return json_response(model_json(info))
+    raise NotFound(f"no route /v2/{'/'.join(parts)}")
+
+
+def model_json(info: ModelInfo) -> dict:
+    return {"name": info.name, "bindle_id": info.bindle_id, "engine": info.engine, "state": info.state,
+            "reason": info.reason, "inputs": info.inputs, "outputs": info.outputs}
+
+
+def check_image_body(request: HttpRequest) -> bytes:
+    content_type = request.header.get("content-type", "").split(";")[0].strip().lower()
+    if content_type.startswith("text/") or content_type in ("application/json", "application/x-www-form-urlencoded"):
+        raise UnsupportedMediaType(f"expected image bytes (JPEG, PNG, GIF, BMP, WebP), got {content_type}")
+    return request.body
+
+
+async def predict_image(ctx: Context, model: str, request: HttpRequest) -> tuple[InferenceOutput, ModelInfo]:
+    image = check_image_body(request)
+    info = await catalog.ready(ctx, model)
+    wanted = info.inputs[0] if info.inputs else {}
+    dims = [d if isinstance(d, int) and d > 0 else 1 for d in wanted.get("shape", [1, 3, 224, 224])]
+    value_type = ValueType(wanted.get("datatype", "ValueF32"))
+    tensor = await ctx.call_actor("preprocess", OP_PREPROCESS, PreprocessRequest(image=image, dimensions=dims,
+                                                                                 value_type=value_type), Tensor)
+    output = await ctx.call(MLINFERENCE, OP_PREDICT, InferenceInput(model=model, tensor=tensor), InferenceOutput)
+    return output, info
+
+
+async def classify(ctx: Context, model: str, request: HttpRequest, top: int) -> HttpResponse:
+    output, info = await predict_image(ctx, model, request)
+    if output.tensor is None:
+        raise InvalidModel(f"model {model!r} returned no tensor")
+    found = await ctx.call_actor("postprocess", OP_POSTPROCESS, PostprocessRequest(tensor=output.tensor, top=top),
+                                 list[Match])
+    body = [{"label": m.label, "probability": m.probability} for m in found]
+    return json_response(body, header={"x-model": info.bindle_id})
+
+
+async def infer_image(ctx: Context, model: str, request: HttpRequest) -> HttpResponse:
+    output, info = await predict_image(ctx, model, request)
+    return json_response(output.to_json(), header={"x-model": info.bindle_id})
+
+
+async def infer_tensor(ctx: Context, model: str, request: HttpRequest) -> HttpResponse:
+    if not request.body:
+        raise RequestError("expected a JSON tensor body: {\"dimensions\": [...], \"valueTypes\": [...], \"data\": [...]}")
+    try:
+        parsed = json.loads(request.body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(f"body is not JSON: {exc}") from exc
+    tensor = Tensor.from_json(parsed)
+    info = await catalog.ready(ctx, model)
+    output = await ctx.call(MLINFERENCE, OP_PREDICT, InferenceInput(model=model, tensor=tensor), InferenceOutput)
+    return json_response(output.to_json(), header={"x-model": info.bindle_id})

@@ -1,0 +1,17 @@
+"""The preprocess actor: image bytes → the model's input tensor (logic in ``imaging.py``).
+
+Decoding and resizing are CPU-bound, so the handler is a plain function: the runtime runs it in
+a thread pool (Pillow and numpy release the GIL), letting one instance serve requests in parallel.
+"""
+
+from imaging import convert
+
+from mlcloud.interfaces import OP_PREPROCESS, PreprocessRequest, Tensor
+from mlcloud.sdk import Actor, Context
+
+component = Actor()
+
+
+@component.operation(OP_PREPROCESS, PreprocessRequest)
+def preprocess(ctx: Context, request: PreprocessRequest) -> Tensor:
+    return convert(request)

@@ -1,0 +1,197 @@
+"""The ``wasmcloud:httpserver`` provider: an aiohttp server per link, each request a call to the actor.
+
+Link values (all optional):
+
+* ``address`` — ``host:port`` to listen on (default ``MLCLOUD_HTTP_ADDRESS``, 0.0.0.0:8078);
+* ``max_body_bytes`` — larger request bodies get 413 (default 16 MiB);
+* ``timeout`` — seconds to wait for the actor before answering 504 (default: the RPC timeout);
+* ``cors_allowed_origins`` — comma-separated origins, or ``*``; adds CORS headers and answers
+  preflight requests (``cors_allowed_methods``/``cors_allowed_headers``/``cors_max_age`` too);
+* ``tls_cert_file`` / ``tls_priv_key_file`` — serve HTTPS with that PEM certificate and key.
+
+Errors of the lattice (timeout, nobody serving, a crashed call) become the JSON error body of
+the HTTP API with the right status; nothing a client sends can crash the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from mlcloud.errors import MLCloudError, PayloadTooLarge
+from mlcloud.interfaces import OP_HANDLE_REQUEST, HttpRequest, HttpResponse
+from mlcloud.lattice.links import LinkDefinition
+from mlcloud.sdk import Context, Provider
+from mlcloud.settings import split_address
+
+log = logging.getLogger("mlcloud.httpserver")
+access_log = logging.getLogger("mlcloud.httpserver.access")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    address: str
+    max_body_bytes: int
+    timeout: float
+    cors_origins: tuple[str, ...] = ()
+    cors_methods: str = "GET, POST, PUT, DELETE, OPTIONS"
+    cors_headers: str = "*"
+    cors_max_age: str = "600"
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_link(cls, link: LinkDefinition, ctx: Context) -> ServerConfig:
+        v = link.values
+        origins = tuple(o.strip() for o in v.get("cors_allowed_origins", "").split(",") if o.strip())
+        return cls(
+            address=v.get("address") or ctx.settings.http_address,
+            max_body_bytes=int(v.get("max_body_bytes") or ctx.settings.max_body_bytes),
+            timeout=float(v.get("timeout") or ctx.settings.rpc_timeout),
+            cors_origins=origins,
+            cors_methods=v.get("cors_allowed_methods", cls.cors_methods),
+            cors_headers=v.get("cors_allowed_headers", cls.cors_headers),
+            cors_max_age=v.get("cors_max_age", cls.cors_max_age),
+            tls_cert_file=v.get("tls_cert_file", ""),
+            tls_key_file=v.get("tls_priv_key_file", ""),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls_cert_file:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert_file, self.tls_key_file or None)
+        return context
+
+
+def error_response(err: MLCloudError) -> web.Response:
+    headers = {"Retry-After": "1"} if err.http_status == 503 else {}
+    return web.json_response(err.to_http_body(), status=err.http_status, headers=headers)
+
+
+class LinkedServer:
+    """One listening server forwarding to one actor."""
+
+    def __init__(self, link: LinkDefinition, config: ServerConfig, ctx: Context) -> None:
+        self.link = link
+        self.config = config
+        self.ctx = ctx
+        self.runner: web.AppRunner | None = None
+        self.error = ""
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._cors])
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        host, port = split_address(self.config.address)
+        site = web.TCPSite(self.runner, host, port, ssl_context=self.config.ssl_context())
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.runner.cleanup()
+            self.runner = None
+            self.error = f"cannot listen on {self.config.address}: {exc.strerror}"
+            raise
+        scheme = "https" if self.config.tls_cert_file else "http"
+        log.info("listening on %s://%s for actor %s", scheme, self.config.address, self.link.actor_id[:8])
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    @web.middleware
+    async def _cors(self, request: web.Request, handler) -> web.StreamResponse:
+        origins = self.config.cors_origins
+        origin = request.headers.get("Origin", "")
+        allowed = bool(origins) and ("*" in origins or origin in origins)
+        if request.method == "OPTIONS" and allowed and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = self.config.cors_methods
+            response.headers["Access-Control-Allow-Headers"] = self.config.cors_headers
+            response.headers["Access-Control-Max-Age"] = self.config.cors_max_age
+        else:
+            response = await handler(request)
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in origins else origin
+            response.headers["Vary"] = "Origin"
+        return response
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        response = await self._forward(request)
+        access_log.info(
+            '%s "%s %s" %d %d %.1fms', request.remote, request.method, request.path_qs,
+            response.status, response.body_length if hasattr(response, "body_length") else 0,
+            (time.perf_counter() - started) * 1000,
+        )
+        return response
+
+    async def _forward(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return error_response(PayloadTooLarge(
+                f"request body is larger than the limit of {self.config.max_body_bytes} bytes"))
+        message = HttpRequest(
+            method=request.method,
+            path=request.path,
+            query_string=request.query_string,
+            header={k.lower(): v for k, v in request.headers.items()},
+            body=body,
+        )
+        try:
+            reply: HttpResponse = await self.ctx.call_actor(
+                self.link.actor_id, OP_HANDLE_REQUEST, message, HttpResponse, timeout=self.config.timeout
+            )
+        except MLCloudError as err:
+            log.warning("%s %s: %s: %s", request.method, request.path, err.kind, err.message)
+            return error_response(err)
+        return web.Response(status=reply.status_code, headers=reply.header, body=reply.body)
+
+
+class HttpServer(Provider):
+    def __init__(self) -> None:
+        super().__init__()
+        self.servers: dict[str, LinkedServer] = {}  # by actor id
+        self.ctx: Context | None = None
+
+    async def on_start(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def on_link_put(self, link: LinkDefinition) -> None:
+        assert self.ctx is not None
+        config = ServerConfig.from_link(link, self.ctx)
+        current = self.servers.get(link.actor_id)
+        if current is not None and current.config == config and not current.error:
+            current.link = link
+            return
+        if current is not None:
+            await current.stop()
+        server = self.servers[link.actor_id] = LinkedServer(link, config, self.ctx)
+        try:
+            await server.start()
+        except OSError:
+            log.error("link from %s: %s", link.actor_id[:8], server.error)
+
+    async def on_link_del(self, link: LinkDefinition) -> None:
+        server = self.servers.pop(link.actor_id, None)
+        if server is not None:
+            await server.stop()
+
+    async def on_stop(self) -> None:
+        for server in self.servers.values():
+            await server.stop()
+
+    async def health(self) -> dict:
+        failed = [s.error for s in self.servers.values() if s.error]
+        return {"healthy": not failed, "message": "; ".join(failed)}
+
+
+component = HttpServer
