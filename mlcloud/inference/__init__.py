@@ -1,0 +1,41 @@
+"""The mlinference provider's inference layer: engines, model metadata, registry, batching, cache.
+
+Plain Python with no lattice in it; the provider's entry point wires it to NATS and Bindle::
+
+    cache = ParcelCache(settings.state_dir / "parcels")
+    async def fetch(bindle_id):            # Bindle invoice → model parcel path + metadata JSON
+        ...
+    async with ModelRegistry(fetch, InferenceConfig.from_env()) as registry:
+        links = parse_link_values(link.values)
+        await registry.apply(links.routes, links.engines)
+        tensor = await registry.predict("identity", request.tensor)
+"""
+
+from mlcloud.inference.batching import AdaptiveBatcher
+from mlcloud.inference.cache import ParcelCache
+from mlcloud.inference.config import BatchingConfig, InferenceConfig, LinkModels, parse_link_values
+from mlcloud.inference.engines import create_engine, engine_name_for
+from mlcloud.inference.engines.base import Engine, EngineOptions, Session, TensorSpec
+from mlcloud.inference.metadata import ExecutionTarget, GraphEncoding, ModelMetadata
+from mlcloud.inference.registry import ModelKey, ModelRegistry, ModelState
+
+__all__ = [
+    "AdaptiveBatcher",
+    "BatchingConfig",
+    "Engine",
+    "EngineOptions",
+    "ExecutionTarget",
+    "GraphEncoding",
+    "InferenceConfig",
+    "LinkModels",
+    "ModelKey",
+    "ModelMetadata",
+    "ModelRegistry",
+    "ModelState",
+    "ParcelCache",
+    "Session",
+    "TensorSpec",
+    "create_engine",
+    "engine_name_for",
+    "parse_link_values",
+]

@@ -1,0 +1,146 @@
+"""Engines: onnxruntime and tract agree, every value type round-trips, errors convert at one boundary."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlcloud.errors import CorruptInputTensor, InvalidModel, OnnxError
+from mlcloud.inference.engines import create_engine, engine_name_for
+from mlcloud.inference.engines.base import EngineOptions, engine_errors
+from mlcloud.interfaces import Tensor, ValueType
+
+from .models import onnx_model, parsed
+
+ENGINES = ["onnxruntime", "tract"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_identity_and_add_agree_across_engines(tmp_path: Path, engine: str) -> None:
+    add = onnx_model(tmp_path / "add.onnx", op="Add", constant=3.0)
+    meta = parsed(dims=[-1, 4])
+    session = create_engine(meta, engine).load(add, meta)
+    x = np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32)
+    (y,) = session.predict([x])
+    np.testing.assert_array_equal(y, x + 3)
+    assert session.engine == engine
+    assert [s.name for s in session.inputs] == ["x"]
+    assert session.input.shape == (None, 4) and session.input.batch_dim_symbolic
+
+
+def test_onnxruntime_and_tract_give_the_same_numbers(tmp_path: Path) -> None:
+    path = onnx_model(tmp_path / "sig.onnx", op="Sigmoid")
+    meta = parsed(dims=[-1, 4])
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    a = create_engine(meta, "onnxruntime").load(path, meta).predict([x])[0]
+    b = create_engine(meta, "tract").load(path, meta).predict([x])[0]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("value_type", list(ValueType))
+def test_every_value_type_round_trips_as_itself(tmp_path: Path, engine: str, value_type: ValueType) -> None:
+    dtype = value_type.dtype
+    path = onnx_model(tmp_path / "id.onnx", dtype=dtype, shape=["N", 3])
+    meta = parsed(dims=[-1, 3], tensor_type=value_type.value.removeprefix("Value"))
+    session = create_engine(meta, engine).load(path, meta)
+    x = (np.arange(6).reshape(2, 3) % 2).astype(dtype)
+    request = Tensor.from_numpy(x)
+    (y,) = session.predict([request.to_numpy()])
+    answer = Tensor.from_numpy(y)
+    assert answer.value_types == [value_type]
+    assert answer.data == request.data and answer.dimensions == [2, 3]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_wrong_dtype_or_shape_is_corrupt_input(identity_path: Path, engine: str) -> None:
+    meta = parsed(dims=[-1, 4])
+    session = create_engine(meta, engine).load(identity_path, meta)
+    with pytest.raises(CorruptInputTensor, match="value type"):
+        session.predict([np.ones((1, 4), np.float64)])
+    with pytest.raises(CorruptInputTensor, match="dimensions"):
+        session.predict([np.ones((1, 5), np.float32)])
+    with pytest.raises(CorruptInputTensor, match="dimensions"):
+        session.predict([np.ones((4,), np.float32)])
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_garbage_file_is_invalid_model_keeping_the_cause(tmp_path: Path, engine: str) -> None:
+    path = tmp_path / "garbage.onnx"
+    path.write_bytes(b"this is not protobuf \x07\x07")
+    meta = parsed()
+    with pytest.raises(InvalidModel, match=engine) as info:
+        create_engine(meta, engine).load(path, meta)
+    assert info.value.__cause__ is not None
+    assert "Stack backtrace" not in info.value.message
+
+
+def test_metadata_contradicting_the_model_is_refused(identity_path: Path) -> None:
+    meta = parsed(tensor_type="U8")
+    with pytest.raises(InvalidModel, match="tensor_type"):
+        create_engine(meta).load(identity_path, meta)
+    meta = parsed(dims=[1, 5])
+    with pytest.raises(InvalidModel, match="tensor_dimensions_in"):
+        create_engine(meta).load(identity_path, meta)
+    meta = parsed(input_name="pixels")
+    with pytest.raises(InvalidModel, match="input_name"):
+        create_engine(meta).load(identity_path, meta)
+
+
+def test_engine_choice_override_then_metadata_then_default() -> None:
+    assert engine_name_for(parsed()) == "onnxruntime"
+    assert engine_name_for(parsed(engine="tract")) == "tract"
+    assert engine_name_for(parsed(engine="tract"), "onnxruntime") == "onnxruntime"
+    assert engine_name_for(parsed(encoding="tflite")) == "litert"
+    with pytest.raises(InvalidModel, match="cannot run tflite"):
+        engine_name_for(parsed(encoding="tflite"), "onnxruntime")
+    with pytest.raises(InvalidModel, match="cannot run onnx"):
+        engine_name_for(parsed(), "litert")
+
+
+def test_tract_missing_is_a_clear_invalid_model(identity_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "tract", None)  # what an aarch64 machine looks like
+    meta = parsed()
+    with pytest.raises(InvalidModel, match="tract engine is not installed"):
+        create_engine(meta, "tract").load(identity_path, meta)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_sessions_run_concurrently_from_threads(identity_path: Path, engine: str) -> None:
+    meta = parsed(dims=[-1, 4])
+    session = create_engine(meta, engine, EngineOptions(intra_op_threads=1)).load(identity_path, meta)
+    errors: list[object] = []
+
+    def work(k: int) -> None:
+        for _ in range(50):
+            x = np.full((k, 4), k, np.float32)
+            (y,) = session.predict([x])
+            if not np.array_equal(x, y):
+                errors.append(k)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_engine_errors_boundary_maps_kinds() -> None:
+    class TractError(Exception):
+        pass
+
+    with pytest.raises(InvalidModel) as load:
+        with engine_errors("x", "load"):
+            raise RuntimeError("boom")
+    assert isinstance(load.value.__cause__, RuntimeError)
+    with pytest.raises(CorruptInputTensor):
+        with engine_errors("tract", "predict", OnnxError):
+            raise TractError("Input at index 0 has incorrect dtype or shape\n\nStack backtrace:\n 0: x")
+    with pytest.raises(OnnxError, match="kaput$"):
+        with engine_errors("tract", "predict", OnnxError):
+            raise TractError("kaput\n\nStack backtrace:\n 0: anyhow")
