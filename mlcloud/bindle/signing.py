@@ -39,12 +39,12 @@ SigningKeyLike = nacl.signing.SigningKey | _HasSigningKey  # mlcloud.identity.Ke
 
 class KeyEntry(_Doc, kw_only=True):
     label: str
-    roles: list[SignatureRole] = msgspec.field(default_factory=lambda: [SignatureRole.CREATOR])
+    roles: list[SignatureRole]  # required (and so always written), as the reference reads it
     key: str
     label_signature: str | None = None
 
 
-class KeyRing(_Doc, kw_only=True):
+class KeyRing(_Doc, kw_only=True, omit_defaults=False):
     version: str = KEYRING_VERSION
     key: list[KeyEntry] = msgspec.field(default_factory=list)
 
