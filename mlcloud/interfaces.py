@@ -181,6 +181,11 @@ class ModelInfo(_Wire):
     reason: str = ""
     inputs: list[dict[str, Any]] = []
     outputs: list[dict[str, Any]] = []
+    # Serving figures over the last minute, filled in by the mlinference provider.
+    requests: int = 0
+    errors: int = 0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
 
 
 T = TypeVar("T")
