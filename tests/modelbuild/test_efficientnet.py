@@ -95,3 +95,21 @@ def test_check_classifier_rejects_a_wrong_model(enet_onnx: Path, tmp_path: Path)
     onnx.save(model, str(broken))
     with pytest.raises(VerificationError, match="chelsea"):
         verify.check_classifier(broken, ["onnxruntime"])
+
+
+def test_check_uses_the_committed_photos_without_scikit_image(enet_onnx: Path, monkeypatch):
+    from mlcloud.modelbuild import images
+    from mlcloud.modelbuild.errors import ModelBuildError
+
+    real = images.package_dir
+
+    def without_skimage(package: str) -> Path:
+        if package == "skimage":
+            raise ModelBuildError("skimage is not installed")
+        return real(package)
+
+    monkeypatch.setattr(images, "package_dir", without_skimage)
+    report = verify.check_classifier(enet_onnx, ["onnxruntime"])
+    # cat.jpg, not chelsea.png: the JPEG round trip gives 0.815 instead of 0.799.
+    assert report["onnxruntime"]["chelsea"][0][0] == verify.EGYPTIAN_CAT
+    assert report["onnxruntime"]["chelsea"][0][1] == pytest.approx(0.815, abs=0.005)
