@@ -458,7 +458,7 @@ def build_bundle(
     st = status(source, out, supplied)
     if st.state is State.NEEDS_IMPORT:
         raise ModelBuildError(f"{source.id}: {st.reason}")
-    if st.state is State.UP_TO_DATE and not force and not supplied:
+    if st.state is State.UP_TO_DATE and not force:
         return None
     started = time.monotonic()
     final = bundle_dir(out, source)

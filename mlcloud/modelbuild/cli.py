@@ -100,10 +100,14 @@ def import_cmd(file: Path, models_dir: Path | None, out: Path | None) -> None:
 
     models_dir, out = _dirs(models_dir, out)
     try:
-        result = zoo.import_file(file, models_dir, out, progress=click.echo)
+        entry, result = zoo.import_file(file, models_dir, out, progress=click.echo)
     except ModelBuildError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"{result.source.id}: staged in {result.directory} ({'; '.join(result.notes)})")
+    if result is None:
+        click.echo(f"{entry.bindle}: already staged from this file, nothing to do")
+    else:
+        click.echo(f"{entry.bindle}: staged in {result.directory} ({'; '.join(result.notes)})")
+    click.echo(f"push it with: mlcloud bindle push {out / f'{entry.name}-{entry.version}'}")
 
 
 @models.command("images")

@@ -102,8 +102,11 @@ def onnx_io(path: Path) -> tuple[str, list[int], list[int]]:
 
 def import_file(
     path: str | Path, models_dir: str | Path, out: str | Path, *, progress: bundles.Progress = bundles._quiet,
-) -> bundles.BuildResult:
-    """Check a model-zoo file and stage its bindle under ``out``."""
+) -> tuple[ZooEntry, bundles.BuildResult | None]:
+    """Check a model-zoo file and stage its bindle under ``out``.
+
+    The result is ``None`` when that very file is already staged and the bundle up to date.
+    """
     path = Path(path)
     if not path.is_file():
         raise ModelBuildError(f"{path}: no such file")
@@ -115,6 +118,6 @@ def import_file(
         raise ModelBuildError(f"{path}: shapes {dims_in} → {dims_out} differ from {ZOO_FILE}")
     source = bundles.load_source(Path(models_dir) / entry.name / entry.version)
     result = bundles.build_bundle(source, out, supplied={entry.file: path}, progress=progress)
-    assert result is not None  # a supplied file always builds
-    result.notes.append(f"input name {name!r}")
-    return result
+    if result is not None:
+        result.notes.append(f"input name {name!r}")
+    return entry, result

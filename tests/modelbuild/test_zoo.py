@@ -77,7 +77,8 @@ def test_import_stages_a_complete_bundle(tmp_path: Path, models_copy: Path):
         .replace('"e092"', f'"{digest[-4:]}"')
     )
     out = tmp_path / "build"
-    result = zoo.import_file(model, models_copy, out)
+    entry, result = zoo.import_file(model, models_copy, out)
+    assert entry.bindle == "mobilenetv2-7/0.1.0"
     assert "input name 'data'" in result.notes
     directory = out / "mobilenetv2-7-0.1.0"
     invoice = bundles.read_invoice(directory)
@@ -89,3 +90,5 @@ def test_import_stages_a_complete_bundle(tmp_path: Path, models_copy: Path):
     assert bundles.status(source, out).state is bundles.State.UP_TO_DATE
     results = dict((st.source.id, r) for st, r in bundles.build_all(models_copy, out, only=["mobilenetv2-7"]))
     assert results == {"mobilenetv2-7/0.1.0": None}
+    # Importing the same file again is a no-op too.
+    assert zoo.import_file(model, models_copy, out)[1] is None
