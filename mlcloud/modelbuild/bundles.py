@@ -436,7 +436,7 @@ def status(source: ModelSource, out: str | Path, supplied: dict[str, Path] | Non
     return Status(source, State.UP_TO_DATE)
 
 
-def _quiet(_: str) -> None:
+def no_progress(_: str) -> None:
     pass
 
 
@@ -447,7 +447,7 @@ def build_bundle(
     supplied: dict[str, Path] | None = None,
     verify: bool = True,
     force: bool = False,
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
 ) -> BuildResult | None:
     """Build ``source`` into ``out/{name}-{version}/`` if missing or stale.
 
@@ -542,7 +542,7 @@ def build_all(
     only: Iterable[str] = (),
     verify: bool = True,
     force: bool = False,
-    progress: Progress = _quiet,
+    progress: Progress = no_progress,
 ) -> list[tuple[Status, BuildResult | None]]:
     """Build every buildable bundle (or those named in ``only``, by name or name/version)."""
     wanted = set(only)

@@ -101,7 +101,7 @@ def onnx_io(path: Path) -> tuple[str, list[int], list[int]]:
 
 
 def import_file(
-    path: str | Path, models_dir: str | Path, out: str | Path, *, progress: bundles.Progress = bundles._quiet,
+    path: str | Path, models_dir: str | Path, out: str | Path, *, progress: bundles.Progress = bundles.no_progress,
 ) -> tuple[ZooEntry, bundles.BuildResult | None]:
     """Check a model-zoo file and stage its bindle under ``out``.
 
