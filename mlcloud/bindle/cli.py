@@ -26,7 +26,6 @@ import click
 import msgspec
 
 from mlcloud.bindle.client import Client, load_invoice_dir
-from mlcloud.bindle.errors import BindleError
 from mlcloud.bindle.models import DEFAULT_MEDIA_TYPE, Invoice, Label, decode, encode, to_toml
 from mlcloud.errors import MLCloudError
 from mlcloud.settings import Settings
