@@ -89,7 +89,6 @@ class AdaptiveBatcher:
         try:
             while True:
                 batch = await self._next_batch()
-                self._in_flight = batch
                 await self._execute(batch)
                 self._in_flight = []
         except BaseException as exc:
@@ -109,6 +108,7 @@ class AdaptiveBatcher:
             await self._arrived.wait()
         first = self._queue.popleft()
         batch, rows = [first], len(first.array)
+        self._in_flight = batch  # from here on, a death must fail these callers too
         rows = self._take(batch, rows)
         if len(batch) > 1 and self.max_wait > 0:
             # A batch is forming: give stragglers until the first request's deadline.
