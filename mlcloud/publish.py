@@ -10,12 +10,43 @@ publish only what changed.
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 from mlcloud.app import AppManifest
+from mlcloud.errors import ConfigError
 from mlcloud.host.artifacts import is_local_ref
 from mlcloud.settings import Settings
+
+
+CLASSIFIER_LABELS = Path("models/build/efficientnet-lite0-1.0.0/synset.txt")
+POSTPROCESS_LABELS = Path("actors/postprocess/synset.txt")
+
+
+def stage_labels(project_dir: Path) -> None:
+    """Put the ImageNet labels built by ``mlcloud models build`` into the postprocess actor."""
+    source, target = project_dir / CLASSIFIER_LABELS, project_dir / POSTPROCESS_LABELS
+    if not target.parent.is_dir():
+        return
+    if not source.exists():
+        raise ConfigError(f"{source} is missing: run `mlcloud models build` (or `make models`) first")
+    if not target.exists() or target.read_bytes() != source.read_bytes():
+        shutil.copyfile(source, target)
+
+
+async def push_models(settings: Settings, build_dir: Path, say: Callable[[str], None]) -> list[str]:
+    """Push every bundle built under ``build_dir`` to Bindle; complete bindles are left alone."""
+    from mlcloud.bindle import AsyncClient
+
+    pushed = []
+    async with AsyncClient(settings.effective_bindle_url) as client:
+        for invoice in sorted(build_dir.glob("*/invoice.toml")):
+            result = await client.push_dir(invoice.parent)
+            if not result.nothing_to_do:
+                say(f"pushed model {result.bindle_id} ({len(result.uploaded)} parcel(s) uploaded)")
+                pushed.append(result.bindle_id)
+    return pushed
 
 
 def component_folders(project_dir: Path) -> dict[str, Path]:
@@ -31,7 +62,10 @@ async def publish_manifest_components(
 ) -> list[str]:
     from mlcloud.oci import Reference, build, push
 
-    folders = component_folders(project_dir or Path.cwd())
+    project_dir = project_dir or Path.cwd()
+    folders = component_folders(project_dir)
+    if "postprocess" in folders:
+        stage_labels(project_dir)
     published = []
     for spec in manifest.components:
         if is_local_ref(spec.image) or spec.name not in folders:

@@ -28,6 +28,7 @@ DEFAULT_REGISTRY = "127.0.0.1:5000"
 DEFAULT_HTTP_ADDRESS = "0.0.0.0:8078"
 DEFAULT_WASHBOARD_ADDRESS = "127.0.0.1:4000"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard of the preprocess actor
 DEFAULT_RESTART_BACKOFF = 0.5
 DEFAULT_RESTART_BACKOFF_MAX = 30.0
 DEFAULT_STOP_GRACE = 5.0
@@ -61,6 +62,7 @@ class Settings:
     http_address: str = DEFAULT_HTTP_ADDRESS
     washboard_address: str = DEFAULT_WASHBOARD_ADDRESS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     restart_backoff: float = DEFAULT_RESTART_BACKOFF
     restart_backoff_max: float = DEFAULT_RESTART_BACKOFF_MAX
     stop_grace: float = DEFAULT_STOP_GRACE

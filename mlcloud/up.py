@@ -31,6 +31,7 @@ class UpOptions:
     app: Path | None = None
     start_registry: bool = True
     start_washboard: bool = True
+    models_dir: Path | None = Path("models/build")  # bundles pushed to Bindle before deploying
 
 
 async def wait_for_stop_signal() -> None:
@@ -80,19 +81,23 @@ async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] 
             )
             say(f"washboard          http://{address}/")
         if options.app is not None:
-            await deploy_app(settings, options.app, say)
+            await deploy_app(settings, options.app, say, options.models_dir)
         say("mlcloud is up. Ctrl-C stops it.")
         await wait_for_stop_signal()
 
 
-async def deploy_app(settings: Settings, manifest_path: Path, say: Callable[[str], None]) -> list[str]:
-    """Publish the project's components when the manifest uses OCI refs, then deploy."""
+async def deploy_app(
+    settings: Settings, manifest_path: Path, say: Callable[[str], None], models_dir: Path | None = None
+) -> list[str]:
+    """Push built models to Bindle, publish the project's own components, then deploy."""
     from mlcloud.app import AppManifest, deploy
     from mlcloud.lattice.ctl_client import CtlClient
 
-    manifest = AppManifest.load(manifest_path)
-    from mlcloud.publish import publish_manifest_components
+    from mlcloud.publish import publish_manifest_components, push_models
 
+    manifest = AppManifest.load(manifest_path)
+    if models_dir is not None and models_dir.is_dir():
+        await push_models(settings, models_dir, say)
     await publish_manifest_components(manifest, settings, say)
     async with await CtlClient.connect(settings) as ctl:
         changes = await deploy(manifest, ctl, settings, report=say)

@@ -14,4 +14,4 @@ component = Actor()
 
 @component.operation(OP_PREPROCESS, PreprocessRequest)
 def preprocess(ctx: Context, request: PreprocessRequest) -> Tensor:
-    return convert(request)
+    return convert(request, max_pixels=ctx.settings.max_image_pixels)

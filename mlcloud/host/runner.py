@@ -25,6 +25,7 @@ from nats.aio.client import Client as NATS
 from mlcloud.component import ComponentKind
 from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, UnknownOperation
 from mlcloud.lattice import subjects
+from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.links import LinkDefinition, LinkStore
 from mlcloud.lattice.rpc import RpcClient, RpcServer
 from mlcloud.lattice.wire import Invocation
@@ -82,6 +83,7 @@ class ComponentRuntime:
         self.log = logging.getLogger(f"mlcloud.{spec.name}")
         self.nc: NATS | None = None
         self.rpc: RpcClient | None = None
+        self.events: EventPublisher | None = None
         self._servers: list[RpcServer] = []
         self._links: dict[tuple[str, str, str], LinkDefinition] = {}  # (actor, contract, link name)
         self._links_ready = asyncio.Event()
@@ -128,6 +130,7 @@ class ComponentRuntime:
             reconnect_time_wait=0.5,
         )
         self.rpc = RpcClient(self.nc, origin=self.spec.key, timeout=self.settings.rpc_timeout)
+        self.events = EventPublisher(self.nc, self.settings.lattice, self.spec.key)
         lifetime_ctx = Context(self, invocation_id="start", origin=self.spec.key)
         try:
             if isinstance(self.component, Provider):

@@ -53,6 +53,10 @@ class Context:
         """For providers: the link between the calling actor and this provider."""
         return self._runtime.link_for(self.origin)
 
+    async def publish_event(self, name: str, /, **data: Any) -> None:
+        """Publish a lattice event (past-tense name, e.g. ``model_loaded``) as this component."""
+        await self._runtime.events.publish(name, **data)
+
     async def call(
         self,
         contract: str,

@@ -1,0 +1,154 @@
+"""The ``wasmcloud:mlinference`` provider: models from Bindle, served on the lattice.
+
+Each link (from an actor, usually the api actor) names its models in its values, route → bindle
+id, plus optional engine and batching keys (see :mod:`mlcloud.inference.config`). For each link
+a :class:`~mlcloud.inference.ModelRegistry` loads the models in the background: the invoice's
+first parcel of group ``model`` and of group ``metadata`` are downloaded once into a
+sha256-verified disk cache shared by every link. ``MlInference.Predict`` runs a route's model;
+``MlInference.Status`` reports each route's bindle, engine, state, tensors and the last minute's
+request figures (for ``/v2/models`` and the washboard). Changing a link's values swaps models
+live; model events (``model_loaded``, ``model_load_failed``, …) go out on the lattice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from metrics import RouteMetrics
+
+from mlcloud.bindle import AsyncClient
+from mlcloud.errors import ContextNotFound, InvalidModel, MLCloudError
+from mlcloud.inference import InferenceConfig, ModelRegistry, ParcelCache, parse_link_values
+from mlcloud.interfaces import (
+    OP_MODEL_STATUS,
+    OP_PREDICT,
+    InferenceInput,
+    InferenceOutput,
+    ModelInfo,
+    ModelStatusRequest,
+)
+from mlcloud.lattice.links import LinkDefinition
+from mlcloud.sdk import Context, Provider, operation
+
+log = logging.getLogger("mlcloud.mlinference")
+
+MODEL_GROUP = "model"
+METADATA_GROUP = "metadata"
+
+
+class MlInference(Provider):
+    def __init__(self) -> None:
+        super().__init__()
+        self.registries: dict[str, ModelRegistry] = {}  # by linked actor id
+        self.metrics: dict[str, RouteMetrics] = {}  # by linked actor id
+        self.ctx: Context | None = None
+        self.bindle: AsyncClient | None = None
+        self.cache: ParcelCache | None = None
+        self.inference_config = InferenceConfig()
+
+    async def on_start(self, ctx: Context) -> None:
+        self.ctx = ctx
+        bindle_url = self.config.get("bindle_url") or ctx.settings.effective_bindle_url
+        self.bindle = AsyncClient(bindle_url)
+        self.cache = ParcelCache(Path(self.config.get("cache_dir") or ctx.settings.state_dir / "parcels"))
+        self.inference_config = InferenceConfig.from_env()
+        if self.config.get("engine"):
+            self.inference_config = self.inference_config.replace(engine=self.config["engine"])
+        log.info("models come from %s; parcels cached in %s", bindle_url, self.cache.root)
+
+    async def fetch(self, bindle_id: str) -> tuple[Path, bytes]:
+        """Invoice → (verified local path of the model parcel, metadata JSON bytes)."""
+        assert self.bindle is not None and self.cache is not None
+        invoice = await self.bindle.get_invoice(bindle_id)
+        model = _first_parcel(invoice, MODEL_GROUP, bindle_id)
+        metadata = _first_parcel(invoice, METADATA_GROUP, bindle_id)
+        bindle = self.bindle
+
+        def download(sha: str):
+            async def chunks():
+                async with bindle.stream_parcel(bindle_id, sha) as stream:
+                    async for chunk in stream:
+                        yield chunk
+            return chunks
+
+        paths = []
+        for parcel in (model, metadata):
+            sha = parcel.label.sha256
+            paths.append(await self.cache.fetch(sha, download(sha), size=parcel.label.size))
+        log.info("fetched %s (%s, %d bytes)", bindle_id, model.label.name, model.label.size)
+        return paths[0], paths[1].read_bytes()
+
+    async def on_link_put(self, link: LinkDefinition) -> None:
+        models = parse_link_values(link.values, self.inference_config.batching)
+        registry = self.registries.get(link.actor_id)
+        if registry is None:
+            config = self.inference_config.replace(batching=models.batching) if models.batching else self.inference_config
+            registry = ModelRegistry(self.fetch, config, on_event=self._event_hook(link.actor_id))
+            self.registries[link.actor_id] = registry
+            self.metrics[link.actor_id] = RouteMetrics()
+        elif models.batching is not None:
+            await registry.set_batching(models.batching)
+        await registry.apply(models.routes, models.engines)
+        log.info("link from %s: routes %s", link.actor_id[:8], models.routes)
+
+    async def on_link_del(self, link: LinkDefinition) -> None:
+        registry = self.registries.pop(link.actor_id, None)
+        self.metrics.pop(link.actor_id, None)
+        if registry is not None:
+            await registry.aclose()
+
+    async def on_stop(self) -> None:
+        await asyncio.gather(*(r.aclose() for r in self.registries.values()), return_exceptions=True)
+        if self.bindle is not None:
+            await self.bindle.aclose()
+
+    async def health(self) -> dict:
+        failed = [f"{i.name}: {i.reason}" for r in self.registries.values() for i in r.status() if i.state == "FAILED"]
+        # A failed model is reported, but the provider itself still serves the others.
+        return {"healthy": True, "message": "; ".join(failed)}
+
+    def _registry(self, actor_id: str) -> ModelRegistry:
+        registry = self.registries.get(actor_id)
+        if registry is None:
+            raise ContextNotFound(f"actor {actor_id[:8]} has no link to this provider, so no models")
+        return registry
+
+    @operation(OP_PREDICT, InferenceInput)
+    async def predict(self, ctx: Context, request: InferenceInput) -> InferenceOutput:
+        registry = self._registry(ctx.origin)
+        timer = self.metrics[ctx.origin].start(request.model)
+        try:
+            tensor = await registry.predict(request.model, request.tensor, request.index)
+        except MLCloudError:
+            timer.failed()
+            raise
+        timer.succeeded()
+        return InferenceOutput(result="Success", tensor=tensor)
+
+    @operation(OP_MODEL_STATUS, ModelStatusRequest)
+    async def status(self, ctx: Context, request: ModelStatusRequest) -> list[ModelInfo]:
+        registry = self._registry(ctx.origin)
+        infos = registry.status(request.model or None)
+        return [self.metrics[ctx.origin].annotate(info) for info in infos]
+
+    def _event_hook(self, actor_id: str):
+        def on_event(name: str, info: ModelInfo) -> None:
+            if self.ctx is not None:
+                asyncio.ensure_future(self.ctx.publish_event(
+                    name, actor_id=actor_id, model=info.name, bindle_id=info.bindle_id, engine=info.engine,
+                    state=info.state, reason=info.reason,
+                ))
+        return on_event
+
+
+def _first_parcel(invoice, group: str, bindle_id: str):
+    for parcel in invoice.parcels:
+        member_of = parcel.conditions.member_of if parcel.conditions else None
+        if member_of and group in member_of:
+            return parcel
+    raise InvalidModel(f"bindle {bindle_id} has no parcel in group {group!r}")
+
+
+component = MlInference
