@@ -14,6 +14,7 @@ The source is a callable that opens the stream, so nothing is downloaded when th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -67,15 +68,23 @@ class ParcelCache:
         try:
             hasher = hashlib.sha256()
             written = 0
-            with os.fdopen(fd, "wb") as file:
-                async for chunk in stream:
-                    # Hashing and writing a chunk takes well under a millisecond; doing it inline
-                    # keeps the event loop free of per-chunk thread hand-offs.
-                    hasher.update(chunk)
-                    file.write(chunk)
-                    written += len(chunk)
-                file.flush()
-                os.fsync(file.fileno())
+            # aclosing: a stream abandoned half-way (bad bytes, disk full) still closes its HTTP
+            # response now, not whenever the async generator is collected.
+            closing = (
+                contextlib.aclosing(stream)  # type: ignore[type-var]
+                if hasattr(stream, "aclose")
+                else contextlib.nullcontext(stream)
+            )
+            async with closing:
+                with os.fdopen(fd, "wb") as file:
+                    async for chunk in stream:
+                        # Hashing and writing a chunk takes well under a millisecond; doing it
+                        # inline keeps the event loop free of per-chunk thread hand-offs.
+                        hasher.update(chunk)
+                        file.write(chunk)
+                        written += len(chunk)
+                    file.flush()
+                    os.fsync(file.fileno())
             got = hasher.hexdigest()
             if got != digest:
                 raise ParcelCorrupt(
