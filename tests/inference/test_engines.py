@@ -144,3 +144,33 @@ def test_engine_errors_boundary_maps_kinds() -> None:
     with pytest.raises(OnnxError, match="kaput$"):
         with engine_errors("tract", "predict", OnnxError):
             raise TractError("kaput\n\nStack backtrace:\n 0: anyhow")
+
+
+def _two_outputs(path: Path) -> Path:
+    import onnx
+    from onnx import helper
+
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype("float32"))
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["same"]), helper.make_node("Neg", ["x"], ["negated"])],
+        "two",
+        [helper.make_tensor_value_info("x", elem, ["N", 2])],
+        [helper.make_tensor_value_info("same", elem, ["N", 2]), helper.make_tensor_value_info("negated", elem, ["N", 2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_metadata_output_name_becomes_output_zero(tmp_path: Path, engine: str) -> None:
+    path = _two_outputs(tmp_path / "two.onnx")
+    meta = parsed(dims=[-1, 2], output_name="negated")
+    session = create_engine(meta, engine).load(path, meta)
+    assert [s.name for s in session.outputs] == ["negated", "same"]
+    first, second = session.predict([np.ones((1, 2), np.float32)])
+    assert first.tolist() == [[-1, -1]] and second.tolist() == [[1, 1]]
+    meta = parsed(dims=[-1, 2], output_name="logits")
+    with pytest.raises(InvalidModel, match="output_name 'logits'"):
+        create_engine(meta, engine).load(path, meta)

@@ -134,6 +134,7 @@ class Session(ABC):
         self.inputs = list(inputs)
         self.outputs = list(outputs)
         self.error_kind = error_kind
+        self._output_order: list[int] | None = None  # set by select_output
 
     @property
     def input(self) -> TensorSpec:
@@ -150,7 +151,10 @@ class Session(ABC):
         """Run the model on one array per input, in ``inputs`` order; one array per output."""
         self.check_inputs(arrays)
         with engine_errors(self.engine, "predict", self.error_kind):
-            return self._run(arrays)
+            results = self._run(arrays)
+        if self._output_order is not None:
+            results = [results[i] for i in self._output_order]
+        return results
 
     @abstractmethod
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]: ...
@@ -172,6 +176,7 @@ class Engine(ABC):
         with engine_errors(self.name, "load"):
             session = self._load(Path(path), metadata)
         select_input(session, metadata)
+        select_output(session, metadata)
         check_against_metadata(session, metadata)
         return session
 
@@ -194,6 +199,22 @@ def select_input(session: Session, metadata: ModelMetadata) -> None:
         )
     if not session.outputs:
         raise InvalidModel("the model declares no outputs")
+
+
+def select_output(session: Session, metadata: ModelMetadata) -> None:
+    """Put the metadata's ``output_name`` first: output 0 is what a Predict call answers."""
+    wanted = metadata.output_name
+    if wanted is None:
+        return
+    names = [spec.name for spec in session.outputs]
+    name = wanted.removesuffix(":0") if wanted not in names else wanted
+    if name not in names:
+        raise InvalidModel(f"metadata output_name {wanted!r} is not an output of the model {names}")
+    first = names.index(name)
+    if first:
+        order = [first, *(i for i in range(len(names)) if i != first)]
+        session.outputs = [session.outputs[i] for i in order]
+        session._output_order = order
 
 
 def check_against_metadata(session: Session, metadata: ModelMetadata) -> None:
