@@ -2,13 +2,12 @@
 
 Plain Python with no lattice in it; the provider's entry point wires it to NATS and Bindle::
 
-    cache = ParcelCache(settings.state_dir / "parcels")
-    async def fetch(bindle_id):            # Bindle invoice → model parcel path + metadata JSON
-        ...
-    async with ModelRegistry(fetch, InferenceConfig.from_env()) as registry:
-        links = parse_link_values(link.values)
-        await registry.apply(links.routes, links.engines)
-        tensor = await registry.predict("identity", request.tensor)
+    async with AsyncClient(settings.effective_bindle_url) as bindle:
+        fetch = bindle_fetcher(bindle, ParcelCache(settings.state_dir / "parcels"))
+        async with ModelRegistry(fetch, InferenceConfig.from_env()) as registry:
+            links = parse_link_values(link.values)
+            await registry.apply(links.routes, links.engines)
+            tensor = await registry.predict("identity", request.tensor)
 """
 
 from mlcloud.inference.batching import AdaptiveBatcher
@@ -16,6 +15,7 @@ from mlcloud.inference.cache import ParcelCache
 from mlcloud.inference.config import BatchingConfig, InferenceConfig, LinkModels, parse_link_values
 from mlcloud.inference.engines import create_engine, engine_name_for
 from mlcloud.inference.engines.base import Engine, EngineOptions, Session, TensorSpec
+from mlcloud.inference.fetch import bindle_fetcher
 from mlcloud.inference.metadata import ExecutionTarget, GraphEncoding, ModelMetadata
 from mlcloud.inference.registry import ModelKey, ModelRegistry, ModelState
 
@@ -35,6 +35,7 @@ __all__ = [
     "ParcelCache",
     "Session",
     "TensorSpec",
+    "bindle_fetcher",
     "create_engine",
     "engine_name_for",
     "parse_link_values",

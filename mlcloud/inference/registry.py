@@ -286,7 +286,7 @@ class ModelRegistry:
         await asyncio.gather(*self._background, return_exceptions=True)
         for model in self._models.values():
             if model.session is not None:
-                model.session.close()
+                model.session.unload()
         self._routes.clear()
         self._models.clear()
         self._load_pool.shutdown(wait=False, cancel_futures=True)
@@ -323,7 +323,7 @@ class ModelRegistry:
             self._spawn(batcher.aclose(), "batcher-close")
         session, model.session = model.session, None
         if session is not None:
-            session.close()
+            session.unload()
             log.info("unloaded %s", model.key.bindle_id)
 
     def _retry_if_failed(self, model: LoadedModel) -> None:
@@ -356,7 +356,7 @@ class ModelRegistry:
             self._failed(model, f"{type(exc).__name__}: {exc}")
         else:
             if model.retired:  # dropped while loading
-                session.close()
+                session.unload()
                 return
             model.engine, model.metadata, model.session = engine.name, metadata, session
             model.batcher = self._make_batcher(model)

@@ -120,7 +120,7 @@ class TensorSpec:
 
 
 class Session(ABC):
-    """A loaded model. ``predict`` is thread-safe; ``close`` is called once nothing uses it."""
+    """A loaded model. ``predict`` is thread-safe; ``unload`` is called once nothing uses it."""
 
     engine: ClassVar[str] = ""
 
@@ -159,7 +159,7 @@ class Session(ABC):
     @abstractmethod
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
-    def close(self) -> None:
+    def unload(self) -> None:
         """Release the runtime's resources; the default drops them to the garbage collector."""
 
 

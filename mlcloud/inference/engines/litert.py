@@ -78,7 +78,7 @@ class LiteRtSession(Session):
             # get_tensor copies, so results survive the next invoke.
             return [interpreter.get_tensor(d["index"]) for d in self._outputs_detail]
 
-    def close(self) -> None:
+    def unload(self) -> None:
         self._interpreter = None
 
 

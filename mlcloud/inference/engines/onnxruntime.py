@@ -48,7 +48,7 @@ class OnnxRuntimeSession(Session):
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         return self._session.run(None, dict(zip(self._input_names, arrays)))
 
-    def close(self) -> None:
+    def unload(self) -> None:
         self._session = None
 
 

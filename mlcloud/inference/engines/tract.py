@@ -71,7 +71,7 @@ class TractSession(Session):
         feed = [np.require(a, requirements=("C", "W")) for a in arrays]
         return [t.to_numpy() for t in self._runnable.run(feed)]
 
-    def close(self) -> None:
+    def unload(self) -> None:
         self._runnable = None
 
 
