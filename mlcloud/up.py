@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -87,18 +88,24 @@ async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] 
 
 
 async def deploy_app(
-    settings: Settings, manifest_path: Path, say: Callable[[str], None], models_dir: Path | None = None
+    settings: Settings,
+    manifest_path: Path,
+    say: Callable[[str], None],
+    models_dir: Path | None = None,
+    project_dir: Path | None = None,
 ) -> list[str]:
-    """Push built models to Bindle, publish the project's own components, then deploy."""
+    """Push built models to Bindle, publish the project's own components, then deploy.
+
+    ``${MLCLOUD_…}`` in the manifest sees these settings (flags included), then the environment.
+    """
     from mlcloud.app import AppManifest, deploy
     from mlcloud.lattice.ctl_client import CtlClient
-
     from mlcloud.publish import publish_manifest_components, push_models
 
-    manifest = AppManifest.load(manifest_path)
+    manifest = AppManifest.load(manifest_path, {**os.environ, **settings.to_env()})
     if models_dir is not None and models_dir.is_dir():
         await push_models(settings, models_dir, say)
-    await publish_manifest_components(manifest, settings, say)
+    await publish_manifest_components(manifest, settings, say, project_dir)
     async with await CtlClient.connect(settings) as ctl:
         changes = await deploy(manifest, ctl, settings, report=say)
     say(f"app {manifest.name}: {len(changes)} change(s)" if changes else f"app {manifest.name}: up to date")

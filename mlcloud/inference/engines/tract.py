@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnx
 
 from mlcloud.errors import InferenceError, InvalidModel, OnnxError
 from mlcloud.inference.engines.base import Engine, Session, TensorSpec, engine_errors
 
 if TYPE_CHECKING:
-    import onnx
-
     from mlcloud.inference.metadata import ModelMetadata
 
 _TRACT_TYPES: dict[str, np.dtype] = {
@@ -100,7 +99,11 @@ class TractEngine(Engine):
         tract = _import_tract()
         model = tract.onnx().load(str(path))
         names = [model.input_name(i) for i in range(model.input_count())]
-        out_names = [model.output_name(i) for i in range(model.output_count())]
+        # tract names outputs after the node that makes them ("fc"), not the graph's output
+        # tensor ("logits") that the metadata and other engines use; take the graph's names.
+        out_names = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+        if len(out_names) != model.output_count():
+            out_names = [model.output_name(i) for i in range(model.output_count())]
         for i in range(model.input_count()):
             fact = _complete_fact(model.input_fact(i).dump(), metadata.tensor_dimensions_in)
             model.set_input_fact(i, fact)

@@ -1,0 +1,277 @@
+"""The inference pipeline end to end: real HTTP against the real stack (issue 6, DESIGN §4).
+
+One stack per module (starting it takes a few seconds): NATS, Bindle, the registry, a host
+running the signed components of deploy/app.yaml, the models built and pushed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import struct
+
+import httpx
+import numpy as np
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from mlcloud.interfaces import MLINFERENCE
+from mlcloud.testing.stack import PROJECT_DIR, running_stack
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
+
+IMAGES = PROJECT_DIR / "images"
+CAT_LABELS = {"n02124075 Egyptian cat", "n02123045 tabby, tabby cat", "n02123159 tiger cat"}
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(tmp_path_factory):
+    async with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def http(stack):
+    async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
+        yield client
+
+
+def f32_tensor_json(values: list[float], dims: list[int]) -> dict:
+    data = list(struct.pack(f"<{len(values)}f", *values))
+    return {"dimensions": dims, "valueTypes": ["ValueF32"], "flags": 0, "data": data}
+
+
+def tensor_values(body: dict) -> list[float]:
+    return list(np.frombuffer(bytes(body["tensor"]["data"]), dtype="<f4"))
+
+
+async def api_link(stack) -> dict:
+    return next(link for link in await stack.ctl.get_links() if link["contract_id"] == MLINFERENCE)
+
+
+async def relink(stack, values: dict) -> None:
+    link = await api_link(stack)
+    await stack.ctl.put_link(link["actor_id"], link["provider_id"], MLINFERENCE, link["link_name"], values)
+
+
+async def wait_for(predicate, timeout: float = 30.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.1)
+
+
+async def test_cat_photo_matches_a_cat(http):
+    response = await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())
+    assert response.status_code == 200, response.text
+    matches = response.json()
+    assert len(matches) == 5
+    assert matches[0]["label"] in CAT_LABELS
+    assert all(set(m) == {"label", "probability"} for m in matches)
+    probabilities = [m["probability"] for m in matches]
+    assert probabilities == sorted(probabilities, reverse=True) and probabilities[0] > 0.5
+    assert response.headers["x-model"] == "efficientnet-lite0/1.0.0"
+
+
+@pytest.mark.parametrize("image, expected", [("coffee.jpg", "espresso"), ("rocket.jpg", None)])
+async def test_other_photos_and_top_parameter(http, image, expected):
+    response = await http.put("/efficientnetlite0/matches?top=3", content=(IMAGES / image).read_bytes())
+    assert response.status_code == 200
+    assert len(response.json()) == 3
+    if expected:
+        assert expected in response.json()[0]["label"]
+
+
+async def test_png_with_alpha_and_grey_images_are_classified(http):
+    for mode in ("RGBA", "L", "P"):
+        buffer = io.BytesIO()
+        Image.open(IMAGES / "cat.jpg").convert(mode).save(buffer, "PNG")
+        response = await http.put("/mobilenetv27/matches", content=buffer.getvalue())
+        assert response.status_code == 200, (mode, response.text)
+
+
+async def test_identity_and_plus3_answer_in_the_original_json_shape(http):
+    tensor = f32_tensor_json([1, 2, 3, 4], [1, 4])
+    identity = await http.post("/identity", json=tensor)
+    assert identity.status_code == 200
+    assert identity.json()["result"] == "Success"
+    assert identity.json()["tensor"]["dimensions"] == [1, 4]
+    assert identity.json()["tensor"]["valueTypes"] == ["ValueF32"]
+    assert identity.json()["tensor"]["data"] == tensor["data"]
+    plus3 = await http.put("/plus3", json=tensor)
+    assert plus3.status_code == 200
+    assert tensor_values(plus3.json()) == [4, 5, 6, 7]
+
+
+async def test_preprocess_route_returns_the_raw_output(http):
+    response = await http.put("/mobilenetv27/preprocess", content=(IMAGES / "cat.jpg").read_bytes())
+    assert response.status_code == 200
+    body = response.json()
+    assert body["result"] == "Success" and body["tensor"]["dimensions"] == [1, 1000]
+    assert int(np.argmax(tensor_values(body))) == 285  # Egyptian cat
+
+
+async def test_health_and_model_metadata(http):
+    assert (await http.get("/v2/health/live")).status_code == 200
+    ready = await http.get("/v2/health/ready")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+    info = (await http.get("/v2/models/mobilenetv27")).json()
+    assert info["bindle_id"] == "efficientnet-lite0/1.0.0" and info["state"] == "READY"
+    assert info["engine"] == "onnxruntime"
+    assert info["inputs"] == [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "ValueF32"}]
+    assert info["outputs"][0]["shape"] == [1, 1000]
+
+
+@pytest.mark.parametrize(
+    "method, path, kwargs, status, kind",
+    [
+        ("POST", "/plus3", {"content": b"{not json"}, 400, "RequestError"),
+        ("POST", "/plus3", {"json": {"dimensions": [1, 4], "valueTypes": ["ValueF32"], "data": [0, 0, 128]}},
+         400, "CorruptInputTensor"),
+        ("POST", "/plus3", {"json": f32_tensor_json([1, 2, 3], [1, 3])}, 400, "CorruptInputTensor"),
+        ("POST", "/plus3", {"json": {"dimensions": [1, 4], "valueTypes": ["ValueNope"], "data": []}},
+         400, "CorruptInputTensor"),
+        ("PUT", "/mobilenetv27/matches", {"content": b""}, 400, "RequestError"),
+        ("PUT", "/mobilenetv27/matches", {"content": b"\xff\xd8\xff\xe0 truncated jpeg"}, 400, "RequestError"),
+        ("PUT", "/mobilenetv27/matches?top=0", {"content": "cat"}, 400, "RequestError"),
+        ("PUT", "/mobilenetv27/matches?top=many", {"content": "cat"}, 400, "RequestError"),
+        ("PUT", "/nosuchmodel/matches", {"content": "cat"}, 404, "ContextNotFound"),
+        ("POST", "/nosuchmodel", {"json": f32_tensor_json([1, 2, 3, 4], [1, 4])}, 404, "ContextNotFound"),
+        ("GET", "/a/b/c/d", {}, 404, "NotFound"),
+        ("GET", "/v2/models/nosuchmodel", {}, 404, "ContextNotFound"),
+        ("GET", "/mobilenetv27/matches", {}, 405, "MethodNotAllowed"),
+        ("DELETE", "/plus3", {}, 405, "MethodNotAllowed"),
+        ("PUT", "/mobilenetv27/matches", {"content": b"%PDF-1.4 not an image"}, 415, "UnsupportedMediaType"),
+        ("PUT", "/mobilenetv27/matches", {"content": b"{}", "headers": {"content-type": "application/json"}},
+         415, "UnsupportedMediaType"),
+    ],
+)
+async def test_errors_have_the_right_status_and_a_json_body(http, method, path, kwargs, status, kind):
+    if kwargs.get("content") == "cat":
+        kwargs = {"content": (IMAGES / "cat.jpg").read_bytes()}
+    response = await http.request(method, path, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["kind"] == kind
+    assert response.json()["error"]["message"]
+
+
+async def test_body_over_the_limit_is_413(http, stack):
+    response = await http.put("/mobilenetv27/matches", content=b"\0" * (stack.settings.max_body_bytes + 1))
+    assert response.status_code == 413
+    assert response.json()["error"]["kind"] == "PayloadTooLarge"
+
+
+async def test_decompression_bomb_is_refused(http):
+    buffer = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(buffer, "PNG")  # tiny file, 144 M pixels
+    response = await http.put("/mobilenetv27/matches", content=buffer.getvalue())
+    assert response.status_code == 413
+    assert response.json()["error"]["kind"] == "PayloadTooLarge"
+
+
+async def test_tract_and_onnxruntime_give_the_same_top5(http, stack):
+    link = await api_link(stack)
+    await relink(stack, {**link["values"], "tractnet": "efficientnet-lite0/1.0.0", "engine.tractnet": "tract"})
+
+    async def tract_ready():
+        return (await http.get("/v2/models/tractnet")).json().get("state") == "READY"
+
+    await wait_for(tract_ready)
+    assert (await http.get("/v2/models/tractnet")).json()["engine"] == "tract"
+    for image in ("cat.jpg", "coffee.jpg", "grace_hopper.jpg", "motorcycle.jpg"):
+        body = (IMAGES / image).read_bytes()
+        ort = (await http.put("/mobilenetv27/matches", content=body)).json()
+        tract = (await http.put("/tractnet/matches", content=body)).json()
+        assert [m["label"] for m in ort] == [m["label"] for m in tract], image
+        assert np.allclose([m["probability"] for m in ort], [m["probability"] for m in tract], atol=1e-4)
+    await relink(stack, link["values"])
+
+
+async def test_unknown_bindle_reports_the_failure_with_503(http, stack):
+    link = await api_link(stack)
+    await relink(stack, {**link["values"], "ghost": "no-such-model/9.9.9"})
+
+    async def failed():
+        return (await http.get("/v2/models/ghost")).json().get("state") == "FAILED"
+
+    await wait_for(failed)
+    response = await http.post("/ghost", json=f32_tensor_json([1, 2, 3, 4], [1, 4]))
+    assert response.status_code == 503 and response.headers["retry-after"]
+    assert "no-such-model/9.9.9" in response.json()["error"]["message"]
+    assert (await http.get("/v2/health/ready")).status_code == 503
+    await relink(stack, link["values"])
+
+
+async def test_model_swap_under_load_fails_no_request(http, stack):
+    link = await api_link(stack)
+    tensor = f32_tensor_json([1, 2, 3, 4], [1, 4])
+    results: list[tuple[int, list[float]]] = []
+    stop = asyncio.Event()
+
+    async def client():
+        while not stop.is_set():
+            response = await http.post("/plus3", json=tensor)
+            results.append((response.status_code, tensor_values(response.json()) if response.status_code == 200 else []))
+
+    clients = [asyncio.create_task(client()) for _ in range(8)]
+    await asyncio.sleep(0.5)
+    await relink(stack, {**link["values"], "plus3": "identity_model/0.2.0"})
+
+    async def swapped():
+        return (await http.get("/v2/models/plus3")).json()["bindle_id"] == "identity_model/0.2.0"
+
+    await wait_for(swapped)
+    await asyncio.sleep(0.5)
+    stop.set()
+    await asyncio.gather(*clients)
+    await relink(stack, link["values"])
+    statuses = {status for status, _ in results}
+    assert statuses == {200}, [r for r in results if r[0] != 200][:3]
+    outputs = {tuple(values) for _, values in results}
+    assert outputs == {(4, 5, 6, 7), (1, 2, 3, 4)}  # served by plus3, then by identity
+    assert len(results) > 50
+
+
+async def test_timeout_is_504(http, stack):
+    links = await stack.ctl.get_links()
+    http_link = next(link for link in links if link["contract_id"] == "wasmcloud:httpserver")
+    fast = {**http_link["values"], "timeout": "0.001"}
+    await stack.ctl.put_link(http_link["actor_id"], http_link["provider_id"], http_link["contract_id"], values=fast)
+    try:
+        async def times_out():
+            try:
+                return (await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())).status_code == 504
+            except httpx.TransportError:  # the server is being re-bound with the new values
+                return False
+
+        await wait_for(times_out)
+        response = await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())
+        assert response.json()["error"]["kind"] == "RpcTimeout"
+    finally:
+        await stack.ctl.put_link(http_link["actor_id"], http_link["provider_id"], http_link["contract_id"],
+                                 values=http_link["values"])
+
+    async def healthy_again():
+        try:
+            return (await http.get("/v2/health/live")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    await wait_for(healthy_again)
+
+
+async def test_killed_inference_provider_comes_back_with_its_models(http, stack):
+    inventory = await stack.ctl.get_inventory(stack.host.id)
+    provider = next(p for p in inventory["providers"] if p["name"] == "mlinference")
+    os.kill(provider["instances"][0]["pid"], signal.SIGKILL)
+
+    async def classifies():
+        try:
+            response = await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())
+        except httpx.TransportError:
+            return False
+        return response.status_code == 200 and response.json()[0]["label"] in CAT_LABELS
+
+    await wait_for(classifies)
