@@ -1,0 +1,10 @@
+"""The washboard: a live status page for the lattice, served by aiohttp.
+
+``create_washboard(settings)`` builds the web application; :mod:`.state` holds what the page
+shows, :mod:`.watcher` feeds it from NATS (events, control interface, model status) and runs
+the page's actions, :mod:`.masking` keeps secrets out of the browser.
+"""
+
+from mlcloud.washboard.app import create_washboard
+
+__all__ = ["create_washboard"]

@@ -1,0 +1,41 @@
+"""``mlcloud washboard``: serve the washboard for a lattice that runs elsewhere, until Ctrl-C.
+
+``mlcloud up`` serves the washboard itself; this command is for watching a lattice from another
+machine or process (``mlcloud washboard --nats-url nats://lattice:4222``). The lead registers
+``washboard_command`` in :mod:`mlcloud.cli`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import click
+
+from mlcloud.errors import MLCloudError
+from mlcloud.settings import DEFAULT_WASHBOARD_ADDRESS, Settings
+
+
+async def serve(settings: Settings, say=click.echo) -> None:
+    from mlcloud.servers import running_app
+    from mlcloud.up import wait_for_stop_signal
+    from mlcloud.washboard.app import create_washboard
+
+    app = create_washboard(settings)
+    async with running_app(app, settings.washboard_address, "the washboard", access_log=None) as address:
+        say(f"washboard          http://{address}/   (lattice {settings.lattice!r} at {settings.effective_nats_url})")
+        await wait_for_stop_signal()
+
+
+@click.command("washboard")
+@click.option("--nats-url", envvar="MLCLOUD_NATS_URL",
+              help="NATS server of the lattice (default nats://127.0.0.1:4222).")
+@click.option("--lattice", envvar="MLCLOUD_LATTICE", help="Lattice name (default: default).")
+@click.option("--address", envvar="MLCLOUD_WASHBOARD_ADDRESS",
+              help=f"host:port to serve the page on (default {DEFAULT_WASHBOARD_ADDRESS}; port 0 picks one).")
+def washboard_command(nats_url: str | None, lattice: str | None, address: str | None) -> None:
+    """Serve the live status page of a lattice; it waits for NATS and reconnects by itself."""
+    settings = Settings.from_env(nats_url=nats_url, lattice=lattice, washboard_address=address)
+    try:
+        asyncio.run(serve(settings))
+    except MLCloudError as err:
+        raise click.ClickException(f"{err.kind}: {err.message}") from err

@@ -1,0 +1,359 @@
+"""The washboard's side of the lattice: one NATS connection, the loops that feed the state, the actions.
+
+:class:`LatticeWatcher` connects to NATS in the background and keeps trying for as long as the
+washboard runs (a washboard started before NATS, or left open while NATS restarts, recovers by
+itself). It subscribes to ``wasmbus.evt.{lattice}``, polls the control interface (hosts,
+inventories, links) every ``poll_interval`` seconds, asks each mlinference link's provider for
+its models' status, and wakes those loops early when an event says something changed. Changes
+are pushed to subscribers (the page's server-sent-event streams) as the sections that changed,
+coalesced over a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from mlcloud.errors import ComponentNotFound, MLCloudError, NoResponders, RequestError
+from mlcloud.interfaces import MLINFERENCE, OP_MODEL_STATUS, ModelInfo, ModelStatusRequest
+from mlcloud.lattice import subjects
+from mlcloud.lattice.ctl_client import CtlClient
+from mlcloud.lattice.rpc import RpcClient
+from mlcloud.settings import Settings
+from mlcloud.washboard.state import LatticeState, Refresh, Section
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POLL_INTERVAL = 2.0
+FLUSH_DELAY = 0.05  # coalesce bursts of events into one push
+SUBSCRIBER_BACKLOG = 256
+MAX_SCALE = 64
+
+_MODEL_FIELDS = {f.name: f.encode_name for f in msgspec.structs.fields(ModelInfo)}
+
+
+class Subscriber:
+    """One page's stream: encoded messages, or ``None`` when the stream should end."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(SUBSCRIBER_BACKLOG + 1)
+
+    def offer(self, message: bytes | None) -> bool:
+        """Queue a message; a page too slow to keep up is told to reconnect (and gets a snapshot)."""
+        if self.queue.qsize() >= SUBSCRIBER_BACKLOG and message is not None:
+            self.queue.put_nowait(None)
+            return False
+        self.queue.put_nowait(message)
+        return True
+
+    async def get(self) -> bytes | None:
+        return await self.queue.get()
+
+
+def model_info(item: Any) -> dict[str, Any]:
+    """A Status reply item → a ModelInfo as snake_case dict (wire names or field names accepted)."""
+    if isinstance(item, dict):
+        item = {_MODEL_FIELDS.get(k, k): v for k, v in item.items()}
+    return msgspec.structs.asdict(msgspec.convert(item, ModelInfo))
+
+
+class LatticeWatcher:
+    def __init__(self, settings: Settings, *, poll_interval: float = DEFAULT_POLL_INTERVAL,
+                 models_interval: float | None = None) -> None:
+        self.settings = settings
+        self.poll_interval = poll_interval
+        self.models_interval = models_interval or poll_interval
+        self.state = LatticeState(settings.lattice, settings.effective_nats_url)
+        self.nc: NATS | None = None
+        self.ctl: CtlClient | None = None
+        self._subscribers: set[Subscriber] = set()
+        self._last_sent: dict[Section, bytes] = {}
+        self._feed_sent = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._wake_ctl = asyncio.Event()
+        self._wake_models = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._stopping = False
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.state.set_connection(False, f"connecting to NATS at {self.settings.effective_nats_url}")
+        self._tasks = [
+            asyncio.create_task(self._connect(), name="washboard:connect"),
+            asyncio.create_task(self._poll_ctl(), name="washboard:poll-ctl"),
+            asyncio.create_task(self._poll_models(), name="washboard:poll-models"),
+        ]
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self.close_streams()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+        if self.nc is not None and not self.nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self.nc.close()
+
+    @property
+    def connected(self) -> bool:
+        return self.nc is not None and self.nc.is_connected
+
+    async def _connect(self) -> None:
+        try:
+            self.nc = await self._open_connection()
+        except Exception as exc:  # e.g. a malformed URL: say so on the page rather than die silently
+            log.error("washboard cannot connect to NATS: %s", exc)
+            self.state.set_connection(False, f"cannot connect to NATS at {self.settings.effective_nats_url}: {exc}")
+            self._schedule_flush()
+            return
+        self.ctl = CtlClient(self.nc, self.settings.lattice, timeout=self.settings.ctl_timeout)
+        await self.nc.subscribe(subjects.events(self.settings.lattice), cb=self._on_event)
+        self.state.set_connection(True)
+        log.info("washboard connected to NATS at %s (lattice %r)", self.settings.effective_nats_url, self.settings.lattice)
+        self.wake(Refresh.INVENTORY | Refresh.MODELS)
+        self._schedule_flush()
+
+    async def _open_connection(self) -> NATS:
+        # max_reconnect_attempts=-1 makes nats-py retry the *first* connection forever too;
+        # error_cb reports each failed attempt, so the page can say why it has no data.
+        return await nats.connect(
+            self.settings.effective_nats_url,
+            name="mlcloud-washboard",
+            connect_timeout=2,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=1,
+            error_cb=self._on_nats_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
+        )
+
+    async def _on_nats_error(self, exc: Exception) -> None:
+        if not self.connected:
+            self.state.set_connection(False, f"NATS at {self.settings.effective_nats_url} unreachable: {exc or type(exc).__name__}")
+            self._schedule_flush()
+
+    async def _on_disconnected(self) -> None:
+        if not self._stopping:
+            log.warning("washboard lost NATS; reconnecting")
+            self.state.set_connection(False, "NATS connection lost; reconnecting")
+            self._schedule_flush()
+
+    async def _on_reconnected(self) -> None:
+        log.info("washboard reconnected to NATS")
+        self.state.set_connection(True)
+        self.wake(Refresh.INVENTORY | Refresh.MODELS)
+        self._schedule_flush()
+
+    async def _on_closed(self) -> None:
+        if not self._stopping:
+            self.state.set_connection(False, "NATS connection closed")
+            self._schedule_flush()
+
+    # ---- feeding the state -------------------------------------------------------------
+
+    async def _on_event(self, msg: Msg) -> None:
+        try:
+            event = msgspec.json.decode(msg.data)
+            if not isinstance(event, dict):
+                return
+            wants = self.state.apply_event(event)
+        except Exception:  # one malformed event must not stop the feed
+            log.warning("ignored a malformed lattice event", exc_info=True)
+            return
+        self.wake(wants)
+        self._schedule_flush()
+
+    def wake(self, what: Refresh) -> None:
+        if Refresh.INVENTORY in what or Refresh.LINKS in what:
+            self._wake_ctl.set()
+        if Refresh.MODELS in what:
+            self._wake_models.set()
+
+    async def _sleep_or_wake(self, event: asyncio.Event, interval: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), interval)
+        # Events come in bursts (stopped, started, linked): one refresh answers them all.
+        await asyncio.sleep(0.05)
+        event.clear()
+
+    async def _poll_ctl(self) -> None:
+        while True:
+            if self.connected:
+                try:
+                    await self.refresh()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("control-interface poll failed", exc_info=True)
+            await self._sleep_or_wake(self._wake_ctl, self.poll_interval)
+
+    async def _poll_models(self) -> None:
+        while True:
+            if self.connected:
+                try:
+                    await self.refresh_models()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.warning("model status poll failed", exc_info=True)
+            await self._sleep_or_wake(self._wake_models, self.models_interval)
+
+    async def refresh(self) -> None:
+        """Hosts, each host's inventory and the link definitions, from the control interface."""
+        ctl = self.ctl
+        assert ctl is not None
+        hosts = await ctl.get_hosts(wait=min(0.5, self.settings.ctl_timeout))
+        inventories = await asyncio.gather(*(ctl.get_inventory(h["id"]) for h in hosts), return_exceptions=True)
+        self.state.apply_hosts(hosts)
+        for host, inventory in zip(hosts, inventories, strict=True):
+            if isinstance(inventory, dict):
+                self.state.apply_inventory(inventory)
+            else:
+                log.info("inventory of host %s unavailable: %s", host["id"], inventory)
+        if hosts:  # link definitions are served by hosts; with none up, keep what we knew
+            try:
+                self.state.apply_links(await ctl.get_links())
+            except MLCloudError as err:
+                log.info("link definitions unavailable: %s", err.message)
+        self.state.mark_polled()
+        self._schedule_flush()
+
+    async def refresh_models(self) -> None:
+        """Ask the provider of every mlinference link for the status of that link's models."""
+        assert self.nc is not None
+        await asyncio.gather(*(self._model_status(link) for link in self.state.mlinference_links(MLINFERENCE)))
+        self._schedule_flush()
+
+    async def _model_status(self, link: dict[str, Any]) -> None:
+        actor_id, provider_id = link["actor_id"], link["provider_id"]
+        link_name = link.get("link_name") or "default"
+        assert self.nc is not None
+        # The provider answers for the link of the calling actor, so the call is made as that actor.
+        rpc = RpcClient(self.nc, origin=actor_id, timeout=self.settings.ctl_timeout)
+        subject = subjects.provider_rpc(self.settings.lattice, provider_id, link_name)
+        try:
+            reply = await rpc.call(subject, OP_MODEL_STATUS, ModelStatusRequest())
+            models = [model_info(item) for item in (reply or [])]
+        except MLCloudError as err:
+            self.state.apply_models(actor_id, link_name, provider_id, None, f"{err.kind}: {err.message}")
+        except (msgspec.ValidationError, TypeError) as exc:
+            self.state.apply_models(actor_id, link_name, provider_id, None, f"malformed Status reply: {exc}")
+        else:
+            self.state.apply_models(actor_id, link_name, provider_id, models)
+
+    # ---- pushing to pages --------------------------------------------------------------
+
+    def subscribe(self) -> tuple[Subscriber, dict[str, Any]]:
+        """A new stream and the snapshot it starts from (taken in the same tick: no gap)."""
+        subscriber = Subscriber()
+        self._subscribers.add(subscriber)
+        return subscriber, self.state.snapshot()
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        self._subscribers.discard(subscriber)
+
+    def close_streams(self) -> None:
+        for subscriber in list(self._subscribers):
+            subscriber.offer(None)
+        self._subscribers.clear()
+
+    def _schedule_flush(self) -> None:
+        if self._flush_handle is None and not self._stopping:
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_DELAY, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_handle = None
+        sections = {}
+        for section in sorted(self.state.take_dirty()):
+            view = self.state.view(section)
+            encoded = json.dumps(view, sort_keys=True).encode()
+            if self._last_sent.get(section) != encoded:
+                self._last_sent[section] = encoded
+                sections[str(section)] = view
+        feed = self.state.feed_since(self._feed_sent)
+        if feed:
+            self._feed_sent = feed[-1]["seq"]
+        if not sections and not feed:
+            return
+        message = json.dumps({"server_time": self.state.clock(), "sections": sections, "feed": feed}).encode()
+        for subscriber in list(self._subscribers):
+            if not subscriber.offer(message):
+                self._subscribers.discard(subscriber)
+
+    # ---- actions -----------------------------------------------------------------------
+
+    def _require_ctl(self) -> CtlClient:
+        if not self.connected or self.ctl is None:
+            raise NoResponders(f"the washboard is not connected to NATS at {self.settings.effective_nats_url}")
+        return self.ctl
+
+    def _hosts_running(self, kind: str, component_id: str) -> list[str]:
+        return [host_id for host_id, inventory in self.state.inventories.items()
+                if any(c["id"] == component_id for c in inventory.get(kind, []))]
+
+    async def scale_actor(self, actor_id: str, count: Any, host_id: str | None = None) -> dict[str, Any]:
+        ctl = self._require_ctl()
+        try:
+            count = int(count)
+        except (TypeError, ValueError) as exc:
+            raise RequestError(f"count must be a whole number, got {count!r}") from exc
+        if not 0 <= count <= MAX_SCALE:
+            raise RequestError(f"count must be between 0 and {MAX_SCALE}, got {count}")
+        if not host_id:
+            hosts = self._hosts_running("actors", actor_id)
+            if len(hosts) != 1:
+                raise RequestError(f"actor {actor_id} runs on {len(hosts)} hosts; say which host to scale on")
+            host_id = hosts[0]
+        try:
+            reply = await ctl.scale_actor(host_id, actor_id, count)
+        finally:
+            self.wake(Refresh.INVENTORY)
+        return reply
+
+    async def stop_provider(self, provider_id: str, host_id: str, link_name: str = "default") -> dict[str, Any]:
+        ctl = self._require_ctl()
+        if not host_id:
+            raise RequestError("host_id is required to stop a provider")
+        try:
+            reply = await ctl.stop_provider(host_id, provider_id, link_name or "default")
+        finally:
+            self.wake(Refresh.INVENTORY | Refresh.MODELS)
+        return reply
+
+    async def start_provider(self, provider_id: str, host_id: str, link_name: str = "default",
+                             ref: str | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Start a provider again with the reference, link name and config it last ran with."""
+        ctl = self._require_ctl()
+        if not host_id:
+            raise RequestError("host_id is required to start a provider")
+        link_name = link_name or "default"
+        launch = self.state.launch_spec(host_id, provider_id, link_name)
+        if launch is None and not ref:
+            raise ComponentNotFound(
+                f"the washboard has not seen provider {provider_id} ({link_name}) on host {host_id}; "
+                "give its reference to start it"
+            )
+        ref = ref or launch["ref"]  # type: ignore[index]
+        if config is None:
+            config = (launch or {}).get("config") or {}
+        if not isinstance(config, dict):
+            raise RequestError("config must be a JSON object")
+        try:
+            reply = await ctl.start_provider(host_id, ref, link_name, config)
+        finally:
+            self.wake(Refresh.INVENTORY | Refresh.MODELS)
+        return reply

@@ -1,0 +1,69 @@
+"""Fixtures of the washboard tests: a host running real components, linked, and a washboard on a free port."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from mlcloud.host.host import Host
+from mlcloud.interfaces import MLINFERENCE
+from mlcloud.lattice.ctl_client import CtlClient
+from mlcloud.servers import running_app
+from mlcloud.washboard.app import WATCHER, create_washboard
+from mlcloud.washboard.watcher import LatticeWatcher
+from tests.conftest import COMPONENTS
+
+WASHBOARD_FIXTURES = Path(__file__).parent / "fixtures"
+CALLER = str(COMPONENTS / "caller")
+ECHO = str(COMPONENTS / "echo")
+ROUTER = str(WASHBOARD_FIXTURES / "router")
+INFERENCE = str(WASHBOARD_FIXTURES / "inference")
+MODEL_LINK = {
+    "mobilenetv27": "efficientnet-lite0/1.0.0",
+    "identity": "identity_model/0.2.0",
+    "plus3": "plus3/0.1.0",
+    "squeezenet": "missing-squeezenet/0.1.0",
+    "api_token": "s3cret-token",
+}
+
+
+@dataclass
+class Lattice:
+    host: Host
+    ctl: CtlClient
+    caller: str
+    echo: str
+    router: str
+    inference: str
+
+
+@dataclass
+class Washboard:
+    url: str
+    watcher: LatticeWatcher
+
+
+@pytest.fixture
+async def lattice(settings):
+    """One host running two actors and two providers, linked as the real app is shaped."""
+    async with Host(settings, labels={"zone": "lab", "coral": "false"}) as host:
+        ctl = await CtlClient.connect(settings)
+        try:
+            echo = (await ctl.start_provider(host.id, ECHO, config={"greeting": "hi", "db_password": "hunter2"}))["provider_id"]
+            inference = (await ctl.start_provider(host.id, INFERENCE, config={"engine": "onnxruntime"}))["provider_id"]
+            caller = (await ctl.start_actor(host.id, CALLER))["actor_id"]
+            router = (await ctl.start_actor(host.id, ROUTER))["actor_id"]
+            await ctl.put_link(caller, echo, "test:echo", values={"greeting": "hello", "secret_key": "abc123"})
+            await ctl.put_link(router, inference, MLINFERENCE, values=MODEL_LINK)
+            yield Lattice(host, ctl, caller, echo, router, inference)
+        finally:
+            await ctl.close()
+
+
+@pytest.fixture
+async def washboard(settings, lattice):
+    app = create_washboard(settings, poll_interval=0.5)
+    async with running_app(app, "127.0.0.1:0", "the washboard", access_log=None) as address:
+        yield Washboard(f"http://{address}/", app[WATCHER])
