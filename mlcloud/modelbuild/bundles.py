@@ -132,7 +132,7 @@ def _synset_inputs() -> list[Path]:
 
 
 def _generators() -> dict[str, Generator]:
-    from mlcloud.modelbuild import efficientnet_lite0, identity, synset, tf1
+    from mlcloud.modelbuild import efficientnet_lite0, identity, synset, tf1, tflite_models
 
     return {
         g.filename: g
@@ -147,6 +147,9 @@ def _generators() -> dict[str, Generator]:
                       versions=lambda: {"onnx": _dist_version("onnx"), "numpy": _dist_version("numpy")},
                       verify=_verify_classifier),
             Generator("synset.txt", synset.build, (synset.__name__,), inputs=_synset_inputs),
+            Generator("plus3.tflite", tflite_models.build, (tflite_models.__name__,),
+                      versions=lambda: {"flatbuffers": _dist_version("flatbuffers")},
+                      verify=tflite_models.verify),
         )
     }
 
