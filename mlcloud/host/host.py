@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
@@ -32,6 +31,7 @@ from mlcloud.host.runner import HEALTH_OP, InstanceSpec
 from mlcloud.host.supervisor import Instance, InstanceStatus
 from mlcloud.identity import KeyKind, KeyPair
 from mlcloud.lattice import subjects
+from mlcloud.lattice.connect import connect
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.links import DEFAULT_LINK_NAME, LinkDefinition, LinkStore
 from mlcloud.lattice.rpc import RpcClient
@@ -99,10 +99,7 @@ class Host:
         await self.stop()
 
     async def start(self) -> None:
-        self.nc = await nats.connect(
-            self.settings.effective_nats_url, name=f"host/{self.id[:8]}",
-            max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-        )
+        self.nc = await connect(self.settings.effective_nats_url, name=f"host/{self.id[:8]}")
         self.links = await LinkStore.open(self.nc, self.settings.lattice)
         self.events = EventPublisher(self.nc, self.settings.lattice, self.id)
         lattice = self.settings.lattice

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
-import nats
 from nats.aio.client import Client as NATS
 
 from mlcloud.component import ComponentKind
 from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, UnknownOperation
 from mlcloud.lattice import subjects
+from mlcloud.lattice.connect import connect
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.links import LinkDefinition, LinkStore
 from mlcloud.lattice.rpc import RpcClient, RpcServer
@@ -123,12 +123,7 @@ class ComponentRuntime:
         return await self.rpc.call(subject, op, message, result_type, timeout=timeout, invocation_id=invocation_id)
 
     async def run(self) -> None:
-        self.nc = await nats.connect(
-            self.settings.effective_nats_url,
-            name=f"{self.spec.name}/{self.spec.instance_id[:8]}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-        )
+        self.nc = await connect(self.settings.effective_nats_url, name=f"{self.spec.name}/{self.spec.instance_id[:8]}")
         self.rpc = RpcClient(self.nc, origin=self.spec.key, timeout=self.settings.rpc_timeout)
         self.events = EventPublisher(self.nc, self.settings.lattice, self.spec.key)
         lifetime_ctx = Context(self, invocation_id="start", origin=self.spec.key)

@@ -6,12 +6,12 @@ import asyncio
 from typing import Any
 
 import msgspec
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
 from mlcloud.errors import MLCloudError, NoResponders, RpcTimeout, error_from_wire
 from mlcloud.lattice import subjects
+from mlcloud.lattice.connect import connect
 from mlcloud.lattice.links import DEFAULT_LINK_NAME
 from mlcloud.settings import Settings
 
@@ -24,11 +24,7 @@ class CtlClient:
 
     @classmethod
     async def connect(cls, settings: Settings) -> CtlClient:
-        try:
-            nc = await nats.connect(settings.effective_nats_url, name="mlcloud-ctl", connect_timeout=3,
-                                    max_reconnect_attempts=0, allow_reconnect=False)
-        except (OSError, nats.errors.NoServersError) as exc:
-            raise NoResponders(f"cannot reach NATS at {settings.effective_nats_url}: is `mlcloud up` running?") from exc
+        nc = await connect(settings.effective_nats_url, name="mlcloud-ctl", reconnect=False, timeout=3.0)
         return cls(nc, settings.lattice, timeout=settings.ctl_timeout)
 
     async def close(self) -> None:
