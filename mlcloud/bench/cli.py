@@ -1,0 +1,118 @@
+"""``mlcloud bench``: the side-by-side benchmark as a click command (registered by mlcloud.cli).
+
+Progress goes to stderr; the result goes to stdout as tables, or as one JSON document with
+``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlcloud.bench.runner import BenchConfig, BenchResult, run_bench
+
+SYSTEMS = ("limit", "naive", "mlcloud")
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(sorted({int(part) for part in text.split(",") if part.strip()}))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated whole numbers, got {text!r}") from None
+    if not levels or levels[0] < 1:
+        raise click.BadParameter("concurrency levels must be 1 or more")
+    return levels
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    for row in rows:
+        lines.append("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def render(result: BenchResult) -> str:
+    """The result as plain-text tables: runs, ratios, memory, notes."""
+    header = ["system", "variant", "c", "req/s", "p50 ms", "p90 ms", "p99 ms", "cpu cores", "cpu ms/req",
+              "peak MB", "errors"]
+    rows = [[r.system, r.variant, str(r.concurrency), _fmt(r.throughput), _fmt(r.p50_ms), _fmt(r.p90_ms),
+             _fmt(r.p99_ms), _fmt(r.cpu_cores, 2), _fmt(r.cpu_ms_per_request), _fmt(r.peak_rss_mb, 0),
+             str(r.errors)] for r in result.runs]
+    out = [_table(rows, header)]
+    ratios = result.ratios()
+    if ratios:
+        ratio_rows = []
+        for row in ratios:
+            for other in ("limit", "naive"):
+                r = row.get(f"mlcloud/{other}")
+                if r:
+                    ratio_rows.append([f"mlcloud/{other}", "", str(row["concurrency"]), _fmt(r["throughput"], 2),
+                                       _fmt(r["p50"], 2), _fmt(r["p50_delta_ms"], 1), _fmt(r["cpu_per_request"], 2)])
+        out += ["", _table(ratio_rows, ["ratio", "", "c", "req/s", "p50", "p50 Δ ms", "cpu/req"])]
+    if result.memory:
+        parts = ", ".join(f"{name} {mb:.0f}" for name, mb in result.memory.get("processes_mb", {}).items())
+        out += ["", f"mlcloud memory: peak {result.memory['peak_rss_mb']:.0f} MB RSS over the tree "
+                    f"during the main runs; now {result.memory['rss_mb_now']:.0f} MB ({parts})"]
+    for note in result.notes:
+        out.append(f"note: {note}")
+    m = result.machine
+    out.append(f"machine: {m.get('cpus')} CPUs, {m.get('platform')}, python {m.get('python')}, "
+               f"onnxruntime {m.get('onnxruntime')}, tract {m.get('tract', 'absent')}")
+    return "\n".join(out)
+
+
+@click.command("bench")
+@click.option("--quick", is_flag=True, help="A tiny run (concurrency 1 and 4, a dozen requests) to check it works.")
+@click.option("--concurrency", "-c", default=None, help="Comma-separated concurrency levels (default 1,4,16).")
+@click.option("--requests", "-n", type=int, default=None, help="Timed requests per system and level (default 300).")
+@click.option("--warmup", type=int, default=None, help="Untimed requests first (default 30).")
+@click.option("--only", "systems", multiple=True, type=click.Choice(SYSTEMS),
+              help="Run only these systems (repeatable); ratios need mlcloud and the other one.")
+@click.option("--no-batching", is_flag=True, help="Skip the batching off/on runs.")
+@click.option("--no-tract", is_flag=True, help="Skip the tract runs.")
+@click.option("--batch-max-size", type=int, default=8, show_default=True)
+@click.option("--batch-max-wait-ms", type=float, default=2.0, show_default=True)
+@click.option("--build-dir", type=click.Path(path_type=Path), default=None,
+              help="Built models (default: build them into models/build if needed).")
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None,
+              help="Keep the lattice's state here (default: a temporary directory).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
+def bench_command(quick: bool, concurrency: str | None, requests: int | None, warmup: int | None,
+                  systems: tuple[str, ...], no_batching: bool, no_tract: bool, batch_max_size: int,
+                  batch_max_wait_ms: float, build_dir: Path | None, work_dir: Path | None, as_json: bool,
+                  quiet: bool) -> None:
+    """Benchmark mlcloud against the in-process limit and a naive aiohttp server, side by side."""
+    changes: dict[str, Any] = {
+        "batching": not no_batching, "tract": not no_tract, "batch_max_size": batch_max_size,
+        "batch_max_wait_ms": batch_max_wait_ms, "progress": not quiet, "build_dir": build_dir,
+        "work_dir": work_dir,
+    }
+    if concurrency is not None:
+        changes["concurrency"] = _levels(concurrency)
+    if requests is not None:
+        changes["requests"] = requests
+    if warmup is not None:
+        changes["warmup"] = warmup
+    if systems:
+        changes["systems"] = tuple(s for s in SYSTEMS if s in systems)
+    config = BenchConfig.quick(**changes) if quick else BenchConfig(**changes)
+    say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
+    result = run_bench(config, say)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, allow_nan=False, default=str))
+    else:
+        click.echo(render(result))

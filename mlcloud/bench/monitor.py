@@ -1,0 +1,123 @@
+"""CPU and memory of a system under test: every process of its tree, sampled with psutil.
+
+A system is named by its root process ids; their descendants are found afresh at each sample,
+so processes a host starts or restarts during the run are counted. CPU is user + system time
+summed over the tree between :meth:`start` and :meth:`stop` (a process that exits keeps its last
+reading); memory is the peak of the tree's summed RSS over the samples (every 50 ms), with the
+processes that made it up.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import psutil
+
+SAMPLE_INTERVAL = 0.05
+
+
+@dataclass
+class Usage:
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    peak_rss: int = 0  # bytes, summed over the tree at its peak
+    peak_processes: dict[str, int] = field(default_factory=dict)  # name (pid) → RSS at the peak
+
+    @property
+    def cpu_cores(self) -> float:
+        """Average number of cores busy (1.0 = one core flat out)."""
+        return self.cpu_seconds / self.wall_seconds if self.wall_seconds else 0.0
+
+
+def _label(proc: psutil.Process) -> str:
+    try:
+        cmd = proc.cmdline()
+    except (psutil.Error, OSError):
+        cmd = []
+    name = proc.name()
+    if "mlcloud.host.runner" in cmd:
+        name = "runner"
+    elif len(cmd) > 2 and cmd[1] == "-m":
+        name = cmd[2]
+    return f"{name} ({proc.pid})"
+
+
+class TreeMonitor:
+    """Samples the process trees under ``pids`` in a background thread."""
+
+    def __init__(self, pids: list[int], *, interval: float = SAMPLE_INTERVAL) -> None:
+        self.roots = [psutil.Process(pid) for pid in pids]
+        self.interval = interval
+        self._procs: dict[int, psutil.Process] = {}
+        self._cpu_start: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
+        self._usage = Usage()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+
+    def _tree(self) -> list[psutil.Process]:
+        found: list[psutil.Process] = []
+        for root in self.roots:
+            try:
+                found.append(root)
+                found.extend(root.children(recursive=True))
+            except psutil.Error:
+                continue
+        procs = []
+        for proc in found:
+            known = self._procs.setdefault(proc.pid, proc)  # keep one object per pid (cpu_times cache)
+            procs.append(known)
+        return procs
+
+    def _sample(self, *, baseline: bool = False) -> None:
+        rss_total = 0
+        parts: dict[str, int] = {}
+        for proc in self._tree():
+            try:
+                with proc.oneshot():
+                    times = proc.cpu_times()
+                    rss = proc.memory_info().rss
+                    label = _label(proc)
+            except psutil.Error:
+                continue
+            cpu = times.user + times.system
+            if baseline:
+                self._cpu_start[proc.pid] = cpu
+            else:
+                self._cpu_start.setdefault(proc.pid, 0.0)  # started during the run: all of it counts
+            self._cpu_last[proc.pid] = cpu
+            rss_total += rss
+            parts[label] = rss
+        if rss_total > self._usage.peak_rss:
+            self._usage.peak_rss = rss_total
+            self._usage.peak_processes = parts
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def start(self) -> TreeMonitor:
+        self._sample(baseline=True)
+        self._t0 = time.perf_counter()
+        self._thread = threading.Thread(target=self._loop, name="bench-monitor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> Usage:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self._sample()
+        self._usage.wall_seconds = time.perf_counter() - self._t0
+        self._usage.cpu_seconds = sum(self._cpu_last[pid] - self._cpu_start.get(pid, 0.0) for pid in self._cpu_last)
+        return self._usage
+
+    def __enter__(self) -> TreeMonitor:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if not self._stop.is_set():
+            self.stop()

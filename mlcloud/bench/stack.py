@@ -1,0 +1,149 @@
+"""The mlcloud system under test, in a process of its own, and what the bench changes in it.
+
+``python -m mlcloud.bench.stack --state-dir DIR`` runs :func:`mlcloud.testing.stack.running_stack`
+(nats-server, Bindle, registry, one host with the default app, every port free) and prints one
+JSON line ``{"http_url", "nats_url", "lattice", "bindle_url"}`` once ``/v2/health/ready`` answers.
+It stops cleanly when its stdin closes or on SIGTERM. Running it apart from the bench keeps the
+load generator out of the measured process tree.
+
+The bench drives it from outside, as an operator would: :func:`relink` changes the link values
+between the api actor and the mlinference provider over the control interface (engine per route,
+``batch_max_size`` / ``batch_max_wait_ms``), and :func:`push_dynamic_batch_model` publishes a
+copy of EfficientNet-Lite0 whose batch dimension is symbolic: the model build's file fixes it
+at 1, so the registry (rightly) never batches it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import signal
+import sys
+import tomllib
+from pathlib import Path
+
+import httpx
+
+DYNAMIC_BATCH_ID = "efficientnet-lite0-dynbatch/1.0.0"
+
+
+async def _serve(state_dir: Path) -> None:
+    from mlcloud.testing.stack import running_stack
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.buffer.read1(1024) else None)
+    async with running_stack(state_dir) as stack:
+        print(json.dumps({
+            "http_url": stack.http_url,
+            "nats_url": stack.settings.effective_nats_url,
+            "lattice": stack.settings.lattice,
+            "bindle_url": stack.settings.effective_bindle_url,
+        }), flush=True)
+        await stop.wait()
+    loop.remove_reader(sys.stdin.fileno())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--state-dir", type=Path, required=True)
+    args = parser.parse_args()
+    asyncio.run(_serve(args.state_dir))
+
+
+# --------------------------------------------------------------------------- driving it
+
+
+async def mlinference_link(nats_url: str, lattice: str) -> tuple[dict, object]:
+    """The api → mlinference link, and a connected control client (close it)."""
+    from mlcloud.interfaces import MLINFERENCE
+    from mlcloud.lattice.ctl_client import CtlClient
+    from mlcloud.settings import Settings
+
+    ctl = await CtlClient.connect(Settings.from_env({}, nats_url=nats_url, lattice=lattice))
+    links = [link for link in await ctl.get_links() if link["contract_id"] == MLINFERENCE]
+    if not links:
+        await ctl.close()
+        raise RuntimeError("the default app has no link to the mlinference provider")
+    return links[0], ctl
+
+
+async def relink(nats_url: str, lattice: str, values: dict[str, str]) -> dict[str, str]:
+    """Replace the api → mlinference link's values; return the previous ones."""
+    link, ctl = await mlinference_link(nats_url, lattice)
+    try:
+        await ctl.put_link(link["actor_id"], link["provider_id"], link["contract_id"],
+                           link.get("link_name", "default"), values)  # type: ignore[attr-defined]
+    finally:
+        await ctl.close()  # type: ignore[attr-defined]
+    return dict(link["values"])
+
+
+async def wait_route_ready(http_url: str, route: str, engine: str | None = None, timeout: float = 120.0) -> dict:
+    """Poll ``GET /v2/models/{route}`` until it is READY (on ``engine``, when given)."""
+    async with httpx.AsyncClient(base_url=http_url) as client:
+        async with asyncio.timeout(timeout):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    response = await client.get(f"/v2/models/{route}")
+                    if response.status_code == 200:
+                        info = response.json()
+                        if info.get("state") == "READY" and not info.get("reason", "").startswith("swapping") \
+                                and (engine is None or info.get("engine") == engine):
+                            return info
+                        if info.get("state") == "FAILED":
+                            raise RuntimeError(f"route {route} failed to load: {info.get('reason')}")
+                await asyncio.sleep(0.2)
+
+
+def dynamic_batch_bundle(build_dir: Path, out: Path) -> Path:
+    """A bundle directory for :data:`DYNAMIC_BATCH_ID`: the model with batch dimension ``N``."""
+    import onnx
+    import tomli_w
+
+    from mlcloud.bench.workload import MODEL_BUNDLE, MODEL_FILE
+
+    source = build_dir / MODEL_BUNDLE
+    out.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(source / MODEL_FILE))
+    for value in (*model.graph.input, *model.graph.output):
+        dim = value.type.tensor_type.shape.dim[0]
+        dim.ClearField("dim_value")
+        dim.dim_param = "N"
+    (out / MODEL_FILE).write_bytes(model.SerializeToString())
+    metadata = json.loads((source / "metadata.json").read_text())
+    metadata["model_name"] = "efficientnet-lite0-dynbatch"
+    metadata["tensor_dimensions_in"][0] = -1
+    metadata["tensor_dimensions_out"][0] = -1
+    (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
+    invoice = tomllib.loads((source / "invoice.toml").read_text())
+    name, version = DYNAMIC_BATCH_ID.split("/")
+    invoice["bindle"]["name"], invoice["bindle"]["version"] = name, version
+    invoice["bindle"]["description"] = "EfficientNet-Lite0 with a symbolic batch dimension (bench only)"
+    for parcel in invoice["parcel"]:
+        label = parcel["label"]
+        path = out / label["name"]
+        if not path.exists():
+            path.write_bytes((source / label["name"]).read_bytes())
+        data = path.read_bytes()
+        label["sha256"], label["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    (out / "invoice.toml").write_text(tomli_w.dumps(invoice))
+    return out
+
+
+async def push_dynamic_batch_model(bindle_url: str, build_dir: Path, work_dir: Path) -> str:
+    from mlcloud.bindle import AsyncClient
+
+    bundle = await asyncio.to_thread(dynamic_batch_bundle, build_dir, work_dir / "dynbatch")
+    async with AsyncClient(bindle_url) as client:
+        await client.push_dir(bundle)
+    return DYNAMIC_BATCH_ID
+
+
+if __name__ == "__main__":
+    main()
