@@ -21,6 +21,10 @@ system-deps:
 models: venv
 	$(MLCLOUD) models build
 
+images: venv
+	$(PY) -m pip install -q -e '.[images]'
+	$(MLCLOUD) models images
+
 run: venv system-deps models
 	$(MLCLOUD) up --app deploy/app.yaml
 
