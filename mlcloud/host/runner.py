@@ -100,7 +100,7 @@ class ComponentRuntime:
 
     async def call_provider(
         self, contract: str, op: str, message: Any, result_type: type[T] | None, *,
-        link_name: str, timeout: float | None, invocation_id: str,
+        link_name: str, timeout: float | None, invocation_id: str | None,
     ) -> T | Any:
         if contract not in self.spec.capabilities:
             raise CapabilityNotClaimed(
@@ -116,7 +116,7 @@ class ComponentRuntime:
 
     async def call_actor(
         self, actor: str, op: str, message: Any, result_type: type[T] | None, *,
-        timeout: float | None, invocation_id: str,
+        timeout: float | None, invocation_id: str | None,
     ) -> T | Any:
         assert self.rpc is not None
         subject = subjects.actor_rpc(self.settings.lattice, actor)
@@ -126,7 +126,8 @@ class ComponentRuntime:
         self.nc = await connect(self.settings.effective_nats_url, name=f"{self.spec.name}/{self.spec.instance_id[:8]}")
         self.rpc = RpcClient(self.nc, origin=self.spec.key, timeout=self.settings.rpc_timeout)
         self.events = EventPublisher(self.nc, self.settings.lattice, self.spec.key)
-        lifetime_ctx = Context(self, invocation_id="start", origin=self.spec.key)
+        # Calls made outside any invocation (a provider serving HTTP) each get a fresh id.
+        lifetime_ctx = Context(self, invocation_id="", origin=self.spec.key)
         try:
             if isinstance(self.component, Provider):
                 self.component.config = dict(self.spec.config)

@@ -70,7 +70,7 @@ class Context:
         """Call the provider linked to this actor for ``contract`` (checked against the claims)."""
         return await self._runtime.call_provider(
             contract, op, message, result_type, link_name=link_name, timeout=timeout,
-            invocation_id=self.invocation_id,
+            invocation_id=self.invocation_id or None,
         )
 
     async def call_actor(
@@ -78,7 +78,7 @@ class Context:
     ) -> T | Any:
         """Call another actor by public key or call alias (its component name)."""
         return await self._runtime.call_actor(
-            actor, op, message, result_type, timeout=timeout, invocation_id=self.invocation_id
+            actor, op, message, result_type, timeout=timeout, invocation_id=self.invocation_id or None
         )
 
 
