@@ -6,6 +6,8 @@ what it did, so ``make models`` can run on every ``make run``.
 
 from __future__ import annotations
 
+import asyncio
+
 import tempfile
 from pathlib import Path
 
@@ -94,8 +96,13 @@ def status_cmd(models_dir: Path | None, out: Path | None) -> None:
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_models_option
 @_out_option
-def import_cmd(file: Path, models_dir: Path | None, out: Path | None) -> None:
-    """Check a model-zoo FILE (size, sha256, shapes) and stage its bundle."""
+@click.option("--route", help="HTTP route to serve it on (default: the model's, e.g. mobilenetv27).")
+@click.option("--push/--no-push", default=True, show_default=True, help="Push the bindle to Bindle.")
+@click.option("--link/--no-link", default=True, show_default=True,
+              help="Relink the route on the running lattice to the new bindle.")
+def import_cmd(file: Path, models_dir: Path | None, out: Path | None, route: str | None, push: bool,
+               link: bool) -> None:
+    """Check a model-zoo FILE (size, sha256, shapes), push its bindle and relink its route."""
     from mlcloud.modelbuild import zoo
 
     models_dir, out = _dirs(models_dir, out)
@@ -104,10 +111,63 @@ def import_cmd(file: Path, models_dir: Path | None, out: Path | None) -> None:
     except ModelBuildError as exc:
         raise click.ClickException(str(exc)) from exc
     if result is None:
-        click.echo(f"{entry.bindle}: already staged from this file, nothing to do")
+        click.echo(f"{entry.bindle}: already staged from this file")
     else:
         click.echo(f"{entry.bindle}: staged in {result.directory} ({'; '.join(result.notes)})")
-    click.echo(f"push it with: mlcloud bindle push {out / f'{entry.name}-{entry.version}'}")
+    if push:
+        asyncio.run(_run(_push_bundle(out / f"{entry.name}-{entry.version}")))
+    if link:
+        asyncio.run(_run(_relink(route or entry.route or entry.name.replace("-", ""), entry.bindle)))
+
+
+@models.command("push")
+@_models_option
+@_out_option
+def push_cmd(models_dir: Path | None, out: Path | None) -> None:
+    """Push every built bundle to Bindle (--bindle-url / MLCLOUD_BINDLE_URL); complete ones are skipped."""
+    from mlcloud.publish import push_models
+    from mlcloud.settings import Settings
+
+    _, out = _dirs(models_dir, out)
+    pushed = asyncio.run(_run(push_models(Settings.from_env(), out, click.echo)))
+    if not pushed:
+        click.echo("nothing to push: every bundle is already in Bindle")
+
+
+async def _run(coro):
+    """Await ``coro``, turning mlcloud errors into one line."""
+    from mlcloud.errors import MLCloudError
+
+    try:
+        return await coro
+    except MLCloudError as err:
+        raise click.ClickException(f"{err.kind}: {err.message}") from err
+
+
+async def _push_bundle(directory: Path) -> None:
+    from mlcloud.bindle import AsyncClient
+    from mlcloud.settings import Settings
+
+    async with AsyncClient(Settings.from_env().effective_bindle_url) as client:
+        result = await client.push_dir(directory)
+    click.echo(f"{result.bindle_id}: " + ("already in Bindle" if result.nothing_to_do else
+                                          f"pushed ({len(result.uploaded)} parcel(s) uploaded)"))
+
+
+async def _relink(route: str, bindle_id: str) -> None:
+    """Point ``route`` at ``bindle_id`` in every link to the mlinference provider."""
+    from mlcloud.interfaces import MLINFERENCE
+    from mlcloud.lattice.ctl_client import CtlClient
+    from mlcloud.settings import Settings
+
+    async with await CtlClient.connect(Settings.from_env()) as ctl:
+        links = [link for link in await ctl.get_links() if link["contract_id"] == MLINFERENCE]
+        if not links:
+            raise click.ClickException("no actor is linked to an mlinference provider; is the app deployed?")
+        for link in links:
+            values = {**link["values"], route: bindle_id}
+            await ctl.put_link(link["actor_id"], link["provider_id"], MLINFERENCE, link["link_name"], values)
+    click.echo(f"route {route} now serves {bindle_id} (the old model keeps serving until the new one is ready)")
 
 
 @models.command("images")

@@ -29,6 +29,7 @@ class ZooEntry:
     tensor_dimensions_out: tuple[int, ...]
     source: str
     license: str
+    route: str = ""  # the HTTP route `models import` relinks to this bindle
 
     @property
     def name(self) -> str:
@@ -49,7 +50,7 @@ def load_zoo(models_dir: str | Path) -> list[ZooEntry]:
                 sha256_prefix=m["sha256_prefix"].lower(), sha256_suffix=m["sha256_suffix"].lower(),
                 tensor_dimensions_in=tuple(m["tensor_dimensions_in"]),
                 tensor_dimensions_out=tuple(m["tensor_dimensions_out"]),
-                source=m["source"], license=m["license"],
+                source=m["source"], license=m["license"], route=m.get("route", ""),
             )
             for m in data.get("model", [])
         ]
