@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# Bring up an mlcloud host on an aarch64 board (Coral Dev Board, Raspberry Pi 4/5, any arm64
+# Debian with Python 3.11+). Run it as root from a copy of the mlcloud checkout on the board:
+#
+#   sudo deploy/coral/install.sh --dev 192.168.1.10           # leaf node of the dev machine's hub
+#   sudo deploy/coral/install.sh --dev 192.168.1.10 --standalone
+#
+# It creates the venv PREFIX/venv with the aarch64 dependency set (requirements-aarch64*.txt:
+# onnxruntime and ai-edge-litert, no tract), installs mlcloud into it, writes /etc/mlcloud/
+# (host.env, nats.conf) and the systemd units mlcloud-nats and mlcloud-host, and starts them.
+# Running it again upgrades the venv and keeps an edited /etc/mlcloud/host.env.
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PROJECT="$(cd "${HERE}/../.." && pwd)"
+
+PREFIX=/opt/mlcloud
+ETC=/etc/mlcloud
+UNIT_DIR=/etc/systemd/system
+DEV=""
+STANDALONE=0
+CORAL=auto
+SYSTEMD=1
+PYTHON="${PYTHON:-python3}"
+WHEELS=""
+
+usage() {
+    cat <<EOF
+usage: deploy/coral/install.sh --dev ADDRESS [options]
+
+  --dev ADDRESS     the development machine as the board reaches it (Bindle on :8080, registry
+                    on :5000, NATS leaf-node port :7422)
+  --standalone      run NATS here as a standalone server (the board is its own lattice) instead
+                    of a leaf node of the development machine's hub
+  --coral auto|true|false
+                    the host's coral= label (auto: true when libedgetpu.so.1 or a Coral device
+                    is found)
+  --prefix DIR      where the venv goes (default ${PREFIX})
+  --wheels DIR      install from wheels in DIR only (a board without a package index: fill DIR
+                    on another machine with \`pip download\`, see docs/deploy.md)
+  --no-systemd      install the venv and /etc/mlcloud only; start nothing
+  -h, --help        this text
+
+environment: PYTHON (default python3, 3.11 or newer)
+EOF
+}
+
+say() { printf 'install.sh: %s\n' "$*"; }
+die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --dev) DEV="${2:?--dev needs an address}"; shift 2 ;;
+        --standalone) STANDALONE=1; shift ;;
+        --coral) CORAL="${2:?--coral needs auto, true or false}"; shift 2 ;;
+        --prefix) PREFIX="${2:?--prefix needs a directory}"; shift 2 ;;
+        --wheels) WHEELS="${2:?--wheels needs a directory}"; shift 2 ;;
+        --no-systemd) SYSTEMD=0; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+done
+[ -n "${DEV}" ] || { usage >&2; die "--dev is required"; }
+case "${CORAL}" in auto | true | false) ;; *) die "--coral must be auto, true or false" ;; esac
+[ "$(id -u)" -eq 0 ] || die "run as root (it writes ${PREFIX}, ${ETC} and systemd units)"
+
+arch="$(uname -m)"
+if [ "${arch}" != aarch64 ]; then
+    say "warning: this machine is ${arch}, not aarch64; the host will still say arch=aarch64"
+fi
+"${PYTHON}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "${PYTHON} is older than 3.11 (ai-edge-litert and mlcloud need 3.11+); set PYTHON="
+"${PYTHON}" -c 'import venv, ensurepip' 2>/dev/null \
+    || die "${PYTHON} cannot make venvs: apt-get install python3-venv"
+
+edgetpu_present() {
+    ldconfig -p 2>/dev/null | grep -q 'libedgetpu\.so\.1' && return 0
+    [ -e /dev/apex_0 ] && return 0
+    # USB accelerator, before and after its firmware is loaded.
+    grep -qsiE '^(1a6e|18d1)$' /sys/bus/usb/devices/*/idVendor 2>/dev/null \
+        && grep -qsiE '^(089a|9302)$' /sys/bus/usb/devices/*/idProduct 2>/dev/null
+}
+if [ "${CORAL}" = auto ]; then
+    if edgetpu_present; then CORAL=true; else CORAL=false; fi
+fi
+
+# 1. venv with the aarch64 dependency set, then mlcloud itself (its deps are already there).
+say "venv ${PREFIX}/venv"
+mkdir -p "${PREFIX}"
+[ -x "${PREFIX}/venv/bin/python" ] || "${PYTHON}" -m venv "${PREFIX}/venv"
+pip=("${PREFIX}/venv/bin/python" -m pip install --upgrade --progress-bar off)
+if [ -n "${WHEELS}" ]; then pip+=(--no-index --find-links "${WHEELS}"); fi
+"${pip[@]}" pip
+"${pip[@]}" -r "${HERE}/requirements-aarch64.txt" -r "${HERE}/requirements-aarch64-sdist.txt"
+"${pip[@]}" --no-deps "${PROJECT}"
+"${PREFIX}/venv/bin/mlcloud" --version
+
+# 2. the mlcloud user, with access to the Edge TPU devices.
+if ! id mlcloud >/dev/null 2>&1; then
+    useradd --system --home-dir /var/lib/mlcloud --shell /usr/sbin/nologin mlcloud
+fi
+for group in plugdev apex; do
+    if getent group "${group}" >/dev/null; then usermod -a -G "${group}" mlcloud; fi
+done
+install -d -o mlcloud -g mlcloud /var/lib/mlcloud
+
+# 3. /etc/mlcloud: host settings (kept when edited) and the NATS configuration.
+install -d "${ETC}"
+if [ ! -f "${ETC}/host.env" ]; then
+    sed "s/@DEV@/${DEV}/g" "${HERE}/host.env" >"${ETC}/host.env"
+    say "wrote ${ETC}/host.env"
+else
+    say "kept ${ETC}/host.env (delete it to start from deploy/coral/host.env again)"
+fi
+if [ "${STANDALONE}" = 1 ]; then nats_template="${HERE}/nats-standalone.conf"; else nats_template="${HERE}/nats-leaf.conf"; fi
+sed -e "s/@DEV@/${DEV}/g" -e "s/@HOSTNAME@/$(hostname -s)/g" "${nats_template}" >"${ETC}/nats.conf"
+"${PREFIX}/venv/bin/nats-server" -t -c "${ETC}/nats.conf" >/dev/null || die "${ETC}/nats.conf does not parse"
+say "wrote ${ETC}/nats.conf ($([ "${STANDALONE}" = 1 ] && echo standalone || echo "leaf node of ${DEV}:7422"))"
+
+# 4. the LiteRT engine and the Edge TPU delegate.
+if "${PREFIX}/venv/bin/python" -c 'import ai_edge_litert.interpreter' 2>/dev/null; then
+    say "LiteRT (ai-edge-litert) installed"
+else
+    say "warning: ai-edge-litert does not import: tflite models will not load"
+fi
+if ldconfig -p 2>/dev/null | grep -q 'libedgetpu\.so\.1'; then
+    say "Edge TPU runtime libedgetpu.so.1 found: execution_target tpu models use the Edge TPU"
+else
+    say "no libedgetpu.so.1: tflite models run on LiteRT's CPU kernels (the provider logs this)."
+    say "  For the Edge TPU install libedgetpu1-std from Coral's apt repository (docs/deploy.md)."
+fi
+
+# 5. systemd units.
+if [ "${SYSTEMD}" = 0 ]; then
+    say "done (--no-systemd): start with ${PREFIX}/venv/bin/nats-server -c ${ETC}/nats.conf and"
+    say "  env \$(grep -v '^#' ${ETC}/host.env | xargs) ${PREFIX}/venv/bin/mlcloud host --label arch=aarch64 --label coral=${CORAL}"
+    exit 0
+fi
+command -v systemctl >/dev/null || die "no systemctl: rerun with --no-systemd"
+for unit in mlcloud-nats.service mlcloud-host.service; do
+    sed -e "s|@PREFIX@|${PREFIX}|g" -e "s|@CORAL@|${CORAL}|g" "${HERE}/${unit}" >"${UNIT_DIR}/${unit}"
+done
+systemctl daemon-reload
+systemctl enable --now mlcloud-nats.service
+systemctl enable mlcloud-host.service
+systemctl restart mlcloud-host.service
+say "mlcloud-host runs (labels arch=aarch64 coral=${CORAL}); follow it with: journalctl -u mlcloud-host -f"
+say "on the development machine: deploy/run.sh status  (the board's host is listed with arch=aarch64)"
