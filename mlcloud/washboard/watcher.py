@@ -216,7 +216,7 @@ class LatticeWatcher:
         """Hosts, each host's inventory and the link definitions, from the control interface."""
         ctl = self.ctl
         assert ctl is not None
-        hosts = await ctl.get_hosts(wait=min(0.5, self.settings.ctl_timeout))
+        hosts = await self._ping_hosts(wait=min(0.5, self.settings.ctl_timeout))
         inventories = await asyncio.gather(*(ctl.get_inventory(h["id"]) for h in hosts), return_exceptions=True)
         self.state.apply_hosts(hosts)
         for host, inventory in zip(hosts, inventories, strict=True):
@@ -231,6 +231,40 @@ class LatticeWatcher:
                 log.info("link definitions unavailable: %s", err.message)
         self.state.mark_polled()
         self._schedule_flush()
+
+    async def _ping_hosts(self, wait: float) -> list[dict[str, Any]]:
+        """Every host that answers a ping within ``wait`` seconds.
+
+        Like ``CtlClient.get_hosts``, but an empty lattice is an answer, not an error: with no
+        host subscribed, NATS sends a body-less "no responders" status to the reply inbox.
+        """
+        assert self.nc is not None
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        replies: list[dict[str, Any]] = []
+        loop = asyncio.get_running_loop()
+        try:
+            await self.nc.publish(subjects.ctl_ping_hosts(self.settings.lattice), b"{}", reply=inbox)
+            deadline = loop.time() + wait
+            while (remaining := deadline - loop.time()) > 0:
+                try:
+                    msg = await sub.next_msg(timeout=remaining)
+                except nats.errors.TimeoutError:
+                    break
+                if not msg.data:
+                    if (msg.headers or {}).get("Status") == "503":
+                        break
+                    continue
+                try:
+                    reply = msgspec.json.decode(msg.data)
+                except msgspec.DecodeError:
+                    continue
+                if isinstance(reply, dict) and reply.get("id"):
+                    replies.append(reply)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return sorted(replies, key=lambda h: h["id"])
 
     async def refresh_models(self) -> None:
         """Ask the provider of every mlinference link for the status of that link's models."""

@@ -63,7 +63,8 @@ async def lattice(settings):
 
 
 @pytest.fixture
-async def washboard(settings, lattice):
+async def washboard(settings):
+    """Started before ``lattice`` when a test names it first, so the feed sees the lattice start up."""
     app = create_washboard(settings, poll_interval=0.5)
     async with running_app(app, "127.0.0.1:0", "the washboard", access_log=None) as address:
         yield Washboard(f"http://{address}/", app[WATCHER])

@@ -92,15 +92,42 @@ function num(value, unit = "") {
   return String(value) + unit;
 }
 
+// Actor and provider rows show host names: they are redrawn when a name changes, not on every heartbeat.
+function hostNamesSig() {
+  return "@" + state.sections.hosts.map((x) => `${x.id}=${(x.labels || {}).hostname || ""}`).join(",");
+}
+
 function hostName(hostId) {
-  const host = state.sections.hosts.find((x) => x.id === hostId);
+  const hosts = state.sections.hosts;
+  const host = hosts.find((x) => x.id === hostId);
   const name = host && host.labels && host.labels.hostname;
-  return name ? `${name} (${short(hostId, 6)})` : short(hostId, 10);
+  if (!name) return short(hostId, 10);
+  const shared = hosts.filter((x) => (x.labels || {}).hostname === name).length > 1;
+  return shared ? `${name} (${short(hostId, 6)})` : name;
 }
 
 function emptyRow(table, columns, text) {
   const tbody = $(table).tBodies[0];
   tbody.replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: columns }, text)));
+}
+
+// Replace only the rows whose data changed, keyed by `key`: a row being clicked, hovered or
+// selected survives updates of its neighbours (a heartbeat must not eat a click on "Scale…").
+function patchRows(container, items, key, render) {
+  const old = new Map();
+  for (const el of container.children) if (el.dataset.key) old.set(el.dataset.key, el);
+  const rows = items.map((item) => {
+    const k = key(item);
+    const sig = JSON.stringify(item);
+    const existing = old.get(k);
+    if (existing && existing.dataset.sig === sig) return existing;
+    const el = render(item);
+    el.dataset.key = k;
+    el.dataset.sig = sig;
+    return el;
+  });
+  const same = rows.length === container.children.length && rows.every((el, i) => container.children[i] === el);
+  if (!same) container.replaceChildren(...rows);
 }
 
 function matchesFilter(text) {
@@ -151,7 +178,7 @@ function renderHosts() {
   if (!hosts.length) {
     box.replaceChildren(h("p", { class: "empty-note" }, "No host answers on this lattice yet."));
   } else {
-    box.replaceChildren(...hosts.filter((x) => matchesFilter(JSON.stringify(x))).map((host) =>
+    patchRows(box, hosts.filter((x) => matchesFilter(JSON.stringify(x))), (x) => x.id, (host) =>
       h("article", { class: `card host ${host.status}`, dataset: { host: host.id } },
         h("header", {},
           h("div", { class: "ident" },
@@ -165,7 +192,7 @@ function renderHosts() {
           h("div", {}, h("dt", {}, "heartbeat"), h("dd", { class: "heartbeat" }, ago(host.last_heartbeat))),
           h("div", {}, h("dt", {}, "version"), h("dd", {}, host.version || "–")),
           h("div", {}, h("dt", {}, "runs"), h("dd", {},
-            `${host.actor_instances} actor instance${host.actor_instances === 1 ? "" : "s"}, ${host.providers} provider${host.providers === 1 ? "" : "s"}`))))));
+            `${host.actor_instances} actor instance${host.actor_instances === 1 ? "" : "s"}, ${host.providers} provider${host.providers === 1 ? "" : "s"}`)))));
   }
   const up = hosts.filter((x) => x.status === "up").length;
   $("sum-hosts").textContent = hosts.length;
@@ -175,20 +202,20 @@ function renderHosts() {
 function renderActors() {
   const actors = state.sections.actors;
   const tbody = $("actors").tBodies[0];
-  if (!actors.length) return emptyRow("actors", 7, "No actors run on this lattice.");
-  tbody.replaceChildren(...actors.filter((a) => matchesFilter(JSON.stringify(a))).map((actor) =>
+  if (!actors.length) emptyRow("actors", 7, "No actors run on this lattice.");
+  else patchRows(tbody, actors.filter((a) => matchesFilter(JSON.stringify(a))), (a) => a.id + hostNamesSig(), (actor) =>
     h("tr", { dataset: { id: actor.id, name: actor.name } },
       td("Actor", keyCell(actor.name, actor.id, actor.version ? `v${actor.version}` + (actor.revision ? ` r${actor.revision}` : "") : "")),
       td("Image", h("div", { class: "image" },
         h("span", { class: "ref", title: actor.image_ref }, actor.image_ref || "–"),
-        actor.digest ? h("code", { class: "digest", title: actor.digest }, short(actor.digest.replace("sha256:", "sha256:"), 19)) : null)),
+        actor.digest ? h("code", { class: "digest", title: actor.digest }, short(actor.digest, 19)) : null)),
       td("Capabilities", h("div", { class: "chips" }, (actor.capabilities || []).map((c) => chip(c, "cap")))),
       td("Instances", h("div", { class: "instances" },
         h("b", { class: "count" }, actor.instances),
         actor.hosts.map((x) => h("span", { class: "per-host" }, `${x.count} on ${hostName(x.host_id)}`)))),
       td("Status", h("div", { class: "status" }, badge(actor.status, instanceSummary(actor.hosts.flatMap((x) => x.instances)) ), ago(actor.status_since))),
       h("td", { "data-label": "Restarts", class: "num" }, actor.restarts),
-      td("", h("button", { class: "btn small", type: "button", onclick: () => openScale(actor) }, "Scale…")))));
+      td("", h("button", { class: "btn small", type: "button", onclick: () => openScale(actor) }, "Scale…"))));
   const instances = actors.reduce((n, a) => n + a.instances, 0);
   $("sum-actors").textContent = actors.length;
   $("sum-actors-sub").textContent = `${instances} instance${instances === 1 ? "" : "s"}` + unhealthyNote(actors);
@@ -206,8 +233,8 @@ function unhealthyNote(rows) {
 function renderProviders() {
   const providers = state.sections.providers;
   const tbody = $("providers").tBodies[0];
-  if (!providers.length) return emptyRow("providers", 7, "No providers run on this lattice.");
-  tbody.replaceChildren(...providers.filter((p) => matchesFilter(JSON.stringify(p))).map((p) => {
+  if (!providers.length) emptyRow("providers", 7, "No providers run on this lattice.");
+  else patchRows(tbody, providers.filter((p) => matchesFilter(JSON.stringify(p))), (p) => `${p.host_id}/${p.id}/${p.link_name}${hostNamesSig()}`, (p) => {
     const stopped = p.status === "stopped";
     return h("tr", { class: stopped ? "stopped" : "", dataset: { id: p.id, name: p.name, link: p.link_name, host: p.host_id } },
       td("Provider", keyCell(p.name, p.id, p.version ? `v${p.version}` : "")),
@@ -219,7 +246,7 @@ function renderProviders() {
       td("", stopped
         ? h("button", { class: "btn small", type: "button", onclick: () => confirmStart(p) }, "Start…")
         : h("button", { class: "btn small danger", type: "button", onclick: () => confirmStop(p) }, "Stop…")));
-  }));
+  });
   const healthy = providers.filter((p) => p.status === "healthy").length;
   $("sum-providers").textContent = providers.length;
   $("sum-providers-sub").textContent = `${healthy} healthy` + unhealthyNote(providers);
@@ -228,8 +255,8 @@ function renderProviders() {
 function renderModels() {
   const models = state.sections.models;
   const tbody = $("models").tBodies[0];
-  if (!models.length) return emptyRow("models", 9, "No mlinference links: no models are served.");
-  tbody.replaceChildren(...models.filter((m) => matchesFilter(JSON.stringify(m))).map((m) =>
+  if (!models.length) emptyRow("models", 9, "No mlinference links: no models are served.");
+  else patchRows(tbody, models.filter((m) => matchesFilter(JSON.stringify(m))), (m) => `${m.actor_id}/${m.link_name}/${m.name}`, (m) =>
     h("tr", { class: m.stale ? "stale-row" : "", dataset: { route: m.name || "", state: m.state } },
       td("Route", m.name ? h("code", { class: "route" }, `/${m.name}`) : "–"),
       td("Bindle id", m.bindle_id || "–"),
@@ -242,7 +269,7 @@ function renderModels() {
       h("td", { "data-label": "p50", class: "num" }, m.requests ? num(m.p50_ms, " ms") : "–"),
       h("td", { "data-label": "p99", class: "num" }, m.requests ? num(m.p99_ms, " ms") : "–"),
       td("Served by", h("span", { class: "muted", title: `${m.provider_id} for ${m.actor_id}` },
-        `${m.provider_name || short(m.provider_id)} · ${m.link_name}`)))));
+        `${m.provider_name || short(m.provider_id)} · ${m.link_name}`))));
   const ready = models.filter((m) => m.state === "READY").length;
   $("sum-models").textContent = models.filter((m) => m.name).length;
   $("sum-models-sub").textContent = `${ready} ready` + (models.length - ready ? `, ${models.length - ready} not` : "");
@@ -251,8 +278,8 @@ function renderModels() {
 function renderLinks() {
   const links = state.sections.links;
   const tbody = $("links").tBodies[0];
-  if (!links.length) return emptyRow("links", 6, "No link definitions.");
-  tbody.replaceChildren(...links.filter((l) => matchesFilter(JSON.stringify(l))).map((l) =>
+  if (!links.length) emptyRow("links", 6, "No link definitions.");
+  else patchRows(tbody, links.filter((l) => matchesFilter(JSON.stringify(l))), (l) => `${l.actor_id}/${l.contract_id}/${l.link_name}`, (l) =>
     h("tr", { dataset: { actor: l.actor_id, provider: l.provider_id, contract: l.contract_id } },
       td("Actor", keyCell(l.actor_name, l.actor_id)),
       h("td", { class: "arrow", "aria-hidden": "true" }, "→"),
@@ -262,7 +289,7 @@ function renderLinks() {
       td("Values", h("div", { class: "values" }, Object.keys(l.values || {}).length
         ? Object.entries(l.values).sort().map(([k, v]) =>
           h("span", { class: "kv" }, h("span", { class: "k" }, k), h("span", { class: v === "••••••" ? "v masked" : "v" }, String(v))))
-        : h("span", { class: "muted" }, "none"))))));
+        : h("span", { class: "muted" }, "none")))));
   $("sum-links").textContent = links.length;
   const contracts = new Set(links.map((l) => l.contract_id));
   $("sum-links-sub").textContent = `${contracts.size} contract${contracts.size === 1 ? "" : "s"}`;
@@ -293,13 +320,13 @@ function renderFeed() {
   if (!events.length) {
     list.replaceChildren(h("li", { class: "empty-note" }, "No events since the washboard started."));
   } else {
-    list.replaceChildren(...events.map((e) => {
+    patchRows(list, events, (e) => String(e.seq), (e) => {
       const cls = (FEED_CLASSES.find(([re]) => re.test(e.name)) || [null, ""])[1];
       return h("li", { class: `event ${cls}`, dataset: { name: e.name } },
         h("time", { title: new Date(e.time * 1000).toLocaleString() }, new Date(e.time * 1000).toLocaleTimeString()),
         h("span", { class: "event-name" }, e.name.replaceAll("_", " ")),
         h("span", { class: "event-detail" }, feedDetail(e)));
-    }));
+    });
   }
   $("feed-count").textContent = state.feed.length ? `(${state.feed.length})` : "";
 }

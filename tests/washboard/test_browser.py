@@ -1,0 +1,202 @@
+"""The washboard in a real headless browser (Debian's chromium driven by Playwright).
+
+Each test starts NATS, a host running real component processes and the washboard on free
+ports, opens the page and waits for conditions (no fixed sleeps): the lattice appears healthy,
+a killed provider turns unhealthy then healthy again, scaling from the page changes the
+instance count, and the page says so when NATS goes away and recovers by itself.
+
+``MLCLOUD_UPDATE_SCREENSHOT=1`` also writes docs/washboard.png from the first test.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from mlcloud.lattice.nats_server import NatsServer, free_port
+from mlcloud.servers import running_app
+from mlcloud.washboard.app import create_washboard
+from mlcloud.washboard.screenshot import CHROMIUM, capture, launch_chromium
+from tests.conftest import PROJECT
+from tests.washboard.conftest import Lattice, Washboard
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"),
+]
+
+WAIT_MS = 20_000
+
+
+@pytest.fixture
+async def browser():
+    playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright package is not installed")
+    async with playwright_api.async_playwright() as playwright:
+        browser = await launch_chromium(playwright)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def page(browser):
+    context = await browser.new_context(viewport={"width": 1440, "height": 900})
+    page = await context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    yield page
+    await context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def row(page, table: str, name: str):
+    return page.locator(f"#{table} tbody tr[data-name='{name}']")
+
+
+async def wait_text(locator, text: str) -> None:
+    """Wait until ``locator`` shows exactly ``text`` (re-read on every animation frame)."""
+    handle = await locator.element_handle()
+    await locator.page.wait_for_function("([el, text]) => el.isConnected && el.textContent.trim() === text",
+                                         arg=[handle, text])
+
+
+async def test_page_shows_hosts_actors_providers_links_and_models(page, washboard: Washboard, lattice: Lattice):
+    await page.goto(washboard.url)
+    await page.wait_for_selector("#conn.live")
+    host_card = page.locator(f"#hosts [data-host='{lattice.host.id}']")
+    await host_card.wait_for()
+    assert "zone=lab" in await host_card.inner_text()
+    for name in ("caller", "router"):
+        await row(page, "actors", name).locator(".badge.healthy").wait_for()
+    for name in ("echo", "inference-fixture"):
+        await row(page, "providers", name).locator(".badge.healthy").wait_for()
+    for route in ("mobilenetv27", "identity", "plus3"):
+        await page.locator(f"#models tr[data-route='{route}'] .badge.ready").wait_for()
+    failed = page.locator("#models tr[data-route='squeezenet']")
+    await failed.locator(".badge.failed").wait_for()
+    assert "InvoiceNotFound" in await failed.inner_text()
+    links = page.locator("#links tbody tr")
+    await page.wait_for_function("document.querySelectorAll('#links tbody tr[data-contract]').length === 2")
+    links_text = await links.all_inner_texts()
+    assert "abc123" not in "".join(links_text) and "s3cret" not in "".join(links_text)
+    assert "••••••" in "".join(links_text)
+    router = await row(page, "actors", "router").inner_text()
+    assert "wasmcloud:mlinference" in router and "1 on" in router
+    assert await page.locator("#feed li.event").count() >= 0  # the feed renders (events before the page are not replayed)
+    assert not await page.locator("#banner").is_visible()
+
+    if os.environ.get("MLCLOUD_UPDATE_SCREENSHOT"):
+        # Give the feed something to show: events from before the page opened are not replayed.
+        await lattice.ctl.scale_actor(lattice.host.id, lattice.caller, 2)
+        await page.locator("#feed li[data-name='actor_started']").first.wait_for()
+        await wait_text(row(page, "actors", "caller").locator(".instances .count"), "2")
+        await capture(page, PROJECT / "docs" / "washboard.png")
+
+
+async def test_killed_provider_turns_unhealthy_then_healthy_again(page, washboard: Washboard, lattice: Lattice):
+    await page.goto(washboard.url)
+    echo = row(page, "providers", "echo")
+    await echo.locator(".badge.healthy").wait_for()
+    # Record every status the row shows: the unhealthy spell lasts only until the restart.
+    await page.evaluate("""() => {
+        window.seenEchoStatus = [];
+        const record = () => {
+            const badge = document.querySelector("#providers tr[data-name='echo'] .badge");
+            const last = window.seenEchoStatus[window.seenEchoStatus.length - 1];
+            if (badge && badge.textContent !== last) window.seenEchoStatus.push(badge.textContent);
+        };
+        new MutationObserver(record).observe(document.getElementById("providers"), {childList: true, subtree: true});
+        record();
+    }""")
+    inventory = await lattice.ctl.get_inventory(lattice.host.id)
+    pid = next(p for p in inventory["providers"] if p["name"] == "echo")["instances"][0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    await page.wait_for_function("window.seenEchoStatus.includes('unhealthy')")
+    await page.wait_for_function("""() => {
+        const s = window.seenEchoStatus;
+        return s.indexOf('unhealthy') >= 0 && s[s.length - 1] === 'healthy' && s.lastIndexOf('healthy') > s.indexOf('unhealthy');
+    }""")
+    await wait_text(echo.locator("td.restarts"), "1")
+    await page.locator("#feed li[data-name='health_check_failed']").first.wait_for()
+
+
+async def test_scaling_an_actor_from_the_page(page, washboard: Washboard, lattice: Lattice):
+    await page.goto(washboard.url)
+    caller = row(page, "actors", "caller")
+    await caller.locator(".badge.healthy").wait_for()
+    await wait_text(caller.locator(".instances .count"), "1")
+    await caller.get_by_role("button", name="Scale…").click()
+    dialog = page.locator("#dialog")
+    await dialog.wait_for(state="visible")
+    assert "Scale actor caller" in await dialog.inner_text()
+    await page.fill("#scale-count", "3")
+    await page.click("#dialog-confirm")
+    await dialog.wait_for(state="hidden")
+    await wait_text(caller.locator(".instances .count"), "3")
+    await caller.locator(".badge.healthy").wait_for()
+    inventory = await lattice.ctl.get_inventory(lattice.host.id)
+    assert len(next(a for a in inventory["actors"] if a["name"] == "caller")["instances"]) == 3
+
+    # Cancelling changes nothing; an impossible count is refused with the server's reason.
+    await caller.get_by_role("button", name="Scale…").click()
+    await page.fill("#scale-count", "999")
+    await page.evaluate("document.getElementById('scale-count').removeAttribute('max')")
+    await page.click("#dialog-confirm")
+    await page.locator("#dialog-error").wait_for(state="visible")
+    assert "between 0 and" in await page.inner_text("#dialog-error")
+    await page.click("#dialog-cancel")
+    await dialog.wait_for(state="hidden")
+    await wait_text(caller.locator(".instances .count"), "3")
+
+
+async def test_stopping_and_starting_a_provider_from_the_page(page, washboard: Washboard, lattice: Lattice):
+    await page.goto(washboard.url)
+    echo = row(page, "providers", "echo")
+    await echo.locator(".badge.healthy").wait_for()
+    await echo.get_by_role("button", name="Stop…").click()
+    assert "Stop provider echo?" in await page.inner_text("#dialog-title")
+    await page.click("#dialog-confirm")
+    await echo.locator(".badge.stopped").wait_for()
+    await echo.get_by_role("button", name="Start…").click()
+    assert "hunter2" not in await page.inner_text("#dialog-body")  # the config shown is masked
+    await page.click("#dialog-confirm")
+    await echo.locator(".badge.healthy").wait_for()
+    inventory = await lattice.ctl.get_inventory(lattice.host.id)
+    assert "echo" in [p["name"] for p in inventory["providers"]]
+
+
+async def test_page_says_nats_is_away_and_recovers_by_itself(page, tmp_path, settings):
+    port = free_port()
+    server = NatsServer(tmp_path / "own-nats", port=port)
+    own = settings.replace(nats_url=server.url)
+    await server.start()
+    try:
+        async with running_app(create_washboard(own, poll_interval=0.5), "127.0.0.1:0", "washboard") as address:
+            await page.goto(f"http://{address}/")
+            await page.wait_for_selector("#conn.live")
+            await server.stop()
+            banner = page.locator("#banner")
+            await banner.wait_for(state="visible")
+            await page.wait_for_function("/NATS is away.*data is [0-9]+ s stale/.test(document.getElementById('banner').textContent)")
+            await server.start()
+            await banner.wait_for(state="hidden")
+            await page.wait_for_selector("#conn.live")
+    finally:
+        await server.stop()
+
+
+async def test_phone_layout_stacks_tables_into_cards(browser, washboard: Washboard, lattice: Lattice):
+    context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+    try:
+        page = await context.new_page()
+        await page.goto(washboard.url)
+        caller = row(page, "actors", "caller")
+        await caller.locator(".badge.healthy").wait_for()
+        assert not await page.locator("#actors thead").is_visible()
+        width = await page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page scrolls sideways on a phone ({width} px)"
+    finally:
+        await context.close()
