@@ -1,0 +1,125 @@
+"""A lattice of two hosts on this machine, as a development machine and a board form it.
+
+One nats-server (the suite's fixture), Bindle and the registry on free ports, and two
+`mlcloud host` processes labelled arch=x86_64 and arch=aarch64. deploy/coral/app.yaml must put
+the HTTP side on the first and the mlinference provider on the second, and requests must cross.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import struct
+
+import httpx
+import numpy as np
+import pytest
+
+from mlcloud.bindle.server import create_app
+from mlcloud.lattice.ctl_client import CtlClient
+from mlcloud.lattice.nats_server import free_port
+from mlcloud.oci import EmbeddedRegistry
+from mlcloud.servers import running_app
+from mlcloud.settings import Settings
+from mlcloud.testing.stack import PROJECT_DIR, build_models
+from mlcloud.up import deploy_app
+
+from .conftest import host_process
+
+pytestmark = pytest.mark.slow
+
+CORAL_APP = PROJECT_DIR / "deploy" / "coral" / "app.yaml"
+CAT = PROJECT_DIR / "images" / "cat.jpg"
+CAT_LABELS = {"n02124075 Egyptian cat", "n02123045 tabby, tabby cat", "n02123159 tiger cat"}
+GATEWAY = {"arch": "x86_64", "role": "dev"}
+BOARD = {"arch": "aarch64", "coral": "false"}
+HAVE_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
+
+
+def f32_tensor(values: list[float], dims: list[int]) -> dict:
+    return {"dimensions": dims, "valueTypes": ["ValueF32"], "flags": 0,
+            "data": list(struct.pack(f"<{len(values)}f", *values))}
+
+
+async def wait_for(predicate, timeout: float, what: str) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.2)
+
+
+async def test_labels_place_mlinference_on_the_board_and_matches_crosses_hosts(nats_server, tmp_path):
+    models_build = await asyncio.to_thread(build_models)
+    http_port = free_port()
+    settings = Settings.from_env(
+        {},
+        state_dir=tmp_path / "state",
+        nats_url=nats_server.url,
+        lattice=f"deploy-{free_port()}",
+        bindle_address=f"127.0.0.1:{free_port()}",
+        registry=f"127.0.0.1:{free_port()}",
+        http_address=f"127.0.0.1:{http_port}",
+        rpc_timeout=16.0,  # what deploy/coral uses
+        health_interval=1.0,
+        heartbeat_interval=1.0,
+        restart_backoff=0.2,
+        stop_grace=3.0,
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(running_app(create_app(tmp_path / "bindle"), settings.bindle_address,
+                                                    "the Bindle server", access_log=None))
+        await stack.enter_async_context(EmbeddedRegistry.from_settings(settings))
+        dev_log, board_log = tmp_path / "dev-host.log", tmp_path / "board-host.log"
+        dev = stack.enter_context(host_process(settings, GATEWAY, dev_log))
+        board = stack.enter_context(host_process(settings.replace(state_dir=tmp_path / "board"), BOARD, board_log))
+        ctl = await CtlClient.connect(settings)
+        stack.push_async_callback(ctl.close)
+
+        async def two_hosts() -> bool:
+            assert dev.poll() is None and board.poll() is None, dev_log.read_text() + board_log.read_text()
+            # Ask the lattice only once both said they joined: a ping nobody answers yet comes back
+            # as NATS's empty "no responders" reply, which CtlClient.get_hosts cannot decode.
+            if not all("joined lattice" in log.read_text() for log in (dev_log, board_log)):
+                return False
+            return len(await ctl.get_hosts()) == 2
+
+        await wait_for(two_hosts, 30, "both hosts on the lattice")
+        await deploy_app(settings, CORAL_APP, lambda line: None, models_build, PROJECT_DIR)
+
+        inventories = {inv["labels"]["arch"]: inv for inv in await ctl.get_inventories()}
+        dev_inv, board_inv = inventories["x86_64"], inventories["aarch64"]
+        assert dev_inv["labels"]["role"] == "dev" and board_inv["labels"]["coral"] == "false"
+        assert sorted(p["name"] for p in board_inv["providers"]) == ["mlinference"]
+        assert board_inv["actors"] == []
+        assert sorted(p["name"] for p in dev_inv["providers"]) == ["httpserver"]
+        assert sorted(a["name"] for a in dev_inv["actors"]) == ["api", "postprocess", "preprocess"]
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as http:
+            async def matches_answer() -> bool:
+                with contextlib.suppress(httpx.TransportError):
+                    return (await http.put("/mobilenetv27/matches", content=CAT.read_bytes())).status_code == 200
+                return False
+
+            # The api actor (dev host) → preprocess (dev) → mlinference (board) → postprocess (dev).
+            await wait_for(matches_answer, 60, "/mobilenetv27/matches through the board")
+            response = await http.put("/mobilenetv27/matches", content=CAT.read_bytes())
+            top = response.json()
+            assert len(top) == 5 and top[0]["label"] in CAT_LABELS, top
+
+            # plus3 is the TFLite model with execution_target tpu: LiteRT on the board's CPU here.
+            response = await http.post("/plus3", json=f32_tensor([1, 2, 3, 4], [1, 4]))
+            for _ in range(100):
+                if response.status_code != 503:
+                    break
+                await asyncio.sleep(0.2)
+                response = await http.post("/plus3", json=f32_tensor([1, 2, 3, 4], [1, 4]))
+            if HAVE_LITERT:
+                assert response.status_code == 200, response.text
+                data = bytes(response.json()["tensor"]["data"])
+                assert list(np.frombuffer(data, "<f4")) == [4, 5, 6, 7]
+                log = board_log.read_text()
+                assert "libedgetpu.so.1 is not available" in log and "plus3-tflite on CPU" in log, log[-3000:]
+            else:
+                # Without ai-edge-litert the answer says what to install, and nothing else breaks.
+                assert response.status_code in (400, 404, 500, 503), response.text
+                assert "ai-edge-litert" in response.text
