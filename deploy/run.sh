@@ -333,11 +333,11 @@ cmd_link() {
 }
 
 cmd_clean() {
-    cmd_stop
     case "${MLCLOUD_STATE_DIR}" in
         "" | / | "${HOME}" | "${HOME}/" | "${MLCLOUD_PROJECT_DIR}" | "${MLCLOUD_PROJECT_DIR}/")
             die "refusing to delete MLCLOUD_STATE_DIR=${MLCLOUD_STATE_DIR}" ;;
     esac
+    cmd_stop
     rm -rf "${MLCLOUD_STATE_DIR}"
     say "removed ${MLCLOUD_STATE_DIR}"
 }
