@@ -28,7 +28,7 @@ METADATA_KEYS = {"model_name", "graph_encoding", "execution_target", "tensor_typ
 def test_sources_cover_every_model():
     ids = [s.id for s in bundles.discover(MODELS)]
     assert ids == ["efficientnet-lite0/1.0.0", "identity_model/0.2.0", "mobilenetv2-7/0.1.0",
-                   "plus3/0.1.0", "squeezenetv1-1-7/0.1.0"]
+                   "plus3-tflite/0.1.0", "plus3/0.1.0", "squeezenetv1-1-7/0.1.0"]
     for source in bundles.discover(MODELS):
         meta = json.loads((source.directory / "metadata.json").read_text())
         assert METADATA_KEYS <= set(meta), source.id
@@ -78,6 +78,7 @@ def test_second_build_rebuilds_nothing(built_tree: Path):
         "identity_model/0.2.0": State.UP_TO_DATE,
         "mobilenetv2-7/0.1.0": State.NEEDS_IMPORT,
         "plus3/0.1.0": State.UP_TO_DATE,
+        "plus3-tflite/0.1.0": State.UP_TO_DATE,
         "squeezenetv1-1-7/0.1.0": State.NEEDS_IMPORT,
     }
     assert {p: p.stat().st_mtime_ns for p in built_tree.rglob("*")} == before
