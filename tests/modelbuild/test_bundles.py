@@ -33,7 +33,8 @@ def test_sources_cover_every_model():
         meta = json.loads((source.directory / "metadata.json").read_text())
         assert METADATA_KEYS <= set(meta), source.id
         assert meta["tensor_type"] == "F32"
-        assert meta["graph_encoding"] == ("tensorflow" if source.name == "plus3" else "onnx")
+        encodings = {"plus3": "tensorflow", "plus3-tflite": "tflite"}
+        assert meta["graph_encoding"] == encodings.get(source.name, "onnx")
 
 
 @pytest.mark.parametrize("dirname", sorted(BUILT))
