@@ -129,7 +129,7 @@ async def host_command(settings: Settings, labels: tuple[str, ...], key_file: Pa
     """Run one host that joins an existing lattice (--nats-url), until Ctrl-C."""
     from mlcloud.host.host import Host
     from mlcloud.identity import KeyKind, load_or_create
-    from mlcloud.up import wait_for_stop_signal
+    from mlcloud.servers import wait_for_stop_signal
 
     key = load_or_create(key_file, KeyKind.HOST) if key_file else None
     async with Host(settings, parse_pairs(labels, "--label"), key=key) as host:

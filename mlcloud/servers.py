@@ -1,9 +1,11 @@
-"""Running an aiohttp application inside a process that does other things (``mlcloud up``)."""
+"""Serving in the foreground: an aiohttp app inside a process that does other things, and Ctrl-C."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -29,3 +31,19 @@ async def running_app(app: web.Application, address: str, what: str, **runner_kw
         yield f"{host}:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+async def wait_for_stop_signal(message: str = "mlcloud: stopping (Ctrl-C again to force)…") -> None:
+    """Return on the first SIGINT/SIGTERM; a second one exits immediately."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        if stop.is_set():
+            raise SystemExit(130)
+        print("\n" + message, flush=True)
+        stop.set()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    await stop.wait()

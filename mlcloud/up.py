@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 from mlcloud.host.host import Host
 from mlcloud.identity import KeyKind, load_or_create
 from mlcloud.lattice.nats_server import NatsServer
-from mlcloud.servers import running_app
+from mlcloud.servers import running_app, wait_for_stop_signal
 from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -33,22 +32,6 @@ class UpOptions:
     start_registry: bool = True
     start_washboard: bool = True
     models_dir: Path | None = Path("models/build")  # bundles pushed to Bindle before deploying
-
-
-async def wait_for_stop_signal() -> None:
-    """Return on the first SIGINT/SIGTERM; a second one exits immediately."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-
-    def on_signal(signum: int) -> None:
-        if stop.is_set():
-            raise SystemExit(130)
-        print("\nmlcloud: stopping (Ctrl-C again to force)…", flush=True)
-        stop.set()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, on_signal, signum)
-    await stop.wait()
 
 
 async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] = print) -> None:

@@ -17,10 +17,8 @@ the raised :mod:`mlcloud.bindle.errors` class. :func:`create_app` builds the app
 from __future__ import annotations
 
 import asyncio
-import errno
 import logging
 import re
-import signal
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from pathlib import Path
@@ -46,7 +44,6 @@ from mlcloud.bindle.models import (
 )
 from mlcloud.bindle.signing import KeyRing, verify_invoice
 from mlcloud.bindle.store import DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, BindleStore
-from mlcloud.errors import PortInUse
 from mlcloud.settings import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
@@ -251,32 +248,12 @@ def create_app(
 async def run_server(app: web.Application, host: str, port: int,
                      ready: Callable[[str], None] | None = None) -> None:
     """Serve ``app`` until SIGINT/SIGTERM; the first signal stops gracefully, a second kills."""
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(f"bindle server cannot listen on {host}:{port}: in use") from exc
-            raise
-        bound_port = runner.addresses[0][1]
-        url = f"http://{host}:{bound_port}/v1"
+    from mlcloud.servers import running_app, wait_for_stop_signal
+
+    async with running_app(app, f"{host}:{port}", "the Bindle server", access_log=None) as address:
+        url = f"http://{address}/v1"
         (ready or (lambda u: print(f"bindle server listening on {u}", flush=True)))(url)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def on_signal(signum: int) -> None:
-            stop.set()
-            # A second signal falls through to the default action: exit now.
-            loop.remove_signal_handler(signum)
-
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, on_signal, signum)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+        await wait_for_stop_signal("bindle server: stopping")
 
 
 def serve(directory: str | Path, address: str, keyring: KeyRing | str | Path | None = None) -> None:
