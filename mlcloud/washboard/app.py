@@ -92,6 +92,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if not request.path.startswith("/api/") or exc.status < 400:
             raise
         return error_response(exc.status, exc.reason, exc.text or exc.reason)
+    except (ConnectionResetError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # a bug here must still answer in the API's error shape
+        log.exception("washboard request %s %s failed", request.method, request.path)
+        return error_response(500, "MLCloudError", f"{type(exc).__name__}: {exc}")
 
 
 # ---- reading --------------------------------------------------------------------------------
