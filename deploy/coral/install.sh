@@ -2,12 +2,13 @@
 # Bring up an mlcloud host on an aarch64 board (Coral Dev Board, Raspberry Pi 4/5, any arm64
 # Debian with Python 3.11+). Run it as root from a copy of the mlcloud checkout on the board:
 #
-#   sudo deploy/coral/install.sh --dev 192.168.1.10           # leaf node of the dev machine's hub
-#   sudo deploy/coral/install.sh --dev 192.168.1.10 --standalone
+#   sudo deploy/coral/install.sh --dev 192.168.1.10                     # host on the dev machine's NATS
+#   sudo deploy/coral/install.sh --dev 192.168.1.10 --nats standalone   # the board is its own lattice
 #
 # It creates the venv PREFIX/venv with the aarch64 dependency set (requirements-aarch64*.txt:
 # onnxruntime and ai-edge-litert, no tract), installs mlcloud into it, writes /etc/mlcloud/
-# (host.env, nats.conf) and the systemd units mlcloud-nats and mlcloud-host, and starts them.
+# (host.env, and nats.conf unless --nats direct) and the systemd units mlcloud-host (and
+# mlcloud-nats), and starts them.
 # Running it again upgrades the venv and keeps an edited /etc/mlcloud/host.env.
 set -euo pipefail
 
@@ -18,7 +19,7 @@ PREFIX=/opt/mlcloud
 ETC=/etc/mlcloud
 UNIT_DIR=/etc/systemd/system
 DEV=""
-STANDALONE=0
+NATS_MODE=direct
 CORAL=auto
 SYSTEMD=1
 PYTHON="${PYTHON:-python3}"
@@ -28,10 +29,13 @@ usage() {
     cat <<EOF
 usage: deploy/coral/install.sh --dev ADDRESS [options]
 
-  --dev ADDRESS     the development machine as the board reaches it (Bindle on :8080, registry
-                    on :5000, NATS leaf-node port :7422)
-  --standalone      run NATS here as a standalone server (the board is its own lattice) instead
-                    of a leaf node of the development machine's hub
+  --dev ADDRESS     the development machine as the board reaches it (NATS on :4222, Bindle on
+                    :8080, registry on :5000; deploy/coral/dev.env opens them there)
+  --nats MODE       direct (default): the host connects to the development machine's NATS;
+                    standalone: a NATS server with JetStream here, the board its own lattice;
+                    leaf: a leaf node of the development machine's hub (core NATS only for now:
+                    hosts need JetStream, which does not cross it yet, see docs/deploy.md)
+  --standalone      same as --nats standalone
   --coral auto|true|false
                     the host's coral= label (auto: true when libedgetpu.so.1 or a Coral device
                     is found)
@@ -51,7 +55,8 @@ die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --dev) DEV="${2:?--dev needs an address}"; shift 2 ;;
-        --standalone) STANDALONE=1; shift ;;
+        --nats) NATS_MODE="${2:?--nats needs direct, standalone or leaf}"; shift 2 ;;
+        --standalone) NATS_MODE=standalone; shift ;;
         --coral) CORAL="${2:?--coral needs auto, true or false}"; shift 2 ;;
         --prefix) PREFIX="${2:?--prefix needs a directory}"; shift 2 ;;
         --wheels) WHEELS="${2:?--wheels needs a directory}"; shift 2 ;;
@@ -62,6 +67,11 @@ while [ $# -gt 0 ]; do
 done
 [ -n "${DEV}" ] || { usage >&2; die "--dev is required"; }
 case "${CORAL}" in auto | true | false) ;; *) die "--coral must be auto, true or false" ;; esac
+case "${NATS_MODE}" in
+    direct) NATS_URL="nats://${DEV}:4222" ;;
+    standalone | leaf) NATS_URL="nats://127.0.0.1:4222" ;;
+    *) die "--nats must be direct, standalone or leaf" ;;
+esac
 [ "$(id -u)" -eq 0 ] || die "run as root (it writes ${PREFIX}, ${ETC} and systemd units)"
 
 arch="$(uname -m)"
@@ -107,15 +117,18 @@ install -d -o mlcloud -g mlcloud /var/lib/mlcloud
 # 3. /etc/mlcloud: host settings (kept when edited) and the NATS configuration.
 install -d "${ETC}"
 if [ ! -f "${ETC}/host.env" ]; then
-    sed "s/@DEV@/${DEV}/g" "${HERE}/host.env" >"${ETC}/host.env"
+    sed -e "s/@DEV@/${DEV}/g" -e "s|@NATS_URL@|${NATS_URL}|g" "${HERE}/host.env" >"${ETC}/host.env"
     say "wrote ${ETC}/host.env"
 else
     say "kept ${ETC}/host.env (delete it to start from deploy/coral/host.env again)"
 fi
-if [ "${STANDALONE}" = 1 ]; then nats_template="${HERE}/nats-standalone.conf"; else nats_template="${HERE}/nats-leaf.conf"; fi
-sed -e "s/@DEV@/${DEV}/g" -e "s/@HOSTNAME@/$(hostname -s)/g" "${nats_template}" >"${ETC}/nats.conf"
-"${PREFIX}/venv/bin/nats-server" -t -c "${ETC}/nats.conf" >/dev/null || die "${ETC}/nats.conf does not parse"
-say "wrote ${ETC}/nats.conf ($([ "${STANDALONE}" = 1 ] && echo standalone || echo "leaf node of ${DEV}:7422"))"
+if [ "${NATS_MODE}" != direct ]; then
+    sed -e "s/@DEV@/${DEV}/g" -e "s/@HOSTNAME@/$(hostname -s)/g" "${HERE}/nats-${NATS_MODE}.conf" >"${ETC}/nats.conf"
+    "${PREFIX}/venv/bin/nats-server" -t -c "${ETC}/nats.conf" >/dev/null || die "${ETC}/nats.conf does not parse"
+    say "wrote ${ETC}/nats.conf (${NATS_MODE})"
+    [ "${NATS_MODE}" = leaf ] && say "warning: hosts cannot reach JetStream through a leaf node yet (docs/deploy.md)"
+fi
+say "the host connects to ${NATS_URL}"
 
 # 4. the LiteRT engine and the Edge TPU delegate.
 if "${PREFIX}/venv/bin/python" -c 'import ai_edge_litert.interpreter' 2>/dev/null; then
@@ -132,16 +145,18 @@ fi
 
 # 5. systemd units.
 if [ "${SYSTEMD}" = 0 ]; then
-    say "done (--no-systemd): start with ${PREFIX}/venv/bin/nats-server -c ${ETC}/nats.conf and"
+    [ "${NATS_MODE}" = direct ] || say "done (--no-systemd): start ${PREFIX}/venv/bin/nats-server -c ${ETC}/nats.conf, then"
     say "  env \$(grep -v '^#' ${ETC}/host.env | xargs) ${PREFIX}/venv/bin/mlcloud host --label arch=aarch64 --label coral=${CORAL}"
     exit 0
 fi
 command -v systemctl >/dev/null || die "no systemctl: rerun with --no-systemd"
-for unit in mlcloud-nats.service mlcloud-host.service; do
+units=(mlcloud-host.service)
+[ "${NATS_MODE}" = direct ] || units+=(mlcloud-nats.service)
+for unit in "${units[@]}"; do
     sed -e "s|@PREFIX@|${PREFIX}|g" -e "s|@CORAL@|${CORAL}|g" "${HERE}/${unit}" >"${UNIT_DIR}/${unit}"
 done
 systemctl daemon-reload
-systemctl enable --now mlcloud-nats.service
+[ "${NATS_MODE}" = direct ] || systemctl enable --now mlcloud-nats.service
 systemctl enable mlcloud-host.service
 systemctl restart mlcloud-host.service
 say "mlcloud-host runs (labels arch=aarch64 coral=${CORAL}); follow it with: journalctl -u mlcloud-host -f"
