@@ -374,12 +374,14 @@ def _register_subcommands() -> None:
     from mlcloud.bindle.cli import bindle
     from mlcloud.modelbuild.cli import models
     from mlcloud.oci.cli import build_command, keys_command, push_command
+    from mlcloud.washboard.cli import washboard_command
 
     for command in (bindle, models):
         main.add_command(command)
     main.add_command(build_command, "build")
     main.add_command(push_command, "push")
     main.add_command(keys_command, "keys")
+    main.add_command(washboard_command, "washboard")
 
 
 _register_subcommands()

@@ -68,7 +68,7 @@ class Component:
             "instances": [i.describe() for i in self.instances],
         }
         if r.kind is ComponentKind.PROVIDER:
-            info.update(contract_id=r.manifest.contract, link_name=self.link_name)
+            info.update(contract_id=r.manifest.contract, link_name=self.link_name, config=self.config)
         return info
 
 

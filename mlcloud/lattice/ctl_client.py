@@ -62,7 +62,8 @@ class CtlClient:
                     msg = await sub.next_msg(timeout=remaining)
                 except nats.errors.TimeoutError:
                     break
-                replies.append(msgspec.json.decode(msg.data))
+                if msg.data:  # an empty message is NATS saying "no responders"
+                    replies.append(msgspec.json.decode(msg.data))
         finally:
             await sub.unsubscribe()
         return sorted(replies, key=lambda h: h["id"])
