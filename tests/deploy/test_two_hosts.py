@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import struct
 
 import httpx
@@ -34,7 +33,17 @@ CAT = PROJECT_DIR / "images" / "cat.jpg"
 CAT_LABELS = {"n02124075 Egyptian cat", "n02123045 tabby, tabby cat", "n02123159 tiger cat"}
 GATEWAY = {"arch": "x86_64", "role": "dev"}
 BOARD = {"arch": "aarch64", "coral": "false"}
-HAVE_LITERT = importlib.util.find_spec("ai_edge_litert") is not None
+
+
+def _have_litert() -> bool:
+    try:
+        import ai_edge_litert.interpreter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+HAVE_LITERT = _have_litert()
 
 
 def f32_tensor(values: list[float], dims: list[int]) -> dict:
