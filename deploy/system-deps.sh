@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Installs the Debian packages mlcloud's embedded servers and browser tests use, when missing:
-# docker-registry (the OCI registry) and chromium (the washboard's browser tests).
+# docker-registry (the OCI registry), chromium (the washboard's browser tests) and shellcheck (the
+# deploy scripts' lint test).
 set -euo pipefail
 missing=()
 command -v docker-registry >/dev/null 2>&1 || missing+=(docker-registry)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
     if command -v sudo >/dev/null 2>&1; then SUDO=sudo; else
