@@ -75,8 +75,13 @@ async def test_secrets_never_reach_the_page(washboard: Washboard, lattice: Latti
         assert secret not in text
 
 
+def running_actors(washboard: Washboard) -> set[str]:
+    return {a["name"] for inv in washboard.watcher.state.inventories.values() for a in inv.get("actors", [])}
+
+
 async def test_stream_starts_with_a_snapshot_then_sends_changes(washboard: Washboard, lattice: Lattice, http):
-    await until(lambda: washboard.watcher.state.inventories)
+    # On a loaded machine the first poll may predate the second actor; wait for both.
+    await until(lambda: running_actors(washboard) == {"caller", "router"})
     async with http.get(washboard.url + "api/stream") as response:
         assert response.headers["Content-Type"].startswith("text/event-stream")
         events = _sse(response)
