@@ -33,8 +33,8 @@ usage: deploy/coral/install.sh --dev ADDRESS [options]
                     :8080, registry on :5000; deploy/coral/dev.env opens them there)
   --nats MODE       direct (default): the host connects to the development machine's NATS;
                     standalone: a NATS server with JetStream here, the board its own lattice;
-                    leaf: a leaf node of the development machine's hub (core NATS only for now:
-                    hosts need JetStream, which does not cross it yet, see docs/deploy.md)
+                    leaf: a leaf node of the development machine's hub (the host follows the
+                    links through the hub's hosts; link changes are made on the hub)
   --standalone      same as --nats standalone
   --coral auto|true|false
                     the host's coral= label (auto: true when libedgetpu.so.1 or a Coral device
@@ -126,7 +126,6 @@ if [ "${NATS_MODE}" != direct ]; then
     sed -e "s/@DEV@/${DEV}/g" -e "s/@HOSTNAME@/$(hostname -s)/g" "${HERE}/nats-${NATS_MODE}.conf" >"${ETC}/nats.conf"
     "${PREFIX}/venv/bin/nats-server" -t -c "${ETC}/nats.conf" >/dev/null || die "${ETC}/nats.conf does not parse"
     say "wrote ${ETC}/nats.conf (${NATS_MODE})"
-    [ "${NATS_MODE}" = leaf ] && say "warning: hosts cannot reach JetStream through a leaf node yet (docs/deploy.md)"
 fi
 say "the host connects to ${NATS_URL}"
 

@@ -33,7 +33,7 @@ from mlcloud.identity import KeyKind, KeyPair
 from mlcloud.lattice import subjects
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.events import EventPublisher
-from mlcloud.lattice.links import DEFAULT_LINK_NAME, LinkDefinition, LinkStore
+from mlcloud.lattice.links import DEFAULT_LINK_NAME, LinkDefinition, LinkFeed, LinkStore, open_links
 from mlcloud.lattice.rpc import RpcClient
 from mlcloud.settings import Settings
 
@@ -82,7 +82,7 @@ class Host:
         self.actors: dict[str, Component] = {}
         self.providers: dict[tuple[str, str], Component] = {}  # (key, link name)
         self.nc: NATS | None = None
-        self.links: LinkStore | None = None
+        self.links: LinkStore | LinkFeed | None = None
         self.events: EventPublisher | None = None
         self._subs: list[Any] = []
         self._tasks: list[asyncio.Task] = []
@@ -100,7 +100,7 @@ class Host:
 
     async def start(self) -> None:
         self.nc = await connect(self.settings.effective_nats_url, name=f"host/{self.id[:8]}")
-        self.links = await LinkStore.open(self.nc, self.settings.lattice)
+        self.links = await open_links(self.nc, self.settings.lattice)
         self.events = EventPublisher(self.nc, self.settings.lattice, self.id)
         lattice = self.settings.lattice
         handlers: dict[str, CtlHandler] = {
@@ -116,7 +116,8 @@ class Host:
         for subject, handler in handlers.items():
             self._subs.append(await self.nc.subscribe(subject, cb=self._ctl_callback(handler)))
         link_handlers = {"put": self.handle_link_put, "del": self.handle_link_del, "get": self.handle_link_get}
-        for verb, handler in link_handlers.items():
+        # Without JetStream (a board's leaf node) the hub's hosts answer for the links.
+        for verb, handler in link_handlers.items() if self.links.writable else ():
             subject = subjects.ctl_links(lattice, verb)
             self._subs.append(await self.nc.subscribe(subject, queue="mlcloud.links", cb=self._ctl_callback(handler)))
         self._subs.append(await self.nc.subscribe(subjects.instance_ready(lattice, self.id), cb=self._on_instance_ready))
@@ -261,7 +262,7 @@ class Host:
         except msgspec.ValidationError as exc:
             raise RequestError(f"invalid link definition: {exc}") from exc
         subjects.check_token(link.link_name, "link name")
-        assert self.links is not None and self.events is not None
+        assert isinstance(self.links, LinkStore) and self.events is not None
         if await self.links.get(link.key) == link:
             return {"changed": False}
         await self.links.put(link)
@@ -269,7 +270,7 @@ class Host:
         return {"changed": True}
 
     async def handle_link_del(self, request: dict[str, Any]) -> dict[str, Any]:
-        assert self.links is not None and self.events is not None
+        assert isinstance(self.links, LinkStore) and self.events is not None
         link = await self.links.delete(
             _required(request, "actor_id"), _required(request, "contract_id"),
             request.get("link_name") or DEFAULT_LINK_NAME,

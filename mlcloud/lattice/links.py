@@ -3,11 +3,18 @@
 A link is identified by (actor, contract, link name): an actor has at most one provider per
 contract and link name. Because links live in JetStream, a provider or host that (re)starts
 reads every link back; :meth:`LinkStore.watch` yields the existing links, then each change.
+
+A process whose NATS server has no JetStream (a board's leaf node, whose hub holds the lattice's
+JetStream) follows the links read-only through core NATS instead (:class:`LinkFeed`): the control
+interface's ``linkdefs.get``, answered by a host that has JetStream, then the ``linkdef_set`` and
+``linkdef_deleted`` events. :func:`open_links` picks whichever is reachable.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +25,8 @@ from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from mlcloud.errors import NotFound
 from mlcloud.lattice import subjects
+
+log = logging.getLogger(__name__)
 
 DEFAULT_LINK_NAME = "default"
 
@@ -46,6 +55,8 @@ class LinkEvent(msgspec.Struct, frozen=True):
 
 class LinkStore:
     """The lattice's link definitions; every host, actor and provider opens its own."""
+
+    writable = True
 
     def __init__(self, kv: KeyValue) -> None:
         self.kv = kv
@@ -111,3 +122,52 @@ class LinkStore:
 
 def link_to_json(link: LinkDefinition) -> dict[str, Any]:
     return msgspec.to_builtins(link)
+
+
+class LinkFeed:
+    """Links followed read-only over core NATS, for processes without JetStream."""
+
+    writable = False
+
+    def __init__(self, nc: NATS, lattice: str, timeout: float = 5.0) -> None:
+        self.nc = nc
+        self.lattice = lattice
+        self.timeout = timeout
+
+    async def all(self) -> list[LinkDefinition]:
+        reply = await self.nc.request(subjects.ctl_links(self.lattice, "get"), b"{}", timeout=self.timeout)
+        body = msgspec.json.decode(reply.data) if reply.data else {}
+        return [msgspec.convert(link, LinkDefinition) for link in body.get("links", [])]
+
+    async def watch(self, *, follow: bool = True) -> AsyncIterator[LinkEvent | None]:
+        """As :meth:`LinkStore.watch`; events that race the first read are applied after it."""
+        queue: asyncio.Queue[LinkEvent] = asyncio.Queue()
+
+        async def on_event(msg) -> None:
+            event = msgspec.json.decode(msg.data)
+            name = str(event.get("type", "")).rsplit(".", 1)[-1]
+            if name in ("linkdef_set", "linkdef_deleted"):
+                link = msgspec.convert(event["data"], LinkDefinition)
+                queue.put_nowait(LinkEvent(link, deleted=name == "linkdef_deleted"))
+
+        sub = await self.nc.subscribe(subjects.events(self.lattice), cb=on_event) if follow else None
+        try:
+            for link in await self.all():
+                yield LinkEvent(link)
+            if not follow:
+                return
+            yield None
+            while True:
+                yield await queue.get()
+        finally:
+            if sub is not None:
+                await sub.unsubscribe()
+
+
+async def open_links(nc: NATS, lattice: str) -> LinkStore | LinkFeed:
+    """The JetStream link store, or a read-only :class:`LinkFeed` where JetStream is not reachable."""
+    try:
+        return await LinkStore.open(nc, lattice)
+    except nats.js.errors.ServiceUnavailableError:
+        log.info("no JetStream on this NATS server: following links through the control interface")
+        return LinkFeed(nc, lattice)

@@ -1,7 +1,7 @@
 """deploy/coral/nats-leaf.conf: a board's NATS leaf node of the hub deploy/run.sh configures.
 
-Core NATS (every RPC) crosses the leaf connection; JetStream does not yet (the xfail below says
-why), which is why boards connect to the hub directly by default.
+Core NATS (every RPC) crosses the leaf connection. JetStream does not, so a board's host and
+instances follow the lattice's links through the hub's hosts (mlcloud.lattice.links.LinkFeed).
 """
 
 from __future__ import annotations
@@ -14,10 +14,15 @@ from pathlib import Path
 import nats
 import pytest
 
+from mlcloud.errors import MLCloudError
 from mlcloud.host.host import Host
+from mlcloud.lattice import subjects
+from mlcloud.lattice.wire import decode_reply, encode_request
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.nats_server import find_nats_server, free_port
 from mlcloud.settings import Settings
+
+from tests.conftest import COMPONENTS
 
 from .conftest import PROJECT, stop_process_group
 
@@ -80,23 +85,38 @@ async def test_rpc_crosses_the_leaf_connection(tmp_path: Path) -> None:
         stop_process_group(hub, grace=5)
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason=(
-    "a leaf without JetStream does not reach the hub's JetStream API ($JS.API.> gets no responders), "
-    "so a host on a leaf cannot read the lattice's link KV; it needs a JetStream domain on the hub and "
-    "domain-aware JetStream clients in mlcloud.lattice (docs/deploy.md). Boards connect to the hub directly."))
-async def test_host_on_a_leaf_node_joins_the_hubs_lattice(tmp_path: Path) -> None:
+async def test_board_host_on_a_leaf_node_serves_a_link_set_on_the_hub(tmp_path: Path) -> None:
+    """A host on a leaf without JetStream follows the links through the hub's hosts."""
     hub, leaf, hub_url, leaf_url = await _hub_and_leaf(tmp_path)
     try:
         lattice = f"leaf-{uuid.uuid4().hex[:8]}"
-        board = Settings.from_env({}, state_dir=tmp_path / "board", lattice=lattice, nats_url=leaf_url,
-                                  heartbeat_interval=1.0)
-        dev = board.replace(nats_url=hub_url, state_dir=tmp_path / "dev")
-        async with Host(board, {"arch": "aarch64", "coral": "true"}):
+        dev = Settings.from_env({}, state_dir=tmp_path / "dev", lattice=lattice, nats_url=hub_url,
+                                heartbeat_interval=1.0, restart_backoff=0.2)
+        board = dev.replace(nats_url=leaf_url, state_dir=tmp_path / "board")
+        async with Host(dev, {"arch": "x86_64"}) as dev_host, Host(board, {"arch": "aarch64"}) as board_host:
             async with await CtlClient.connect(dev) as ctl:
                 async with asyncio.timeout(15):
-                    while not (hosts := await ctl.get_hosts()):
+                    while len(await ctl.get_hosts()) < 2:  # interest still crossing the leaf
                         await asyncio.sleep(0.2)
-                assert [h["labels"]["arch"] for h in hosts] == ["aarch64"]
+                provider = (await ctl.start_provider(board_host.id, str(COMPONENTS / "echo")))["provider_id"]
+                actor = (await ctl.start_actor(dev_host.id, str(COMPONENTS / "caller")))["actor_id"]
+                await ctl.put_link(actor, provider, "test:echo", values={"on": "board"})
+                nc = await nats.connect(hub_url)
+                try:
+                    async with asyncio.timeout(20):
+                        while True:
+                            try:
+                                answer = await nc.request(subjects.actor_rpc(lattice, actor),
+                                                          encode_request("Caller.Relay", {"x": 1},
+                                                                         invocation_id="t", origin="test"), timeout=2)
+                                answer = decode_reply(answer.data)
+                                break
+                            except MLCloudError:  # the link is still on its way to the board
+                                await asyncio.sleep(0.2)
+                finally:
+                    await nc.close()
+                assert answer["provider"]["values"] == {"on": "board"}
+                assert board_host.links is not None and not board_host.links.writable
     finally:
         stop_process_group(leaf, grace=5)
         stop_process_group(hub, grace=5)
