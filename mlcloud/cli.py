@@ -371,6 +371,7 @@ async def app_deploy(settings: Settings, manifest: Path) -> None:
 
 
 def _register_subcommands() -> None:
+    from mlcloud.bench.cli import bench_command
     from mlcloud.bindle.cli import bindle
     from mlcloud.modelbuild.cli import models
     from mlcloud.oci.cli import build_command, keys_command, push_command
@@ -382,6 +383,7 @@ def _register_subcommands() -> None:
     main.add_command(push_command, "push")
     main.add_command(keys_command, "keys")
     main.add_command(washboard_command, "washboard")
+    main.add_command(bench_command, "bench")
 
 
 _register_subcommands()
