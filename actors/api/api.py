@@ -14,9 +14,12 @@ the response header ``X-Model`` says which bindle served the route. The shape of
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from urllib.parse import parse_qs
+
+import msgspec
 
 from mlcloud.errors import (
     ContextNotFound,
@@ -68,18 +71,41 @@ def error_response(err: MLCloudError) -> HttpResponse:
 
 
 class Catalog:
-    """The models the mlinference provider serves for this actor, cached for ``CATALOG_TTL``."""
+    """The models the mlinference provider serves for this actor, cached for ``CATALOG_TTL``.
+
+    Once something is cached, a stale catalog is refreshed in the background (one Status call at
+    a time) while requests go on with what is known: no request waits for it, and a burst of
+    concurrent requests does not become a burst of Status calls. ``fresh`` (and an empty cache)
+    waits for the answer; concurrent waiters share one call.
+    """
 
     def __init__(self) -> None:
         self._models: dict[str, ModelInfo] = {}
         self._fetched = 0.0
+        self._inflight: asyncio.Task[dict[str, ModelInfo]] | None = None
 
     async def all(self, ctx: Context, *, fresh: bool = False) -> dict[str, ModelInfo]:
-        if fresh or time.monotonic() - self._fetched > CATALOG_TTL:
+        stale = time.monotonic() - self._fetched > CATALOG_TTL
+        if fresh or not self._fetched:
+            return await self._refresh(ctx)
+        if stale and self._inflight is None:
+            self._refresh(ctx)  # in the background; errors show on the next fresh lookup
+        return self._models
+
+    def _refresh(self, ctx: Context) -> asyncio.Task[dict[str, ModelInfo]]:
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._fetch(ctx))
+            self._inflight.add_done_callback(_consume_error)
+        return self._inflight
+
+    async def _fetch(self, ctx: Context) -> dict[str, ModelInfo]:
+        try:
             infos = await ctx.call(MLINFERENCE, OP_MODEL_STATUS, ModelStatusRequest(), list[ModelInfo])
             self._models = {info.name: info for info in infos}
             self._fetched = time.monotonic()
-        return self._models
+            return self._models
+        finally:
+            self._inflight = None
 
     async def ready(self, ctx: Context, model: str) -> ModelInfo:
         """The model's info when it can serve; the error that says why not otherwise."""
@@ -95,7 +121,21 @@ class Catalog:
         return info
 
 
+def _consume_error(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()  # a background refresh's failure is not worth a "never retrieved" warning
+
+
 catalog = Catalog()
+
+
+class RawInferenceInput(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
+    """:class:`InferenceInput` whose tensor is already msgpack (a ``Tensor`` as another component
+    encoded it); it encodes to exactly the same bytes."""
+
+    model: str
+    tensor: msgspec.Raw
+    index: int = 0
 
 
 @component.operation(OP_HANDLE_REQUEST, HttpRequest)
@@ -174,9 +214,11 @@ async def predict_image(ctx: Context, model: str, request: HttpRequest) -> tuple
     wanted = info.inputs[0] if info.inputs else {}
     dims = [d if isinstance(d, int) and d > 0 else 1 for d in wanted.get("shape", [1, 3, 224, 224])]
     value_type = ValueType(wanted.get("datatype", "ValueF32"))
+    # The input tensor (600 KB for a 224×224 RGB f32 image) is relayed as the preprocess actor
+    # encoded it: never decoded here, copied once into the Predict call.
     tensor = await ctx.call_actor("preprocess", OP_PREPROCESS, PreprocessRequest(image=image, dimensions=dims,
-                                                                                 value_type=value_type), Tensor)
-    output = await ctx.call(MLINFERENCE, OP_PREDICT, InferenceInput(model=model, tensor=tensor), InferenceOutput)
+                                                                                 value_type=value_type), msgspec.Raw)
+    output = await ctx.call(MLINFERENCE, OP_PREDICT, RawInferenceInput(model=model, tensor=tensor), InferenceOutput)
     return output, info
 
 

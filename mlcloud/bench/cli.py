@@ -56,10 +56,10 @@ def render(result: BenchResult) -> str:
     if ratios:
         ratio_rows = []
         for row in ratios:
-            for other in ("limit", "naive"):
-                r = row.get(f"mlcloud/{other}")
+            for key in [k for k in row if k.startswith("mlcloud/")]:
+                r = row[key]
                 if r:
-                    ratio_rows.append([f"mlcloud/{other}", "", str(row["concurrency"]), _fmt(r["throughput"], 2),
+                    ratio_rows.append([key, "", str(row["concurrency"]), _fmt(r["throughput"], 2),
                                        _fmt(r["p50"], 2), _fmt(r["p50_delta_ms"], 1), _fmt(r["cpu_per_request"], 2)])
         out += ["", _table(ratio_rows, ["ratio", "", "c", "req/s", "p50", "p50 Δ ms", "cpu/req"])]
     if result.memory:
@@ -78,7 +78,8 @@ def render(result: BenchResult) -> str:
 @click.option("--quick", is_flag=True, help="A tiny run (concurrency 1 and 4, a dozen requests) to check it works.")
 @click.option("--concurrency", "-c", default=None, help="Comma-separated concurrency levels (default 1,4,16).")
 @click.option("--requests", "-n", type=int, default=None, help="Timed requests per system and level (default 300).")
-@click.option("--warmup", type=int, default=None, help="Untimed requests first (default 30).")
+@click.option("--warmup", type=int, default=None, help="Untimed requests before each round (default 10).")
+@click.option("--rounds", type=int, default=None, help="Turns each system takes per level (default 3).")
 @click.option("--only", "systems", multiple=True, type=click.Choice(SYSTEMS),
               help="Run only these systems (repeatable); ratios need mlcloud and the other one.")
 @click.option("--no-batching", is_flag=True, help="Skip the batching off/on runs.")
@@ -89,17 +90,20 @@ def render(result: BenchResult) -> str:
               help="Built models (default: build them into models/build if needed).")
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Keep the lattice's state here (default: a temporary directory).")
+@click.option("--against", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Also measure mlcloud from this checkout (e.g. a git worktree of an older commit), "
+                   "interleaved with this one: before/after figures from one run. Repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def bench_command(quick: bool, concurrency: str | None, requests: int | None, warmup: int | None,
-                  systems: tuple[str, ...], no_batching: bool, no_tract: bool, batch_max_size: int,
-                  batch_max_wait_ms: float, build_dir: Path | None, work_dir: Path | None, as_json: bool,
-                  quiet: bool) -> None:
+                  rounds: int | None, systems: tuple[str, ...], no_batching: bool, no_tract: bool, batch_max_size: int,
+                  batch_max_wait_ms: float, build_dir: Path | None, work_dir: Path | None,
+                  against: tuple[Path, ...], as_json: bool, quiet: bool) -> None:
     """Benchmark mlcloud against the in-process limit and a naive aiohttp server, side by side."""
     changes: dict[str, Any] = {
         "batching": not no_batching, "tract": not no_tract, "batch_max_size": batch_max_size,
         "batch_max_wait_ms": batch_max_wait_ms, "progress": not quiet, "build_dir": build_dir,
-        "work_dir": work_dir,
+        "work_dir": work_dir, "against": tuple(str(p) for p in against),
     }
     if concurrency is not None:
         changes["concurrency"] = _levels(concurrency)
@@ -107,6 +111,8 @@ def bench_command(quick: bool, concurrency: str | None, requests: int | None, wa
         changes["requests"] = requests
     if warmup is not None:
         changes["warmup"] = warmup
+    if rounds is not None:
+        changes["rounds"] = max(1, rounds)
     if systems:
         changes["systems"] = tuple(s for s in SYSTEMS if s in systems)
     config = BenchConfig.quick(**changes) if quick else BenchConfig(**changes)

@@ -33,6 +33,30 @@ class LoadResult:
     errors: int = 0
     elapsed: float = 0.0  # wall time of the timed requests
     statuses: dict[int, int] = field(default_factory=dict)
+    window_requests: int = 0  # answers within the steady-state window (see steady_window)
+    window_seconds: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        if self.window_seconds > 0:
+            return self.window_requests / self.window_seconds
+        return len(self.latencies) / self.elapsed if self.elapsed else 0.0
+
+    def steady_window(self, completions: list[float], warmup: int, concurrency: int) -> None:
+        """Throughput over the answers that arrived while every worker was busy.
+
+        ``completions`` are the answer times of all requests, warm-up included, in order. The
+        window opens at the last warm-up answer and closes when the drain begins (the last
+        ``concurrency`` answers arrive with fewer and fewer requests in flight); counting the
+        ramp-up and drain would understate throughput at high concurrency on short runs.
+        """
+        completions = sorted(completions)
+        first, last = max(warmup - 1, 0), len(completions) - concurrency
+        if last - first < max(2, concurrency):
+            first, last = max(warmup - 1, 0), len(completions) - 1
+        if last > first:
+            self.window_requests = last - first
+            self.window_seconds = completions[last] - completions[first]
 
 
 class Progress:
@@ -142,6 +166,7 @@ async def http_load(
     total = warmup + requests
     timed_started = asyncio.Event()
     started_at = [0.0]
+    completions: list[float] = []
 
     async def worker() -> None:
         connection = _Connection(host, port)
@@ -159,7 +184,9 @@ async def http_load(
                     status = 0
                     if result.errors >= max_errors:
                         raise LoadError(f"{url}{path}: {exc!r}") from exc
-                latency = time.perf_counter() - t0
+                done = time.perf_counter()
+                completions.append(done)
+                latency = done - t0
                 if n >= warmup:
                     result.latencies.append(latency)
                     result.statuses[status] = result.statuses.get(status, 0) + 1
@@ -174,6 +201,7 @@ async def http_load(
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     result.elapsed = time.perf_counter() - started_at[0] if timed_started.is_set() else 0.0
+    result.steady_window(completions, warmup, concurrency)
     return result
 
 
@@ -195,6 +223,7 @@ def inprocess_load(
     ticket = itertools.count()
     total = warmup + requests
     started_at = [0.0]
+    completions: list[float] = []
 
     def worker() -> None:
         while True:
@@ -211,8 +240,10 @@ def inprocess_load(
                 status = 200
             except Exception:
                 status = 500
-            latency = time.perf_counter() - t0
+            done = time.perf_counter()
+            latency = done - t0
             with lock:
+                completions.append(done)
                 if n >= warmup:
                     result.latencies.append(latency)
                     result.statuses[status] = result.statuses.get(status, 0) + 1
@@ -228,4 +259,5 @@ def inprocess_load(
             for future in [pool.submit(worker) for _ in range(concurrency)]:
                 future.result()
     result.elapsed = time.perf_counter() - started_at[0]
+    result.steady_window(completions, warmup, concurrency)
     return result

@@ -1,6 +1,8 @@
 """CPU and memory of a system under test: every process of its tree, sampled with psutil.
 
-A system is named by its root process ids; their descendants are found afresh at each sample,
+A system is named by its root process ids; their descendants (unless ``children=False``: the
+limit runs in the bench's own process, whose children are the other systems) are found afresh at
+each sample,
 so processes a host starts or restarts during the run are counted. CPU is user + system time
 summed over the tree between :meth:`start` and :meth:`stop` (a process that exits keeps its last
 reading); memory is the peak of the tree's summed RSS over the samples (every 50 ms), with the
@@ -47,8 +49,9 @@ def _label(proc: psutil.Process) -> str:
 class TreeMonitor:
     """Samples the process trees under ``pids`` in a background thread."""
 
-    def __init__(self, pids: list[int], *, interval: float = SAMPLE_INTERVAL) -> None:
+    def __init__(self, pids: list[int], *, children: bool = True, interval: float = SAMPLE_INTERVAL) -> None:
         self.roots = [psutil.Process(pid) for pid in pids]
+        self.children = children
         self.interval = interval
         self._procs: dict[int, psutil.Process] = {}
         self._cpu_start: dict[int, float] = {}
@@ -63,7 +66,8 @@ class TreeMonitor:
         for root in self.roots:
             try:
                 found.append(root)
-                found.extend(root.children(recursive=True))
+                if self.children:
+                    found.extend(root.children(recursive=True))
             except psutil.Error:
                 continue
         procs = []

@@ -1,10 +1,15 @@
 """The benchmark: the limit, the naive server and mlcloud, one after another, in one run.
 
-For each system and concurrency it warms up, runs a fixed number of requests in a closed loop
-and records throughput, p50/p90/p99 latency, CPU (cores busy, CPU ms per request) and peak
-memory (RSS summed over the system's processes). Then the mlcloud variants: adaptive batching
-off and on (on a copy of the model with a symbolic batch dimension; the built file's batch
-dimension is fixed at 1, so the registry never batches it), and tract instead of onnxruntime.
+All three are started first; then, for each concurrency, they take turns in ``rounds`` rounds
+(limit, naive, mlcloud, limit, naive, mlcloud, …), each round warming up and then running its
+share of a fixed number of requests in a closed loop, so that the machine's noise (other
+processes, frequency changes) falls on all of them alike. Per system and level it records
+throughput (median over the rounds, each counted over the steady state: see
+:meth:`~mlcloud.bench.loadgen.LoadResult.steady_window`), p50/p90/p99 latency (over all rounds),
+CPU (cores busy, CPU ms per request) and peak memory (RSS summed over the system's processes).
+Then the mlcloud variants: adaptive batching off and on (on a copy of the model with a symbolic
+batch dimension; the built file's batch dimension is fixed at 1, so the registry never batches
+it), and tract instead of onnxruntime, each beside the limit on tract.
 
 The systems under test:
 
@@ -50,6 +55,7 @@ from mlcloud.bench.workload import (
     ort_session,
     tract_infer,
 )
+from mlcloud.host.runner import tune_malloc
 from mlcloud.lattice.nats_server import free_port
 
 ROUTE = "mobilenetv27"  # the default app's route for EfficientNet-Lite0 on onnxruntime
@@ -61,8 +67,9 @@ STARTUP_TIMEOUT = 300.0
 @dataclass
 class BenchConfig:
     concurrency: tuple[int, ...] = (1, 4, 16)
-    requests: int = 300  # timed requests per system and concurrency
-    warmup: int = 30
+    requests: int = 300  # timed requests per system and concurrency (split over the rounds)
+    warmup: int = 10  # untimed requests before each measured round
+    rounds: int = 3  # the systems take turns this many times per level (noise hits them alike)
     systems: tuple[str, ...] = ("limit", "naive", "mlcloud")
     batching: bool = True
     tract: bool = True
@@ -70,12 +77,14 @@ class BenchConfig:
     batch_max_wait_ms: float = 2.0
     variant_requests: int | None = None  # for the batching and tract runs; default: requests
     progress: bool = True
+    against: tuple[str, ...] = ()  # other checkouts whose mlcloud is measured beside this one
     build_dir: Path | None = None
     work_dir: Path | None = None
 
     @classmethod
     def quick(cls, **changes: Any) -> BenchConfig:
-        values: dict[str, Any] = {"concurrency": (1, 4), "requests": 12, "warmup": 3, "variant_requests": 8}
+        values: dict[str, Any] = {"concurrency": (1, 4), "requests": 12, "warmup": 3, "variant_requests": 8,
+                                  "rounds": 2}
         values.update(changes)
         return cls(**values)
 
@@ -106,7 +115,7 @@ class Run:
             concurrency=concurrency,
             requests=n,
             errors=load.errors,
-            throughput=_round(n / load.elapsed if load.elapsed else 0.0),
+            throughput=_round(load.throughput),
             p50_ms=_round(float(np.percentile(lat, 50))),
             p90_ms=_round(float(np.percentile(lat, 90))),
             p99_ms=_round(float(np.percentile(lat, 99))),
@@ -139,7 +148,8 @@ class BenchResult:
             if ml is None:
                 continue
             row: dict[str, Any] = {"concurrency": c}
-            for other in ("limit", "naive"):
+            others = sorted({r.system for r in self.runs if r.system.startswith("mlcloud@")})
+            for other in ("limit", "naive", *others):
                 base = self.find(other, "onnxruntime", c)
                 if base is None:
                     continue
@@ -191,6 +201,78 @@ def machine_info() -> dict[str, Any]:
 # --------------------------------------------------------------------------- the bench
 
 
+class System:
+    """One system under test: runs a closed loop of requests, measured over its process tree."""
+
+    name = ""
+
+    children = True  # whether the processes' descendants belong to the system
+
+    def __init__(self, variant: str, pids: list[int]) -> None:
+        self.variant = variant
+        self.pids = pids
+
+    async def load(self, c: int, requests: int, warmup: int, progress: Progress) -> LoadResult:
+        raise NotImplementedError
+
+    async def measure(self, c: int, requests: int, warmup: int, progress: Progress) -> tuple[LoadResult, Usage]:
+        monitor = TreeMonitor(self.pids, children=self.children).start()
+        try:
+            load = await self.load(c, requests, warmup, progress)
+        finally:
+            usage = monitor.stop()
+            progress.close()
+        return load, usage
+
+
+class LimitSystem(System):
+    name = "limit"
+    children = False  # this process's children are the other systems under test
+
+    def __init__(self, variant: str, pipeline: Pipeline, images: list[bytes]) -> None:
+        super().__init__(variant, [os.getpid()])
+        self.pipeline, self.images = pipeline, images
+
+    async def load(self, c: int, requests: int, warmup: int, progress: Progress) -> LoadResult:
+        # Blocking on purpose: nothing else runs in this process while the limit is measured.
+        return inprocess_load(self.pipeline.classify, self.images, concurrency=c, requests=requests,
+                              warmup=warmup, progress=progress)
+
+
+class HttpSystem(System):
+    def __init__(self, name: str, variant: str, pids: list[int], url: str, path: str, images: list[bytes]) -> None:
+        super().__init__(variant, pids)
+        self.name, self.url, self.path, self.images = name, url, path, images
+
+    async def load(self, c: int, requests: int, warmup: int, progress: Progress) -> LoadResult:
+        return await http_load(self.url, self.path, self.images, concurrency=c, requests=requests, warmup=warmup,
+                               progress=progress)
+
+
+@dataclass
+class _Pool:
+    """Rounds of one system at one concurrency, pooled: latencies and CPU add up, memory peaks."""
+
+    load: LoadResult = field(default_factory=LoadResult)
+    usage: Usage = field(default_factory=Usage)
+    round_throughputs: list[float] = field(default_factory=list)
+
+    def add(self, load: LoadResult, usage: Usage) -> None:
+        self.load.latencies += load.latencies
+        self.load.errors += load.errors
+        self.load.elapsed += load.elapsed
+        for status, n in load.statuses.items():
+            self.load.statuses[status] = self.load.statuses.get(status, 0) + n
+        self.usage.cpu_seconds += usage.cpu_seconds
+        self.usage.wall_seconds += usage.wall_seconds
+        if usage.peak_rss > self.usage.peak_rss:
+            self.usage.peak_rss, self.usage.peak_processes = usage.peak_rss, usage.peak_processes
+        self.load.window_requests += load.window_requests
+        self.load.window_seconds += load.window_seconds
+        if load.throughput:
+            self.round_throughputs.append(load.throughput)
+
+
 class Bench:
     def __init__(self, config: BenchConfig, say: Callable[[str], None]) -> None:
         self.config = config
@@ -204,128 +286,155 @@ class Bench:
         build_dir = self.config.build_dir or build_models()
         self.build_dir = Path(build_dir)
         model_path(self.build_dir)  # fail early with the build hint
-        with _work_dir(self.config.work_dir) as work:
+        with _work_dir(self.config.work_dir) as work, contextlib.ExitStack() as children:
             self.work = work
-            if "limit" in self.config.systems:
-                self.run_limit()
-            if "naive" in self.config.systems:
-                self.run_naive()
-            if "mlcloud" in self.config.systems:
-                asyncio.run(self.run_mlcloud())
+            self.children = children
+            asyncio.run(self._run())
         return self.result
 
-    def _progress(self, label: str, total: int) -> Progress:
-        return Progress(label, total, enabled=self.config.progress)
-
-    def _record(self, system: str, variant: str, c: int, load: LoadResult, usage: Usage) -> Run:
-        run = Run.of(system, variant, c, load, usage)
-        self.result.runs.append(run)
-        self.say(f"  {system:8s} {variant:12s} c={c:<3d} {run.throughput:7.1f} req/s  p50 {run.p50_ms:6.1f} ms"
-                 f"  p99 {run.p99_ms:6.1f} ms  cpu {run.cpu_cores:4.2f} cores  rss {run.peak_rss_mb:6.0f} MB")
-        if load.errors:
-            self.result.notes.append(f"{system} {variant} c={c}: {load.errors} failed requests ({load.statuses})")
-        return run
-
-    # -- limit -----------------------------------------------------------------------------
-    def run_limit(self) -> None:
-        self.say("limit: in-process decode + preprocess + onnxruntime + top-5")
-        variants: list[tuple[str, Callable[[], Pipeline], tuple[int, ...]]] = [
-            ("onnxruntime", lambda: Pipeline(ort_infer(ort_session(model_path(self.build_dir))),
-                                             labels(self.build_dir)), self.config.concurrency),
-        ]
-        if self.config.tract:
-            variants.append(("tract", lambda: Pipeline(tract_infer(model_path(self.build_dir)),
-                                                       labels(self.build_dir)), self._variant_levels()))
-        for variant, make, levels in variants:
-            pipeline = make()
-            requests = self.config.requests if variant == "onnxruntime" else self._variant_requests()
-            for c in levels:
-                progress = self._progress(f"limit {variant} c={c}", self.config.warmup + requests)
-                with TreeMonitor([os.getpid()]) as monitor:
-                    load = inprocess_load(pipeline.classify, self.images, concurrency=c, requests=requests,
-                                          warmup=self.config.warmup, progress=progress)
-                    usage = monitor.stop()
-                progress.close()
-                self._record("limit", variant, c, load, usage)
-            del pipeline
-
-    # -- naive -----------------------------------------------------------------------------
-    def run_naive(self) -> None:
-        self.say("naive: one aiohttp process with onnxruntime in its thread pool")
-        port = free_port()
-        with _child([sys.executable, "-m", "mlcloud.bench.naive", "--port", str(port),
-                     "--build-dir", str(self.build_dir)], "listening on") as (proc, _line):
-            url = f"http://127.0.0.1:{port}"
-            for c in self.config.concurrency:
-                run = self._http_run("naive", "onnxruntime", [proc.pid], url, f"/{ROUTE}/matches", c,
-                                     self.config.requests)
-                del run
-
-    # -- mlcloud ---------------------------------------------------------------------------
-    async def run_mlcloud(self) -> None:
-        self.say("mlcloud: the whole lattice, PUT /mobilenetv27/matches (starting it…)")
-        state = self.work / "stack"
-        started = time.monotonic()
-        with _child([sys.executable, "-m", "mlcloud.bench.stack", "--state-dir", str(state)], "{",
-                    timeout=STARTUP_TIMEOUT) as (proc, line):
+    async def _run(self) -> None:
+        systems: list[System] = []
+        if "limit" in self.config.systems:
+            # The limit gets the allocator settings mlcloud's processes run with (and the bench's
+            # own HTTP client with it): a limit slowed by page faults would flatter mlcloud.
+            tune_malloc()
+            self.say("limit: in-process decode + preprocess + onnxruntime + top-5 (loop / thread pool)")
+            pipeline = Pipeline(ort_infer(ort_session(model_path(self.build_dir))), labels(self.build_dir))
+            systems.append(LimitSystem("onnxruntime", pipeline, self.images))
+        if "naive" in self.config.systems:
+            self.say("naive: one aiohttp process, onnxruntime in its thread pool (starting it…)")
+            port = free_port()
+            proc, _ = self.children.enter_context(_child(
+                [sys.executable, "-m", "mlcloud.bench.naive", "--port", str(port), "--build-dir", str(self.build_dir)],
+                "listening on", log=self.work / "naive.log"))
+            systems.append(HttpSystem("naive", "onnxruntime", [proc.pid], f"http://127.0.0.1:{port}",
+                                      f"/{ROUTE}/matches", self.images))
+        info: dict[str, str] | None = None
+        if "mlcloud" in self.config.systems:
+            self.say(f"mlcloud: the whole lattice, PUT /{ROUTE}/matches (starting it…)")
+            started = time.monotonic()
+            proc, line = self.children.enter_context(_child(
+                [sys.executable, "-m", "mlcloud.bench.stack", "--state-dir", str(self.work / "stack")], "{",
+                timeout=STARTUP_TIMEOUT, log=self.work / "mlcloud.log"))
             info = json.loads(line)
+            info["pid"] = proc.pid
             self.say(f"  lattice ready in {time.monotonic() - started:.1f} s at {info['http_url']}")
-            url = info["http_url"]
-            monitor_pids = [proc.pid]
-            for c in self.config.concurrency:
-                await self._http_run_async("mlcloud", "onnxruntime", monitor_pids, url, f"/{ROUTE}/matches", c,
-                                           self.config.requests)
-            self.result.memory = self._memory_snapshot(monitor_pids)
+            systems.append(HttpSystem("mlcloud", "onnxruntime", [proc.pid], info["http_url"], f"/{ROUTE}/matches",
+                                      self.images))
+        for checkout in self.config.against:
+            systems.append(self._start_other_mlcloud(Path(checkout)))
+        await self._compare(systems, self.config.concurrency, self.config.requests)
+        if info is not None:
+            self.result.memory = self._memory_snapshot([int(info["pid"])])
             original = None
             try:
                 if self.config.batching:
-                    original = await self._batching_runs(info, monitor_pids)
+                    original = await self._batching_runs(info)
                 if self.config.tract:
-                    original = await self._tract_runs(info, monitor_pids, original)
+                    original = await self._tract_runs(info, original)
             finally:
                 if original is not None:
                     await stack_control.relink(info["nats_url"], info["lattice"], original)
 
-    async def _batching_runs(self, info: dict[str, str], pids: list[int]) -> dict[str, str]:
+    def _start_other_mlcloud(self, checkout: Path) -> System:
+        """mlcloud from another checkout (a git worktree of an older commit), for A/B figures."""
+        name = f"mlcloud@{checkout.name}"
+        self.say(f"{name}: the lattice from {checkout} (starting it…)")
+        env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
+        proc, line = self.children.enter_context(_child(
+            [sys.executable, "-m", "mlcloud.bench.stack", "--state-dir", str(self.work / f"stack-{checkout.name}")],
+            "{", timeout=STARTUP_TIMEOUT, env=env, log=self.work / f"{name}.log",
+            cwd=checkout))  # `python -m` puts the working directory first on sys.path
+        info = json.loads(line)
+        return HttpSystem(name, "onnxruntime", [proc.pid], info["http_url"], f"/{ROUTE}/matches", self.images)
+
+    async def _compare(self, systems: list[System], levels: tuple[int, ...], requests: int) -> None:
+        """Each level: ``rounds`` rounds, each system in turn, so noise falls on all of them alike."""
+        rounds = max(1, min(self.config.rounds, requests))
+        for c in levels:
+            pools = {id(system): _Pool() for system in systems}
+            for r in range(rounds):
+                share = requests // rounds + (1 if r < requests % rounds else 0)
+                for system in systems:
+                    label = f"{system.name} {system.variant} c={c} round {r + 1}/{rounds}"
+                    progress = self._progress(label, self.config.warmup + share)
+                    load, usage = await system.measure(c, share, self.config.warmup, progress)
+                    pools[id(system)].add(load, usage)
+            for system in systems:
+                self._record(system, c, pools[id(system)])
+
+    def _progress(self, label: str, total: int) -> Progress:
+        return Progress(label, total, enabled=self.config.progress)
+
+    def _record(self, system: System, c: int, pool: _Pool) -> Run:
+        run = Run.of(system.name, system.variant, c, pool.load, pool.usage)
+        if len(pool.round_throughputs) > 1:
+            run.throughput = _round(float(np.median(pool.round_throughputs)))
+        self.result.runs.append(run)
+        self.say(f"  {run.system:8s} {run.variant:12s} c={c:<3d} {run.throughput:7.1f} req/s  p50 {run.p50_ms:6.1f} ms"
+                 f"  p99 {run.p99_ms:6.1f} ms  cpu {run.cpu_cores:4.2f} cores  rss {run.peak_rss_mb:6.0f} MB")
+        if pool.load.errors:
+            self.result.notes.append(f"{system.name} {system.variant} c={c}: {pool.load.errors} failed requests "
+                                     f"({pool.load.statuses})")
+        return run
+
+    # -- mlcloud variants ------------------------------------------------------------------
+    async def _batching_runs(self, info: dict[str, Any]) -> dict[str, str]:
         bindle_id = await stack_control.push_dynamic_batch_model(info["bindle_url"], self.build_dir, self.work)
         link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"])
         await ctl.close()  # type: ignore[attr-defined]
         original = dict(link["values"])
         base = {**original, BATCH_ROUTE: bindle_id}
+        size = self.config.batch_max_size
         settings = [
             ("batch off", {**base, "batch_max_size": "1"}),
-            (f"batch {self.config.batch_max_size}", {**base, "batch_max_size": str(self.config.batch_max_size),
-                                                     "batch_max_wait_ms": str(self.config.batch_max_wait_ms)}),
+            (f"batch {size}", {**base, "batch_max_size": str(size),
+                               "batch_max_wait_ms": str(self.config.batch_max_wait_ms)}),
         ]
-        self.say(f"mlcloud batching: route {BATCH_ROUTE} = {bindle_id} (symbolic batch dimension)")
+        self.say(f"mlcloud batching: route {BATCH_ROUTE} = {bindle_id} (symbolic batch dimension), off vs on")
         self.result.notes.append(
             f"batching: {ROUTE} ({model_path(self.build_dir).name}) has a fixed batch dimension of 1, so the "
             f"registry keeps batching off for it; the batching runs use {bindle_id}, the same weights with a "
-            f"symbolic batch dimension, on route {BATCH_ROUTE} (batch_max_wait_ms "
-            f"{self.config.batch_max_wait_ms:g})"
+            f"symbolic batch dimension, on route {BATCH_ROUTE} (batch_max_size {size}, batch_max_wait_ms "
+            f"{self.config.batch_max_wait_ms:g}); off and on alternate in rounds"
         )
-        for variant, values in settings:
-            await stack_control.relink(info["nats_url"], info["lattice"], values)
-            await stack_control.wait_route_ready(info["http_url"], BATCH_ROUTE)
-            await asyncio.sleep(0.5)  # the api actor's catalog cache and the new batcher settle
-            for c in self._variant_levels():
-                await self._http_run_async("mlcloud", variant, pids, info["http_url"], f"/{BATCH_ROUTE}/matches",
-                                           c, self._variant_requests())
+        pid = int(info["pid"])
+        # Batching is a link setting: alternate the link between rounds, one system per setting.
+        for c in self._variant_levels():
+            rounds = max(1, min(self.config.rounds, self._variant_requests()))
+            pools = {variant: _Pool() for variant, _ in settings}
+            for r in range(rounds):
+                share = self._variant_requests() // rounds
+                for variant, values in settings:
+                    await stack_control.relink(info["nats_url"], info["lattice"], values)
+                    await stack_control.wait_route_ready(info["http_url"], BATCH_ROUTE)
+                    await asyncio.sleep(0.3)  # the provider applies the link's batching
+                    system = HttpSystem("mlcloud", variant, [pid], info["http_url"], f"/{BATCH_ROUTE}/matches",
+                                        self.images)
+                    progress = self._progress(f"mlcloud {variant} c={c} round {r + 1}/{rounds}",
+                                              self.config.warmup + share)
+                    pools[variant].add(*await system.measure(c, share, self.config.warmup, progress))
+            for variant, _ in settings:
+                system = HttpSystem("mlcloud", variant, [pid], "", "", [])
+                self._record(system, c, pools[variant])
         return original
 
-    async def _tract_runs(self, info: dict[str, str], pids: list[int], original: dict[str, str] | None
-                          ) -> dict[str, str]:
+    async def _tract_runs(self, info: dict[str, Any], original: dict[str, str] | None) -> dict[str, str]:
         if original is None:
             link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"])
             await ctl.close()  # type: ignore[attr-defined]
             original = dict(link["values"])
         values = {**original, f"engine.{TRACT_ROUTE}": "tract"}
-        self.say(f"mlcloud tract: route {TRACT_ROUTE} relinked with engine.{TRACT_ROUTE}=tract")
+        self.say(f"tract: limit in-process vs mlcloud route {TRACT_ROUTE} relinked with engine.{TRACT_ROUTE}=tract")
         await stack_control.relink(info["nats_url"], info["lattice"], values)
         await stack_control.wait_route_ready(info["http_url"], TRACT_ROUTE, engine="tract")
-        for c in self._variant_levels():
-            await self._http_run_async("mlcloud", "tract", pids, info["http_url"], f"/{TRACT_ROUTE}/matches", c,
-                                       self._variant_requests())
+        systems: list[System] = []
+        if "limit" in self.config.systems:
+            systems.append(LimitSystem("tract", Pipeline(tract_infer(model_path(self.build_dir)),
+                                                         labels(self.build_dir)), self.images))
+        systems.append(HttpSystem("mlcloud", "tract", [int(info["pid"])], info["http_url"],
+                                  f"/{TRACT_ROUTE}/matches", self.images))
+        await self._compare(systems, self._variant_levels(), self._variant_requests())
         return original
 
     # -- helpers ---------------------------------------------------------------------------
@@ -335,22 +444,6 @@ class Bench:
 
     def _variant_requests(self) -> int:
         return self.config.variant_requests or self.config.requests
-
-    def _http_run(self, system: str, variant: str, pids: list[int], url: str, path: str, c: int,
-                  requests: int) -> Run:
-        return asyncio.run(self._http_run_async(system, variant, pids, url, path, c, requests))
-
-    async def _http_run_async(self, system: str, variant: str, pids: list[int], url: str, path: str, c: int,
-                              requests: int) -> Run:
-        progress = self._progress(f"{system} {variant} c={c}", self.config.warmup + requests)
-        monitor = TreeMonitor(pids).start()
-        try:
-            load = await http_load(url, path, self.images, concurrency=c, requests=requests,
-                                   warmup=self.config.warmup, progress=progress)
-        finally:
-            usage = monitor.stop()
-            progress.close()
-        return self._record(system, variant, c, load, usage)
 
     def _memory_snapshot(self, pids: list[int]) -> dict[str, Any]:
         """The mlcloud tree's memory after the main runs: total and per process (MB)."""
@@ -370,6 +463,7 @@ def _config_json(config: BenchConfig) -> dict[str, Any]:
         values[key] = str(values[key]) if values[key] else None
     values["concurrency"] = list(config.concurrency)
     values["systems"] = list(config.systems)
+    values["against"] = list(config.against)
     return values
 
 
@@ -384,10 +478,15 @@ def _work_dir(path: Path | None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _child(argv: list[str], ready_prefix: str, *, timeout: float = 120.0) -> Iterator[tuple[subprocess.Popen, str]]:
-    """Start a server process, wait for its ready line on stdout; stop it (TERM, then KILL) after."""
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
+def _child(argv: list[str], ready_prefix: str, *, timeout: float = 120.0, env: dict[str, str] | None = None,
+           log: Path | None = None, cwd: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Start a server process, wait for its ready line on stdout; stop it (TERM, then KILL) after.
+
+    Its stderr (the lattice's logs) goes to ``log``, or nowhere.
+    """
+    with open(log, "ab") if log is not None else open(os.devnull, "wb") as stderr:
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
+                                text=True, start_new_session=True, env=env, cwd=cwd)
     try:
         line = _wait_line(proc, ready_prefix, timeout)
         # Keep reading its stdout so that a chatty child never blocks on a full pipe.

@@ -37,7 +37,10 @@ async def _serve(state_dir: Path) -> None:
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.buffer.read1(1024) else None)
+    watching = False
+    with contextlib.suppress(OSError, ValueError):  # stdin a file or a terminal: SIGTERM stops it
+        loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.buffer.read1(1024) else None)
+        watching = True
     async with running_stack(state_dir) as stack:
         print(json.dumps({
             "http_url": stack.http_url,
@@ -46,7 +49,8 @@ async def _serve(state_dir: Path) -> None:
             "bindle_url": stack.settings.effective_bindle_url,
         }), flush=True)
         await stop.wait()
-    loop.remove_reader(sys.stdin.fileno())
+    if watching:
+        loop.remove_reader(sys.stdin.fileno())
 
 
 def main() -> None:
