@@ -3,9 +3,10 @@
 One ``InferenceSession`` per model, run concurrently from the registry's thread pool
 (``InferenceSession.run`` is thread-safe). Idle onnxruntime threads spin by default; in a lattice
 where NATS, the HTTP server and actors share the cores, that spinning costs ~30 % CPU per request
-(PERFORMANCE-NOTES). Turning spinning off altogether makes every parallel section of a run wait
-for its threads to wake up instead; so threads spin within a run and stop when it ends
-(``session.force_spinning_stop``): the latency of spinning, less CPU than not spinning.
+(PERFORMANCE-NOTES), so spinning is turned off for intra- and inter-op threads. Spinning only
+within a run (``session.force_spinning_stop``) was measured too: ~2 ms less at concurrency 1, but
+5–12 % less throughput at concurrency 16, where spinning threads take the cores from the other
+processes (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -73,12 +74,8 @@ class OnnxRuntimeEngine(Engine):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        # The intra-op threads may spin between the operators of one Run (no wake-up latency
-        # for each of the model's ~60 parallel sections), but stop spinning when the Run ends:
-        # idle spinning would steal the cores the lattice's other processes need. Measured on 2
-        # cores (docs/performance.md): batch-1 latency as with spinning on, CPU per run lower
-        # than with spinning off.
-        options.add_session_config_entry("session.force_spinning_stop", "1")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         if self.options.intra_op_threads:
             options.intra_op_num_threads = self.options.intra_op_threads
         if self.options.inter_op_threads:
