@@ -11,6 +11,7 @@ processes that made it up.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,7 +41,10 @@ def _label(proc: psutil.Process) -> str:
         cmd = []
     name = proc.name()
     if "mlcloud.host.runner" in cmd:
-        name = "runner"
+        try:  # the instance's component name, from the spec its host passed it
+            name = json.loads(proc.environ().get("MLCLOUD_INSTANCE_SPEC", "{}")).get("name") or "runner"
+        except (psutil.Error, OSError, ValueError):
+            name = "runner"
     elif len(cmd) > 2 and cmd[1] == "-m":
         name = cmd[2]
     return f"{name} ({proc.pid})"
