@@ -28,7 +28,7 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium"),
 ]
 
-WAIT_MS = 20_000
+WAIT_MS = 45_000  # generous: starting instance processes is slow on a loaded 2-core machine
 
 
 @pytest.fixture
