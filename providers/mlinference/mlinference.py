@@ -19,8 +19,9 @@ from pathlib import Path
 from metrics import RouteMetrics
 
 from mlcloud.bindle import AsyncClient
-from mlcloud.errors import ContextNotFound, InvalidModel, MLCloudError
-from mlcloud.inference import InferenceConfig, ModelRegistry, ParcelCache, parse_link_values
+from mlcloud.errors import ContextNotFound, MLCloudError
+from mlcloud.inference import InferenceConfig, ModelRegistry, ParcelCache, bindle_fetcher, parse_link_values
+from mlcloud.inference.registry import Fetch
 from mlcloud.interfaces import (
     OP_MODEL_STATUS,
     OP_PREDICT,
@@ -34,9 +35,6 @@ from mlcloud.sdk import Context, Provider, operation
 
 log = logging.getLogger("mlcloud.mlinference")
 
-MODEL_GROUP = "model"
-METADATA_GROUP = "metadata"
-
 
 class MlInference(Provider):
     def __init__(self) -> None:
@@ -45,46 +43,26 @@ class MlInference(Provider):
         self.metrics: dict[str, RouteMetrics] = {}  # by linked actor id
         self.ctx: Context | None = None
         self.bindle: AsyncClient | None = None
-        self.cache: ParcelCache | None = None
+        self.fetch: Fetch | None = None
         self.inference_config = InferenceConfig()
 
     async def on_start(self, ctx: Context) -> None:
         self.ctx = ctx
         bindle_url = self.config.get("bindle_url") or ctx.settings.effective_bindle_url
         self.bindle = AsyncClient(bindle_url)
-        self.cache = ParcelCache(Path(self.config.get("cache_dir") or ctx.settings.state_dir / "parcels"))
+        cache = ParcelCache(Path(self.config.get("cache_dir") or ctx.settings.state_dir / "parcels"))
+        self.fetch = bindle_fetcher(self.bindle, cache)
         self.inference_config = InferenceConfig.from_env()
         if self.config.get("engine"):
             self.inference_config = self.inference_config.replace(engine=self.config["engine"])
-        log.info("models come from %s; parcels cached in %s", bindle_url, self.cache.root)
-
-    async def fetch(self, bindle_id: str) -> tuple[Path, bytes]:
-        """Invoice → (verified local path of the model parcel, metadata JSON bytes)."""
-        assert self.bindle is not None and self.cache is not None
-        invoice = await self.bindle.get_invoice(bindle_id)
-        model = _first_parcel(invoice, MODEL_GROUP, bindle_id)
-        metadata = _first_parcel(invoice, METADATA_GROUP, bindle_id)
-        bindle = self.bindle
-
-        def download(sha: str):
-            async def chunks():
-                async with bindle.stream_parcel(bindle_id, sha) as stream:
-                    async for chunk in stream:
-                        yield chunk
-            return chunks
-
-        paths = []
-        for parcel in (model, metadata):
-            sha = parcel.label.sha256
-            paths.append(await self.cache.fetch(sha, download(sha), size=parcel.label.size))
-        log.info("fetched %s (%s, %d bytes)", bindle_id, model.label.name, model.label.size)
-        return paths[0], paths[1].read_bytes()
+        log.info("models come from %s; parcels cached in %s", bindle_url, cache.root)
 
     async def on_link_put(self, link: LinkDefinition) -> None:
         models = parse_link_values(link.values, self.inference_config.batching)
         registry = self.registries.get(link.actor_id)
         if registry is None:
             config = self.inference_config.replace(batching=models.batching) if models.batching else self.inference_config
+            assert self.fetch is not None
             registry = ModelRegistry(self.fetch, config, on_event=self._event_hook(link.actor_id))
             self.registries[link.actor_id] = registry
             self.metrics[link.actor_id] = RouteMetrics()
@@ -141,14 +119,6 @@ class MlInference(Provider):
                     state=info.state, reason=info.reason,
                 ))
         return on_event
-
-
-def _first_parcel(invoice, group: str, bindle_id: str):
-    for parcel in invoice.parcels:
-        member_of = parcel.conditions.member_of if parcel.conditions else None
-        if member_of and group in member_of:
-            return parcel
-    raise InvalidModel(f"bindle {bindle_id} has no parcel in group {group!r}")
 
 
 component = MlInference
