@@ -29,7 +29,7 @@ from mlcloud.lattice.connect import connect
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.links import LinkDefinition, LinkFeed, LinkStore, open_links
 from mlcloud.lattice.rpc import RpcClient, RpcServer
-from mlcloud.lattice.wire import Invocation
+from mlcloud.lattice.wire import Forward, Invocation
 from mlcloud.sdk.component import Actor, Context, Provider
 from mlcloud.settings import Settings
 
@@ -99,10 +99,8 @@ class ComponentRuntime:
         """The link from ``actor_id`` to this provider instance."""
         return self._links.get((actor_id, self.spec.contract, self.spec.link_name))
 
-    async def call_provider(
-        self, contract: str, op: str, message: Any, result_type: type[T] | None, *,
-        link_name: str, timeout: float | None, invocation_id: str | None,
-    ) -> T | Any:
+    def provider_subject(self, contract: str, link_name: str) -> str:
+        """Where this actor's calls for ``contract`` go, once its claims and links allow them."""
         if contract not in self.spec.capabilities:
             raise CapabilityNotClaimed(
                 f"actor {self.spec.name} does not claim {contract}; its claims allow "
@@ -111,17 +109,29 @@ class ComponentRuntime:
         link = self._links.get((self.spec.key, contract, link_name))
         if link is None:
             raise LinkNotFound(f"actor {self.spec.name} has no link for {contract} (link name {link_name!r})")
-        subject = subjects.provider_rpc(self.settings.lattice, link.provider_id, link_name)
+        return subjects.provider_rpc(self.settings.lattice, link.provider_id, link_name)
+
+    async def call_provider(
+        self, contract: str, op: str, message: Any, result_type: type[T] | None, *,
+        link_name: str, timeout: float | None, invocation_id: str | None,
+    ) -> T | Any:
+        subject = self.provider_subject(contract, link_name)
         assert self.rpc is not None
         return await self.rpc.call(subject, op, message, result_type, timeout=timeout, invocation_id=invocation_id)
 
+    def provider_forward(self, contract: str, op: str, fields: dict[str, Any], *, into: str, link_name: str) -> Forward:
+        """A :class:`Forward` to this actor's linked provider, made as this actor's own call."""
+        subject = self.provider_subject(contract, link_name)
+        return Forward(subject=subject, op=op, origin=self.spec.key, field=into, msg=fields)
+
     async def call_actor(
         self, actor: str, op: str, message: Any, result_type: type[T] | None, *,
-        timeout: float | None, invocation_id: str | None,
+        timeout: float | None, invocation_id: str | None, forward: Forward | None = None,
     ) -> T | Any:
         assert self.rpc is not None
         subject = subjects.actor_rpc(self.settings.lattice, actor)
-        return await self.rpc.call(subject, op, message, result_type, timeout=timeout, invocation_id=invocation_id)
+        return await self.rpc.call(subject, op, message, result_type, timeout=timeout,
+                                   invocation_id=invocation_id, forward=forward)
 
     async def run(self) -> None:
         self.nc = await connect(self.settings.effective_nats_url, name=f"{self.spec.name}/{self.spec.instance_id[:8]}")

@@ -22,7 +22,7 @@ from nats.aio.subscription import Subscription
 
 from mlcloud.errors import MLCloudError, NoResponders, RpcTimeout
 from mlcloud.lattice import wire
-from mlcloud.lattice.wire import Invocation
+from mlcloud.lattice.wire import Forward, Invocation
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -51,9 +51,11 @@ class RpcClient:
         *,
         timeout: float | None = None,
         invocation_id: str | None = None,
+        forward: Forward | None = None,
     ) -> T | Any:
+        """Call ``op`` on ``subject``; with ``forward``, the answer is the forwarded call's."""
         invocation_id = invocation_id or new_invocation_id()
-        data = wire.encode_request(op, message, invocation_id=invocation_id, origin=self.origin)
+        data = wire.encode_request(op, message, invocation_id=invocation_id, origin=self.origin, forward=forward)
         deadline = self.timeout if timeout is None else timeout
         try:
             reply = await self.nc.request(subject, data, timeout=deadline)
@@ -106,22 +108,31 @@ class RpcServer:
 
     async def _serve(self, msg: Msg) -> None:
         try:
-            reply = await self._invoke(msg.data)
-            if msg.reply:
-                await msg.respond(reply)
+            invocation, result, error = await self._invoke(msg.data)
+            if error is not None:
+                if msg.reply:
+                    await msg.respond(wire.encode_error(error))
+            elif invocation.forward is not None:
+                # The next stage answers the caller: our reply inbox travels with the request.
+                # NATS tells the caller when nobody serves it ("no responders"), as for a call.
+                data = wire.encode_forwarded(invocation.forward, result, invocation_id=invocation.id)
+                await self.nc.publish(invocation.forward.subject, data, reply=msg.reply)
+            elif msg.reply:
+                await msg.respond(wire.encode_reply(result))
         except Exception:  # the connection went away mid-reply; nothing else to tell
             log.exception("could not reply on %s", self.subject)
         finally:
             self._slots.release()
 
-    async def _invoke(self, data: bytes) -> bytes:
-        op = "?"
+    async def _invoke(self, data: bytes) -> tuple[Invocation | None, Any, MLCloudError | None]:
+        """(invocation, result, None), or (…, None, the error to send back)."""
+        invocation = None
         try:
             invocation = wire.decode_request(data)
-            op = invocation.op
-            return wire.encode_reply(await self.handler(invocation))
+            return invocation, await self.handler(invocation), None
         except MLCloudError as err:
-            return wire.encode_error(err)
+            return invocation, None, err
         except Exception as exc:
+            op = invocation.op if invocation else "?"
             log.exception("%s on %s failed", op, self.subject)
-            return wire.encode_error(MLCloudError(f"{op} failed: {type(exc).__name__}: {exc}"))
+            return invocation, None, MLCloudError(f"{op} failed: {type(exc).__name__}: {exc}")

@@ -1,7 +1,7 @@
 """The RPC wire format: msgpack envelopes around every request and reply on the lattice.
 
-A request is ``{op, id, origin, msg}`` and a reply is ``{ok}`` or ``{error: {kind, message,
-details}}``. ``msg`` and ``ok`` are decoded lazily (``msgspec.Raw``), so a component decodes a
+A request is ``{op, id, origin, msg, forward?}`` and a reply is ``{ok}`` or ``{error: {kind,
+message, details}}``. ``msg`` and ``ok`` are decoded lazily (``msgspec.Raw``), so a component decodes a
 payload straight into the type its handler wants, and large byte fields are not re-parsed.
 """
 
@@ -19,11 +19,22 @@ _encoder = msgspec.msgpack.Encoder()
 _NIL = msgspec.Raw(b"\xc0")  # msgpack nil
 
 
+class Forward(msgspec.Struct, kw_only=True, frozen=True):
+    """Where a server sends its result instead of answering (see the module docstring)."""
+
+    subject: str
+    op: str
+    origin: str
+    field: str
+    msg: dict[str, Any] = {}  # the next request's other fields
+
+
 class Invocation(msgspec.Struct, kw_only=True):
     op: str
     id: str
     origin: str = ""
     msg: msgspec.Raw = _NIL
+    forward: Forward | None = None
 
     def payload(self, type_: type[T]) -> T:
         try:
@@ -41,8 +52,19 @@ _invocation_decoder = msgspec.msgpack.Decoder(Invocation)
 _reply_decoder = msgspec.msgpack.Decoder(_Reply)
 
 
-def encode_request(op: str, message: Any, *, invocation_id: str, origin: str) -> bytes:
-    return _encoder.encode({"op": op, "id": invocation_id, "origin": origin, "msg": message})
+def encode_request(
+    op: str, message: Any, *, invocation_id: str, origin: str, forward: Forward | None = None
+) -> bytes:
+    request = {"op": op, "id": invocation_id, "origin": origin, "msg": message}
+    if forward is not None:
+        request["forward"] = forward
+    return _encoder.encode(request)
+
+
+def encode_forwarded(forward: Forward, result: Any, *, invocation_id: str) -> bytes:
+    """The next request of a forward, with ``result`` as its ``forward.field``, encoded once."""
+    message = {**forward.msg, forward.field: result}
+    return encode_request(forward.op, message, invocation_id=invocation_id, origin=forward.origin)
 
 
 def decode_request(data: bytes) -> Invocation:

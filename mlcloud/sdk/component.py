@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from mlcloud.lattice.links import DEFAULT_LINK_NAME, LinkDefinition
+from mlcloud.lattice.wire import Forward
 from mlcloud.settings import Settings
 
 if TYPE_CHECKING:
@@ -88,12 +89,30 @@ class Context:
         )
 
     async def call_actor(
-        self, actor: str, op: str, message: Any, result_type: type[T] | None = None, *, timeout: float | None = None
+        self,
+        actor: str,
+        op: str,
+        message: Any,
+        result_type: type[T] | None = None,
+        *,
+        timeout: float | None = None,
+        then: Forward | None = None,
     ) -> T | Any:
-        """Call another actor by public key or call alias (its component name)."""
+        """Call another actor by public key or call alias (its component name).
+
+        With ``then`` (from :meth:`forward_to`), the actor's result goes on to that provider
+        call and its answer is returned: the result never travels back through this actor.
+        """
         return await self._runtime.call_actor(
-            actor, op, message, result_type, timeout=timeout, invocation_id=self.invocation_id or None
+            actor, op, message, result_type, timeout=timeout, invocation_id=self.invocation_id or None, forward=then
         )
+
+    def forward_to(
+        self, contract: str, op: str, fields: dict[str, Any], *, into: str, link_name: str = DEFAULT_LINK_NAME
+    ) -> Forward:
+        """A provider call to chain after :meth:`call_actor`: ``op`` with ``fields`` plus the
+        actor's result as ``into``, checked against this actor's claims and links like :meth:`call`."""
+        return self._runtime.provider_forward(contract, op, fields, into=into, link_name=link_name)
 
 
 class Actor:

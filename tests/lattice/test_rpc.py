@@ -12,7 +12,7 @@ from mlcloud.errors import CorruptInputTensor, MalformedMessage, MLCloudError, N
 from mlcloud.interfaces import InferenceInput, Tensor
 from mlcloud.lattice import wire
 from mlcloud.lattice.rpc import RpcClient, RpcServer
-from mlcloud.lattice.wire import Invocation
+from mlcloud.lattice.wire import Forward, Invocation
 
 
 @pytest.fixture
@@ -127,5 +127,53 @@ async def test_queue_group_spreads_calls_over_servers(nc):
     client = RpcClient(nc, origin="t", timeout=2)
     await asyncio.gather(*(client.call("t.q", "Op.X", {}) for _ in range(60)))
     assert counts["a"] > 5 and counts["b"] > 5 and sum(counts.values()) == 60
+    for server in servers:
+        await server.stop()
+
+
+async def test_forward_sends_the_result_to_the_next_stage_which_answers_the_caller(nc):
+    seen: list[Invocation] = []
+
+    async def double(invocation: Invocation) -> Tensor:
+        request = invocation.payload(Tensor)
+        return Tensor(dimensions=request.dimensions, value_types=request.value_types, data=request.data * 2)
+
+    async def predict(invocation: Invocation) -> dict:
+        seen.append(invocation)
+        request = invocation.payload(InferenceInput)
+        return {"model": request.model, "bytes": len(request.tensor.data)}
+
+    first = await RpcServer(nc, "t.stage1", double).start()
+    second = await RpcServer(nc, "t.stage2", predict).start()
+    client = RpcClient(nc, origin="caller", timeout=2)
+    forward = Forward(subject="t.stage2", op="Op.Predict", origin="api-key", field="tensor", msg={"model": "m"})
+    tensor = Tensor(dimensions=[4], value_types=["ValueU8"], data=bytes(4))
+    answer = await client.call("t.stage1", "Op.Double", tensor, forward=forward, invocation_id="inv-1")
+    assert answer == {"model": "m", "bytes": 8}
+    assert (seen[0].origin, seen[0].id, seen[0].op) == ("api-key", "inv-1", "Op.Predict")
+    await first.stop()
+    await second.stop()
+
+
+async def test_forward_errors_reach_the_caller_from_either_stage(nc):
+    async def fails(invocation: Invocation) -> None:
+        raise CorruptInputTensor("stage one refuses")
+
+    async def passes(invocation: Invocation) -> int:
+        return 1
+
+    async def second_fails(invocation: Invocation) -> None:
+        raise CorruptInputTensor("stage two refuses")
+
+    servers = [await RpcServer(nc, "t.f1", fails).start(), await RpcServer(nc, "t.p1", passes).start(),
+               await RpcServer(nc, "t.f2", second_fails).start()]
+    client = RpcClient(nc, origin="caller", timeout=2)
+    to_f2 = Forward(subject="t.f2", op="Op.X", origin="caller", field="x")
+    with pytest.raises(CorruptInputTensor, match="stage one"):
+        await client.call("t.f1", "Op.X", {}, forward=to_f2)
+    with pytest.raises(CorruptInputTensor, match="stage two"):
+        await client.call("t.p1", "Op.X", {}, forward=to_f2)
+    with pytest.raises(NoResponders):
+        await client.call("t.p1", "Op.X", {}, forward=Forward(subject="t.nobody", op="Op.X", origin="c", field="x"))
     for server in servers:
         await server.stop()
