@@ -24,7 +24,7 @@ import yaml
 
 from mlcloud.component import ComponentKind
 from mlcloud.errors import ConfigError
-from mlcloud.host.artifacts import is_local_ref, resolve
+from mlcloud.host.artifacts import ResolvedComponent, is_local_ref, resolve
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.links import DEFAULT_LINK_NAME
 from mlcloud.settings import Settings
@@ -118,8 +118,21 @@ def _parse_component(item: dict[str, Any], base_dir: Path, source: str) -> Compo
     local = base_dir / image
     if not image.startswith(("/", "~")) and local.is_dir():
         image = str(local.resolve())
+    try:
+        replicas, requirements, links = _parse_traits(name, item.get("traits") or [], source)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"{source}: invalid traits on {name}: {exc!r}") from exc
+    return ComponentSpec(
+        name=name, kind=kind, image=image, replicas=replicas, requirements=requirements,
+        contract=str(props.get("contract", "")), link_name=str(props.get("link_name", DEFAULT_LINK_NAME)),
+        config=dict(props.get("config") or {}), links=tuple(links),
+    )
+
+
+def _parse_traits(name: str, traits: list, source: str) -> tuple[int, dict[str, str], list[LinkSpec]]:
+    """Replicas and label requirements (``spreadscaler``) and links (``linkdef``) of a component."""
     replicas, requirements, links = 1, {}, []
-    for trait in item.get("traits") or []:
+    for trait in traits:
         tprops = trait.get("properties") or {}
         if trait.get("type") == "spreadscaler":
             replicas = int(tprops.get("replicas", 1))
@@ -130,11 +143,7 @@ def _parse_component(item: dict[str, Any], base_dir: Path, source: str) -> Compo
             links.append(LinkSpec(str(tprops["target"]), values, str(tprops.get("link_name", DEFAULT_LINK_NAME))))
         else:
             raise ConfigError(f"{source}: unknown trait {trait.get('type')!r} on {name}")
-    return ComponentSpec(
-        name=name, kind=kind, image=image, replicas=replicas, requirements=requirements,
-        contract=str(props.get("contract", "")), link_name=str(props.get("link_name", DEFAULT_LINK_NAME)),
-        config=dict(props.get("config") or {}), links=tuple(links),
-    )
+    return replicas, requirements, links
 
 
 async def deploy(
@@ -145,32 +154,50 @@ async def deploy(
     inventories = await ctl.get_inventories()
     if not inventories:
         raise ConfigError("no host answers on this lattice: start one with `mlcloud up` or `mlcloud host`")
-    keys: dict[str, str] = {}
+    resolved: dict[str, ResolvedComponent] = {}
     for spec in manifest.components:
-        resolved = await resolve(spec.image, settings)
-        if resolved.kind is not spec.kind:
-            raise ConfigError(f"{spec.name}: {spec.image} is a {resolved.kind}, not a {spec.kind}")
-        keys[spec.name] = resolved.key
+        component = resolved[spec.name] = await resolve(spec.image, settings)
+        if component.kind is not spec.kind:
+            raise ConfigError(f"{spec.name}: {spec.image} is a {component.kind}, not a {spec.kind}")
         hosts = [inv for inv in inventories if spec.placeable_on(inv)]
         if not hosts:
             raise ConfigError(f"{spec.name}: no host has labels {spec.requirements}")
         if spec.kind is ComponentKind.PROVIDER:
-            changes += await _place_provider(spec, resolved.key, hosts, ctl, report)
+            changes += await _place_provider(spec, component, hosts, ctl, report)
         else:
-            changes += await _place_actor(spec, resolved.key, hosts, ctl, report)
+            changes += await _place_actor(spec, component, hosts, ctl, report)
     for spec in manifest.components:
         for link in spec.links:
             target = next(c for c in manifest.components if c.name == link.target)
-            reply = await ctl.put_link(keys[spec.name], keys[target.name], target.contract or "", link.link_name, link.values)
+            contract = target.contract or resolved[target.name].manifest.contract
+            reply = await ctl.put_link(resolved[spec.name].key, resolved[target.name].key, contract,
+                                       link.link_name, link.values)
             if reply.get("changed"):
                 changes.append(f"link {spec.name} → {target.name} ({link.link_name})")
                 report(changes[-1])
     return changes
 
 
-async def _place_provider(spec: ComponentSpec, key: str, hosts: list[dict], ctl: CtlClient, report) -> list[str]:
-    running = [h for h in hosts if any(p["id"] == key and p["link_name"] == spec.link_name for p in h["providers"])]
+def _outdated(running: dict, component: ResolvedComponent) -> bool:
+    """True when a running component is another build of the code the manifest names now."""
+    return bool(component.digest) and running.get("digest") != component.digest
+
+
+async def _place_provider(
+    spec: ComponentSpec, component: ResolvedComponent, hosts: list[dict], ctl: CtlClient, report
+) -> list[str]:
     changes = []
+    running = []
+    for host in hosts:
+        for provider in host["providers"]:
+            if provider["id"] != component.key or provider["link_name"] != spec.link_name:
+                continue
+            if _outdated(provider, component) or provider.get("config", spec.config) != spec.config:
+                report(f"replacing provider {spec.name} on host {host['host_id'][:8]} (new code or config)…")
+                await ctl.stop_provider(host["host_id"], component.key, spec.link_name)
+                changes.append(f"provider {spec.name} stopped on {host['host_id'][:8]} to be replaced")
+            else:
+                running.append(host)
     for host in [h for h in hosts if h not in running][: max(spec.replicas - len(running), 0)]:
         report(f"starting provider {spec.name} on host {host['host_id'][:8]}…")
         await ctl.start_provider(host["host_id"], spec.image, spec.link_name, spec.config)
@@ -178,12 +205,21 @@ async def _place_provider(spec: ComponentSpec, key: str, hosts: list[dict], ctl:
     return changes
 
 
-async def _place_actor(spec: ComponentSpec, key: str, hosts: list[dict], ctl: CtlClient, report) -> list[str]:
-    """Spread ``replicas`` evenly over the matching hosts."""
+async def _place_actor(
+    spec: ComponentSpec, component: ResolvedComponent, hosts: list[dict], ctl: CtlClient, report
+) -> list[str]:
+    """Spread ``replicas`` evenly over the matching hosts; replace instances of older code."""
     changes = []
+    key = component.key
     for index, host in enumerate(hosts):
         want = spec.replicas // len(hosts) + (1 if index < spec.replicas % len(hosts) else 0)
-        have = sum(len(a["instances"]) for a in host["actors"] if a["id"] == key)
+        running = [a for a in host["actors"] if a["id"] == key]
+        if any(_outdated(actor, component) for actor in running):
+            report(f"replacing actor {spec.name} on host {host['host_id'][:8]} (new code)…")
+            await ctl.stop_actor(host["host_id"], key)
+            changes.append(f"actor {spec.name} stopped on {host['host_id'][:8]} to be replaced")
+            running = []
+        have = sum(len(a["instances"]) for a in running)
         if want != have:
             report(f"scaling actor {spec.name} on host {host['host_id'][:8]}: {have} → {want}…")
             await ctl.scale_actor(host["host_id"], key, want, actor_ref=spec.image)

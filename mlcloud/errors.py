@@ -11,6 +11,7 @@
     ├── LatticeError                  502  the lattice could not carry a call
     │   ├── RpcTimeout                504  (also a builtin TimeoutError)
     │   ├── NoResponders              503  nobody subscribes to the subject
+    │   ├── LatticeUnavailable        503  the NATS connection cannot carry the call now
     │   ├── RemoteError               502  an error of a kind this side does not know
     │   ├── UnknownOperation          404  the component has no handler for the operation
     │   ├── LinkNotFound              503  the actor has no link for that contract/link name
@@ -126,6 +127,10 @@ class RpcTimeout(LatticeError, builtins.TimeoutError):
 
 
 class NoResponders(LatticeError):
+    http_status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class LatticeUnavailable(LatticeError):
     http_status = HTTPStatus.SERVICE_UNAVAILABLE
 
 

@@ -201,8 +201,11 @@ async def predict_image(ctx: Context, model: str, request: HttpRequest) -> tuple
     image = check_image_body(request)
     info = await catalog.ready(ctx, model)
     wanted = info.inputs[0] if info.inputs else {}
-    dims = [d if isinstance(d, int) and d > 0 else 1 for d in wanted.get("shape", [1, 3, 224, 224])]
-    value_type = ValueType(wanted.get("datatype", "ValueF32"))
+    dims = [d if isinstance(d, int) and d > 0 else 1 for d in wanted.get("shape") or [1, 3, 224, 224]]
+    try:
+        value_type = ValueType(wanted.get("datatype") or "ValueF32")
+    except ValueError:
+        raise InvalidModel(f"model {model!r} wants {wanted.get('datatype')} input, which no image converts to") from None
     # The input tensor (600 KB for a 224×224 RGB f32 image) goes from the preprocess actor straight
     # into the Predict call, which answers here: it never travels through this actor.
     predict = ctx.forward_to(MLINFERENCE, OP_PREDICT, {"model": model}, into="tensor")

@@ -25,7 +25,7 @@ from nats.aio.msg import Msg
 
 from mlcloud import __version__
 from mlcloud.component import ComponentKind
-from mlcloud.errors import ComponentNotFound, ConfigError, MLCloudError, RequestError
+from mlcloud.errors import ComponentNotFound, ConfigError, HostError, MLCloudError, RequestError
 from mlcloud.host.artifacts import ResolvedComponent, resolve
 from mlcloud.host.runner import HEALTH_OP, InstanceSpec
 from mlcloud.host.supervisor import Instance, InstanceStatus
@@ -86,6 +86,7 @@ class Host:
         self.events: EventPublisher | None = None
         self._subs: list[Any] = []
         self._tasks: list[asyncio.Task] = []
+        self._background: set[asyncio.Task] = set()
         self._lock = asyncio.Lock()  # serialises changes to what runs here
         self._stopped = asyncio.Event()
 
@@ -155,9 +156,16 @@ class Host:
 
     def _ctl_callback(self, handler: CtlHandler) -> Callable[[Msg], Awaitable[None]]:
         async def callback(msg: Msg) -> None:
-            asyncio.create_task(self._answer_ctl(handler, msg))
+            self._spawn(self._answer_ctl(handler, msg), f"ctl:{msg.subject}")
 
         return callback
+
+    def _spawn(self, coro, name: str) -> None:
+        """Run ``coro`` in the background, kept referenced until done, its failure logged."""
+        task = asyncio.create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(_log_failure)
 
     async def _answer_ctl(self, handler: CtlHandler, msg: Msg) -> None:
         try:
@@ -183,12 +191,15 @@ class Host:
         return self.inventory()
 
     async def handle_host_stop(self, request: dict[str, Any]) -> dict[str, Any]:
-        asyncio.get_running_loop().call_later(0.1, lambda: asyncio.ensure_future(self.stop()))
+        # Answer first, then stop.
+        asyncio.get_running_loop().call_later(0.1, lambda: self._spawn(self.stop(), "host-stop"))
         return {}
 
     async def handle_actor_start(self, request: dict[str, Any]) -> dict[str, Any]:
         ref = _required(request, "actor_ref")
         count = int(request.get("count", 1))
+        if count < 1:
+            raise RequestError("count must be 1 or more")
         resolved = await self._resolve(ref, expect=ComponentKind.ACTOR)
         async with self._lock:
             component = self.actors.get(resolved.key)
@@ -337,8 +348,13 @@ class Host:
         await asyncio.gather(*(i.stop() for i in surplus))
         ready = await asyncio.gather(*(i.wait_ready(self.settings.ready_timeout) for i in new))
         if not all(ready):
-            log.warning("%s: %d of %d new instances not ready after %.0f s",
-                        component.resolved.name, ready.count(False), len(new), self.settings.ready_timeout)
+            exits = sorted({i.last_exit for i in new if i.last_exit is not None})
+            raise HostError(
+                f"{component.resolved.name}: {ready.count(False)} of {len(new)} new instances not ready after "
+                f"{self.settings.ready_timeout:.0f} s (exit codes {exits or 'none yet'}); they keep being "
+                "restarted: see the host's log",
+                name=component.resolved.name,
+            )
 
     async def _stop_component(self, component: Component) -> None:
         await asyncio.gather(*(i.stop() for i in component.instances))
@@ -416,7 +432,14 @@ class Host:
                         healthy, message = bool(answer.get("healthy")), str(answer.get("message", ""))
                     except MLCloudError as err:
                         healthy, message = False, err.message
+                    except Exception as exc:  # a provider's odd answer must not end the checks
+                        healthy, message = False, f"bad health answer: {exc!r}"
                     await instance.mark_health(healthy, message)
+
+
+def _log_failure(task: asyncio.Task) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("%s failed", task.get_name(), exc_info=task.exception())
 
 
 def _required(request: dict[str, Any], field_name: str) -> Any:

@@ -145,7 +145,8 @@ class ComponentRuntime:
                 await self.component.on_start(lifetime_ctx)
             links = await open_links(self.nc, self.settings.lattice)
             self._tasks.append(asyncio.create_task(self._follow_links(links), name="links"))
-            await self._links_ready.wait()
+            if not await self._ready_or_stopping(self._links_ready):
+                return  # asked to stop before the links could be read
             if isinstance(self.component, Actor):
                 await self.component.on_start(lifetime_ctx)
             await self._serve()
@@ -159,6 +160,14 @@ class ComponentRuntime:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    async def _ready_or_stopping(self, ready: asyncio.Event) -> bool:
+        """Wait for ``ready`` unless a stop comes first; True when ready."""
+        waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(self._stopping.wait())]
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for wait in waits:
+            wait.cancel()
+        return ready.is_set()
 
     async def _serve(self) -> None:
         assert self.nc is not None
@@ -191,11 +200,16 @@ class ComponentRuntime:
     async def _follow_links(self, store: LinkStore | LinkFeed) -> None:
         """Keep ``_links`` current and tell a provider of every link that names it."""
         while not self._stopping.is_set():
+            replayed: set[tuple[str, str, str]] = set()
             try:
                 async for event in store.watch(follow=True):
                     if event is None:
+                        # A re-watch replays the links that exist: any other we knew is gone.
+                        for key in [k for k in self._links if k not in replayed]:
+                            await self._apply_link(self._links[key], deleted=True)
                         self._links_ready.set()
                     else:
+                        replayed.add((event.link.actor_id, event.link.contract_id, event.link.link_name))
                         await self._apply_link(event.link, event.deleted)
             except asyncio.CancelledError:
                 raise

@@ -48,7 +48,7 @@ class Instance:
         self.restarts = 0
         self.last_exit: int | None = None
         self.process: asyncio.subprocess.Process | None = None
-        self._stopping = False
+        self._stopping = asyncio.Event()
         self._ready = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -80,37 +80,54 @@ class Instance:
         await self._set_status(InstanceStatus.HEALTHY if healthy else InstanceStatus.UNHEALTHY, message)
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), self.settings.stop_grace)
-            except TimeoutError:
-                log.warning("%s did not stop in %.0f s; killing it", self.spec.name, self.settings.stop_grace)
-                self.process.kill()
+        """Stop supervising (at once, even mid back-off), then stop the process: ask, then kill."""
+        self._stopping.set()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
+        process = self.process
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), self.settings.stop_grace)
+            except TimeoutError:
+                log.warning("%s did not stop in %.0f s; killing it", self.spec.name, self.settings.stop_grace)
+                process.kill()
+                await process.wait()
         await self._set_status(InstanceStatus.STOPPED, "stopped")
+
+    async def _until_stopped(self, awaitable) -> bool:
+        """Wait for ``awaitable`` unless stopping comes first; True when it finished."""
+        work = asyncio.ensure_future(awaitable)
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (work, stopping):
+            if not task.done():
+                task.cancel()
+        return work.done() and not work.cancelled()
 
     async def _supervise(self) -> None:
         backoff = self.settings.restart_backoff
-        while not self._stopping:
+        while not self._stopping.is_set():
             started = time.monotonic()
             self._ready.clear()
-            await self._spawn()
-            assert self.process is not None
-            self.last_exit = await self.process.wait()
-            if self._stopping:
-                return
-            await self._set_status(InstanceStatus.UNHEALTHY, f"process exited with code {self.last_exit}")
+            try:
+                await self._spawn()
+            except OSError as exc:  # e.g. its folder vanished: report it and try again later
+                log.error("%s: cannot start an instance: %s", self.spec.name, exc)
+                await self._set_status(InstanceStatus.UNHEALTHY, f"cannot start: {exc}")
+            else:
+                assert self.process is not None
+                if not await self._until_stopped(self.process.wait()):
+                    return
+                self.last_exit = self.process.returncode
+                await self._set_status(InstanceStatus.UNHEALTHY, f"process exited with code {self.last_exit}")
             if time.monotonic() - started > HEALTHY_RESET_AFTER:
                 backoff = self.settings.restart_backoff
             log.warning("%s instance %s exited (%s); restarting in %.1f s",
                         self.spec.name, self.instance_id[:8], self.last_exit, backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self.settings.restart_backoff_max)
-            if self._stopping:
+            if not await self._until_stopped(asyncio.sleep(backoff)):
                 return
+            backoff = min(backoff * 2, self.settings.restart_backoff_max)
             self.restarts += 1
             await self.on_change(self, "restarted")
 

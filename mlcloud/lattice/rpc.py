@@ -15,12 +15,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from mlcloud.errors import MLCloudError, NoResponders, RpcTimeout
+from mlcloud.errors import LatticeUnavailable, MLCloudError, NoResponders, PayloadTooLarge, RpcTimeout
 from mlcloud.lattice import wire
 from mlcloud.lattice.wire import Forward, Invocation
 
@@ -67,6 +68,13 @@ class RpcClient:
                 subject=subject,
                 invocation_id=invocation_id,
             ) from exc
+        except nats.errors.MaxPayloadError as exc:
+            raise PayloadTooLarge(
+                f"{op}: {len(data)} bytes is more than this NATS server carries "
+                f"({self.nc.max_payload} bytes; raise its max_payload)"
+            ) from exc
+        except nats.errors.Error as exc:  # closed, draining, reconnect buffer full, …
+            raise LatticeUnavailable(f"{op} on {subject}: NATS cannot carry the call now ({exc})") from exc
         return wire.decode_reply(reply.data, result_type)
 
 
@@ -109,16 +117,24 @@ class RpcServer:
     async def _serve(self, msg: Msg) -> None:
         try:
             invocation, result, error = await self._invoke(msg.data)
-            if error is not None:
+            try:
+                if error is not None:
+                    if msg.reply:
+                        await msg.respond(wire.encode_error(error))
+                elif invocation.forward is not None:
+                    # The next stage answers the caller: our reply inbox travels with the request.
+                    # NATS tells the caller when nobody serves it ("no responders"), as for a call.
+                    data = wire.encode_forwarded(invocation.forward, result, invocation_id=invocation.id)
+                    await self.nc.publish(invocation.forward.subject, data, reply=msg.reply)
+                elif msg.reply:
+                    await msg.respond(wire.encode_reply(result))
+            except (TypeError, ValueError, msgspec.EncodeError, nats.errors.MaxPayloadError) as exc:
+                # The answer cannot be encoded or sent: say so now rather than let the caller time out.
+                op = invocation.op if invocation else "?"
+                log.exception("%s on %s: cannot send the answer", op, self.subject)
                 if msg.reply:
-                    await msg.respond(wire.encode_error(error))
-            elif invocation.forward is not None:
-                # The next stage answers the caller: our reply inbox travels with the request.
-                # NATS tells the caller when nobody serves it ("no responders"), as for a call.
-                data = wire.encode_forwarded(invocation.forward, result, invocation_id=invocation.id)
-                await self.nc.publish(invocation.forward.subject, data, reply=msg.reply)
-            elif msg.reply:
-                await msg.respond(wire.encode_reply(result))
+                    kind = PayloadTooLarge if isinstance(exc, nats.errors.MaxPayloadError) else MLCloudError
+                    await msg.respond(wire.encode_error(kind(f"{op}: cannot send the answer: {exc}")))
         except Exception:  # the connection went away mid-reply; nothing else to tell
             log.exception("could not reply on %s", self.subject)
         finally:

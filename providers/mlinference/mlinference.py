@@ -45,6 +45,7 @@ class MlInference(Provider):
         self.bindle: AsyncClient | None = None
         self.fetch: Fetch | None = None
         self.inference_config = InferenceConfig()
+        self._events: set[asyncio.Future] = set()
 
     async def on_start(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -114,10 +115,12 @@ class MlInference(Provider):
     def _event_hook(self, actor_id: str):
         def on_event(name: str, info: ModelInfo) -> None:
             if self.ctx is not None:
-                asyncio.ensure_future(self.ctx.publish_event(
+                task = asyncio.ensure_future(self.ctx.publish_event(
                     name, actor_id=actor_id, model=info.name, bindle_id=info.bindle_id, engine=info.engine,
                     state=info.state, reason=info.reason,
                 ))
+                self._events.add(task)  # kept until published
+                task.add_done_callback(self._events.discard)
         return on_event
 
 

@@ -10,7 +10,7 @@ import msgspec
 import nats
 import pytest
 
-from mlcloud.errors import CapabilityNotClaimed, ComponentNotFound, LinkNotFound, NotFound
+from mlcloud.errors import CapabilityNotClaimed, ComponentNotFound, HostError, LinkNotFound, NotFound
 from mlcloud.host.artifacts import resolve_local
 from mlcloud.host.host import Host
 from mlcloud.lattice import subjects
@@ -191,3 +191,18 @@ async def test_ctl_errors_are_typed(ctl, host):
 
 def test_local_component_keeps_its_key(settings):
     assert resolve_local(COMPONENTS / "caller", settings).key == resolve_local(COMPONENTS / "caller", settings).key
+
+
+async def test_crash_looping_actor_is_reported_and_stops_at_once(settings):
+    settings = settings.replace(ready_timeout=3.0, restart_backoff=20.0)
+    async with Host(settings) as host:
+        ctl = await CtlClient.connect(settings)
+        with pytest.raises(HostError, match=r"crasher: 1 of 1 new instances not ready .*exit codes \[7\]"):
+            await ctl.start_actor(host.id, str(COMPONENTS / "crasher"))
+        actor = (await ctl.get_inventory(host.id))["actors"][0]
+        assert actor["instances"][0]["status"] == "unhealthy"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await ctl.stop_actor(host.id, actor["id"])  # mid back-off: must not wait it out
+        assert loop.time() - started < 5
+        await ctl.close()

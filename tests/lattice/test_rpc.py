@@ -177,3 +177,16 @@ async def test_forward_errors_reach_the_caller_from_either_stage(nc):
         await client.call("t.p1", "Op.X", {}, forward=Forward(subject="t.nobody", op="Op.X", origin="c", field="x"))
     for server in servers:
         await server.stop()
+
+
+async def test_an_answer_that_cannot_be_encoded_is_an_error_at_once(nc):
+    async def unencodable(invocation: Invocation) -> object:
+        return object()
+
+    server = await RpcServer(nc, "t.odd", unencodable).start()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(MLCloudError, match="cannot send the answer"):
+        await RpcClient(nc, origin="t", timeout=5).call("t.odd", "Op.X", {})
+    assert loop.time() - started < 2
+    await server.stop()
