@@ -18,8 +18,10 @@ venv: $(VENV)/.installed
 system-deps:
 	bash deploy/system-deps.sh
 
+# Builds the bundles; pushes them when a Bindle server answers (`mlcloud up` pushes them otherwise).
 models: venv
 	$(MLCLOUD) models build
+	@$(MLCLOUD) bindle search >/dev/null 2>&1 && $(MLCLOUD) models push || echo "models: no Bindle server answers yet; \`mlcloud up\` pushes the bundles when it starts"
 
 images: venv
 	$(PY) -m pip install -q -e '.[images]'

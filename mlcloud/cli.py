@@ -94,6 +94,9 @@ def main(verbose: bool) -> None:
         stream=sys.stderr,
     )
     logging.getLogger("nats").setLevel(logging.CRITICAL if not verbose else logging.DEBUG)
+    # One line per HTTP request to Bindle or the registry is noise unless asked for.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 # ---- up / host -----------------------------------------------------------------------------

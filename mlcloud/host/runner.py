@@ -291,6 +291,7 @@ def main() -> None:
         level=os.environ.get("MLCLOUD_LOG_LEVEL", "INFO"),
         format=f"%(asctime)s %(levelname)s [{spec.name}] %(message)s",
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Bindle request is noise
     component = load_component(Path(spec.folder), spec.module)
     runtime = ComponentRuntime(spec, settings, component)
 
