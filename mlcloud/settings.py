@@ -39,11 +39,19 @@ def _default_state_dir() -> Path:
     return Path(base) / "mlcloud"
 
 
+def _default_keys_dir() -> Path:
+    # The user's, not the project's: a component keeps its identity (its public key, which links
+    # and claims name) whichever state dir a command runs with.
+    return _default_state_dir() / "keys"
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Settings shared by every mlcloud process. Field ``x`` reads ``MLCLOUD_X``."""
 
     state_dir: Path = dataclasses.field(default_factory=_default_state_dir)
+    # The signing keys: the issuer account and each component's subject key.
+    keys_dir: Path = dataclasses.field(default_factory=_default_keys_dir)
     lattice: str = DEFAULT_LATTICE
     # None means "start the embedded nats-server"; a URL means "use that server".
     nats_url: str | None = None
@@ -80,8 +88,9 @@ class Settings:
             if raw is not None and raw != "":
                 values[f.name] = _coerce(f.type, raw)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        if "state_dir" in values:
-            values["state_dir"] = Path(values["state_dir"]).expanduser()
+        for name in ("state_dir", "keys_dir"):
+            if name in values:
+                values[name] = Path(values[name]).expanduser()
         return cls(**values)
 
     def to_env(self) -> dict[str, str]:
@@ -108,9 +117,6 @@ class Settings:
     def trusted_issuer_keys(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.trusted_issuers.split(",") if k.strip())
 
-    @property
-    def keys_dir(self) -> Path:
-        return self.state_dir / "keys"
 
 
 def _coerce(annotation: Any, raw: str) -> Any:

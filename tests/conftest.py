@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 
@@ -13,6 +14,18 @@ from mlcloud.settings import Settings
 FIXTURES = Path(__file__).parent / "fixtures"
 COMPONENTS = FIXTURES / "components"
 PROJECT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_user_state(tmp_path_factory: pytest.TempPathFactory):
+    """Keys and other user-level state go to a temporary dir, never the user's own."""
+    saved = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+    yield
+    if saved is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = saved
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +45,7 @@ def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
     return Settings.from_env(
         {},
         state_dir=tmp_path / "state",
+        keys_dir=tmp_path / "state" / "keys",
         nats_url=nats_server.url,
         lattice=f"test-{uuid.uuid4().hex[:8]}",
         rpc_timeout=5.0,

@@ -45,10 +45,12 @@ def _fail(exc: MLCloudError) -> click.ClickException:
 @click.command("build")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default: state dir).")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="Keys and build outputs live here.")
-def build_command(folder: Path, out: Path | None, state_dir: Path | None) -> None:
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path), help="Build outputs live here.")
+@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Signing keys (default: the user's, MLCLOUD_KEYS_DIR).")
+def build_command(folder: Path, out: Path | None, state_dir: Path | None, keys_dir: Path | None) -> None:
     """Package and sign the component in FOLDER (e.g. actors/preprocess)."""
-    settings = _settings(state_dir=state_dir)
+    settings = _settings(state_dir=state_dir, keys_dir=keys_dir)
     try:
         artifact = _build(folder, settings, out)
     except MLCloudError as exc:
@@ -90,10 +92,11 @@ def push_command(
 
 
 @click.command("keys")
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path))
-def keys_command(state_dir: Path | None) -> None:
+@click.option("--keys-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the keys are (default: the user's, MLCLOUD_KEYS_DIR).")
+def keys_command(keys_dir: Path | None) -> None:
     """List the signing keys: the issuer account and each component's identity."""
-    settings = _settings(state_dir=state_dir)
+    settings = _settings(keys_dir=keys_dir)
     keys = list_keys(settings.keys_dir)
     if not keys:
         click.echo(f"no keys in {settings.keys_dir} yet: `mlcloud build FOLDER` creates them")

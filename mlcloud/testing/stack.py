@@ -67,6 +67,7 @@ async def running_stack(state_dir: Path, *, manifest: Path = APP_MANIFEST, **ove
     settings = Settings.from_env(
         {},
         state_dir=state_dir,
+        keys_dir=state_dir / "keys",
         lattice=f"stack-{uuid.uuid4().hex[:8]}",
         bindle_address=f"127.0.0.1:{free_port()}",
         registry=f"127.0.0.1:{free_port()}",

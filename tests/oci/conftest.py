@@ -67,4 +67,4 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRegis
 
 @pytest.fixture
 def settings(tmp_path: Path, registry: EmbeddedRegistry) -> Settings:
-    return Settings(state_dir=tmp_path / "state", registry=registry.address)
+    return Settings(state_dir=tmp_path / "state", keys_dir=tmp_path / "state" / "keys", registry=registry.address)

@@ -127,7 +127,7 @@ def test_pulling_the_same_ref_twice_downloads_once(
 
 def test_pull_from_cache_works_after_the_registry_stops(make_component: Callable[..., Path], tmp_path: Path) -> None:
     reg = EmbeddedRegistry(tmp_path / "own-registry", f"127.0.0.1:{free_port()}")
-    settings = Settings(state_dir=tmp_path / "state", registry=reg.address)
+    settings = Settings(state_dir=tmp_path / "state", keys_dir=tmp_path / "state" / "keys", registry=reg.address)
     folder = make_component("offline")
     with reg:
         result = push(_build(folder, settings), settings)
@@ -255,7 +255,8 @@ async def test_async_pull(component: Path, settings: Settings) -> None:
 
 def test_cli_build_push_keys(component: Path, settings: Settings) -> None:
     runner = CliRunner()
-    env = {"MLCLOUD_STATE_DIR": str(settings.state_dir), "MLCLOUD_REGISTRY": settings.registry}
+    env = {"MLCLOUD_STATE_DIR": str(settings.state_dir), "MLCLOUD_KEYS_DIR": str(settings.keys_dir),
+           "MLCLOUD_REGISTRY": settings.registry}
     built = runner.invoke(build_command, [str(component)], env=env)
     assert built.exit_code == 0, built.output
     digest = next(line.split()[1] for line in built.output.splitlines() if line.strip().startswith("digest"))
