@@ -16,7 +16,6 @@ Every client command takes ``--bindle-url`` (default ``Settings.effective_bindle
 from __future__ import annotations
 
 import functools
-import hashlib
 import mimetypes
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +26,7 @@ import msgspec
 
 from mlcloud.bindle.client import Client, load_invoice_dir
 from mlcloud.bindle.models import DEFAULT_MEDIA_TYPE, Invoice, Label, decode, encode, to_toml
+from mlcloud.digests import sha256_file
 from mlcloud.errors import MLCloudError
 from mlcloud.settings import Settings
 
@@ -67,14 +67,6 @@ def _friendly_errors(f: F) -> F:
             raise click.ClickException(f"{exc.kind}: {exc.message}") from exc
 
     return wrapper  # type: ignore[return-value]
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _echo_doc(obj: object, fmt: str) -> None:
@@ -137,7 +129,7 @@ def push_invoice(path: Path, sign_with: Path | None, signer: str, bindle_url: st
 @_friendly_errors
 def push_file(bindle_id: str, path: Path, bindle_url: str) -> None:
     """Upload PATH as a parcel of BINDLE_ID (its sha256 must be in the invoice)."""
-    sha = _sha256_file(path)
+    sha = sha256_file(path)
     with Client(bindle_url) as client:
         client.create_parcel(bindle_id, sha, path)
     click.echo(f"uploaded {path.name} ({sha}) to {bindle_id}")
@@ -240,6 +232,6 @@ def generate_label(path: Path, name: str | None, media_type: str | None) -> None
     """Print PATH's label as a [[parcel]] entry to paste into an invoice."""
     label_name = name or path.name
     media = media_type or mimetypes.guess_type(label_name)[0] or DEFAULT_MEDIA_TYPE
-    label = Label(sha256=_sha256_file(path), media_type=media, name=label_name,
+    label = Label(sha256=sha256_file(path), media_type=media, name=label_name,
                   size=path.stat().st_size)
     click.echo(to_toml({"parcel": [{"label": msgspec.to_builtins(label)}]}).rstrip("\n"))

@@ -24,11 +24,11 @@ from collections.abc import AsyncIterable, Callable
 from pathlib import Path
 
 from mlcloud.bindle.errors import BindleInvalidRequest, ParcelCorrupt
+from mlcloud.digests import sha256_file
 
 log = logging.getLogger(__name__)
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_CHUNK = 1 << 20
 
 ByteSource = Callable[[], AsyncIterable[bytes]] | AsyncIterable[bytes]
 
@@ -54,7 +54,7 @@ class ParcelCache:
         async with lock:  # one download per parcel per process; waiters then hit the cache
             path = self.root / digest
             if path.exists():
-                if await asyncio.to_thread(_file_sha256, path) == digest:
+                if await asyncio.to_thread(sha256_file, path) == digest:
                     return path
                 log.warning("cached parcel %s is corrupt; fetching it again", digest)
                 path.unlink(missing_ok=True)
@@ -112,11 +112,3 @@ def _checked(sha256: str) -> str:
         # Also keeps a hostile invoice from naming a path outside the cache.
         raise BindleInvalidRequest(f"{sha256!r} is not a sha256 hex digest")
     return digest
-
-
-def _file_sha256(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(_CHUNK):
-            hasher.update(chunk)
-    return hasher.hexdigest()

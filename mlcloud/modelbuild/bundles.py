@@ -36,6 +36,7 @@ from typing import Any
 
 import tomli_w
 
+from mlcloud.digests import sha256_file
 from mlcloud.modelbuild.errors import ModelBuildError
 
 INVOICE = "invoice.toml"
@@ -60,14 +61,6 @@ _LABEL_KEYS = {"sha256", "mediaType", "name", "size", "annotations", "feature", 
 _CONDITION_KEYS = {"memberOf", "requires"}
 _GROUP_KEYS = {"name", "required", "satisfiedBy"}
 _SATISFIED_BY = {"allOf", "oneOf", "optional"}
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- generators

@@ -16,7 +16,6 @@ Each failure raises its own ClaimsError subclass (see mlcloud.oci.errors).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import tarfile
 import tomllib
@@ -25,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from mlcloud.component import MANIFEST_NAME, ComponentKind, ComponentManifest
+from mlcloud.digests import sha256_file
 from mlcloud.errors import ConfigError
 from mlcloud.identity import kind_of
 from mlcloud.oci.claims import Claims, verify_token
@@ -70,13 +70,10 @@ def check_layer_descriptor(claims: Claims, layer: dict[str, Any], ref: str) -> N
 
 
 def check_layer_bytes(claims: Claims, path: Path, ref: str) -> None:
-    hasher = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 16), b""):
-            hasher.update(chunk)
-    if hasher.hexdigest() != claims.hash:
+    digest = sha256_file(path)
+    if digest != claims.hash:
         raise HashMismatch(
-            f"{ref}: the code layer hashes to sha256:{hasher.hexdigest()}, but the claims of "
+            f"{ref}: the code layer hashes to sha256:{digest}, but the claims of "
             f"{claims.name} name sha256:{claims.hash}; refused"
         )
 
