@@ -1,4 +1,4 @@
-"""Serving in the foreground: an aiohttp app inside a process that does other things, and Ctrl-C."""
+"""Serving: free ports, an aiohttp app inside a process that does other things, and Ctrl-C."""
 
 from __future__ import annotations
 
@@ -6,12 +6,34 @@ import asyncio
 import contextlib
 import errno
 import signal
+import socket
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from mlcloud.errors import PortInUse
 from mlcloud.settings import split_address
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (the kernel's pick), for tests and embedded servers."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port``; other bind errors (a bad host) raise."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # The option servers set, so a port in TIME_WAIT does not count as taken.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+                return False
+            raise
+    return True
 
 
 @contextlib.asynccontextmanager

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from mlcloud.lattice.nats_server import NatsServer, free_port
+from mlcloud.lattice.nats_server import NatsServer
+from mlcloud.servers import free_port
 from mlcloud.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mlcloud.lattice.nats_server import free_port
+from mlcloud.servers import free_port
 from tests.conftest import FIXTURES
 
 pytestmark = pytest.mark.slow

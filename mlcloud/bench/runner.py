@@ -56,7 +56,7 @@ from mlcloud.bench.workload import (
     tract_infer,
 )
 from mlcloud.host.runner import tune_malloc
-from mlcloud.lattice.nats_server import free_port
+from mlcloud.servers import free_port
 
 ROUTE = "mobilenetv27"  # the default app's route for EfficientNet-Lite0 on onnxruntime
 TRACT_ROUTE = "efficientnetlite0"  # the same bindle under a second route, relinked to tract

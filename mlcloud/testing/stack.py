@@ -20,7 +20,8 @@ import httpx
 
 from mlcloud.host.host import Host
 from mlcloud.lattice.ctl_client import CtlClient
-from mlcloud.lattice.nats_server import NatsServer, free_port
+from mlcloud.lattice.nats_server import NatsServer
+from mlcloud.servers import free_port
 from mlcloud.servers import running_app
 from mlcloud.settings import Settings
 

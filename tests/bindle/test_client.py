@@ -23,7 +23,8 @@ from mlcloud.bindle import (
     Yanked,
 )
 from mlcloud.bindle.models import to_toml
-from mlcloud.bindle.testing import BindleServerProcess, free_port
+from mlcloud.bindle.testing import BindleServerProcess
+from mlcloud.servers import free_port
 from mlcloud.errors import MLCloudError, error_from_wire
 
 from .conftest import make_bindle

@@ -19,7 +19,8 @@ from mlcloud.host.host import Host
 from mlcloud.lattice import subjects
 from mlcloud.lattice.wire import decode_reply, encode_request
 from mlcloud.lattice.ctl_client import CtlClient
-from mlcloud.lattice.nats_server import find_nats_server, free_port
+from mlcloud.lattice.nats_server import find_nats_server
+from mlcloud.servers import free_port
 from mlcloud.settings import Settings
 
 from tests.conftest import COMPONENTS

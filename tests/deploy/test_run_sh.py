@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mlcloud.lattice.nats_server import free_port
+from mlcloud.servers import free_port
 
 from .conftest import PROJECT, RUN_SH, clean_environ
 

@@ -17,7 +17,7 @@ import pytest
 
 from mlcloud.bindle.server import create_app
 from mlcloud.lattice.ctl_client import CtlClient
-from mlcloud.lattice.nats_server import free_port
+from mlcloud.servers import free_port
 from mlcloud.oci import EmbeddedRegistry
 from mlcloud.servers import running_app
 from mlcloud.settings import Settings

@@ -13,7 +13,7 @@ import pytest
 from mlcloud.host.host import Host
 from mlcloud.interfaces import HTTPSERVER
 from mlcloud.lattice.ctl_client import CtlClient
-from mlcloud.lattice.nats_server import free_port
+from mlcloud.servers import free_port
 from tests.conftest import COMPONENTS, PROJECT
 
 HTTPSERVER_DIR = str(PROJECT / "providers" / "httpserver")

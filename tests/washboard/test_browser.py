@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mlcloud.lattice.nats_server import NatsServer, free_port
+from mlcloud.lattice.nats_server import NatsServer
+from mlcloud.servers import free_port
 from mlcloud.servers import running_app
 from mlcloud.washboard.app import create_washboard
 from mlcloud.washboard.screenshot import CHROMIUM, capture, launch_chromium
