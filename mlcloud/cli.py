@@ -57,6 +57,11 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
 
 
+def joined(pairs: dict[str, Any]) -> str:
+    """``{"arch": "x86_64", "os": "linux"}`` → ``arch=x86_64,os=linux`` for a table cell."""
+    return ",".join(f"{k}={v}" for k, v in sorted(pairs.items()))
+
+
 def emit(data: Any, as_json: bool, table: Callable[[], None]) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
@@ -200,8 +205,7 @@ def ctl_get() -> None:
 async def get_hosts(settings: Settings, as_json: bool) -> None:
     async with await _connect(settings) as c:
         hosts = await c.get_hosts()
-    rows = [{**h, "labels": ",".join(f"{k}={v}" for k, v in sorted(h["labels"].items())),
-             "uptime": f"{h['uptime_seconds']:.0f}s"} for h in hosts]
+    rows = [{**h, "labels": joined(h["labels"]), "uptime": f"{h['uptime_seconds']:.0f}s"} for h in hosts]
     emit(hosts, as_json, lambda: print_table(rows, ["id", "labels", "uptime", "actors", "providers", "version"]))
 
 
@@ -216,17 +220,12 @@ async def get_inventory(settings: Settings, host: str | None, as_json: bool) -> 
 
     def table() -> None:
         for inv in inventories:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(inv["labels"].items()))
-            click.echo(f"host {inv['host_id']}  ({labels}, up {inv['uptime_seconds']:.0f}s)")
-            rows = []
-            for a in inv["actors"]:
-                statuses = sorted({i["status"] for i in a["instances"]})
-                rows.append({"kind": "actor", "name": a["name"], "id": a["id"], "instances": len(a["instances"]),
-                             "status": ",".join(statuses), "image": a["image_ref"]})
-            for p in inv["providers"]:
-                statuses = sorted({i["status"] for i in p["instances"]})
-                rows.append({"kind": "provider", "name": f"{p['name']} ({p['link_name']})", "id": p["id"],
-                             "instances": len(p["instances"]), "status": ",".join(statuses), "image": p["image_ref"]})
+            click.echo(f"host {inv['host_id']}  ({joined(inv['labels'])}, up {inv['uptime_seconds']:.0f}s)")
+            components = [("actor", a, a["name"]) for a in inv["actors"]]
+            components += [("provider", p, f"{p['name']} ({p['link_name']})") for p in inv["providers"]]
+            rows = [{"kind": kind, "name": name, "id": c["id"], "instances": len(c["instances"]),
+                     "status": ",".join(sorted({i["status"] for i in c["instances"]})), "image": c["image_ref"]}
+                    for kind, c, name in components]
             print_table(rows, ["kind", "name", "id", "instances", "status", "image"])
             click.echo()
 
@@ -240,7 +239,7 @@ async def get_inventory(settings: Settings, host: str | None, as_json: bool) -> 
 async def get_links(settings: Settings, as_json: bool) -> None:
     async with await _connect(settings) as c:
         links = await c.get_links()
-    rows = [{**link, "values": ",".join(f"{k}={v}" for k, v in sorted(link["values"].items()))} for link in links]
+    rows = [{**link, "values": joined(link["values"])} for link in links]
     emit(links, as_json, lambda: print_table(rows, ["actor_id", "provider_id", "contract_id", "link_name", "values"]))
 
 
