@@ -1,6 +1,6 @@
 """The api actor: the HTTP API of DESIGN §4, composed from the other components.
 
-    PUT  /{model}/matches      image → top-k labels      (preprocess → mlinference → postprocess)
+    PUT  /{model}/matches      image → top-k labels      (preprocess → mlinference → postprocess, chained)
     PUT  /{model}/preprocess   image → raw model output  (preprocess → mlinference)
     POST /{model}              JSON tensor → InferenceOutput JSON
     GET  /v2/health/live       200 while the actor answers
@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from typing import TypeVar
 from urllib.parse import parse_qs
 
 from mlcloud.errors import (
@@ -43,13 +44,13 @@ from mlcloud.interfaces import (
     Match,
     ModelInfo,
     ModelStatusRequest,
-    PostprocessRequest,
     PreprocessRequest,
     Tensor,
     ValueType,
 )
-from mlcloud.sdk import Actor, Context
+from mlcloud.sdk import Actor, Context, Forward
 
+T = TypeVar("T")
 component = Actor()
 
 CATALOG_TTL = 1.0  # seconds a model's status is reused between requests
@@ -197,7 +198,11 @@ def check_image_body(request: HttpRequest) -> bytes:
     return request.body
 
 
-async def predict_image(ctx: Context, model: str, request: HttpRequest) -> tuple[InferenceOutput, ModelInfo]:
+async def predict_image(
+    ctx: Context, model: str, request: HttpRequest, result_type: type[T], *, then: Forward | None = None
+) -> tuple[T, ModelInfo]:
+    """Preprocess → Predict (→ ``then``), as one chain: each stage's result goes straight to the
+    next (the 600 KB input tensor never travels through this actor) and the last one answers here."""
     image = check_image_body(request)
     info = await catalog.ready(ctx, model)
     wanted = info.inputs[0] if info.inputs else {}
@@ -206,26 +211,23 @@ async def predict_image(ctx: Context, model: str, request: HttpRequest) -> tuple
         value_type = ValueType(wanted.get("datatype") or "ValueF32")
     except ValueError:
         raise InvalidModel(f"model {model!r} wants {wanted.get('datatype')} input, which no image converts to") from None
-    # The input tensor (600 KB for a 224×224 RGB f32 image) goes from the preprocess actor straight
-    # into the Predict call, which answers here: it never travels through this actor.
-    predict = ctx.forward_to(MLINFERENCE, OP_PREDICT, {"model": model}, into="tensor")
+    chain = ctx.forward_to(MLINFERENCE, OP_PREDICT, {"model": model}, into="tensor")
+    if then is not None:
+        chain = chain.followed_by(then)
     request_tensor = PreprocessRequest(image=image, dimensions=dims, value_type=value_type)
-    output = await ctx.call_actor("preprocess", OP_PREPROCESS, request_tensor, InferenceOutput, then=predict)
-    return output, info
+    answer = await ctx.call_actor("preprocess", OP_PREPROCESS, request_tensor, result_type, then=chain)
+    return answer, info
 
 
 async def classify(ctx: Context, model: str, request: HttpRequest, top: int) -> HttpResponse:
-    output, info = await predict_image(ctx, model, request)
-    if output.tensor is None:
-        raise InvalidModel(f"model {model!r} returned no tensor")
-    found = await ctx.call_actor("postprocess", OP_POSTPROCESS, PostprocessRequest(tensor=output.tensor, top=top),
-                                 list[Match])
+    top_k = ctx.forward_to_actor("postprocess", OP_POSTPROCESS, {"top": top}, into="tensor", pick="tensor")
+    found, info = await predict_image(ctx, model, request, list[Match], then=top_k)
     body = [{"label": m.label, "probability": m.probability} for m in found]
     return json_response(body, header={"x-model": info.bindle_id})
 
 
 async def infer_image(ctx: Context, model: str, request: HttpRequest) -> HttpResponse:
-    output, info = await predict_image(ctx, model, request)
+    output, info = await predict_image(ctx, model, request, InferenceOutput)
     return json_response(output.to_json(), header={"x-model": info.bindle_id})
 
 

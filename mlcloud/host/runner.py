@@ -119,10 +119,17 @@ class ComponentRuntime:
         assert self.rpc is not None
         return await self.rpc.call(subject, op, message, result_type, timeout=timeout, invocation_id=invocation_id)
 
-    def provider_forward(self, contract: str, op: str, fields: dict[str, Any], *, into: str, link_name: str) -> Forward:
+    def provider_forward(
+        self, contract: str, op: str, fields: dict[str, Any], *, into: str, pick: str, link_name: str
+    ) -> Forward:
         """A :class:`Forward` to this actor's linked provider, made as this actor's own call."""
         subject = self.provider_subject(contract, link_name)
-        return Forward(subject=subject, op=op, origin=self.spec.key, field=into, msg=fields)
+        return Forward(subject=subject, op=op, origin=self.spec.key, field=into, msg=fields, pick=pick)
+
+    def actor_forward(self, actor: str, op: str, fields: dict[str, Any], *, into: str, pick: str) -> Forward:
+        """A :class:`Forward` to another actor, made as this actor's own call."""
+        subject = subjects.actor_rpc(self.settings.lattice, actor)
+        return Forward(subject=subject, op=op, origin=self.spec.key, field=into, msg=fields, pick=pick)
 
     async def call_actor(
         self, actor: str, op: str, message: Any, result_type: type[T] | None, *,

@@ -128,6 +128,9 @@ class RpcServer:
                     await self.nc.publish(invocation.forward.subject, data, reply=msg.reply)
                 elif msg.reply:
                     await msg.respond(wire.encode_reply(result))
+            except MLCloudError as err:  # a chain's next stage cannot be built from this result
+                if msg.reply:
+                    await msg.respond(wire.encode_error(err))
             except (TypeError, ValueError, msgspec.EncodeError, nats.errors.MaxPayloadError) as exc:
                 # The answer cannot be encoded or sent: say so now rather than let the caller time out.
                 op = invocation.op if invocation else "?"

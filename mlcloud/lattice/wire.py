@@ -1,6 +1,7 @@
 """The RPC wire format: msgpack envelopes around every request and reply on the lattice.
 
-A request is ``{op, id, origin, msg, forward?}`` and a reply is ``{ok}`` or ``{error: {kind,
+A request is ``{op, id, origin, msg, forward?}`` (``forward``: the chain of stages its result goes
+on to, see :class:`Forward`) and a reply is ``{ok}`` or ``{error: {kind,
 message, details}}``. ``msg`` and ``ok`` are decoded lazily (``msgspec.Raw``), so a component decodes a
 payload straight into the type its handler wants, and large byte fields are not re-parsed.
 """
@@ -20,13 +21,24 @@ _NIL = msgspec.Raw(b"\xc0")  # msgpack nil
 
 
 class Forward(msgspec.Struct, kw_only=True, frozen=True):
-    """Where a server sends its result instead of answering (see the module docstring)."""
+    """Where a server sends its result instead of answering: the next stage of a chain.
+
+    The result (or its field ``pick``) becomes field ``field`` of a request for ``op`` on
+    ``subject``, next to ``msg``; that request carries ``then``, the rest of the chain, and the
+    last stage answers the original caller.
+    """
 
     subject: str
     op: str
     origin: str
     field: str
     msg: dict[str, Any] = {}  # the next request's other fields
+    pick: str = ""  # forward only this field of the result (``tensor`` of an InferenceOutput)
+    then: Forward | None = None
+
+    def followed_by(self, stage: Forward) -> Forward:
+        """This chain with ``stage`` appended as its last stage."""
+        return msgspec.structs.replace(self, then=stage if self.then is None else self.then.followed_by(stage))
 
 
 class Invocation(msgspec.Struct, kw_only=True):
@@ -62,9 +74,19 @@ def encode_request(
 
 
 def encode_forwarded(forward: Forward, result: Any, *, invocation_id: str) -> bytes:
-    """The next request of a forward, with ``result`` as its ``forward.field``, encoded once."""
-    message = {**forward.msg, forward.field: result}
-    return encode_request(forward.op, message, invocation_id=invocation_id, origin=forward.origin)
+    """The next request of a chain, with ``result`` (or its ``pick``) as ``forward.field``, encoded once."""
+    value = _picked(result, forward) if forward.pick else result
+    message = {**forward.msg, forward.field: value}
+    return encode_request(forward.op, message, invocation_id=invocation_id, origin=forward.origin,
+                          forward=forward.then)
+
+
+def _picked(result: Any, forward: Forward) -> Any:
+    name = forward.pick
+    value = result.get(name) if isinstance(result, dict) else getattr(result, name, None)
+    if value is None:
+        raise MLCloudError(f"{forward.op} needs the {name!r} of the previous stage's result, which has none")
+    return value
 
 
 def decode_request(data: bytes) -> Invocation:

@@ -15,6 +15,7 @@ functions run in a thread pool so CPU-bound work (image decoding, inference) run
 The host's runner (``mlcloud.host.runner``) does the rest: NATS, links, claims, health.
 """
 
+from mlcloud.lattice.wire import Forward
 from mlcloud.sdk.component import Actor, Context, Operation, Provider, operation
 
-__all__ = ["Actor", "Context", "Operation", "Provider", "operation"]
+__all__ = ["Actor", "Context", "Forward", "Operation", "Provider", "operation"]

@@ -100,19 +100,26 @@ class Context:
     ) -> T | Any:
         """Call another actor by public key or call alias (its component name).
 
-        With ``then`` (from :meth:`forward_to`), the actor's result goes on to that provider
-        call and its answer is returned: the result never travels back through this actor.
+        With ``then`` (from :meth:`forward_to` / :meth:`forward_to_actor`, chained with
+        ``Forward.followed_by``), the actor's result goes on through those calls and the last
+        one's answer is returned: no intermediate result travels back through this actor.
         """
         return await self._runtime.call_actor(
             actor, op, message, result_type, timeout=timeout, invocation_id=self.invocation_id or None, forward=then
         )
 
     def forward_to(
-        self, contract: str, op: str, fields: dict[str, Any], *, into: str, link_name: str = DEFAULT_LINK_NAME
+        self, contract: str, op: str, fields: dict[str, Any], *, into: str, pick: str = "",
+        link_name: str = DEFAULT_LINK_NAME,
     ) -> Forward:
         """A provider call to chain after :meth:`call_actor`: ``op`` with ``fields`` plus the
-        actor's result as ``into``, checked against this actor's claims and links like :meth:`call`."""
-        return self._runtime.provider_forward(contract, op, fields, into=into, link_name=link_name)
+        previous stage's result (or its field ``pick``) as ``into``, checked against this actor's
+        claims and links like :meth:`call`."""
+        return self._runtime.provider_forward(contract, op, fields, into=into, pick=pick, link_name=link_name)
+
+    def forward_to_actor(self, actor: str, op: str, fields: dict[str, Any], *, into: str, pick: str = "") -> Forward:
+        """An actor call to chain after :meth:`call_actor`, like :meth:`forward_to`."""
+        return self._runtime.actor_forward(actor, op, fields, into=into, pick=pick)
 
 
 class Actor:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+from typing import Any
 
 import msgspec
 import nats
@@ -189,4 +191,33 @@ async def test_an_answer_that_cannot_be_encoded_is_an_error_at_once(nc):
     with pytest.raises(MLCloudError, match="cannot send the answer"):
         await RpcClient(nc, origin="t", timeout=5).call("t.odd", "Op.X", {})
     assert loop.time() - started < 2
+    await server.stop()
+
+
+async def test_a_chain_of_forwards_passes_each_result_on_and_the_last_stage_answers(nc):
+    calls: list[tuple[str, Any]] = []
+
+    async def stage(name: str, invocation: Invocation) -> dict:
+        payload = invocation.payload(dict)
+        calls.append((name, payload))
+        return {"tensor": payload.get("x", 0) + 1, "result": "Success"}
+
+    servers = [await RpcServer(nc, f"t.c{i}", functools.partial(stage, f"c{i}")).start() for i in range(3)]
+    chain = Forward(subject="t.c1", op="Op.B", origin="api", field="x", pick="tensor", msg={"k": "b"}).followed_by(
+        Forward(subject="t.c2", op="Op.C", origin="api", field="x", pick="tensor", msg={"k": "c"}))
+    answer = await RpcClient(nc, origin="caller", timeout=2).call("t.c0", "Op.A", {"x": 10}, forward=chain)
+    assert answer == {"tensor": 13, "result": "Success"}
+    assert calls == [("c0", {"x": 10}), ("c1", {"k": "b", "x": 11}), ("c2", {"k": "c", "x": 12})]
+    for server in servers:
+        await server.stop()
+
+
+async def test_a_stage_whose_result_lacks_the_picked_field_fails_the_call_at_once(nc):
+    async def no_tensor(invocation: Invocation) -> dict:
+        return {"result": "Success"}
+
+    server = await RpcServer(nc, "t.nt", no_tensor).start()
+    forward = Forward(subject="t.never", op="Op.Next", origin="api", field="tensor", pick="tensor")
+    with pytest.raises(MLCloudError, match="Op.Next needs the 'tensor'"):
+        await RpcClient(nc, origin="caller", timeout=5).call("t.nt", "Op.X", {}, forward=forward)
     await server.stop()
