@@ -8,7 +8,6 @@ SIGTERM) stops everything in reverse order; a second Ctrl-C exits at once.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os

@@ -208,7 +208,8 @@ async def predict_image(
     wanted = info.inputs[0] if info.inputs else {}
     dims = [d if isinstance(d, int) and d > 0 else 1 for d in wanted.get("shape") or [1, 3, 224, 224]]
     try:
-        value_type = ValueType(wanted.get("datatype") or "ValueF32")
+        # A model that takes 8-bit pixels (and normalises them itself) gets a quarter of the bytes.
+        value_type = ValueType(wanted.get("image_datatype") or wanted.get("datatype") or "ValueF32")
     except ValueError:
         raise InvalidModel(f"model {model!r} wants {wanted.get('datatype')} input, which no image converts to") from None
     chain = ctx.forward_to(MLINFERENCE, OP_PREDICT, {"model": model}, into="tensor")

@@ -7,7 +7,9 @@ The original wasmCloud deployment's JSON, e.g.::
 
 plus optional mlcloud fields: ``engine`` (onnxruntime | tract | litert), ``input_name`` (which
 input of the graph the request tensor feeds; for TF1 graphs, which Placeholder) and
-``output_name`` (TF1 graphs: the node whose value is the answer). A dimension of -1 or null is
+``output_name`` (TF1 graphs: the node whose value is the answer) and ``preprocessing`` (an image
+model's ``{"mean", "std", "divide_by", "layout", …}``: it then takes 8-bit pixels too, see
+:mod:`mlcloud.inference.pixels`). A dimension of -1 or null is
 symbolic (typically the batch size). Unknown fields are ignored so newer metadata still loads.
 Every problem raises InvalidModel naming the field.
 """
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlcloud.errors import InvalidModel
+from mlcloud.inference.pixels import PixelNormalization
 from mlcloud.interfaces import ValueType
 
 
@@ -71,6 +74,7 @@ class ModelMetadata:
     engine: str | None = None
     input_name: str | None = None
     output_name: str | None = None
+    pixel_normalization: PixelNormalization | None = None
 
     @classmethod
     def parse(cls, data: ModelMetadata | Mapping[str, Any] | bytes | str) -> ModelMetadata:
@@ -95,6 +99,7 @@ class ModelMetadata:
             engine=_engine(data.get("engine")),
             input_name=_text(data, "input_name"),
             output_name=_text(data, "output_name"),
+            pixel_normalization=PixelNormalization.parse(data.get("preprocessing")),
         )
 
 

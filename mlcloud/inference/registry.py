@@ -53,6 +53,7 @@ from mlcloud.inference.config import BatchingConfig, InferenceConfig
 from mlcloud.inference.engines import create_engine
 from mlcloud.inference.engines.base import Session
 from mlcloud.inference.metadata import ModelMetadata
+from mlcloud.inference.pixels import PIXEL_TYPE, PixelNormalization
 from mlcloud.interfaces import ModelInfo, Tensor
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,17 @@ class LoadedModel:
     @property
     def loading(self) -> bool:
         return self.task is not None and not self.task.done()
+
+    def pixels_for(self, array: np.ndarray) -> PixelNormalization | None:
+        """The normalisation to apply when ``array`` is 8-bit pixels for an image model."""
+        pixels = self.metadata.pixel_normalization if self.metadata is not None else None
+        return pixels if pixels is not None and array.dtype == np.uint8 else None
+
+    def run(self, array: np.ndarray) -> list[np.ndarray]:
+        """The session on ``array`` (pixels normalised first): in a worker thread."""
+        assert self.session is not None
+        pixels = self.pixels_for(array)
+        return self.session.predict([array if pixels is None else pixels.normalise(array)])
 
 
 @dataclass(slots=True)
@@ -223,14 +235,15 @@ class ModelRegistry:
     async def _infer(self, model: LoadedModel, array: np.ndarray) -> list[np.ndarray]:
         session = model.session
         assert session is not None
-        session.input.check(array)  # before batching, so one bad request cannot fail a batch
+        # Checked here, before batching, so one bad request cannot fail a batch.
+        session.input.check(array, dtype=np.dtype(np.uint8) if model.pixels_for(array) else None)
         model.inflight += 1
         try:
             batcher = model.batcher
             if batcher is not None and batcher.alive:
                 return await batcher.submit(array)
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._predict_pool, session.predict, [array])
+            return await loop.run_in_executor(self._predict_pool, model.run, array)
         finally:
             model.inflight -= 1
             if model.retired and model.inflight == 0:
@@ -419,7 +432,7 @@ class ModelRegistry:
             log.info("%s has a fixed batch dimension; batching stays off", model.key.bindle_id)
             return None
         return AdaptiveBatcher(
-            lambda stacked: session.predict([stacked]),
+            model.run,
             executor=self._predict_pool,
             max_batch_size=self._batching.max_batch_size,
             max_wait=self._batching.max_wait,
@@ -434,13 +447,16 @@ class ModelRegistry:
         elif route.swap_error:
             reason = f"{route.swap_error}; still serving {model.key.bindle_id}"
         session = model.session
+        inputs = [s.to_info() for s in session.inputs] if session else []
+        if inputs and model.metadata is not None and model.metadata.pixel_normalization is not None:
+            inputs[0]["image_datatype"] = str(PIXEL_TYPE)  # images may come as 8-bit pixels
         return ModelInfo(
             name=route.name,
             bindle_id=model.key.bindle_id,
             engine=model.engine,
             state=model.state.value,
             reason=reason,
-            inputs=[s.to_info() for s in session.inputs] if session else [],
+            inputs=inputs,
             outputs=[s.to_info() for s in session.outputs] if session else [],
         )
 

@@ -86,14 +86,15 @@ class TensorSpec:
         dims = "?" if self.shape is None else ",".join("N" if d is None else str(d) for d in self.shape)
         return f"{self.name!r} {kind} [{dims}]"
 
-    def check(self, array: np.ndarray) -> None:
-        """Raise CorruptInputTensor unless ``array`` has this spec's dtype and a fitting shape.
+    def check(self, array: np.ndarray, *, dtype: np.dtype | None = None) -> None:
+        """Raise CorruptInputTensor unless ``array`` has this spec's dtype (or ``dtype``) and a
+        fitting shape.
 
         Value types are carried as themselves: an f64 tensor for an f32 input is refused, never
         cast, so a client bug shows instead of silently changing numbers.
         """
         problem = None
-        if array.dtype != self.dtype:
+        if array.dtype != (self.dtype if dtype is None else dtype):
             problem = "value type"
         elif self.shape is not None:
             if array.ndim != len(self.shape) or any(
@@ -220,6 +221,8 @@ def select_output(session: Session, metadata: ModelMetadata) -> None:
 def check_against_metadata(session: Session, metadata: ModelMetadata) -> None:
     """Refuse metadata that contradicts the model file: the preprocess actor trusts it."""
     spec = session.input
+    if metadata.pixel_normalization is not None:
+        metadata.pixel_normalization.check_model_input(spec.dtype, spec.shape)
     declared = metadata.value_type
     if declared is not None and declared.dtype != spec.dtype:
         raise InvalidModel(

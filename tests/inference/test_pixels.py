@@ -1,0 +1,106 @@
+"""Pixel inputs: 8-bit pixels for an image model, normalised by the provider as its metadata says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlcloud.bench.workload import imaging
+from mlcloud.errors import CorruptInputTensor, InvalidModel
+from mlcloud.inference import InferenceConfig, ModelRegistry
+from mlcloud.inference.pixels import PixelNormalization
+from mlcloud.interfaces import Tensor, ValueType
+
+from .models import metadata, onnx_model
+
+IMAGENET = {"size": [224, 224], "resize": "bilinear", "layout": "NCHW", "divide_by": 255.0,
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+IMAGES = Path(__file__).resolve().parents[2] / "images"
+SHAPE = [1, 3, 8, 8]
+
+
+def test_the_preprocessing_block_parses() -> None:
+    pixels = PixelNormalization.parse(IMAGENET)
+    assert pixels == PixelNormalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "NCHW", 255.0)
+    assert PixelNormalization.parse(None) is None
+    assert PixelNormalization.parse({"mean": [0.5], "std": [0.5], "layout": "nhwc"}).channel_axis == 3
+
+
+@pytest.mark.parametrize("block, message", [
+    ([1, 2], "must be an object"),
+    ({"std": [1.0]}, "needs 'mean'"),
+    ({"mean": [0.5, "x"], "std": [1.0, 1.0]}, "needs 'mean'"),
+    ({"mean": [0.5], "std": [0.5, 0.5]}, "as many 'mean' as 'std'"),
+    ({"mean": [0.5], "std": [0.0]}, "of 0"),
+    ({"mean": [0.5], "std": [1.0], "divide_by": "255"}, "'divide_by' to be a number"),
+    ({"mean": [0.5], "std": [1.0], "layout": "CHW"}, "expected NCHW | NHWC"),
+])
+def test_a_bad_preprocessing_block_is_refused_naming_the_problem(block: object, message: str) -> None:
+    with pytest.raises(InvalidModel, match=message):
+        PixelNormalization.parse(block)
+
+
+@pytest.mark.parametrize("photo", sorted(p.name for p in IMAGES.glob("*.jpg")))
+def test_normalising_pixels_gives_exactly_the_preprocess_actors_f32_tensor(photo: str) -> None:
+    data = (IMAGES / photo).read_bytes()
+    pixels = imaging().image_to_array(data, (1, 3, 224, 224), "ValueU8")
+    expected = imaging().image_to_array(data, (1, 3, 224, 224), "ValueF32")
+    got = PixelNormalization.parse(IMAGENET).normalise(pixels)
+    assert got.dtype == np.float32 and got.shape == expected.shape
+    assert np.array_equal(got, expected)  # bit for bit: the same factors and the same two f32 steps
+
+
+def test_nhwc_pixels_normalise_along_the_last_axis() -> None:
+    pixels = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(1, 2, 2, 3)
+    got = PixelNormalization.parse({"mean": [0.0, 0.5, 1.0], "std": [1.0, 1.0, 2.0], "layout": "NHWC"}).normalise(pixels)
+    want = (pixels / 255.0 - np.array([0.0, 0.5, 1.0])) / np.array([1.0, 1.0, 2.0])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+async def _registry(tmp_path: Path, meta: dict) -> ModelRegistry:
+    path = onnx_model(tmp_path / "image.onnx", shape=SHAPE)
+
+    async def fetch(bindle_id: str) -> tuple[Path, bytes]:
+        return path, json.dumps(meta).encode()
+
+    registry = ModelRegistry(fetch, InferenceConfig(intra_op_threads=1))
+    await registry.apply({"image": "image/1.0.0"})
+    await registry.wait_ready(timeout=10)
+    return registry
+
+
+async def test_a_model_with_preprocessing_takes_pixels_and_says_so(tmp_path: Path) -> None:
+    registry = await _registry(tmp_path, metadata("image", dims=SHAPE, preprocessing=IMAGENET))
+    async with registry:
+        (info,) = registry.status()
+        assert info.inputs[0]["image_datatype"] == "ValueU8" and info.inputs[0]["datatype"] == "ValueF32"
+        pixels = np.random.default_rng(7).integers(0, 256, SHAPE, dtype=np.uint8)
+        from_pixels = await registry.predict("image", Tensor.from_numpy(pixels))
+        normalised = PixelNormalization.parse(IMAGENET).normalise(pixels)
+        from_floats = await registry.predict("image", Tensor.from_numpy(normalised))
+        assert from_pixels.value_types == [ValueType.ValueF32]
+        assert from_pixels.data == from_floats.data  # the identity model returns its input
+        with pytest.raises(CorruptInputTensor, match="wrong dimensions"):
+            await registry.predict("image", Tensor.from_numpy(np.zeros([1, 3, 4, 4], np.uint8)))
+        with pytest.raises(CorruptInputTensor, match="wrong value type"):
+            await registry.predict("image", Tensor.from_numpy(np.zeros(SHAPE, np.int16)))
+
+
+async def test_a_model_without_preprocessing_refuses_pixels(tmp_path: Path) -> None:
+    registry = await _registry(tmp_path, metadata("image", dims=SHAPE))
+    async with registry:
+        (info,) = registry.status()
+        assert "image_datatype" not in info.inputs[0]
+        with pytest.raises(CorruptInputTensor, match="wrong value type"):
+            await registry.predict("image", Tensor.from_numpy(np.zeros(SHAPE, np.uint8)))
+
+
+async def test_preprocessing_that_does_not_fit_the_model_fails_the_load(tmp_path: Path) -> None:
+    two_channels = {**IMAGENET, "mean": [0.5, 0.5], "std": [0.5, 0.5]}
+    registry = await _registry(tmp_path, metadata("image", dims=SHAPE, preprocessing=two_channels))
+    async with registry:
+        (info,) = registry.status()
+        assert info.state == "FAILED" and "does not fit the model's input shape" in info.reason
