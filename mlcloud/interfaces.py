@@ -9,10 +9,12 @@ of byte values, as the original's serde output) is produced by :meth:`Tensor.to_
 from __future__ import annotations
 
 import enum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
-import numpy as np
+
+if TYPE_CHECKING:
+    import numpy as np
 
 from mlcloud.errors import CorruptInputTensor
 
@@ -64,10 +66,14 @@ class ValueType(enum.StrEnum):
 
     @property
     def dtype(self) -> np.dtype:
+        import numpy as np  # here, not at the top: the api actor and HTTP server never need numpy
+
         return np.dtype(_DTYPES[self])
 
     @classmethod
     def from_dtype(cls, dtype: np.dtype) -> ValueType:
+        import numpy as np
+
         for value_type, name in _DTYPES.items():
             if np.dtype(name) == np.dtype(dtype).newbyteorder("<"):
                 return value_type
@@ -98,12 +104,16 @@ class Tensor(_Wire):
 
     @classmethod
     def from_numpy(cls, array: np.ndarray) -> Tensor:
+        import numpy as np
+
         value_type = ValueType.from_dtype(array.dtype)
         contiguous = np.ascontiguousarray(array, dtype=value_type.dtype)
         return cls(dimensions=list(array.shape), value_types=[value_type], data=contiguous.tobytes())
 
     def to_numpy(self) -> np.ndarray:
         """A read-only view of ``data``; raises CorruptInputTensor when sizes disagree."""
+        import numpy as np
+
         if len(self.value_types) != 1:
             raise CorruptInputTensor(f"expected one value type, got {len(self.value_types)}")
         dtype = self.value_types[0].dtype

@@ -174,3 +174,53 @@ def test_metadata_output_name_becomes_output_zero(tmp_path: Path, engine: str) -
     meta = parsed(dims=[-1, 2], output_name="logits")
     with pytest.raises(InvalidModel, match="output_name 'logits'"):
         create_engine(meta, engine).load(path, meta)
+
+
+class _Recording:
+    """A real onnxruntime session that counts its runs and holds each one until released."""
+
+    def __init__(self, session: object, hold: threading.Event | None = None) -> None:
+        self.session, self.hold, self.runs = session, hold, 0
+        self.started = threading.Event()
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def run(self, *args):
+        self.runs += 1
+        self.started.set()
+        if self.hold is not None:
+            self.hold.wait(5)
+        return self.session.run(*args)
+
+
+def test_onnxruntime_runs_on_the_spinning_session_when_idle_and_the_one_thread_session_when_busy(
+    tmp_path: Path,
+) -> None:
+    path = onnx_model(tmp_path / "add.onnx", op="Add", constant=1.0)
+    meta = parsed(dims=[-1, 4])
+    session = create_engine(meta, "onnxruntime").load(path, meta)
+    idle, busy = session._session, session._busy_session
+    assert busy is not None, "the default options give a second, one-thread session"
+    release = threading.Event()
+    session._session, session._busy_session = _Recording(idle, release), _Recording(busy)
+    x = np.ones((1, 4), np.float32)
+    first = threading.Thread(target=lambda: session.predict([x]))
+    first.start()
+    assert session._session.started.wait(5)
+    (y,) = session.predict([x])  # while the first run is held: the busy session answers
+    release.set()
+    first.join(5)
+    session.predict([x])  # idle again
+    np.testing.assert_array_equal(y, x + 1)
+    assert (session._session.runs, session._busy_session.runs) == (2, 1)
+
+
+def test_onnxruntime_with_explicit_threads_opens_one_session(tmp_path: Path) -> None:
+    path = onnx_model(tmp_path / "id.onnx")
+    meta = parsed(dims=[-1, 4])
+    session = create_engine(meta, "onnxruntime", EngineOptions(intra_op_threads=1)).load(path, meta)
+    assert session._busy_session is None

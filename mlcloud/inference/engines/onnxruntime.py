@@ -1,17 +1,27 @@
 """The default engine: onnxruntime on CPU (CUDA when asked for and present).
 
-One ``InferenceSession`` per model, run concurrently from the registry's thread pool
-(``InferenceSession.run`` is thread-safe). Idle onnxruntime threads spin by default; in a lattice
-where NATS, the HTTP server and actors share the cores, that spinning costs ~30 % CPU per request
-(PERFORMANCE-NOTES), so spinning is turned off for intra- and inter-op threads. Spinning only
-within a run (``session.force_spinning_stop``) was measured too: ~2 ms less at concurrency 1, but
-5–12 % less throughput at concurrency 16, where spinning threads take the cores from the other
-processes (docs/performance.md).
+One model, two sessions, chosen per run by how busy the model is (unless ``intra_op_threads`` is
+set, which gives one session of that many threads that never spins):
+
+* **idle**: nothing else is running on the model, so the run gets every core, and its intra-op
+  threads spin while the run lasts (``session.force_spinning_stop`` ends the spinning with the
+  run). On the 2-core machines measured this is 6.3 ms against 8.7 ms a run without spinning,
+  for less CPU;
+* **busy**: another run is in flight, so this one runs on its own thread (a session of one
+  intra-op thread: no pool, nothing spins). Concurrent one-thread runs use the cores with the
+  least CPU per image (10.7 ms against 12–14.6 ms), and idle spinning threads would take the
+  cores from the preprocess actor, NATS and the HTTP server (PERFORMANCE-NOTES: ~30 % CPU per
+  request when onnxruntime always spins).
+
+The second session costs ~35 MB for EfficientNet-Lite0 (docs/performance.md). ``run`` is
+thread-safe in both, so the registry's thread pool calls it concurrently.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,20 +49,31 @@ log = logging.getLogger(__name__)
 class OnnxRuntimeSession(Session):
     engine = "onnxruntime"
 
-    def __init__(self, session: Any, *, error_kind: type[InferenceError] = OnnxError) -> None:
+    def __init__(self, session: Any, *, busy: Any = None, error_kind: type[InferenceError] = OnnxError) -> None:
         super().__init__(
             [_spec(arg) for arg in session.get_inputs()],
             [_spec(arg) for arg in session.get_outputs()],
             error_kind=error_kind,
         )
         self._session = session
+        self._busy_session = busy  # used while another run is in flight (None: always _session)
         self._input_names = [spec.name for spec in self.inputs]
+        self._running = 0
+        self._lock = threading.Lock()
 
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self._session.run(None, dict(zip(self._input_names, arrays)))
+        feed = dict(zip(self._input_names, arrays))
+        with self._lock:
+            session = self._busy_session if self._running and self._busy_session is not None else self._session
+            self._running += 1
+        try:
+            return session.run(None, feed)
+        finally:
+            with self._lock:
+                self._running -= 1
 
     def unload(self) -> None:
-        self._session = None
+        self._session = self._busy_session = None
 
 
 class OnnxRuntimeEngine(Engine):
@@ -71,18 +92,30 @@ class OnnxRuntimeEngine(Engine):
     def _session(
         self, source: str | bytes, metadata: ModelMetadata, error_kind: type[InferenceError]
     ) -> Session:
+        providers = _providers(metadata)
+        if self.options.intra_op_threads:
+            session = self._open(source, providers, threads=self.options.intra_op_threads, spin=False)
+            return OnnxRuntimeSession(session, error_kind=error_kind)
+        idle = self._open(source, providers, threads=0, spin=True)
+        busy = self._open(source, providers, threads=1, spin=False) if (os.cpu_count() or 1) > 1 else None
+        return OnnxRuntimeSession(idle, busy=busy, error_kind=error_kind)
+
+    def _open(self, source: str | bytes, providers: list[str], *, threads: int, spin: bool) -> Any:
+        """One InferenceSession: ``threads`` intra-op threads (0: one per core), spinning only
+        within a run when ``spin``, never otherwise."""
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        if self.options.intra_op_threads:
-            options.intra_op_num_threads = self.options.intra_op_threads
+        if spin:
+            options.add_session_config_entry("session.force_spinning_stop", "1")
+        if threads:
+            options.intra_op_num_threads = threads
         if self.options.inter_op_threads:
             options.inter_op_num_threads = self.options.inter_op_threads
         options.log_severity_level = 3  # warnings about unused initializers are noise here
-        session = ort.InferenceSession(source, sess_options=options, providers=_providers(metadata))
-        return OnnxRuntimeSession(session, error_kind=error_kind)
+        return ort.InferenceSession(source, sess_options=options, providers=providers)
 
 
 def _providers(metadata: ModelMetadata) -> list[str]:
