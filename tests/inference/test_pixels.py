@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from mlcloud.bench.workload import imaging
 from mlcloud.errors import CorruptInputTensor, InvalidModel
-from mlcloud.inference import InferenceConfig, ModelRegistry
+from mlcloud.inference import BatchingConfig, InferenceConfig, ModelRegistry
 from mlcloud.inference.pixels import PixelNormalization
 from mlcloud.interfaces import Tensor, ValueType
 
@@ -104,3 +105,25 @@ async def test_preprocessing_that_does_not_fit_the_model_fails_the_load(tmp_path
     async with registry:
         (info,) = registry.status()
         assert info.state == "FAILED" and "does not fit the model's input shape" in info.reason
+
+
+async def test_batched_pixel_requests_are_normalised_together_and_each_gets_its_own_rows(tmp_path: Path) -> None:
+    path = onnx_model(tmp_path / "image.onnx", shape=["N", 3, 8, 8])
+    meta = json.dumps(metadata("image", dims=[-1, 3, 8, 8], preprocessing=IMAGENET)).encode()
+
+    async def fetch(bindle_id: str) -> tuple[Path, bytes]:
+        return path, meta
+
+    config = InferenceConfig(intra_op_threads=1, batching=BatchingConfig(enabled=True, max_batch_size=8, max_wait=0.005))
+    async with ModelRegistry(fetch, config) as registry:
+        await registry.apply({"image": "image/1.0.0"})
+        await registry.wait_ready(timeout=10)
+        batcher = registry._routes["image"].active.batcher
+        assert batcher is not None
+        rng = np.random.default_rng(3)
+        images = [rng.integers(0, 256, SHAPE, dtype=np.uint8) for _ in range(6)]
+        answers = await asyncio.gather(*(registry.predict("image", Tensor.from_numpy(x)) for x in images))
+        normalise = PixelNormalization.parse(IMAGENET).normalise
+        for x, answer in zip(images, answers):
+            assert np.array_equal(answer.to_numpy(), normalise(x))
+        assert batcher.batches < len(images)
