@@ -62,6 +62,11 @@ def render(result: BenchResult) -> str:
                     ratio_rows.append([key, "", str(row["concurrency"]), _fmt(r["throughput"], 2),
                                        _fmt(r["p50"], 2), _fmt(r["p50_delta_ms"], 1), _fmt(r["cpu_per_request"], 2)])
         out += ["", _table(ratio_rows, ["ratio", "", "c", "req/s", "p50", "p50 Δ ms", "cpu/req"])]
+    targets = result.targets()
+    if targets:
+        target_rows = [[t["target"], "" if t["concurrency"] is None else str(t["concurrency"]), _fmt(t["value"], 2),
+                        t["goal"], "met" if t["met"] else "NOT met"] for t in targets]
+        out += ["", _table(target_rows, ["target", "c", "value", "goal", ""])]
     if result.memory:
         parts = ", ".join(f"{name} {mb:.0f}" for name, mb in result.memory.get("processes_mb", {}).items())
         out += ["", f"mlcloud memory: peak {result.memory['peak_rss_mb']:.0f} MB RSS over the tree "

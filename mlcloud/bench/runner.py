@@ -63,6 +63,12 @@ TRACT_ROUTE = "efficientnetlite0"  # the same bindle under a second route, relin
 BATCH_ROUTE = "effdynbatch"  # added by the bench: the symbolic-batch copy of the model
 STARTUP_TIMEOUT = 300.0
 
+# The performance issue's targets on a 2-core machine (docs/performance.md, "The targets").
+TARGET_P50_OVER_LIMIT_MS = 1.5  # at concurrency 1
+TARGET_THROUGHPUT_VS_LIMIT = 0.9  # at the highest concurrency (16 by default)
+TARGET_HOST_RSS_MB = 600.0  # one host with the default app: the host and its instances
+EMBEDDED_SERVERS = ("nats-server", "docker-registry")  # in the measured tree, not part of "one host"
+
 
 @dataclass
 class BenchConfig:
@@ -162,12 +168,43 @@ class BenchResult:
             rows.append(row)
         return rows
 
+    def targets(self) -> list[dict[str, Any]]:
+        """The performance targets this run can judge, each with its figure and whether it is met."""
+        found: list[dict[str, Any]] = []
+
+        def judge(name: str, c: int | None, value: float | None, goal: str, met: bool) -> None:
+            found.append({"target": name, "concurrency": c, "value": value, "goal": goal, "met": met})
+
+        levels = sorted({r.concurrency for r in self.runs if r.system == "mlcloud" and r.variant == "onnxruntime"})
+        ml_low = self.find("mlcloud", "onnxruntime", 1)
+        limit_low = self.find("limit", "onnxruntime", 1)
+        if ml_low and limit_low:
+            delta = _round(ml_low.p50_ms - limit_low.p50_ms)
+            judge("p50 over the limit's (ms)", 1, delta, f"<= {TARGET_P50_OVER_LIMIT_MS}",
+                  delta <= TARGET_P50_OVER_LIMIT_MS)
+        if levels and levels[-1] > 1:
+            c = levels[-1]
+            ml = self.find("mlcloud", "onnxruntime", c)
+            for other, goal in (("limit", TARGET_THROUGHPUT_VS_LIMIT), ("naive", 1.0)):
+                base = self.find(other, "onnxruntime", c)
+                ratio = _ratio(ml.throughput, base.throughput) if ml and base else None
+                if ratio is not None:
+                    sign = ">=" if other == "limit" else ">"
+                    judge(f"throughput / {other}'s", c, ratio, f"{sign} {goal}",
+                          ratio >= goal if other == "limit" else ratio > goal)
+        processes = self.memory.get("processes_mb") or {}
+        if processes:
+            host = _round(sum(mb for name, mb in processes.items() if not name.startswith(EMBEDDED_SERVERS)))
+            judge("host + instances RSS (MB)", None, host, f"< {TARGET_HOST_RSS_MB:g}", host < TARGET_HOST_RSS_MB)
+        return found
+
     def to_json(self) -> dict[str, Any]:
         return {
             "machine": self.machine,
             "config": self.config,
             "runs": [asdict(r) for r in self.runs],
             "ratios": self.ratios(),
+            "targets": self.targets(),
             "memory": self.memory,
             "notes": self.notes,
         }
