@@ -19,6 +19,7 @@ DEFAULT_LATTICE = "default"
 DEFAULT_NATS_PORT = 4222
 DEFAULT_NATS_MAX_PAYLOAD = 64 * 1024 * 1024  # images and tensors ride on NATS messages
 DEFAULT_RPC_TIMEOUT = 8.0
+DEFAULT_FORWARD_ACK_TIMEOUT = 2.0
 DEFAULT_CTL_TIMEOUT = 2.0
 DEFAULT_HEARTBEAT_INTERVAL = 15.0
 DEFAULT_HEALTH_INTERVAL = 5.0
@@ -58,6 +59,8 @@ class Settings:
     nats_port: int = DEFAULT_NATS_PORT
     nats_max_payload: int = DEFAULT_NATS_MAX_PAYLOAD
     rpc_timeout: float = DEFAULT_RPC_TIMEOUT
+    # How long a chain's stage waits for the next stage to confirm it took a forwarded call.
+    forward_ack_timeout: float = DEFAULT_FORWARD_ACK_TIMEOUT
     ctl_timeout: float = DEFAULT_CTL_TIMEOUT
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     health_interval: float = DEFAULT_HEALTH_INTERVAL

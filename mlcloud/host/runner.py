@@ -183,11 +183,13 @@ class ComponentRuntime:
             queue = f"{self.spec.key}.{self.spec.link_name}"
             rpc_subject = subjects.provider_rpc(lattice, self.spec.key, self.spec.link_name)
             health_subject = subjects.provider_health(lattice, self.spec.key, self.spec.link_name)
-            self._servers.append(RpcServer(self.nc, rpc_subject, self._dispatch, queue=queue))
+            self._servers.append(RpcServer(self.nc, rpc_subject, self._dispatch, queue=queue,
+                                           ack_timeout=self.settings.forward_ack_timeout))
             self._servers.append(RpcServer(self.nc, health_subject, self._health))
         else:
             for name in (self.spec.key, self.spec.name):
-                self._servers.append(RpcServer(self.nc, subjects.actor_rpc(lattice, name), self._dispatch, queue=name))
+                self._servers.append(RpcServer(self.nc, subjects.actor_rpc(lattice, name), self._dispatch, queue=name,
+                                               ack_timeout=self.settings.forward_ack_timeout))
         for server in self._servers:
             await server.start()
 

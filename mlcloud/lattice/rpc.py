@@ -24,6 +24,7 @@ from nats.aio.subscription import Subscription
 from mlcloud.errors import LatticeUnavailable, MLCloudError, NoResponders, PayloadTooLarge, RpcTimeout
 from mlcloud.lattice import wire
 from mlcloud.lattice.wire import Forward, Invocation
+from mlcloud.settings import DEFAULT_FORWARD_ACK_TIMEOUT
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class RpcClient:
             raise NoResponders(f"nobody serves {subject} ({op})", subject=subject) from exc
         except nats.errors.TimeoutError as exc:
             raise RpcTimeout(
-                f"{op} on {subject} did not answer within {deadline:g} s",
+                f"{wire.describe_chain(op, forward)} on {subject} did not answer within {deadline:g} s",
                 subject=subject,
                 invocation_id=invocation_id,
             ) from exc
@@ -83,21 +84,31 @@ class RpcServer:
 
     nats-py runs a subscription's callback one message at a time, so each invocation gets its
     own task (bounded by ``max_in_flight``) to let independent requests proceed in parallel.
+
+    A chain's stage (an invocation with a ``forward``) sends its result on to the next stage as a
+    request of its own, which that stage confirms at once with an empty reply before it works;
+    the answer itself goes to the original caller (``reply_to``). NATS answers "no responders"
+    only to the connection that made a request, so without the receipt a stage nobody serves
+    would leave the caller waiting for its deadline; with it the caller hears at once.
     """
 
     def __init__(
-        self, nc: NATS, subject: str, handler: Handler, *, queue: str = "", max_in_flight: int = 256
+        self, nc: NATS, subject: str, handler: Handler, *, queue: str = "", max_in_flight: int = 256,
+        ack_timeout: float = DEFAULT_FORWARD_ACK_TIMEOUT,
     ) -> None:
         self.nc = nc
         self.subject = subject
         self.queue = queue
         self.handler = handler
+        self.ack_timeout = ack_timeout
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task] = set()
         self._sub: Subscription | None = None
 
     async def start(self) -> RpcServer:
+        """Subscribe; on return the NATS server knows the subscription (callers can reach it)."""
         self._sub = await self.nc.subscribe(self.subject, queue=self.queue, cb=self._on_message)
+        await self.nc.flush()
         return self
 
     async def stop(self) -> None:
@@ -116,38 +127,52 @@ class RpcServer:
 
     async def _serve(self, msg: Msg) -> None:
         try:
-            invocation, result, error = await self._invoke(msg.data)
+            invocation, result, error = await self._invoke(msg)
+            answer_to = invocation.reply_to if invocation is not None and invocation.reply_to else msg.reply
             try:
                 if error is not None:
-                    if msg.reply:
-                        await msg.respond(wire.encode_error(error))
+                    await self._answer(answer_to, wire.encode_error(error))
                 elif invocation.forward is not None:
-                    # The next stage answers the caller: our reply inbox travels with the request.
-                    # NATS tells the caller when nobody serves it ("no responders"), as for a call.
-                    data = wire.encode_forwarded(invocation.forward, result, invocation_id=invocation.id)
-                    await self.nc.publish(invocation.forward.subject, data, reply=msg.reply)
-                elif msg.reply:
-                    await msg.respond(wire.encode_reply(result))
-            except MLCloudError as err:  # a chain's next stage cannot be built from this result
-                if msg.reply:
-                    await msg.respond(wire.encode_error(err))
+                    await self._forward(invocation, result, answer_to)
+                else:
+                    await self._answer(answer_to, wire.encode_reply(result))
+            except MLCloudError as err:  # the next stage is not there, or cannot be built from this result
+                await self._answer(answer_to, wire.encode_error(err))
             except (TypeError, ValueError, msgspec.EncodeError, nats.errors.MaxPayloadError) as exc:
                 # The answer cannot be encoded or sent: say so now rather than let the caller time out.
                 op = invocation.op if invocation else "?"
                 log.exception("%s on %s: cannot send the answer", op, self.subject)
-                if msg.reply:
-                    kind = PayloadTooLarge if isinstance(exc, nats.errors.MaxPayloadError) else MLCloudError
-                    await msg.respond(wire.encode_error(kind(f"{op}: cannot send the answer: {exc}")))
+                kind = PayloadTooLarge if isinstance(exc, nats.errors.MaxPayloadError) else MLCloudError
+                await self._answer(answer_to, wire.encode_error(kind(f"{op}: cannot send the answer: {exc}")))
         except Exception:  # the connection went away mid-reply; nothing else to tell
             log.exception("could not reply on %s", self.subject)
         finally:
             self._slots.release()
 
-    async def _invoke(self, data: bytes) -> tuple[Invocation | None, Any, MLCloudError | None]:
+    async def _answer(self, to: str, data: bytes) -> None:
+        if to:  # a message published without a reply subject wants no answer
+            await self.nc.publish(to, data)
+
+    async def _forward(self, invocation: Invocation, result: Any, answer_to: str) -> None:
+        """Send ``result`` on to the chain's next stage, which answers ``answer_to``."""
+        forward = invocation.forward
+        assert forward is not None
+        data = wire.encode_forwarded(forward, result, invocation_id=invocation.id, reply_to=answer_to)
+        try:
+            await self.nc.request(forward.subject, data, timeout=self.ack_timeout)
+        except nats.errors.NoRespondersError:
+            raise NoResponders(f"nobody serves {forward.subject} ({forward.op})", subject=forward.subject) from None
+        except nats.errors.TimeoutError:  # taken but not confirmed in time: the caller's deadline decides
+            log.warning("%s on %s did not confirm the forwarded call within %g s",
+                        forward.op, forward.subject, self.ack_timeout)
+
+    async def _invoke(self, msg: Msg) -> tuple[Invocation | None, Any, MLCloudError | None]:
         """(invocation, result, None), or (…, None, the error to send back)."""
         invocation = None
         try:
-            invocation = wire.decode_request(data)
+            invocation = wire.decode_request(msg.data)
+            if invocation.reply_to and msg.reply:
+                await self.nc.publish(msg.reply, b"")  # the receipt a forwarding stage waits for
             return invocation, await self.handler(invocation), None
         except MLCloudError as err:
             return invocation, None, err

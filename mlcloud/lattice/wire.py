@@ -47,6 +47,9 @@ class Invocation(msgspec.Struct, kw_only=True):
     origin: str = ""
     msg: msgspec.Raw = _NIL
     forward: Forward | None = None
+    # Set on a chain's later stages: the original caller's inbox, where the answer (or the next
+    # stage's) goes; the message's own reply subject then only takes the delivery receipt.
+    reply_to: str = ""
 
     def payload(self, type_: type[T]) -> T:
         try:
@@ -65,20 +68,32 @@ _reply_decoder = msgspec.msgpack.Decoder(_Reply)
 
 
 def encode_request(
-    op: str, message: Any, *, invocation_id: str, origin: str, forward: Forward | None = None
+    op: str, message: Any, *, invocation_id: str, origin: str, forward: Forward | None = None, reply_to: str = ""
 ) -> bytes:
     request = {"op": op, "id": invocation_id, "origin": origin, "msg": message}
     if forward is not None:
         request["forward"] = forward
+    if reply_to:
+        request["reply_to"] = reply_to
     return _encoder.encode(request)
 
 
-def encode_forwarded(forward: Forward, result: Any, *, invocation_id: str) -> bytes:
-    """The next request of a chain, with ``result`` (or its ``pick``) as ``forward.field``, encoded once."""
+def encode_forwarded(forward: Forward, result: Any, *, invocation_id: str, reply_to: str) -> bytes:
+    """The next request of a chain, with ``result`` (or its ``pick``) as ``forward.field``, encoded
+    once; its answer goes to ``reply_to``, the original caller."""
     value = _picked(result, forward) if forward.pick else result
     message = {**forward.msg, forward.field: value}
     return encode_request(forward.op, message, invocation_id=invocation_id, origin=forward.origin,
-                          forward=forward.then)
+                          forward=forward.then, reply_to=reply_to)
+
+
+def describe_chain(op: str, forward: Forward | None) -> str:
+    """``op`` and the operations of the stages after it: ``A.X → B.Y → C.Z``."""
+    ops = [op]
+    while forward is not None:
+        ops.append(forward.op)
+        forward = forward.then
+    return " → ".join(ops)
 
 
 def _picked(result: Any, forward: Forward) -> Any:

@@ -11,6 +11,7 @@ import io
 import os
 import signal
 import struct
+import time
 
 import httpx
 import numpy as np
@@ -274,6 +275,29 @@ async def test_killed_inference_provider_comes_back_with_its_models(http, stack)
             response = await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())
         except httpx.TransportError:
             return False
+        return response.status_code == 200 and response.json()[0]["label"] in CAT_LABELS
+
+    await wait_for(classifies)
+
+
+async def test_a_stopped_stage_of_the_chain_is_a_prompt_503_and_serving_resumes_when_it_is_back(http, stack):
+    inventory = await stack.ctl.get_inventory(stack.host.id)
+    postprocess = next(a for a in inventory["actors"] if a["name"] == "postprocess")
+    await stack.ctl.stop_actor(stack.host.id, postprocess["id"])
+    try:
+        started = time.monotonic()
+        response = await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())
+        elapsed = time.monotonic() - started
+        assert response.status_code == 503 and response.json()["error"]["kind"] == "NoResponders"
+        assert "Postprocess.Matches" in response.json()["error"]["message"]
+        assert elapsed < stack.settings.rpc_timeout / 2, "the stage before it says so; nobody waits for the deadline"
+        # The chain's other routes do not need the stopped actor.
+        assert (await http.put("/mobilenetv27/preprocess", content=(IMAGES / "cat.jpg").read_bytes())).status_code == 200
+    finally:
+        await stack.ctl.start_actor(stack.host.id, postprocess["image_ref"], 1)
+
+    async def classifies():
+        response = await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())
         return response.status_code == 200 and response.json()[0]["label"] in CAT_LABELS
 
     await wait_for(classifies)

@@ -24,6 +24,15 @@ async def nc(nats_server):
     await client.close()
 
 
+@pytest.fixture
+async def stage_nc(nats_server):
+    """A second connection, for a chain's stages: in a lattice they are not the caller's process
+    (NATS tells only the requesting connection that nobody serves a subject)."""
+    client = await nats.connect(nats_server.url)
+    yield client
+    await client.close()
+
+
 async def test_round_trip_keeps_types_and_bytes(nc):
     seen: list[Invocation] = []
 
@@ -133,7 +142,7 @@ async def test_queue_group_spreads_calls_over_servers(nc):
         await server.stop()
 
 
-async def test_forward_sends_the_result_to_the_next_stage_which_answers_the_caller(nc):
+async def test_forward_sends_the_result_to_the_next_stage_which_answers_the_caller(nc, stage_nc):
     seen: list[Invocation] = []
 
     async def double(invocation: Invocation) -> Tensor:
@@ -145,8 +154,8 @@ async def test_forward_sends_the_result_to_the_next_stage_which_answers_the_call
         request = invocation.payload(InferenceInput)
         return {"model": request.model, "bytes": len(request.tensor.data)}
 
-    first = await RpcServer(nc, "t.stage1", double).start()
-    second = await RpcServer(nc, "t.stage2", predict).start()
+    first = await RpcServer(stage_nc, "t.stage1", double).start()
+    second = await RpcServer(stage_nc, "t.stage2", predict).start()
     client = RpcClient(nc, origin="caller", timeout=2)
     forward = Forward(subject="t.stage2", op="Op.Predict", origin="api-key", field="tensor", msg={"model": "m"})
     tensor = Tensor(dimensions=[4], value_types=["ValueU8"], data=bytes(4))
@@ -157,7 +166,7 @@ async def test_forward_sends_the_result_to_the_next_stage_which_answers_the_call
     await second.stop()
 
 
-async def test_forward_errors_reach_the_caller_from_either_stage(nc):
+async def test_forward_errors_reach_the_caller_from_either_stage_and_a_missing_stage_at_once(nc, stage_nc):
     async def fails(invocation: Invocation) -> None:
         raise CorruptInputTensor("stage one refuses")
 
@@ -167,16 +176,19 @@ async def test_forward_errors_reach_the_caller_from_either_stage(nc):
     async def second_fails(invocation: Invocation) -> None:
         raise CorruptInputTensor("stage two refuses")
 
-    servers = [await RpcServer(nc, "t.f1", fails).start(), await RpcServer(nc, "t.p1", passes).start(),
-               await RpcServer(nc, "t.f2", second_fails).start()]
-    client = RpcClient(nc, origin="caller", timeout=2)
+    servers = [await RpcServer(stage_nc, "t.f1", fails).start(), await RpcServer(stage_nc, "t.p1", passes).start(),
+               await RpcServer(stage_nc, "t.f2", second_fails).start()]
+    client = RpcClient(nc, origin="caller", timeout=5)
     to_f2 = Forward(subject="t.f2", op="Op.X", origin="caller", field="x")
     with pytest.raises(CorruptInputTensor, match="stage one"):
         await client.call("t.f1", "Op.X", {}, forward=to_f2)
     with pytest.raises(CorruptInputTensor, match="stage two"):
         await client.call("t.p1", "Op.X", {}, forward=to_f2)
-    with pytest.raises(NoResponders):
-        await client.call("t.p1", "Op.X", {}, forward=Forward(subject="t.nobody", op="Op.X", origin="c", field="x"))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(NoResponders, match="t.nobody"):
+        await client.call("t.p1", "Op.X", {}, forward=Forward(subject="t.nobody", op="Op.Y", origin="c", field="x"))
+    assert loop.time() - started < 1, "a missing stage is reported by the stage before it, not at the deadline"
     for server in servers:
         await server.stop()
 
@@ -194,7 +206,7 @@ async def test_an_answer_that_cannot_be_encoded_is_an_error_at_once(nc):
     await server.stop()
 
 
-async def test_a_chain_of_forwards_passes_each_result_on_and_the_last_stage_answers(nc):
+async def test_a_chain_of_forwards_passes_each_result_on_and_the_last_stage_answers(nc, stage_nc):
     calls: list[tuple[str, Any]] = []
 
     async def stage(name: str, invocation: Invocation) -> dict:
@@ -202,21 +214,43 @@ async def test_a_chain_of_forwards_passes_each_result_on_and_the_last_stage_answ
         calls.append((name, payload))
         return {"tensor": payload.get("x", 0) + 1, "result": "Success"}
 
-    servers = [await RpcServer(nc, f"t.c{i}", functools.partial(stage, f"c{i}")).start() for i in range(3)]
+    servers = [await RpcServer(stage_nc, f"t.c{i}", functools.partial(stage, f"c{i}")).start() for i in range(3)]
     chain = Forward(subject="t.c1", op="Op.B", origin="api", field="x", pick="tensor", msg={"k": "b"}).followed_by(
         Forward(subject="t.c2", op="Op.C", origin="api", field="x", pick="tensor", msg={"k": "c"}))
     answer = await RpcClient(nc, origin="caller", timeout=2).call("t.c0", "Op.A", {"x": 10}, forward=chain)
     assert answer == {"tensor": 13, "result": "Success"}
     assert calls == [("c0", {"x": 10}), ("c1", {"k": "b", "x": 11}), ("c2", {"k": "c", "x": 12})]
+    await servers[1].stop()  # the middle stage goes away: the first stage says so at once
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(NoResponders, match=r"t\.c1 \(Op\.B\)"):
+        await RpcClient(nc, origin="caller", timeout=5).call("t.c0", "Op.A", {"x": 10}, forward=chain)
+    assert loop.time() - started < 1
     for server in servers:
         await server.stop()
 
 
-async def test_a_stage_whose_result_lacks_the_picked_field_fails_the_call_at_once(nc):
+async def test_a_chain_that_does_not_answer_in_time_names_every_stage(nc, stage_nc):
+    async def slow(invocation: Invocation) -> dict:
+        await asyncio.sleep(0.6)
+        return {}
+
+    async def quick(invocation: Invocation) -> dict:
+        return {"tensor": 1}
+
+    servers = [await RpcServer(stage_nc, "t.q", quick).start(), await RpcServer(stage_nc, "t.slow", slow).start()]
+    chain = Forward(subject="t.slow", op="Op.Slow", origin="api", field="x", pick="tensor")
+    with pytest.raises(RpcTimeout, match="Op.Quick → Op.Slow on t.q did not answer within 0.3 s"):
+        await RpcClient(nc, origin="caller", timeout=0.3).call("t.q", "Op.Quick", {}, forward=chain)
+    for server in servers:
+        await server.stop()
+
+
+async def test_a_stage_whose_result_lacks_the_picked_field_fails_the_call_at_once(nc, stage_nc):
     async def no_tensor(invocation: Invocation) -> dict:
         return {"result": "Success"}
 
-    server = await RpcServer(nc, "t.nt", no_tensor).start()
+    server = await RpcServer(stage_nc, "t.nt", no_tensor).start()
     forward = Forward(subject="t.never", op="Op.Next", origin="api", field="tensor", pick="tensor")
     with pytest.raises(MLCloudError, match="Op.Next needs the 'tensor'"):
         await RpcClient(nc, origin="caller", timeout=5).call("t.nt", "Op.X", {}, forward=forward)
