@@ -198,11 +198,12 @@ def check_image_body(request: HttpRequest) -> bytes:
     return request.body
 
 
-async def predict_image(
+async def image_chain(
     ctx: Context, model: str, request: HttpRequest, result_type: type[T], *, then: Forward | None = None
 ) -> tuple[T, ModelInfo]:
-    """Preprocess → Predict (→ ``then``), as one chain: each stage's result goes straight to the
-    next (the 600 KB input tensor never travels through this actor) and the last one answers here."""
+    """Preprocess → Predict (→ ``then``) on the request's image, as one chain: each stage's result
+    goes straight to the next (the input tensor never travels through this actor) and the last
+    stage's answer, of ``result_type``, comes back here."""
     image = check_image_body(request)
     info = await catalog.ready(ctx, model)
     wanted = info.inputs[0] if info.inputs else {}
@@ -222,13 +223,13 @@ async def predict_image(
 
 async def classify(ctx: Context, model: str, request: HttpRequest, top: int) -> HttpResponse:
     top_k = ctx.forward_to_actor("postprocess", OP_POSTPROCESS, {"top": top}, into="tensor", pick="tensor")
-    found, info = await predict_image(ctx, model, request, list[Match], then=top_k)
+    found, info = await image_chain(ctx, model, request, list[Match], then=top_k)
     body = [{"label": m.label, "probability": m.probability} for m in found]
     return json_response(body, header={"x-model": info.bindle_id})
 
 
 async def infer_image(ctx: Context, model: str, request: HttpRequest) -> HttpResponse:
-    output, info = await predict_image(ctx, model, request, InferenceOutput)
+    output, info = await image_chain(ctx, model, request, InferenceOutput)
     return json_response(output.to_json(), header={"x-model": info.bindle_id})
 
 

@@ -46,7 +46,6 @@ The pipeline, and the decisions behind it:
 
 from __future__ import annotations
 
-import functools
 import io
 import string
 import warnings
@@ -56,12 +55,12 @@ import numpy as np
 from PIL import ExifTags, Image
 
 from mlcloud.errors import (
-    ConfigError,
     MLCloudError,
     PayloadTooLarge,
     RequestError,
     UnsupportedMediaType,
 )
+from mlcloud.imagemath import affine
 from mlcloud.interfaces import PreprocessRequest, Tensor, ValueType
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -292,28 +291,6 @@ def tensor_layout(dimensions: Sequence[int]) -> tuple[bool, int, int, int]:
     )
 
 
-@functools.lru_cache(maxsize=64)
-def _affine(
-    mean: tuple[float, ...], std: tuple[float, ...], channels: int, unit: float, dtype: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel ``scale``, ``offset``: ``(pixel/unit - mean)/std == pixel*scale + offset``."""
-    if len(mean) != len(std) or len(mean) not in (1, 3):
-        raise ConfigError(f"mean and std need 1 or 3 values each, got {mean} and {std}")
-    m = np.asarray(mean, dtype=np.float64)
-    s = np.asarray(std, dtype=np.float64)
-    if not np.all(np.isfinite(m)) or not np.all(np.isfinite(s)) or np.any(s == 0):
-        raise ConfigError(f"mean and std must be finite and std non-zero, got {mean} and {std}")
-    if channels == 1 and len(m) == 3:
-        m, s = m.mean(keepdims=True), s.mean(keepdims=True)
-    elif channels == 3 and len(m) == 1:
-        m, s = np.repeat(m, 3), np.repeat(s, 3)
-    scale = (1.0 / (unit * s)).astype(dtype)
-    offset = (-m / s).astype(dtype)
-    scale.setflags(write=False)
-    offset.setflags(write=False)
-    return scale, offset
-
-
 # --------------------------------------------------------------------------- pipeline
 
 
@@ -355,7 +332,7 @@ def image_to_array(
         out = _arrange(pixels, channels, channels_last, np.uint8)
     else:
         work = "<f8" if value_type is ValueType.ValueF64 else "<f4"
-        scale, offset = _affine(tuple(mean), tuple(std), channels, unit, work)
+        scale, offset = affine(tuple(mean), tuple(std), channels, unit, work)
         out = _normalise(pixels, scale, offset, channels, channels_last, work)
         if value_type is ValueType.ValueF16:
             out = out.astype("<f2")

@@ -3,15 +3,15 @@
 A system is named by its root process ids; their descendants (unless ``children=False``: the
 limit runs in the bench's own process, whose children are the other systems) are found afresh
 every second, so processes a host starts or restarts during the run are counted. CPU is user +
-system time summed over the tree between :meth:`start` and :meth:`stop` (read every second and at
-the end; a process that exits keeps its last reading); memory is the peak of the tree's summed
-RSS over the samples (every 100 ms), with the processes that made it up.
+system time summed over the tree between :meth:`start` and :meth:`stop` (a process that exits
+keeps its last reading); memory is the peak of the tree's summed RSS over the samples (every
+100 ms), with the processes that made it up.
 
 The monitor runs in the bench's process, beside the load generator, so it must cost little: a
-sample reads each known process's RSS only (labels are worked out once per process). Reading
-everything at every sample cost ~3 ms of CPU with the GIL held per 50 ms for the lattice's
-8 processes, which delayed the load generator's requests to the multi-process systems and so
-inflated their latency.
+sample reads each known process's CPU and RSS (0.35 ms for the lattice's 8 processes); the tree
+is rescanned every second and each process labelled once. Rescanning and relabelling at every
+sample cost ~3 ms with the GIL held every 50 ms, which delayed the load generator's requests to
+the multi-process systems and so inflated their latency.
 """
 
 from __future__ import annotations
@@ -86,34 +86,34 @@ class TreeMonitor:
         for proc in found:
             known = self._procs.setdefault(proc.pid, proc)  # keep one object per pid (cpu_times cache)
             if proc.pid not in self._labels:
-                self._labels[proc.pid] = _label(proc)
+                try:
+                    self._labels[proc.pid] = _label(proc)
+                except psutil.Error:  # gone already
+                    continue
             procs.append(known)
         return procs
 
     def _sample(self, *, baseline: bool = False, full: bool = True) -> None:
-        """RSS of the known processes; with ``full``, find the tree afresh and read CPU too."""
+        """CPU and RSS of the known processes; with ``full``, find the tree afresh first."""
         if full or not self._current:
             self._current = self._tree()
         rss_total = 0
         parts: dict[str, int] = {}
         for proc in self._current:
             try:
-                if full:
-                    with proc.oneshot():
-                        times = proc.cpu_times()
-                        rss = proc.memory_info().rss
-                    cpu = times.user + times.system
-                    if baseline:
-                        self._cpu_start[proc.pid] = cpu
-                    else:
-                        self._cpu_start.setdefault(proc.pid, 0.0)  # started during the run: all of it counts
-                    self._cpu_last[proc.pid] = cpu
-                else:
+                with proc.oneshot():
+                    times = proc.cpu_times()
                     rss = proc.memory_info().rss
             except psutil.Error:
                 continue
+            cpu = times.user + times.system
+            if baseline:
+                self._cpu_start[proc.pid] = cpu
+            else:
+                self._cpu_start.setdefault(proc.pid, 0.0)  # started during the run: all of it counts
+            self._cpu_last[proc.pid] = cpu
             rss_total += rss
-            parts[self._labels[proc.pid]] = rss
+            parts[self._labels.get(proc.pid, f"? ({proc.pid})")] = rss
         if rss_total > self._usage.peak_rss:
             self._usage.peak_rss = rss_total
             self._usage.peak_processes = parts

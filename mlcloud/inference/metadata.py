@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from typing import Any
 from mlcloud.errors import InvalidModel
 from mlcloud.inference.pixels import PixelNormalization
 from mlcloud.interfaces import ValueType
+
+log = logging.getLogger(__name__)
 
 
 class GraphEncoding(enum.StrEnum):
@@ -99,8 +102,17 @@ class ModelMetadata:
             engine=_engine(data.get("engine")),
             input_name=_text(data, "input_name"),
             output_name=_text(data, "output_name"),
-            pixel_normalization=PixelNormalization.parse(data.get("preprocessing")),
+            pixel_normalization=_pixel_normalization(data.get("preprocessing")),
         )
+
+
+def _pixel_normalization(value: Any) -> PixelNormalization | None:
+    # Optional and only an optimisation: a block we cannot use costs the pixel input, not the model.
+    try:
+        return PixelNormalization.parse(value)
+    except InvalidModel as exc:
+        log.warning("%s; images for this model go as f32", exc.message)
+        return None
 
 
 def _text(data: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:

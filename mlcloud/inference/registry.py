@@ -90,6 +90,7 @@ class LoadedModel:
         self.engine = key.engine or ""
         self.metadata: ModelMetadata | None = None
         self.session: Session | None = None
+        self.pixels: PixelNormalization | None = None  # set when the model takes 8-bit pixels
         self.batcher: AdaptiveBatcher | None = None
         self.task: asyncio.Task[None] | None = None
         self.refs = 0  # route slots (active or pending) naming this model
@@ -100,15 +101,14 @@ class LoadedModel:
     def loading(self) -> bool:
         return self.task is not None and not self.task.done()
 
-    def pixels_for(self, array: np.ndarray) -> PixelNormalization | None:
-        """The normalisation to apply when ``array`` is 8-bit pixels for an image model."""
-        pixels = self.metadata.pixel_normalization if self.metadata is not None else None
-        return pixels if pixels is not None and array.dtype == np.uint8 else None
+    def normalisation_for(self, array: np.ndarray) -> PixelNormalization | None:
+        """The normalisation to apply when ``array`` is 8-bit pixels for a model that takes them."""
+        return self.pixels if self.pixels is not None and array.dtype == np.uint8 else None
 
     def run(self, array: np.ndarray) -> list[np.ndarray]:
         """The session on ``array`` (pixels normalised first): in a worker thread."""
         assert self.session is not None
-        pixels = self.pixels_for(array)
+        pixels = self.normalisation_for(array)
         return self.session.predict([array if pixels is None else pixels.normalise(array)])
 
 
@@ -236,7 +236,12 @@ class ModelRegistry:
         session = model.session
         assert session is not None
         # Checked here, before batching, so one bad request cannot fail a batch.
-        session.input.check(array, dtype=np.dtype(np.uint8) if model.pixels_for(array) else None)
+        try:
+            session.input.check(array, dtype=np.dtype(np.uint8) if model.normalisation_for(array) else None)
+        except CorruptInputTensor as exc:
+            if model.pixels is None:
+                raise
+            raise CorruptInputTensor(f"{exc.message}; 8-bit pixels (ValueU8) of that shape are taken too") from None
         model.inflight += 1
         try:
             batcher = model.batcher
@@ -372,6 +377,7 @@ class ModelRegistry:
                 session.unload()
                 return
             model.engine, model.metadata, model.session = engine.name, metadata, session
+            model.pixels = _pixel_input(metadata, session, key.bindle_id)
             model.batcher = self._make_batcher(model)
             model.state = ModelState.READY
             log.info("loaded %s on %s", key.bindle_id, engine.name)
@@ -448,7 +454,7 @@ class ModelRegistry:
             reason = f"{route.swap_error}; still serving {model.key.bindle_id}"
         session = model.session
         inputs = [s.to_info() for s in session.inputs] if session else []
-        if inputs and model.metadata is not None and model.metadata.pixel_normalization is not None:
+        if inputs and model.pixels is not None:
             inputs[0]["image_datatype"] = str(PIXEL_TYPE)  # images may come as 8-bit pixels
         return ModelInfo(
             name=route.name,
@@ -491,12 +497,24 @@ async def _drain_and_close(batcher: AdaptiveBatcher) -> None:
     await batcher.aclose()
 
 
+def _pixel_input(metadata: ModelMetadata, session: Session, bindle_id: str) -> PixelNormalization | None:
+    """The metadata's normalisation when the model's input can take pixels, else None (and why)."""
+    pixels = metadata.pixel_normalization
+    if pixels is None:
+        return None
+    problem = pixels.misfit(session.input.dtype, session.input.shape)
+    if problem:
+        log.warning("%s: images go as f32, not 8-bit pixels: %s", bindle_id, problem)
+        return None
+    return pixels
+
+
 def _warm_up(session: Session, name: str) -> None:
     """One run on zeros so the first request does not pay for allocation and kernel setup."""
     spec = session.input
     if spec.shape is None:
         return
     try:
-        session.predict([np.zeros([1 if d is None else d for d in spec.shape], dtype=spec.dtype)])
+        session.warm_up([np.zeros([1 if d is None else d for d in spec.shape], dtype=spec.dtype)])
     except InferenceError as exc:
         log.warning("warm-up run of %s failed (%s); serving anyway", name, exc.message)

@@ -224,3 +224,24 @@ def test_onnxruntime_with_explicit_threads_opens_one_session(tmp_path: Path) -> 
     meta = parsed(dims=[-1, 4])
     session = create_engine(meta, "onnxruntime", EngineOptions(intra_op_threads=1)).load(path, meta)
     assert session._busy_session is None
+
+
+def test_onnxruntime_idle_means_no_run_of_any_model_and_warm_up_runs_both_sessions(tmp_path: Path) -> None:
+    meta = parsed(dims=[-1, 4])
+    engine = create_engine(meta, "onnxruntime")
+    first = engine.load(onnx_model(tmp_path / "a.onnx", op="Add", constant=1.0), meta)
+    second = engine.load(onnx_model(tmp_path / "b.onnx", op="Add", constant=2.0), meta)
+    release = threading.Event()
+    first._session = _Recording(first._session, release)
+    second._session, second._busy_session = _Recording(second._session), _Recording(second._busy_session)
+    x = np.ones((1, 4), np.float32)
+    held = threading.Thread(target=lambda: first.predict([x]))
+    held.start()
+    assert first._session.started.wait(5)
+    (y,) = second.predict([x])  # another model is running: the one-thread session answers
+    release.set()
+    held.join(5)
+    np.testing.assert_array_equal(y, x + 2)
+    assert (second._session.runs, second._busy_session.runs) == (0, 1)
+    second.warm_up([x])
+    assert (second._session.runs, second._busy_session.runs) == (1, 2)

@@ -25,19 +25,19 @@ SHAPE = [1, 3, 8, 8]
 
 def test_the_preprocessing_block_parses() -> None:
     pixels = PixelNormalization.parse(IMAGENET)
-    assert pixels == PixelNormalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), "NCHW", 255.0)
+    assert pixels == PixelNormalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 255.0)
     assert PixelNormalization.parse(None) is None
-    assert PixelNormalization.parse({"mean": [0.5], "std": [0.5], "layout": "nhwc"}).channel_axis == 3
+    assert PixelNormalization.parse({"mean": [0.5], "std": [0.5], "divide_by": 1}).divide_by == 1.0
 
 
 @pytest.mark.parametrize("block, message", [
     ([1, 2], "must be an object"),
     ({"std": [1.0]}, "needs 'mean'"),
     ({"mean": [0.5, "x"], "std": [1.0, 1.0]}, "needs 'mean'"),
-    ({"mean": [0.5], "std": [0.5, 0.5]}, "as many 'mean' as 'std'"),
+    ({"mean": [0.5], "std": [0.5, 0.5]}, "1 or 3 'mean' and as many 'std'"),
+    ({"mean": [0.5, 0.5], "std": [0.5, 0.5]}, "1 or 3 'mean'"),
     ({"mean": [0.5], "std": [0.0]}, "of 0"),
     ({"mean": [0.5], "std": [1.0], "divide_by": "255"}, "'divide_by' to be a number"),
-    ({"mean": [0.5], "std": [1.0], "layout": "CHW"}, "expected NCHW | NHWC"),
 ])
 def test_a_bad_preprocessing_block_is_refused_naming_the_problem(block: object, message: str) -> None:
     with pytest.raises(InvalidModel, match=message):
@@ -54,11 +54,17 @@ def test_normalising_pixels_gives_exactly_the_preprocess_actors_f32_tensor(photo
     assert np.array_equal(got, expected)  # bit for bit: the same factors and the same two f32 steps
 
 
-def test_nhwc_pixels_normalise_along_the_last_axis() -> None:
-    pixels = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(1, 2, 2, 3)
-    got = PixelNormalization.parse({"mean": [0.0, 0.5, 1.0], "std": [1.0, 1.0, 2.0], "layout": "NHWC"}).normalise(pixels)
-    want = (pixels / 255.0 - np.array([0.0, 0.5, 1.0])) / np.array([1.0, 1.0, 2.0])
-    np.testing.assert_allclose(got, want, rtol=1e-6)
+@pytest.mark.parametrize("dims", [(1, 224, 224, 3), (1, 1, 224, 224), (1, 224, 224, 1)])
+def test_nhwc_and_grey_pixels_normalise_as_the_preprocess_actor_does(dims: tuple[int, ...]) -> None:
+    data = (IMAGES / "cat.jpg").read_bytes()
+    pixels = imaging().image_to_array(data, dims, "ValueU8")
+    expected = imaging().image_to_array(data, dims, "ValueF32")
+    assert np.array_equal(PixelNormalization.parse(IMAGENET).normalise(pixels), expected)
+
+
+def test_pixels_that_are_not_an_image_are_refused() -> None:
+    with pytest.raises(CorruptInputTensor, match="not images of 1 or 3 channels"):
+        PixelNormalization.parse(IMAGENET).normalise(np.zeros((1, 2, 8, 8), np.uint8))
 
 
 async def _registry(tmp_path: Path, meta: dict) -> ModelRegistry:
@@ -99,12 +105,30 @@ async def test_a_model_without_preprocessing_refuses_pixels(tmp_path: Path) -> N
             await registry.predict("image", Tensor.from_numpy(np.zeros(SHAPE, np.uint8)))
 
 
-async def test_preprocessing_that_does_not_fit_the_model_fails_the_load(tmp_path: Path) -> None:
-    two_channels = {**IMAGENET, "mean": [0.5, 0.5], "std": [0.5, 0.5]}
-    registry = await _registry(tmp_path, metadata("image", dims=SHAPE, preprocessing=two_channels))
-    async with registry:
-        (info,) = registry.status()
-        assert info.state == "FAILED" and "does not fit the model's input shape" in info.reason
+@pytest.mark.parametrize("model, preprocessing, why", [
+    ({"shape": [1, 2, 8, 8]}, IMAGENET, "not an image of 1 or 3 channels"),
+    ({"shape": SHAPE, "dtype": "float16"}, IMAGENET, "not f32"),
+    ({"shape": SHAPE}, {"size": [8, 8], "resize": "bilinear"}, "needs 'mean'"),
+])
+async def test_a_preprocessing_block_that_cannot_be_used_costs_the_pixels_not_the_model(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, model: dict, preprocessing: dict, why: str,
+) -> None:
+    path = onnx_model(tmp_path / "image.onnx", **model)
+    meta = metadata("image", dims=model["shape"], tensor_type="F16" if "dtype" in model else "F32",
+                    preprocessing=preprocessing)
+
+    async def fetch(bindle_id: str) -> tuple[Path, bytes]:
+        return path, json.dumps(meta).encode()
+
+    with caplog.at_level("WARNING"):
+        async with ModelRegistry(fetch, InferenceConfig(intra_op_threads=1)) as registry:
+            await registry.apply({"image": "image/1.0.0"})
+            await registry.wait_ready(timeout=10)
+            (info,) = registry.status()
+            assert info.state == "READY" and "image_datatype" not in info.inputs[0]
+            with pytest.raises(CorruptInputTensor, match="wrong value type"):
+                await registry.predict("image", Tensor.from_numpy(np.zeros(model["shape"], np.uint8)))
+    assert why in caplog.text and "images" in caplog.text
 
 
 async def test_batched_pixel_requests_are_normalised_together_and_each_gets_its_own_rows(tmp_path: Path) -> None:

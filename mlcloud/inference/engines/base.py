@@ -91,7 +91,9 @@ class TensorSpec:
         fitting shape.
 
         Value types are carried as themselves: an f64 tensor for an f32 input is refused, never
-        cast, so a client bug shows instead of silently changing numbers.
+        cast, so a client bug shows instead of silently changing numbers. (8-bit pixels for a model
+        that declares its normalisation are the one exception, checked with ``dtype``: they are
+        normalised, not cast; see :mod:`mlcloud.inference.pixels`.)
         """
         problem = None
         if array.dtype != (self.dtype if dtype is None else dtype):
@@ -157,6 +159,11 @@ class Session(ABC):
             results = [results[i] for i in self._output_order]
         return results
 
+    def warm_up(self, arrays: Sequence[np.ndarray]) -> None:
+        """One run on ``arrays`` so the first request does not pay for allocation and kernel
+        setup (an engine with several runtimes for one model warms each)."""
+        self.predict(arrays)
+
     @abstractmethod
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
@@ -221,8 +228,6 @@ def select_output(session: Session, metadata: ModelMetadata) -> None:
 def check_against_metadata(session: Session, metadata: ModelMetadata) -> None:
     """Refuse metadata that contradicts the model file: the preprocess actor trusts it."""
     spec = session.input
-    if metadata.pixel_normalization is not None:
-        metadata.pixel_normalization.check_model_input(spec.dtype, spec.shape)
     declared = metadata.value_type
     if declared is not None and declared.dtype != spec.dtype:
         raise InvalidModel(

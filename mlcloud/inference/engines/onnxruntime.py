@@ -1,28 +1,30 @@
 """The default engine: onnxruntime on CPU (CUDA when asked for and present).
 
-One model, two sessions, chosen per run by how busy the model is (unless ``intra_op_threads`` is
-set, which gives one session of that many threads that never spins):
+One model, two sessions, chosen per run by how busy the process is (unless ``intra_op_threads``
+is set, which gives one session of that many threads that never spins):
 
-* **idle**: nothing else is running on the model, so the run gets every core, and its intra-op
-  threads spin while the run lasts (``session.force_spinning_stop`` ends the spinning with the
-  run). On the 2-core machines measured this is 6.3 ms against 8.7 ms a run without spinning,
-  for less CPU;
-* **busy**: another run is in flight, so this one runs on its own thread (a session of one
-  intra-op thread: no pool, nothing spins). Concurrent one-thread runs use the cores with the
-  least CPU per image (10.7 ms against 12–14.6 ms), and idle spinning threads would take the
-  cores from the preprocess actor, NATS and the HTTP server (PERFORMANCE-NOTES: ~30 % CPU per
-  request when onnxruntime always spins).
+* **idle**: no other onnxruntime run is in flight in the process, so the run gets every core,
+  and its intra-op threads spin while the run lasts (``session.force_spinning_stop`` ends the
+  spinning with the run). On the 2-core machines measured this is 6.3 ms against 8.7 ms a run
+  without spinning, for less CPU;
+* **busy**: another run (of any model) is in flight, so this one runs on its own thread (a
+  session of one intra-op thread: no pool, nothing spins). Concurrent one-thread runs use the
+  cores with the least CPU per image (10.7 ms against 12–14.6 ms), and idle spinning threads
+  would take the cores from the preprocess actor, NATS and the HTTP server (PERFORMANCE-NOTES:
+  ~30 % CPU per request when onnxruntime always spins).
 
-The second session costs ~35 MB for EfficientNet-Lite0 (docs/performance.md). ``run`` is
-thread-safe in both, so the registry's thread pool calls it concurrently.
+The second session costs ~35 MB for EfficientNet-Lite0 (docs/performance.md); it is opened only
+on CPU with more than one core. ``run`` is thread-safe in both, so the registry's thread pool
+calls it concurrently.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +48,30 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class _Runs:
+    """How many onnxruntime runs are in flight in this process, over every model: the cores are
+    shared by all of them, so "idle" means no other run anywhere."""
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def started(self) -> Iterator[int]:
+        """Count a run for its duration; yields how many others were in flight when it began."""
+        with self._lock:
+            others = self._count
+            self._count += 1
+        try:
+            yield others
+        finally:
+            with self._lock:
+                self._count -= 1
+
+
+_runs = _Runs()
+
+
 class OnnxRuntimeSession(Session):
     engine = "onnxruntime"
 
@@ -58,19 +84,18 @@ class OnnxRuntimeSession(Session):
         self._session = session
         self._busy_session = busy  # used while another run is in flight (None: always _session)
         self._input_names = [spec.name for spec in self.inputs]
-        self._running = 0
-        self._lock = threading.Lock()
 
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
         feed = dict(zip(self._input_names, arrays))
-        with self._lock:
-            session = self._busy_session if self._running and self._busy_session is not None else self._session
-            self._running += 1
-        try:
+        with _runs.started() as others:
+            session = self._busy_session if others and self._busy_session is not None else self._session
             return session.run(None, feed)
-        finally:
-            with self._lock:
-                self._running -= 1
+
+    def warm_up(self, arrays: Sequence[np.ndarray]) -> None:
+        super().warm_up(arrays)
+        if self._busy_session is not None:
+            with engine_errors(self.engine, "predict", self.error_kind):
+                self._busy_session.run(None, dict(zip(self._input_names, arrays)))
 
     def unload(self) -> None:
         self._session = self._busy_session = None
@@ -97,7 +122,9 @@ class OnnxRuntimeEngine(Engine):
             session = self._open(source, providers, threads=self.options.intra_op_threads, spin=False)
             return OnnxRuntimeSession(session, error_kind=error_kind)
         idle = self._open(source, providers, threads=0, spin=True)
-        busy = self._open(source, providers, threads=1, spin=False) if (os.cpu_count() or 1) > 1 else None
+        # A one-thread session only helps where runs share CPU cores (not on a GPU, not on one core).
+        on_cpu = providers == ["CPUExecutionProvider"]
+        busy = self._open(source, providers, threads=1, spin=False) if on_cpu and _cores() > 1 else None
         return OnnxRuntimeSession(idle, busy=busy, error_kind=error_kind)
 
     def _open(self, source: str | bytes, providers: list[str], *, threads: int, spin: bool) -> Any:
@@ -116,6 +143,14 @@ class OnnxRuntimeEngine(Engine):
             options.inter_op_num_threads = self.options.inter_op_threads
         options.log_severity_level = 3  # warnings about unused initializers are noise here
         return ort.InferenceSession(source, sess_options=options, providers=providers)
+
+
+def _cores() -> int:
+    """The cores this process may run on (a container's CPU set, not the machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _providers(metadata: ModelMetadata) -> list[str]:
