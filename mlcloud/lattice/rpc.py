@@ -158,6 +158,9 @@ class RpcServer:
         forward = invocation.forward
         assert forward is not None
         data = wire.encode_forwarded(forward, result, invocation_id=invocation.id, reply_to=answer_to)
+        if not answer_to:  # nobody waits for the answer, so nobody to tell that a stage is missing
+            await self.nc.publish(forward.subject, data)
+            return
         try:
             await self.nc.request(forward.subject, data, timeout=self.ack_timeout)
         except nats.errors.NoRespondersError:

@@ -255,3 +255,20 @@ async def test_a_stage_whose_result_lacks_the_picked_field_fails_the_call_at_onc
     with pytest.raises(MLCloudError, match="Op.Next needs the 'tensor'"):
         await RpcClient(nc, origin="caller", timeout=5).call("t.nt", "Op.X", {}, forward=forward)
     await server.stop()
+
+
+async def test_a_chain_published_without_a_reply_runs_every_stage_and_waits_for_no_receipt(nc, stage_nc):
+    done = asyncio.Event()
+
+    async def first(invocation: Invocation) -> dict:
+        return {"tensor": 1}
+
+    async def last(invocation: Invocation) -> None:
+        done.set()
+
+    servers = [await RpcServer(stage_nc, "t.n1", first, ack_timeout=30).start(),
+               await RpcServer(stage_nc, "t.n2", last).start()]
+    chain = Forward(subject="t.n2", op="Op.Last", origin="api", field="x", pick="tensor")
+    await nc.publish("t.n1", wire.encode_request("Op.First", {}, invocation_id="i", origin="c", forward=chain))
+    await asyncio.wait_for(done.wait(), 2)
+    await asyncio.wait_for(asyncio.gather(*(server.stop() for server in servers)), 2)  # no 30 s receipt wait
