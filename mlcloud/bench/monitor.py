@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import psutil
 
 SAMPLE_INTERVAL = 0.1
-FULL_SAMPLE_EVERY = 10  # samples between rescans of the tree and CPU readings
+FULL_SAMPLE_EVERY = 10  # samples between rescans of the process tree
 
 
 @dataclass

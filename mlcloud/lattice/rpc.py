@@ -162,20 +162,35 @@ class RpcServer:
             await self.nc.publish(forward.subject, data)
             return
         try:
-            await self.nc.request(forward.subject, data, timeout=self.ack_timeout)
+            receipt = await self.nc.request(forward.subject, data, timeout=self.ack_timeout)
         except nats.errors.NoRespondersError:
             raise NoResponders(f"nobody serves {forward.subject} ({forward.op})", subject=forward.subject) from None
         except nats.errors.TimeoutError:  # taken but not confirmed in time: the caller's deadline decides
             log.warning("%s on %s did not confirm the forwarded call within %g s",
                         forward.op, forward.subject, self.ack_timeout)
+            return
+        except nats.errors.MaxPayloadError:
+            raise
+        except nats.errors.Error as exc:  # closed, reconnect buffer full, …: a small error still fits
+            raise LatticeUnavailable(f"{forward.op} on {forward.subject}: NATS cannot carry the call now ({exc})") from exc
+        if receipt.data:
+            # A stage of an older mlcloud answers its request instead of reply_to: pass it on.
+            await self._answer(answer_to, receipt.data)
+
+    async def _receipt(self, to: str, op: str) -> None:
+        """The empty reply a forwarding stage waits for; failing to send it must not fail the call."""
+        try:
+            await self.nc.publish(to, b"")
+        except nats.errors.Error as exc:
+            log.warning("%s on %s: could not confirm the forwarded call (%s)", op, self.subject, exc)
 
     async def _invoke(self, msg: Msg) -> tuple[Invocation | None, Any, MLCloudError | None]:
         """(invocation, result, None), or (…, None, the error to send back)."""
         invocation = None
         try:
             invocation = wire.decode_request(msg.data)
-            if invocation.reply_to and msg.reply:
-                await self.nc.publish(msg.reply, b"")  # the receipt a forwarding stage waits for
+            if invocation.reply_to and msg.reply and msg.reply != invocation.reply_to:
+                await self._receipt(msg.reply, invocation.op)
             return invocation, await self.handler(invocation), None
         except MLCloudError as err:
             return invocation, None, err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from pathlib import Path
@@ -197,6 +198,10 @@ class _Recording:
         return self.session.run(*args)
 
 
+needs_two_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the one-thread session needs 2 cores")
+
+
+@needs_two_cores
 def test_onnxruntime_runs_on_the_spinning_session_when_idle_and_the_one_thread_session_when_busy(
     tmp_path: Path,
 ) -> None:
@@ -226,6 +231,7 @@ def test_onnxruntime_with_explicit_threads_opens_one_session(tmp_path: Path) -> 
     assert session._busy_session is None
 
 
+@needs_two_cores
 def test_onnxruntime_idle_means_no_run_of_any_model_and_warm_up_runs_both_sessions(tmp_path: Path) -> None:
     meta = parsed(dims=[-1, 4])
     engine = create_engine(meta, "onnxruntime")

@@ -272,3 +272,21 @@ async def test_a_chain_published_without_a_reply_runs_every_stage_and_waits_for_
     await nc.publish("t.n1", wire.encode_request("Op.First", {}, invocation_id="i", origin="c", forward=chain))
     await asyncio.wait_for(done.wait(), 2)
     await asyncio.wait_for(asyncio.gather(*(server.stop() for server in servers)), 2)  # no 30 s receipt wait
+
+
+async def test_a_stage_that_answers_its_request_instead_of_reply_to_still_reaches_the_caller(nc, stage_nc):
+    """An older mlcloud stage knows no ``reply_to``: it answers the forwarding stage, which passes it on."""
+
+    async def first(invocation: Invocation) -> dict:
+        return {"tensor": 7}
+
+    async def old_stage(msg) -> None:
+        request = wire.decode_request(msg.data)
+        await msg.respond(wire.encode_reply({"got": request.payload(dict)["x"]}))
+
+    server = await RpcServer(stage_nc, "t.o1", first).start()
+    await stage_nc.subscribe("t.o2", cb=old_stage)
+    await stage_nc.flush()
+    chain = Forward(subject="t.o2", op="Op.Old", origin="api", field="x", pick="tensor")
+    assert await RpcClient(nc, origin="caller", timeout=2).call("t.o1", "Op.New", {}, forward=chain) == {"got": 7}
+    await server.stop()

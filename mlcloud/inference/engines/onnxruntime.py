@@ -94,7 +94,7 @@ class OnnxRuntimeSession(Session):
     def warm_up(self, arrays: Sequence[np.ndarray]) -> None:
         super().warm_up(arrays)
         if self._busy_session is not None:
-            with engine_errors(self.engine, "predict", self.error_kind):
+            with engine_errors(self.engine, "predict", self.error_kind), _runs.started():
                 self._busy_session.run(None, dict(zip(self._input_names, arrays)))
 
     def unload(self) -> None:
