@@ -8,7 +8,7 @@ The original wasmCloud deployment's JSON, e.g.::
 plus optional mlcloud fields: ``engine`` (onnxruntime | tract | litert), ``input_name`` (which
 input of the graph the request tensor feeds; for TF1 graphs, which Placeholder) and
 ``output_name`` (TF1 graphs: the node whose value is the answer) and ``preprocessing`` (an image
-model's ``{"mean", "std", "divide_by", "layout", …}``: it then takes 8-bit pixels too, see
+model's ``{"mean", "std", "divide_by", …}``: it then takes 8-bit pixels too, see
 :mod:`mlcloud.inference.pixels`). A dimension of -1 or null is
 symbolic (typically the batch size). Unknown fields are ignored so newer metadata still loads.
 Every problem raises InvalidModel naming the field.

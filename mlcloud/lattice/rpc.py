@@ -59,24 +59,36 @@ class RpcClient:
         invocation_id = invocation_id or new_invocation_id()
         data = wire.encode_request(op, message, invocation_id=invocation_id, origin=self.origin, forward=forward)
         deadline = self.timeout if timeout is None else timeout
-        try:
-            reply = await self.nc.request(subject, data, timeout=deadline)
-        except nats.errors.NoRespondersError as exc:
-            raise NoResponders(f"nobody serves {subject} ({op})", subject=subject) from exc
-        except nats.errors.TimeoutError as exc:
-            raise RpcTimeout(
-                f"{wire.describe_chain(op, forward)} on {subject} did not answer within {deadline:g} s",
-                subject=subject,
-                invocation_id=invocation_id,
-            ) from exc
-        except nats.errors.MaxPayloadError as exc:
-            raise PayloadTooLarge(
-                f"{op}: {len(data)} bytes is more than this NATS server carries "
-                f"({self.nc.max_payload} bytes; raise its max_payload)"
-            ) from exc
-        except nats.errors.Error as exc:  # closed, draining, reconnect buffer full, …
-            raise LatticeUnavailable(f"{op} on {subject}: NATS cannot carry the call now ({exc})") from exc
+        reply = await request(self.nc, subject, op, data, timeout=deadline, invocation_id=invocation_id,
+                              forward=forward)
         return wire.decode_reply(reply.data, result_type)
+
+
+async def request(
+    nc: NATS, subject: str, op: str, data: bytes, *, timeout: float, invocation_id: str = "",
+    forward: Forward | None = None,
+) -> Msg:
+    """``nc.request`` with nats-py's errors converted into :mod:`mlcloud.errors` (the one boundary).
+
+    ``forward`` (the rest of a chain) only names the chain's stages in a timeout's message.
+    """
+    try:
+        return await nc.request(subject, data, timeout=timeout)
+    except nats.errors.NoRespondersError as exc:
+        raise NoResponders(f"nobody serves {subject} ({op})", subject=subject) from exc
+    except nats.errors.TimeoutError as exc:
+        raise RpcTimeout(
+            f"{wire.describe_chain(op, forward)} on {subject} did not answer within {timeout:g} s",
+            subject=subject,
+            invocation_id=invocation_id,
+        ) from exc
+    except nats.errors.MaxPayloadError as exc:
+        raise PayloadTooLarge(
+            f"{op}: {len(data)} bytes is more than this NATS server carries "
+            f"({nc.max_payload} bytes; raise its max_payload)"
+        ) from exc
+    except nats.errors.Error as exc:  # closed, draining, reconnect buffer full, …
+        raise LatticeUnavailable(f"{op} on {subject}: NATS cannot carry the call now ({exc})") from exc
 
 
 class RpcServer:
@@ -161,18 +173,15 @@ class RpcServer:
         if not answer_to:  # nobody waits for the answer, so nobody to tell that a stage is missing
             await self.nc.publish(forward.subject, data)
             return
+        # No responders, too large, NATS away: raised as mlcloud errors, which _serve answers the
+        # caller with (a small error still fits a reconnect buffer).
         try:
-            receipt = await self.nc.request(forward.subject, data, timeout=self.ack_timeout)
-        except nats.errors.NoRespondersError:
-            raise NoResponders(f"nobody serves {forward.subject} ({forward.op})", subject=forward.subject) from None
-        except nats.errors.TimeoutError:  # taken but not confirmed in time: the caller's deadline decides
+            receipt = await request(self.nc, forward.subject, forward.op, data, timeout=self.ack_timeout,
+                                    invocation_id=invocation.id)
+        except RpcTimeout:  # taken but not confirmed in time: the caller's deadline decides
             log.warning("%s on %s did not confirm the forwarded call within %g s",
                         forward.op, forward.subject, self.ack_timeout)
             return
-        except nats.errors.MaxPayloadError:
-            raise
-        except nats.errors.Error as exc:  # closed, reconnect buffer full, …: a small error still fits
-            raise LatticeUnavailable(f"{forward.op} on {forward.subject}: NATS cannot carry the call now ({exc})") from exc
         if receipt.data:
             # A stage of an older mlcloud answers its request instead of reply_to: pass it on.
             await self._answer(answer_to, receipt.data)
