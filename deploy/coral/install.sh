@@ -45,7 +45,7 @@ usage: deploy/coral/install.sh --dev ADDRESS [options]
   --no-systemd      install the venv and /etc/mlcloud only; start nothing
   -h, --help        this text
 
-environment: PYTHON (default python3, 3.11 or newer)
+environment: PYTHON (default python3, at least pyproject.toml's requires-python: 3.11)
 EOF
 }
 
@@ -78,8 +78,11 @@ arch="$(uname -m)"
 if [ "${arch}" != aarch64 ]; then
     say "warning: this machine is ${arch}, not aarch64; the host will still say arch=aarch64"
 fi
-"${PYTHON}" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-    || die "${PYTHON} is older than 3.11 (ai-edge-litert and mlcloud need 3.11+); set PYTHON="
+# The minimum is pyproject.toml's requires-python (one place); 3.11.0 and later work, Debian 12's 3.11.2 included.
+min_python="$(sed -n 's/^requires-python = ">=\([0-9.]*\)"$/\1/p' "${PROJECT}/pyproject.toml")"
+[ -n "${min_python}" ] || die "cannot read requires-python from ${PROJECT}/pyproject.toml"
+"${PYTHON}" -c "import sys; sys.exit(sys.version_info < tuple(int(p) for p in '${min_python}'.split('.')))" \
+    || die "${PYTHON} is older than ${min_python} (mlcloud and ai-edge-litert need it); set PYTHON="
 "${PYTHON}" -c 'import venv, ensurepip' 2>/dev/null \
     || die "${PYTHON} cannot make venvs: apt-get install python3-venv"
 

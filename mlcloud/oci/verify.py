@@ -6,7 +6,9 @@ In order (cheapest first, and before the layer is even downloaded where possible
 2. the issuer is trusted, when ``Settings.trusted_issuers`` names any account;
 3. the manifest's code layer is the one the claims name (descriptor digest == claims hash),
    and the layer's bytes hash to it;
-4. the layer is a safe archive: only regular files and folders, relative paths, no ``..``;
+4. the layer is a safe archive: only regular files and folders, relative paths, no ``..``
+   (and it is unpacked as safely on Python 3.11.0–3.11.3, which lack tar extraction filters, as
+   the ``data`` filter unpacks it on 3.11.4 and later: see :func:`unpack`);
 5. the ``component.toml`` inside the layer agrees with the claims (name, version, revision,
    capabilities, contract, actor/provider) and the subject key is of the right kind
    (M… for actors, V… for providers), and is the expected key when the caller names one.
@@ -16,7 +18,9 @@ Each failure raises its own ClaimsError subclass (see mlcloud.oci.errors).
 
 from __future__ import annotations
 
+import copy
 import json
+import os
 import tarfile
 import tomllib
 from collections.abc import Iterable
@@ -143,5 +147,39 @@ def unpack(layer_path: Path, dest: Path, ref: str) -> None:
     dest.mkdir(parents=True)
     with tarfile.open(layer_path, "r:gz") as tar:
         members = _checked_members(tar, ref)
-        # The "data" filter is a second guard (and drops setuid bits and odd modes).
-        tar.extractall(dest, members=members, filter="data")
+        if HAS_EXTRACTION_FILTERS:
+            # The "data" filter is a second guard (and drops setuid bits and odd modes).
+            tar.extractall(dest, members=members, filter="data")
+        else:
+            tar.extractall(dest, members=_data_filtered(members, dest, ref))
+
+
+# Tar extraction filters (PEP 706) arrived in Python 3.11.4; Debian 12 ships 3.11.2.
+HAS_EXTRACTION_FILTERS = hasattr(tarfile, "data_filter")
+
+
+def _data_filtered(members: list[tarfile.TarInfo], dest: Path, ref: str) -> list[tarfile.TarInfo]:
+    """Copies of ``members`` changed as the ``data`` filter changes them, for Pythons without it.
+
+    :func:`_checked_members` has already refused links, devices, absolute and ``..`` paths; this
+    adds the rest of what the filter does: each target resolves inside ``dest`` (even through a
+    folder created earlier), files keep no setuid/setgid/sticky bits nor group or other write
+    permission and stay readable and writable by their owner, folders keep the default mode, and
+    nothing is chowned to the archive's owner when unpacking as root.
+    """
+    root = os.path.realpath(dest)
+    filtered = []
+    for member in members:
+        target = os.path.realpath(os.path.join(root, member.name))
+        if os.path.commonpath([root, target]) != root:
+            raise UnsafeArchive(f"{ref}: layer entry {member.name!r} resolves outside the artifact folder")
+        safe = copy.copy(member)
+        if member.isdir():
+            safe.mode = 0o755
+        else:
+            mode = member.mode & 0o755
+            safe.mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
+        safe.uid = safe.gid = -1  # os.chown(path, -1, -1) keeps the unpacking user's ids
+        safe.uname = safe.gname = ""
+        filtered.append(safe)
+    return filtered
