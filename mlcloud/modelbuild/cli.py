@@ -7,7 +7,6 @@ what it did, so ``make models`` can run on every ``make run``.
 from __future__ import annotations
 
 import asyncio
-
 import tempfile
 from pathlib import Path
 
@@ -87,7 +86,8 @@ def status_cmd(models_dir: Path | None, out: Path | None) -> None:
     try:
         for source in bundles.discover(models_dir):
             st = bundles.status(source, out)
-            click.echo(f"{source.id}: {st.state.value}" + (f" ({st.reason})" if st.reason and st.state is not bundles.State.MISSING else ""))
+            reason = f" ({st.reason})" if st.reason and st.state is not bundles.State.MISSING else ""
+            click.echo(f"{source.id}: {st.state.value}{reason}")
     except ModelBuildError as exc:
         raise click.ClickException(str(exc)) from exc
 
