@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -134,7 +136,10 @@ def push_cmd(models_dir: Path | None, out: Path | None) -> None:
         click.echo("nothing to push: every bundle is already in Bindle")
 
 
-async def _run(coro):
+T = TypeVar("T")
+
+
+async def _run(coro: Awaitable[T]) -> T:
     """Await ``coro``, turning mlcloud errors into one line."""
     from mlcloud.errors import MLCloudError
 
