@@ -5,7 +5,7 @@ MLCLOUD := $(VENV)/bin/mlcloud
 PYTEST_ARGS ?=
 export MLCLOUD_STATE_DIR ?= $(CURDIR)/.state
 
-.PHONY: run test bench models images system-deps venv clean
+.PHONY: run check test bench models images system-deps venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,7 +30,12 @@ images: venv
 run: venv system-deps models
 	$(MLCLOUD) up --app deploy/app.yaml
 
-test: venv system-deps
+# Lint and type-check (settings in pyproject.toml); `test` runs it first, so CI fails on either.
+check: venv
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+test: check system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: venv system-deps models

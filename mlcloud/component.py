@@ -20,6 +20,7 @@ import enum
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import semver
 
@@ -60,7 +61,7 @@ class ComponentManifest:
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "manifest") -> ComponentManifest:
+    def from_dict(cls, data: dict[str, Any], source: str = "manifest") -> ComponentManifest:
         try:
             manifest = cls(
                 name=str(data["name"]),
@@ -79,7 +80,7 @@ class ComponentManifest:
             raise ConfigError(f"{source}: a provider must name the contract it implements")
         return manifest
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "kind": str(self.kind),

@@ -19,7 +19,6 @@ from mlcloud.errors import ConfigError
 from mlcloud.host.artifacts import is_local_ref
 from mlcloud.settings import Settings
 
-
 CLASSIFIER_LABELS = Path("models/build/efficientnet-lite0-1.0.0/synset.txt")
 POSTPROCESS_LABELS = Path("actors/postprocess/synset.txt")
 

@@ -37,7 +37,9 @@ async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
         if settings.nats_url is None:
-            nats = NatsServer(settings.state_dir / "nats", port=settings.nats_port, max_payload=settings.nats_max_payload)
+            nats = NatsServer(
+                settings.state_dir / "nats", port=settings.nats_port, max_payload=settings.nats_max_payload
+            )
             await stack.enter_async_context(nats)
             say(f"NATS (JetStream)   {nats.url}")
         if settings.bindle_url is None:

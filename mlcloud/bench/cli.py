@@ -38,10 +38,13 @@ def _fmt(value: Any, digits: int = 1) -> str:
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) if i < 2 else h.rjust(w) for i, (h, w) in enumerate(zip(header, widths)))]
-    for row in rows:
-        lines.append("  ".join(v.ljust(w) if i < 2 else v.rjust(w) for i, (v, w) in enumerate(zip(row, widths))))
-    return "\n".join(lines)
+
+    def line(cells: list[str]) -> str:
+        """The first two columns are names (left-aligned), the rest figures (right-aligned)."""
+        pairs = enumerate(zip(cells, widths, strict=True))
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in pairs)
+
+    return "\n".join(line(cells) for cells in [header, *rows])
 
 
 def render(result: BenchResult) -> str:

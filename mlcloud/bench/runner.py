@@ -346,7 +346,7 @@ class Bench:
                 "listening on", log=self.work / "naive.log"))
             systems.append(HttpSystem("naive", "onnxruntime", [proc.pid], f"http://127.0.0.1:{port}",
                                       f"/{ROUTE}/matches", self.images))
-        info: dict[str, str] | None = None
+        info: dict[str, Any] | None = None
         if "mlcloud" in self.config.systems:
             self.say(f"mlcloud: the whole lattice, PUT /{ROUTE}/matches (starting it…)")
             started = time.monotonic()
@@ -516,7 +516,7 @@ def _work_dir(path: Path | None) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def _child(argv: list[str], ready_prefix: str, *, timeout: float = 120.0, env: dict[str, str] | None = None,
-           log: Path | None = None, cwd: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+           log: Path | None = None, cwd: Path | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start a server process, wait for its ready line on stdout; stop it (TERM, then KILL) after.
 
     Its stderr (the lattice's logs) goes to ``log``, or nowhere.
@@ -525,7 +525,7 @@ def _child(argv: list[str], ready_prefix: str, *, timeout: float = 120.0, env: d
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=stderr,
                                 text=True, start_new_session=True, env=env, cwd=cwd)
     try:
-        line = _wait_line(proc, ready_prefix, timeout)
+        line = _wait_line(proc, " ".join(argv[1:3]), ready_prefix, timeout)
         # Keep reading its stdout so that a chatty child never blocks on a full pipe.
         threading.Thread(target=_drain, args=(proc.stdout,), name="bench-drain", daemon=True).start()
         yield proc, line
@@ -539,7 +539,7 @@ def _drain(stream: Any) -> None:
             pass
 
 
-def _wait_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
+def _wait_line(proc: subprocess.Popen[str], name: str, prefix: str, timeout: float) -> str:
     import selectors
 
     assert proc.stdout is not None
@@ -551,13 +551,13 @@ def _wait_line(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
                 break
             line = proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"{' '.join(proc.args[1:3])} exited ({proc.wait()}) before it was ready")
+                raise RuntimeError(f"{name} exited ({proc.wait()}) before it was ready")
             if line.startswith(prefix):
                 return line.strip()
-    raise RuntimeError(f"{' '.join(proc.args[1:3])} was not ready within {timeout:g} s")
+    raise RuntimeError(f"{name} was not ready within {timeout:g} s")
 
 
-def _stop(proc: subprocess.Popen, grace: float = 20.0) -> None:
+def _stop(proc: subprocess.Popen[str], grace: float = 20.0) -> None:
     if proc.poll() is None:
         with contextlib.suppress(OSError):
             assert proc.stdin is not None

@@ -70,7 +70,8 @@ def model_path(build_dir: Path) -> Path:
 
 @functools.cache
 def labels(build_dir: Path) -> list[str]:
-    return topk().load_labels(build_dir / MODEL_BUNDLE / "synset.txt")
+    found: list[str] = topk().load_labels(build_dir / MODEL_BUNDLE / "synset.txt")  # a module loaded by path: Any
+    return found
 
 
 def ort_session(path: Path, *, intra_op_threads: int = 0, spinning: bool = True) -> Any:

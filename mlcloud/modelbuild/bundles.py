@@ -169,11 +169,13 @@ class ModelSource:
 
     @property
     def name(self) -> str:
-        return self.template["bindle"]["name"]
+        name: str = self.template["bindle"]["name"]
+        return name
 
     @property
     def version(self) -> str:
-        return self.template["bindle"]["version"]
+        version: str = self.template["bindle"]["version"]
+        return version
 
     @property
     def id(self) -> str:
@@ -185,7 +187,8 @@ class ModelSource:
 
     @property
     def parcels(self) -> list[dict[str, Any]]:
-        return self.template.get("parcel", [])
+        parcels: list[dict[str, Any]] = self.template.get("parcel", [])
+        return parcels
 
     def parcel_names(self) -> list[str]:
         return [p["label"]["name"] for p in self.parcels]
@@ -487,10 +490,11 @@ def build_bundle(
             elif (source.directory / name).is_file():
                 shutil.copyfile(source.directory / name, target)
             elif name in gens:
+                gen = gens[name]
                 progress(f"  {source.id}: generating {name} …")
-                gens[name].build(target)
-                if verify and gens[name].verify is not None:
-                    notes.append(gens[name].verify(target))
+                gen.build(target)
+                if verify and gen.verify is not None:
+                    notes.append(gen.verify(target))
                     progress(f"  {source.id}: {name} verified ({notes[-1]})")
             elif (final / name).is_file():
                 shutil.copy2(final / name, target)  # a previously imported file

@@ -7,9 +7,10 @@ what it did, so ``make models`` can run on every ``make run``.
 from __future__ import annotations
 
 import asyncio
-
 import tempfile
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
@@ -87,7 +88,8 @@ def status_cmd(models_dir: Path | None, out: Path | None) -> None:
     try:
         for source in bundles.discover(models_dir):
             st = bundles.status(source, out)
-            click.echo(f"{source.id}: {st.state.value}" + (f" ({st.reason})" if st.reason and st.state is not bundles.State.MISSING else ""))
+            reason = f" ({st.reason})" if st.reason and st.state is not bundles.State.MISSING else ""
+            click.echo(f"{source.id}: {st.state.value}{reason}")
     except ModelBuildError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -134,7 +136,10 @@ def push_cmd(models_dir: Path | None, out: Path | None) -> None:
         click.echo("nothing to push: every bundle is already in Bindle")
 
 
-async def _run(coro):
+T = TypeVar("T")
+
+
+async def _run(coro: Awaitable[T]) -> T:
     """Await ``coro``, turning mlcloud errors into one line."""
     from mlcloud.errors import MLCloudError
 

@@ -254,4 +254,5 @@ def predict(path: str | Path, tensor: np.ndarray, engine: str = "onnxruntime") -
     """Softmax probabilities [1000] for one preprocessed tensor, with the named engine."""
     logits = ENGINES[engine](Path(path))(tensor).reshape(-1).astype(np.float64)
     e = np.exp(logits - logits.max())
-    return e / e.sum()
+    probs: np.ndarray = e / e.sum()  # numpy types the reductions as Any
+    return probs

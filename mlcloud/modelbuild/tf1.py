@@ -13,7 +13,10 @@ initializer, Add → Add), so the node names here are the tensor names a client 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 from mlcloud.modelbuild.errors import ModelBuildError
 
@@ -26,7 +29,8 @@ ADDEND = 3.0
 PRODUCER_VERSION = 134
 
 
-def _protos():
+def _protos() -> tuple[ModuleType, ModuleType, ModuleType, ModuleType]:
+    """graph_pb2, tensor_pb2, tensor_shape_pb2, types_pb2: generated without types, so their messages are Any here."""
     try:
         from tensorboard.compat.proto import graph_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
     except ImportError as exc:
@@ -34,11 +38,11 @@ def _protos():
     return graph_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 
 
-def build_graph_def():
+def build_graph_def() -> Any:
     """The plus3 ``GraphDef`` message."""
     graph_pb2, tensor_pb2, tensor_shape_pb2, types_pb2 = _protos()
 
-    def shape(dims):
+    def shape(dims: Sequence[int]) -> Any:
         return tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in dims])
 
     graph = graph_pb2.GraphDef()
@@ -61,7 +65,8 @@ def build_graph_def():
 
 def serialize() -> bytes:
     # deterministic=True orders the attr maps, so every build writes the same bytes.
-    return build_graph_def().SerializeToString(deterministic=True)
+    data: bytes = build_graph_def().SerializeToString(deterministic=True)
+    return data
 
 
 def build(out: str | Path) -> Path:
@@ -73,7 +78,7 @@ def build(out: str | Path) -> Path:
     return out
 
 
-def parse(data: bytes):
+def parse(data: bytes) -> Any:
     """Parse a frozen GraphDef (for tests and checks)."""
     graph_pb2, *_ = _protos()
     graph = graph_pb2.GraphDef()

@@ -75,13 +75,13 @@ class TfliteGraph:
             b.StartVector(4, len(values), 4)
             for v in reversed(values):
                 b.PrependInt32(v)
-            return b.EndVector()
+            return int(b.EndVector())  # flatbuffers is untyped
 
         def table_vector(offsets: list[int]) -> int:
             b.StartVector(4, len(offsets), 4)
             for off in reversed(offsets):
                 b.PrependUOffsetTRelative(off)
-            return b.EndVector()
+            return int(b.EndVector())
 
         buffers = []
         for data in self.buffers:

@@ -22,6 +22,7 @@ import io
 import pickle
 import struct
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -75,15 +76,25 @@ class _TensorRef:
     stride: tuple[int, ...]
 
 
-def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False, backward_hooks=None, *rest):
+def _rebuild_tensor_v2(
+    storage: _StorageRef,
+    offset: int,
+    size: Sequence[int],
+    stride: Sequence[int],
+    requires_grad: bool = False,
+    backward_hooks: object = None,
+    *rest: object,
+) -> _TensorRef:
     return _TensorRef(storage, int(offset), tuple(size), tuple(stride))
 
 
-def _rebuild_tensor(storage, offset, size, stride):
+def _rebuild_tensor(storage: _StorageRef, offset: int, size: Sequence[int], stride: Sequence[int]) -> _TensorRef:
     return _TensorRef(storage, int(offset), tuple(size), tuple(stride))
 
 
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, *rest):
+def _rebuild_parameter(
+    data: _TensorRef, requires_grad: bool = False, backward_hooks: object = None, *rest: object
+) -> _TensorRef:
     return data
 
 

@@ -73,7 +73,9 @@ def top_k(probs: np.ndarray, k: int = 5) -> list[int]:
     return [int(i) for i in np.argsort(-probs, kind="stable")[:k]]
 
 
-def check_classifier(path: str | Path, engines: list[str] | None = None) -> dict[str, dict[str, list[tuple[int, float]]]]:
+def check_classifier(
+    path: str | Path, engines: list[str] | None = None
+) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """Run every expectation on every engine; raise :class:`VerificationError` on a miss.
 
     Returns ``{engine: {image: [(class, probability), …top 5]}}`` for reporting.
@@ -107,7 +109,9 @@ PHOTO_EXPECTATIONS: tuple[tuple[str, frozenset[int]], ...] = (
 )
 
 
-def check_photos(model: str | Path, images_dir: str | Path, engine: str = "onnxruntime") -> dict[str, tuple[int, float]]:
+def check_photos(
+    model: str | Path, images_dir: str | Path, engine: str = "onnxruntime"
+) -> dict[str, tuple[int, float]]:
     """Top-1 (class, probability) of each checked photo; raise if one is not what it shows."""
     run = enet.ENGINES[engine](Path(model))
     found: dict[str, tuple[int, float]] = {}
@@ -119,5 +123,7 @@ def check_photos(model: str | Path, images_dir: str | Path, engine: str = "onnxr
         top = int(np.argmax(probs))
         found[filename] = (top, float(probs[top]))
         if top not in allowed:
-            raise VerificationError(f"{filename} classified as {top} ({probs[top]:.3f}), expected one of {sorted(allowed)}")
+            raise VerificationError(
+                f"{filename} classified as {top} ({probs[top]:.3f}), expected one of {sorted(allowed)}"
+            )
     return found

@@ -12,6 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlcloud.digests import sha256_file
 from mlcloud.modelbuild import bundles
 from mlcloud.modelbuild.errors import ChecksumMismatch, ModelBuildError
 
@@ -76,7 +77,7 @@ def check_file(path: Path, entry: ZooEntry) -> str:
     size = path.stat().st_size
     if size != entry.size:
         raise ChecksumMismatch(f"{path}: {size:,} bytes, expected {entry.size:,} for {entry.file}")
-    digest = bundles.sha256_file(path)
+    digest = sha256_file(path)
     if not (digest.startswith(entry.sha256_prefix) and digest.endswith(entry.sha256_suffix)):
         raise ChecksumMismatch(
             f"{path}: sha256 {digest} does not match {entry.sha256_prefix}…{entry.sha256_suffix} of {entry.file}"
@@ -95,7 +96,7 @@ def onnx_io(path: Path) -> tuple[str, list[int], list[int]]:
     if len(inputs) != 1 or len(model.graph.output) != 1:
         raise ModelBuildError(f"{path}: expected one input and one output")
 
-    def dims(value_info) -> list[int]:
+    def dims(value_info: onnx.ValueInfoProto) -> list[int]:
         return [d.dim_value for d in value_info.type.tensor_type.shape.dim]
 
     return inputs[0].name, dims(inputs[0]), dims(model.graph.output[0])

@@ -1,7 +1,7 @@
 """The one boundary between mlcloud and oras/requests: every registry call goes through here.
 
-``RegistryClient`` is oras's ``OrasClient`` with two changes, both for hosts that must start
-from their cache when the registry is down:
+``RegistryClient`` is oras's client (``oras.provider.Registry``, alias ``OrasClient``) with two
+changes, both for hosts that must start from their cache when the registry is down:
 
 * every request has a timeout (oras passes none, so a hung registry would hang a host);
 * no retry loop: oras's ``do_request`` sleeps 3+5+11+29+83 s on a refused connection before
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from oras.client import OrasClient
+from oras.provider import Registry
 
 from mlcloud.oci.errors import ArtifactNotFound, HashMismatch, PullFailed
 from mlcloud.oci.spec import MANIFEST_MEDIA_TYPE, Reference
@@ -38,16 +38,16 @@ class _TimeoutSession(requests.Session):
         # Same as oras: ignore cookies, some registries take them as a browser's.
         self.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+    def request(self, method: str, url: str | bytes, *args: Any, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.default_timeout)
         return super().request(method, url, *args, **kwargs)
 
 
-class RegistryClient(OrasClient):
+class RegistryClient(Registry):
     """oras's client with request timeouts and without its sleeping retry loop."""
 
     # The undecorated method: authentication (401 → token → retry) kept, sleep-and-retry dropped.
-    do_request = getattr(OrasClient.do_request, "__wrapped__", OrasClient.do_request)
+    do_request = getattr(Registry.do_request, "__wrapped__", Registry.do_request)
 
     def __init__(self, hostname: str, insecure: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
         super().__init__(hostname=hostname, insecure=insecure)
@@ -57,7 +57,8 @@ class RegistryClient(OrasClient):
 
 def _request(client: RegistryClient, method: str, url: str, ref: Reference, **kwargs: Any) -> requests.Response:
     try:
-        return client.do_request(url, method, **kwargs)
+        response: requests.Response = client.do_request(url, method, **kwargs)  # oras's decorator hides the type
+        return response
     except requests.RequestException as exc:
         raise PullFailed(f"registry {ref.registry} unreachable while fetching {ref}: {exc}") from exc
     except ValueError as exc:  # oras: "Cannot respond to request for authentication."

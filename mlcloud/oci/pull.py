@@ -22,10 +22,10 @@ import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from mlcloud.component import ComponentManifest
 from mlcloud.oci import verify
