@@ -48,7 +48,8 @@ def system_venv() -> Path:
     version = _run(SYSTEM_PYTHON, "-c", "import sys; print(sys.version)")
     # The extras the default app needs (tf: plus3 is a TF1 graph), as `make run` installs them.
     packages = [f"{PROJECT}[tf]", "pytest>=8", "pytest-asyncio>=0.23", "pytest-timeout>=2.2"]
-    stamp_text = hashlib.sha256((PROJECT / "pyproject.toml").read_bytes() + repr((version, packages)).encode()).hexdigest()
+    wanted = (PROJECT / "pyproject.toml").read_bytes() + repr((version, packages)).encode()
+    stamp_text = hashlib.sha256(wanted).hexdigest()
     stamp = VENV / ".installed"
     if not (stamp.exists() and stamp.read_text() == stamp_text):
         shutil.rmtree(VENV, ignore_errors=True)
