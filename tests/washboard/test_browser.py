@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 
 from mlcloud.lattice.nats_server import NatsServer
-from mlcloud.servers import free_port
-from mlcloud.servers import running_app
+from mlcloud.servers import free_port, running_app
+from mlcloud.testing.screenshot import CHROMIUM, capture, launch_chromium
 from mlcloud.washboard.app import create_washboard
-from mlcloud.washboard.screenshot import CHROMIUM, capture, launch_chromium
 from tests.conftest import PROJECT
 from tests.washboard.conftest import Lattice, Washboard
 
