@@ -34,9 +34,10 @@
 
 Every class has a ``kind`` (its wire name, the class name unless set) and an ``http_status``;
 :meth:`MLCloudError.to_http` is the one place that turns an error into an HTTP answer (status,
-headers, body), which each HTTP server only adapts to its own response type. Errors cross NATS as ``{kind, message, details}`` (:meth:`MLCloudError.to_wire`) and are rebuilt
-into the same class on the other side (:func:`error_from_wire`); subclasses defined in other
-modules register themselves, so a subtree may live beside the code that raises it.
+headers, body), which each HTTP server only adapts to its own response type. Errors cross NATS
+as ``{kind, message, details}`` (:meth:`MLCloudError.to_wire`) and are rebuilt into the same
+class on the other side (:func:`error_from_wire`); subclasses defined in other modules register
+themselves, so a subtree may live beside the code that raises it.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ _KINDS: dict[str, type[MLCloudError]] = {}
 RETRY_AFTER_SECONDS = 1  # what a 503 asks a client to wait before it tries again
 
 
-class HttpError(NamedTuple):
+class HttpErrorReply(NamedTuple):
     """An error as an HTTP answer: status, headers and the JSON body (DESIGN §4)."""
 
     status: int
@@ -59,7 +60,7 @@ class HttpError(NamedTuple):
 
     @classmethod
     def of(cls, status: int, kind: str, message: str, *, allow: str | None = None,
-           retry_after: int = RETRY_AFTER_SECONDS) -> HttpError:
+           retry_after: int = RETRY_AFTER_SECONDS) -> HttpErrorReply:
         """``Retry-After`` on every 503 and ``Allow`` on a 405 that knows its methods."""
         headers: dict[str, str] = {}
         if status == HTTPStatus.SERVICE_UNAVAILABLE:
@@ -89,11 +90,11 @@ class MLCloudError(Exception):
     def to_wire(self) -> dict[str, Any]:
         return {"kind": self.kind, "message": self.message, "details": self.details}
 
-    def to_http(self) -> HttpError:
+    def to_http(self) -> HttpErrorReply:
         """This error as an HTTP answer; details ``allow`` (methods of a 405) and ``retry_after``
         (seconds, of a 503) become headers."""
         allow = self.details.get("allow")
-        return HttpError.of(int(self.http_status), self.kind, self.message,
+        return HttpErrorReply.of(int(self.http_status), self.kind, self.message,
                             allow=str(allow) if allow else None,
                             retry_after=int(self.details.get("retry_after") or RETRY_AFTER_SECONDS))
 

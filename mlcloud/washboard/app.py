@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mlcloud.errors import HttpError, MLCloudError, RequestError
+from mlcloud.errors import HttpErrorReply, MLCloudError, RequestError
 from mlcloud.settings import Settings
 from mlcloud.washboard.state import Section
 from mlcloud.washboard.watcher import DEFAULT_POLL_INTERVAL, LatticeWatcher
@@ -78,7 +78,7 @@ async def _end_streams(app: web.Application) -> None:
     app[WATCHER].close_streams()
 
 
-def error_response(error: HttpError) -> web.Response:
+def error_response(error: HttpErrorReply) -> web.Response:
     return web.json_response(error.body, status=error.status, headers=error.headers)
 
 
@@ -91,8 +91,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if not request.path.startswith("/api/") or exc.status < 400:
             raise
-        return error_response(HttpError.of(exc.status, exc.reason, exc.text or exc.reason,
-                                           allow=exc.headers.get("Allow")))
+        return error_response(HttpErrorReply.of(exc.status, exc.reason, exc.text or exc.reason,
+                                                allow=exc.headers.get("Allow")))
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception as exc:  # a bug here must still answer in the API's error shape
