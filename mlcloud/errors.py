@@ -32,19 +32,42 @@
         ├── OnnxError                 500
         └── TensorflowError           500
 
-Every class has a ``kind`` (its wire name, the class name unless set) and an ``http_status``.
-Errors cross NATS as ``{kind, message, details}`` (:meth:`MLCloudError.to_wire`) and are rebuilt
-into the same class on the other side (:func:`error_from_wire`); subclasses defined in other
-modules register themselves, so a subtree may live beside the code that raises it.
+Every class has a ``kind`` (its wire name, the class name unless set) and an ``http_status``;
+:meth:`MLCloudError.to_http` is the one place that turns an error into an HTTP answer (status,
+headers, body), which each HTTP server only adapts to its own response type. Errors cross NATS
+as ``{kind, message, details}`` (:meth:`MLCloudError.to_wire`) and are rebuilt into the same
+class on the other side (:func:`error_from_wire`); subclasses defined in other modules register
+themselves, so a subtree may live beside the code that raises it.
 """
 
 from __future__ import annotations
 
 import builtins
 from http import HTTPStatus
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 _KINDS: dict[str, type[MLCloudError]] = {}
+
+RETRY_AFTER_SECONDS = 1  # what a 503 asks a client to wait before it tries again
+
+
+class HttpErrorReply(NamedTuple):
+    """An error as an HTTP answer: status, headers and the JSON body (DESIGN §4)."""
+
+    status: int
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+    @classmethod
+    def of(cls, status: int, kind: str, message: str, *, allow: str | None = None,
+           retry_after: int = RETRY_AFTER_SECONDS) -> HttpErrorReply:
+        """``Retry-After`` on every 503 and ``Allow`` on a 405 that knows its methods."""
+        headers: dict[str, str] = {}
+        if status == HTTPStatus.SERVICE_UNAVAILABLE:
+            headers["Retry-After"] = str(retry_after)
+        if status == HTTPStatus.METHOD_NOT_ALLOWED and allow:
+            headers["Allow"] = allow
+        return cls(status, headers, {"error": {"kind": kind, "message": message}})
 
 
 class MLCloudError(Exception):
@@ -67,9 +90,13 @@ class MLCloudError(Exception):
     def to_wire(self) -> dict[str, Any]:
         return {"kind": self.kind, "message": self.message, "details": self.details}
 
-    def to_http_body(self) -> dict[str, Any]:
-        """The JSON error body of the HTTP API (DESIGN §4)."""
-        return {"error": {"kind": self.kind, "message": self.message}}
+    def to_http(self) -> HttpErrorReply:
+        """This error as an HTTP answer; details ``allow`` (methods of a 405) and ``retry_after``
+        (seconds, of a 503) become headers."""
+        allow = self.details.get("allow")
+        return HttpErrorReply.of(int(self.http_status), self.kind, self.message,
+                            allow=str(allow) if allow else None,
+                            retry_after=int(self.details.get("retry_after") or RETRY_AFTER_SECONDS))
 
 
 _KINDS[MLCloudError.kind] = MLCloudError

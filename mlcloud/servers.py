@@ -16,7 +16,11 @@ from mlcloud.settings import split_address
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (the kernel's pick), for tests and embedded servers."""
+    """A port nothing listens on now (the kernel's pick); another process may take it before it
+    is used. Prefer port 0 and reading back what the server bound (:func:`running_app`,
+    ``NatsServer(port=0)``, ``EmbeddedRegistry`` on port 0, ``BindleServerProcess``); this is for
+    servers that cannot say (the httpserver provider inside a host process, configs naming another
+    server's port) and for an address that must stay unanswered."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]

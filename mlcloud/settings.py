@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from mlcloud.errors import ConfigError
+
 ENV_PREFIX = "MLCLOUD_"
 
 DEFAULT_LATTICE = "default"
@@ -74,6 +76,15 @@ class Settings:
     washboard_address: str = DEFAULT_WASHBOARD_ADDRESS
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    # The mlinference provider's knobs (mlcloud.inference.config.InferenceConfig.from_settings);
+    # None keeps the provider's default. Batching: a max size > 1 turns it on.
+    inference_engine: str | None = None
+    inference_intra_op_threads: int | None = None
+    inference_inter_op_threads: int | None = None
+    inference_predict_workers: int | None = None
+    inference_load_workers: int | None = None
+    inference_batch_max_size: int | None = None
+    inference_batch_max_wait_ms: float | None = None
     restart_backoff: float = DEFAULT_RESTART_BACKOFF
     restart_backoff_max: float = DEFAULT_RESTART_BACKOFF_MAX
     stop_grace: float = DEFAULT_STOP_GRACE
@@ -89,7 +100,10 @@ class Settings:
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None and raw != "":
-                values[f.name] = _coerce(f.type, raw)
+                try:
+                    values[f.name] = _coerce(f.type, raw)
+                except ValueError:
+                    raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
         for name in ("state_dir", "keys_dir"):
             if name in values:

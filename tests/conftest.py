@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: a real nats-server (JetStream on) on a free port."""
+"""Fixtures shared by the whole suite: a real nats-server (JetStream on) on a port it picks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from mlcloud.lattice.nats_server import NatsServer
-from mlcloud.servers import free_port
 from mlcloud.settings import Settings
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -36,7 +35,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture
 async def nats_server(tmp_path_factory: pytest.TempPathFactory):
-    async with NatsServer(tmp_path_factory.mktemp("nats"), port=free_port()) as server:
+    async with NatsServer(tmp_path_factory.mktemp("nats"), port=0) as server:
         yield server
 
 

@@ -63,10 +63,8 @@ def json_response(body: object, status: int = 200, header: dict[str, str] | None
 
 
 def error_response(err: MLCloudError) -> HttpResponse:
-    header = {"retry-after": "1"} if err.http_status == 503 else {}
-    if isinstance(err, MethodNotAllowed) and "allow" in err.details:
-        header["allow"] = err.details["allow"]
-    return json_response(err.to_http_body(), int(err.http_status), header)
+    status, header, body = err.to_http()
+    return json_response(body, status, header)
 
 
 class Catalog:

@@ -4,7 +4,7 @@ Compatible with the Bindle v1 HTTP API of the Rust reference (deislabs/bindle 0.
 real ``bindle`` server or CLI can stand in for either side. ``mlcloud bindle …`` is the CLI.
 """
 
-from mlcloud.bindle.client import AsyncClient, Client, PushResult, load_invoice_dir
+from mlcloud.bindle.client import AsyncClient, PushResult, load_invoice_dir
 from mlcloud.bindle.errors import (
     AlreadyExists,
     BindleError,
@@ -45,7 +45,6 @@ __all__ = [
     "BindleServerError",
     "BindleSpec",
     "BindleUnavailable",
-    "Client",
     "Condition",
     "CreateYanked",
     "Group",

@@ -15,22 +15,34 @@ Every client command takes ``--bindle-url`` (default ``Settings.effective_bindle
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import mimetypes
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 import msgspec
 
-from mlcloud.bindle.client import Client, load_invoice_dir
+from mlcloud.bindle.client import AsyncClient, load_invoice_dir
 from mlcloud.bindle.models import DEFAULT_MEDIA_TYPE, Invoice, Label, decode, encode, to_toml
 from mlcloud.digests import sha256_file
 from mlcloud.errors import MLCloudError
 from mlcloud.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
+
+
+def _with_client(bindle_url: str, use: Callable[[AsyncClient], Awaitable[T]]) -> T:
+    """Run ``use(client)`` on a client of ``bindle_url``: the one client, driven by ``asyncio.run``."""
+
+    async def run() -> T:
+        async with AsyncClient(bindle_url) as client:
+            return await use(client)
+
+    return asyncio.run(run())
 
 
 def _default_url() -> str:
@@ -115,8 +127,7 @@ def push_invoice(path: Path, sign_with: Path | None, signer: str, bindle_url: st
         from mlcloud.identity import KeyPair
 
         invoice = sign_invoice(invoice, signer, KeyPair.from_seed(sign_with.read_text()))
-    with Client(bindle_url) as client:
-        created = client.create_invoice(invoice)
+    created = _with_client(bindle_url, lambda client: client.create_invoice(invoice))
     click.echo(f"created {invoice.id}")
     for label in created.missing or []:
         click.echo(f"missing parcel {label.sha256} {label.name} ({label.size} bytes)")
@@ -130,8 +141,7 @@ def push_invoice(path: Path, sign_with: Path | None, signer: str, bindle_url: st
 def push_file(bindle_id: str, path: Path, bindle_url: str) -> None:
     """Upload PATH as a parcel of BINDLE_ID (its sha256 must be in the invoice)."""
     sha = sha256_file(path)
-    with Client(bindle_url) as client:
-        client.create_parcel(bindle_id, sha, path)
+    _with_client(bindle_url, lambda client: client.create_parcel(bindle_id, sha, path))
     click.echo(f"uploaded {path.name} ({sha}) to {bindle_id}")
 
 
@@ -142,8 +152,7 @@ def push_file(bindle_id: str, path: Path, bindle_url: str) -> None:
 def push(directory: Path, bindle_url: str) -> None:
     """Push DIRECTORY: its invoice.toml, then the parcel files (named by label) still missing."""
     invoice, files = load_invoice_dir(directory)
-    with Client(bindle_url) as client:
-        result = client.push(invoice, files)
+    result = _with_client(bindle_url, lambda client: client.push(invoice, files))
     if result.nothing_to_do:
         click.echo(f"{invoice.id} is already pushed with all {len(invoice.parcels)} parcels; "
                    "nothing to do")
@@ -163,8 +172,7 @@ def push(directory: Path, bindle_url: str) -> None:
 @_friendly_errors
 def info(bindle_id: str, yanked: bool, fmt: str, bindle_url: str) -> None:
     """Print the invoice of BINDLE_ID (name/version)."""
-    with Client(bindle_url) as client:
-        _echo_doc(client.get_invoice(bindle_id, yanked=yanked), fmt)
+    _echo_doc(_with_client(bindle_url, lambda client: client.get_invoice(bindle_id, yanked=yanked)), fmt)
 
 
 @bindle.command("get-parcel")
@@ -176,12 +184,15 @@ def info(bindle_id: str, yanked: bool, fmt: str, bindle_url: str) -> None:
 @_friendly_errors
 def get_parcel(bindle_id: str, sha256: str, output: Path | None, bindle_url: str) -> None:
     """Download parcel SHA256 of BINDLE_ID; its digest is checked before it is kept."""
-    with Client(bindle_url) as client:
-        if output is None:
-            label = client.get_invoice(bindle_id).label_for(sha256)
-            output = Path(Path(label.name).name if label else sha256)
-        client.download_parcel(bindle_id, sha256, output)
-    click.echo(f"wrote {output}")
+
+    async def download(client: AsyncClient) -> Path:
+        dest = output
+        if dest is None:
+            label = (await client.get_invoice(bindle_id)).label_for(sha256)
+            dest = Path(Path(label.name).name if label else sha256)
+        return await client.download_parcel(bindle_id, sha256, dest)
+
+    click.echo(f"wrote {_with_client(bindle_url, download)}")
 
 
 @bindle.command()
@@ -190,8 +201,7 @@ def get_parcel(bindle_id: str, sha256: str, output: Path | None, bindle_url: str
 @_friendly_errors
 def yank(bindle_id: str, bindle_url: str) -> None:
     """Yank BINDLE_ID: it stays stored but is hidden unless asked for with --yanked."""
-    with Client(bindle_url) as client:
-        client.yank_invoice(bindle_id)
+    _with_client(bindle_url, lambda client: client.yank_invoice(bindle_id))
     click.echo(f"yanked {bindle_id}")
 
 
@@ -209,9 +219,8 @@ def yank(bindle_id: str, bindle_url: str) -> None:
 def search(query: str, version: str | None, offset: int | None, limit: int | None,
            strict: bool | None, yanked: bool | None, fmt: str, bindle_url: str) -> None:
     """Find bindles whose name contains QUERY."""
-    with Client(bindle_url) as client:
-        matches = client.query(query, version, offset=offset, limit=limit, strict=strict,
-                               yanked=yanked)
+    matches = _with_client(bindle_url, lambda client: client.query(
+        query, version, offset=offset, limit=limit, strict=strict, yanked=yanked))
     if fmt != "table":
         _echo_doc(matches, fmt)
         return

@@ -1,6 +1,6 @@
-"""Bindle v1 clients on httpx: :class:`Client` (blocking) and :class:`AsyncClient`.
+"""The Bindle v1 client on httpx: :class:`AsyncClient` (blocking callers use ``asyncio.run``).
 
-Both speak to this package's server or the reference one, at a base URL ending in ``/v1``
+It speaks to this package's server or the reference one, at a base URL ending in ``/v1``
 (``Settings.effective_bindle_url``). Parcels stream both ways; every download is hashed and a
 parcel whose sha256 does not match raises :class:`ParcelCorrupt` (``download_parcel`` then leaves
 nothing behind). HTTP failures become the typed errors of :mod:`mlcloud.bindle.errors`, built
@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -41,6 +41,7 @@ from mlcloud.bindle.errors import (
     Yanked,
 )
 from mlcloud.bindle.models import (
+    JSON_MIME,
     TOML_MIME,
     ErrorResponse,
     Invoice,
@@ -59,7 +60,7 @@ ParcelData = bytes | str | os.PathLike[str]
 
 @dataclass
 class PushResult:
-    """What :meth:`Client.push` did; ``nothing_to_do`` when the bindle was complete already."""
+    """What :meth:`AsyncClient.push` did; ``nothing_to_do`` when the bindle was complete already."""
 
     bindle_id: str
     invoice_created: bool
@@ -71,7 +72,7 @@ class PushResult:
         return not self.invoice_created and not self.uploaded
 
 
-# -- the request and response rules both clients share ---------------------------------------
+# -- the request and response rules ----------------------------------------------------------
 
 
 def _bindle_id(bindle: str | Invoice) -> str:
@@ -87,11 +88,14 @@ def _parcel_path(bindle: str | Invoice, sha256: str) -> str:
 
 
 def _error_message(response: httpx.Response) -> str:
-    try:
-        return decode(response.content, ErrorResponse, content_type=response.headers.get(
-            "content-type"), error=BindleError).error
-    except BindleError:
-        return response.text.strip() or response.reason_phrase
+    """The ``error`` of a failed answer. The reference server sends it as TOML whatever the
+    ``Accept`` or ``Content-Type`` says, so TOML is tried first, then JSON (a proxy or an older
+    mlcloud may send that); a body that is neither is shown as it came."""
+    for content_type in (TOML_MIME, JSON_MIME):
+        with contextlib.suppress(BindleError):
+            return decode(response.content, ErrorResponse, content_type=content_type,
+                          error=BindleError).error
+    return response.text.strip() or response.reason_phrase
 
 
 def _raise_for(response: httpx.Response, context: str) -> None:
@@ -210,155 +214,6 @@ def _tmp_for(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.{os.getpid()}.part")
 
 
-# -- blocking client ---------------------------------------------------------------------------
-
-
-class Client:
-    """A blocking Bindle client. Use as a context manager, or call :meth:`close`."""
-
-    def __init__(self, base_url: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
-                 headers: Mapping[str, str] | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
-        self.base_url = base_url.rstrip("/") + "/"
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout,
-                                  headers=dict(headers or {}), transport=transport)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
-
-    def _send(self, method: str, path: str, context: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self._http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise BindleUnavailable(f"bindle server {self.base_url}: {exc}") from exc
-        _raise_for(response, context)
-        return response
-
-    def healthy(self) -> bool:
-        try:
-            return self._http.get(_healthz_url(self.base_url)).is_success
-        except httpx.TransportError:
-            return False
-
-    def create_invoice(self, invoice: Invoice | str | bytes) -> InvoiceCreateResponse:
-        r = self._send("POST", "_i", "create", content=_invoice_body(invoice),
-                       headers={"Content-Type": TOML_MIME})
-        return _decode_body(r, InvoiceCreateResponse)
-
-    def get_invoice(self, bindle_id: str, *, yanked: bool = False) -> Invoice:
-        params = {"yanked": "true"} if yanked else None
-        return _decode_body(self._send("GET", _invoice_path(bindle_id), "invoice",
-                                       params=params), Invoice)
-
-    def invoice_exists(self, bindle_id: str) -> bool:
-        try:
-            self._send("HEAD", _invoice_path(bindle_id), "invoice", params={"yanked": "true"})
-        except InvoiceNotFound:
-            return False
-        return True
-
-    def yank_invoice(self, bindle_id: str) -> None:
-        self._send("DELETE", _invoice_path(bindle_id), "invoice")
-
-    def missing_parcels(self, bindle_id: str) -> list[Label]:
-        r = self._send("GET", "_r/missing/" + quote(bindle_id, safe="/"), "invoice")
-        return _decode_body(r, MissingParcelsResponse).missing
-
-    def query(self, term: str | None = None, version: str | None = None, *,
-              offset: int | None = None, limit: int | None = None,
-              strict: bool | None = None, yanked: bool | None = None) -> Matches:
-        params = _query_params(term, version, offset, limit, strict, yanked)
-        return _decode_body(self._send("GET", "_q", "query", params=params), Matches)
-
-    def create_parcel(self, bindle_id: str, sha256: str, data: ParcelData) -> None:
-        """Upload one parcel: bytes, or a path streamed from disk."""
-        headers = _upload_headers(data)
-        if isinstance(data, bytes):
-            self._send("POST", _parcel_path(bindle_id, sha256), "parcel", content=data,
-                       headers=headers)
-            return
-        with open(data, "rb") as f:
-            self._send("POST", _parcel_path(bindle_id, sha256), "parcel",
-                       content=iter(lambda: f.read(CHUNK_SIZE), b""), headers=headers)
-
-    @contextlib.contextmanager
-    def stream_parcel(self, bindle_id: str, sha256: str,
-                      chunk_size: int = CHUNK_SIZE) -> Iterator[Iterator[bytes]]:
-        """``with client.stream_parcel(id, sha) as chunks:`` — the digest is checked at the end."""
-        try:
-            with self._http.stream("GET", _parcel_path(bindle_id, sha256)) as response:
-                if response.is_error:
-                    response.read()
-                    _raise_for(response, "parcel")
-                verifier = _Verifier(sha256)
-
-                def chunks() -> Iterator[bytes]:
-                    for chunk in response.iter_bytes(chunk_size):
-                        yield verifier.update(chunk)
-                    verifier.check()
-
-                yield chunks()
-        except httpx.TransportError as exc:
-            raise BindleUnavailable(f"bindle server {self.base_url}: {exc}") from exc
-
-    def get_parcel(self, bindle_id: str, sha256: str) -> bytes:
-        with self.stream_parcel(bindle_id, sha256) as chunks:
-            return b"".join(chunks)
-
-    def download_parcel(self, bindle_id: str, sha256: str, dest: str | os.PathLike[str]) -> Path:
-        """Stream a parcel to ``dest``; it appears only once complete and verified."""
-        dest = Path(dest)
-        tmp = _tmp_for(dest)
-        try:
-            with self.stream_parcel(bindle_id, sha256) as chunks, open(tmp, "wb") as f:
-                for chunk in chunks:
-                    f.write(chunk)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return dest
-
-    def push(self, invoice: Invoice, files: Mapping[str, ParcelData]) -> PushResult:
-        """Create ``invoice`` unless the same one is there, then upload what is missing.
-
-        ``files`` maps each parcel's sha256 to its bytes or path. Pushing twice is a no-op.
-        """
-        result = PushResult(invoice.id, invoice_created=True)
-        try:
-            missing = self.create_invoice(invoice).missing or []
-        except AlreadyExists:
-            existing = self.get_invoice(invoice.id)
-            if not _same_parcels(existing, invoice):
-                raise AlreadyExists(f"{invoice.id} exists with other parcels; bump the version")
-            result.invoice_created = False
-            missing = self.missing_parcels(invoice.id)
-        missing_shas = {label.sha256 for label in missing}
-        for parcel in invoice.parcels:
-            label = parcel.label
-            if label.sha256 not in missing_shas:
-                result.already_stored.append(label)
-                continue
-            if label.sha256 not in files:
-                raise _not_pushed(label)
-            try:
-                self.create_parcel(invoice.id, label.sha256, files[label.sha256])
-                result.uploaded.append(label)
-            except AlreadyExists:  # another pusher won the race; the parcel is there
-                result.already_stored.append(label)
-            missing_shas.discard(label.sha256)
-        return result
-
-    def push_dir(self, directory: str | os.PathLike[str]) -> PushResult:
-        invoice, files = load_invoice_dir(directory)
-        return self.push(invoice, files)
-
-
 # -- asyncio client ----------------------------------------------------------------------------
 
 
@@ -369,7 +224,7 @@ async def _file_chunks(path: ParcelData) -> AsyncIterator[bytes]:
 
 
 class AsyncClient:
-    """The asyncio twin of :class:`Client`, method for method."""
+    """A Bindle client. Use as an async context manager, or call :meth:`aclose`."""
 
     def __init__(self, base_url: str, *, timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
                  headers: Mapping[str, str] | None = None,
@@ -435,6 +290,7 @@ class AsyncClient:
         return _decode_body(await self._send("GET", "_q", "query", params=params), Matches)
 
     async def create_parcel(self, bindle_id: str, sha256: str, data: ParcelData) -> None:
+        """Upload one parcel: bytes, or a path streamed from disk."""
         headers = _upload_headers(data)
         content = data if isinstance(data, bytes) else _file_chunks(data)
         await self._send("POST", _parcel_path(bindle_id, sha256), "parcel", content=content,
@@ -443,6 +299,7 @@ class AsyncClient:
     @contextlib.asynccontextmanager
     async def stream_parcel(self, bindle_id: str, sha256: str,
                             chunk_size: int = CHUNK_SIZE) -> AsyncIterator[AsyncIterator[bytes]]:
+        """``async with client.stream_parcel(id, sha) as chunks:`` — the digest is checked at the end."""
         try:
             async with self._http.stream("GET", _parcel_path(bindle_id, sha256)) as response:
                 if response.is_error:
@@ -465,6 +322,7 @@ class AsyncClient:
 
     async def download_parcel(self, bindle_id: str, sha256: str,
                               dest: str | os.PathLike[str]) -> Path:
+        """Stream a parcel to ``dest``; it appears only once complete and verified."""
         dest = Path(dest)
         tmp = _tmp_for(dest)
         try:
@@ -478,6 +336,10 @@ class AsyncClient:
         return dest
 
     async def push(self, invoice: Invoice, files: Mapping[str, ParcelData]) -> PushResult:
+        """Create ``invoice`` unless the same one is there, then upload what is missing.
+
+        ``files`` maps each parcel's sha256 to its bytes or path. Pushing twice is a no-op.
+        """
         result = PushResult(invoice.id, invoice_created=True)
         try:
             missing = (await self.create_invoice(invoice)).missing or []
@@ -498,7 +360,7 @@ class AsyncClient:
             try:
                 await self.create_parcel(invoice.id, label.sha256, files[label.sha256])
                 result.uploaded.append(label)
-            except AlreadyExists:
+            except AlreadyExists:  # another pusher won the race; the parcel is there
                 result.already_stored.append(label)
             missing_shas.discard(label.sha256)
         return result
@@ -508,4 +370,4 @@ class AsyncClient:
         return await self.push(invoice, files)
 
 
-__all__ = ["AsyncClient", "Client", "PushResult", "load_invoice_dir"]
+__all__ = ["AsyncClient", "PushResult", "load_invoice_dir"]

@@ -9,8 +9,9 @@
     GET    /v1/_q                              query (q|query, v|version, o|offset, l|limit, …)
     GET    /healthz
 
-Bodies are TOML unless ``Accept`` asks for JSON; errors are ``error = "…"`` with the status of
-the raised :mod:`mlcloud.bindle.errors` class. :func:`create_app` builds the app (tests and
+Bodies are TOML unless ``Accept`` asks for JSON; errors are always TOML ``error = "…"`` (as the
+reference server sends them, whatever ``Accept`` says) with the status of the raised
+:mod:`mlcloud.bindle.errors` class. :func:`create_app` builds the app (tests and
 ``mlcloud up`` embed it); :func:`serve` runs it until SIGINT/SIGTERM.
 """
 
@@ -31,6 +32,7 @@ from mlcloud.bindle.errors import (
     InvalidParcel,
 )
 from mlcloud.bindle.models import (
+    TOML_MIME,
     ErrorResponse,
     Invoice,
     InvoiceCreateResponse,
@@ -67,8 +69,11 @@ def _reply(request: web.Request, body: object, status: int = 200) -> web.Respons
     )
 
 
-def _error(request: web.Request, status: int, message: str) -> web.Response:
-    return _reply(request, ErrorResponse(error=message), status)
+def _error(status: int, message: str) -> web.Response:
+    """``error = "…"`` as TOML whatever ``Accept`` says, as the reference server answers
+    (``reply_from_error``), so clients written for it can read our errors."""
+    return web.Response(body=encode(ErrorResponse(error=message), as_json=False), status=status,
+                        content_type=TOML_MIME)
 
 
 @web.middleware
@@ -77,11 +82,11 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         return await handler(request)
     except BindleError as exc:
-        return _error(request, exc.http_status, exc.message)
+        return _error(exc.http_status, exc.message)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        response = _error(request, exc.status, exc.reason)
+        response = _error(exc.status, exc.reason)
         if exc.status == HTTPStatus.METHOD_NOT_ALLOWED and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
@@ -89,7 +94,7 @@ async def _errors_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(request, 500, "internal server error")
+        return _error(500, "internal server error")
 
 
 def _store(request: web.Request) -> BindleStore:

@@ -4,7 +4,7 @@ Plain Python with no lattice in it; the provider's entry point wires it to NATS 
 
     async with AsyncClient(settings.effective_bindle_url) as bindle:
         fetch = bindle_fetcher(bindle, ParcelCache(settings.state_dir / "parcels"))
-        async with ModelRegistry(fetch, InferenceConfig.from_env()) as registry:
+        async with ModelRegistry(fetch, InferenceConfig.from_settings(settings)) as registry:
             links = parse_link_values(link.values)
             await registry.apply(links.routes, links.engines)
             tensor = await registry.predict("identity", request.tensor)

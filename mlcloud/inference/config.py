@@ -1,9 +1,9 @@
 """Configuration of the inference layer, and how a link's values split into routes and options.
 
 :class:`InferenceConfig` holds the provider-wide knobs (engine override, onnxruntime threads,
-thread-pool sizes, batching, fetch retries). ``from_env`` reads them from ``MLCLOUD_INFERENCE_*``
-variables so a host's child process sees what the host was started with, the way
-:class:`mlcloud.settings.Settings` works for everything else.
+thread-pool sizes, batching, fetch retries). ``from_settings`` takes them from the
+``inference_*`` fields of :class:`mlcloud.settings.Settings` (``MLCLOUD_INFERENCE_*``), so a
+host's child process sees what the host was started with, as for every other setting.
 
 A link between the api actor and the mlinference provider carries ``route → bindle id`` pairs
 (DESIGN §4), e.g. ``{"mobilenetv27": "efficientnet-lite0/1.0.0", "plus3": "plus3/0.1.0"}``. A few
@@ -21,12 +21,12 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from mlcloud.errors import ConfigError
 from mlcloud.inference.engines.base import EngineOptions
 from mlcloud.inference.metadata import ENGINES
-
-ENV_PREFIX = "MLCLOUD_INFERENCE_"
+from mlcloud.settings import Settings
 
 DEFAULT_BATCH_MAX_SIZE = 8
 DEFAULT_BATCH_MAX_WAIT = 0.002  # seconds; only paid once a batch has started forming
@@ -78,36 +78,20 @@ class InferenceConfig:
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> InferenceConfig:
-        """``MLCLOUD_INFERENCE_ENGINE``, ``…_INTRA_OP_THREADS``, ``…_INTER_OP_THREADS``,
-        ``…_PREDICT_WORKERS``, ``…_LOAD_WORKERS``, ``…_BATCH_MAX_SIZE`` (> 1 enables batching),
-        ``…_BATCH_MAX_WAIT_MS``."""
-        env = os.environ if environ is None else environ
-
-        def get(name: str) -> str | None:
-            value = env.get(ENV_PREFIX + name)
-            return value.strip() if value and value.strip() else None
-
-        def number(name: str, kind: type) -> object | None:
-            raw = get(name)
-            if raw is None:
-                return None
-            try:
-                return kind(raw)
-            except ValueError:
-                raise ConfigError(f"{ENV_PREFIX}{name}={raw!r} is not a number") from None
-
-        values: dict[str, object] = {}
-        if (engine := get("ENGINE")) is not None:
-            values["engine"] = engine.lower()
+    def from_settings(cls, settings: Settings) -> InferenceConfig:
+        """The knobs of ``settings.inference_*`` (``MLCLOUD_INFERENCE_ENGINE``, ``…_INTRA_OP_THREADS``,
+        ``…_INTER_OP_THREADS``, ``…_PREDICT_WORKERS``, ``…_LOAD_WORKERS``, ``…_BATCH_MAX_SIZE``
+        (> 1 enables batching), ``…_BATCH_MAX_WAIT_MS``); unset ones keep these defaults."""
+        values: dict[str, Any] = {}
+        if settings.inference_engine:
+            values["engine"] = settings.inference_engine.strip().lower()
         for name in ("intra_op_threads", "inter_op_threads", "predict_workers", "load_workers"):
-            if (value := number(name.upper(), int)) is not None:
+            if (value := getattr(settings, "inference_" + name)) is not None:
                 values[name] = value
-        size = number("BATCH_MAX_SIZE", int)
-        wait = number("BATCH_MAX_WAIT_MS", float)
+        size, wait = settings.inference_batch_max_size, settings.inference_batch_max_wait_ms
         if size is not None or wait is not None:
             values["batching"] = _batching(size, wait, BatchingConfig())
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -214,10 +214,6 @@ class ModelRegistry:
         except InferenceError as exc:
             raise InferenceRuntimeError(f"model {route!r} produced an output: {exc.message}") from exc
 
-    async def predict_arrays(self, route: str, array: np.ndarray) -> list[np.ndarray]:
-        """The same as :meth:`predict` on numpy arrays, every output (in-process callers, bench)."""
-        return await self._infer(self._serving(route), array)
-
     def _serving(self, route: str) -> LoadedModel:
         entry = self._routes.get(route)
         if entry is None:

@@ -16,7 +16,6 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import msgspec
 import nats.js.errors
@@ -118,10 +117,6 @@ class LinkStore:
                 yield LinkEvent(link)
         finally:
             await watcher.stop()
-
-
-def link_to_json(link: LinkDefinition) -> dict[str, Any]:
-    return msgspec.to_builtins(link)
 
 
 class LinkFeed:

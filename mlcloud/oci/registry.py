@@ -8,7 +8,9 @@ interface and turns on htpasswd auth); it writes its own config under the state 
     <state_dir>/registry/registry.log   the child's stdout and stderr
 
 ``EmbeddedRegistry`` is a context manager both ways: ``with`` for tests and scripts,
-``async with`` for the host (start and stop then run in a worker thread).
+``async with`` for the host (start and stop then run in a worker thread). Port 0 (tests) lets the
+registry bind a free port itself; it is read back from the registry's ``listening on`` log line
+(logged at level info, so that level is used then), so nothing can take it between choice and bind.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -36,6 +39,7 @@ from mlcloud.settings import Settings, split_address
 BINARY_NAME = "docker-registry"
 _FALLBACK_PATHS = ("/usr/bin/docker-registry", "/usr/sbin/docker-registry")
 DEFAULT_START_TIMEOUT = 15.0
+_LISTENING = re.compile(rb'msg="listening on [^"]*:(\d+)"')
 
 
 class RegistryState(enum.Enum):
@@ -63,7 +67,8 @@ def find_registry_binary() -> Path:
 def registry_config(storage: Path, host: str, port: int) -> dict:
     return {
         "version": 0.1,
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        # Port 0 needs the info line that says which port the registry got.
+        "log": {"level": "warn" if port else "info", "accesslog": {"disabled": True}},
         "storage": {
             "filesystem": {"rootdirectory": str(storage)},
             "delete": {"enabled": True},
@@ -152,7 +157,7 @@ class EmbeddedRegistry:
         if self.state is not RegistryState.STOPPED:
             return
         binary = self.binary or find_registry_binary()
-        if not port_is_free(self.host, self.port):
+        if self.port and not port_is_free(self.host, self.port):
             raise PortInUse(
                 f"cannot start the registry: {self.address} is already in use "
                 "(another registry? pick another port with --registry / MLCLOUD_REGISTRY)",
@@ -161,6 +166,7 @@ class EmbeddedRegistry:
         self.state = RegistryState.STARTING
         config = self.write_config()
         self._log = self.log_path.open("ab")
+        log_start = self._log.tell()
         self._proc = subprocess.Popen(
             [str(binary), "serve", str(config)],
             stdin=subprocess.DEVNULL,
@@ -176,7 +182,10 @@ class EmbeddedRegistry:
                 if "address already in use" in tail:
                     raise PortInUse(f"cannot start the registry: {self.address} is already in use", port=self.port)
                 raise RegistryStartFailed(f"docker-registry exited with {code} on {self.address}: {tail}")
-            if self._answers():
+            if not self.port:
+                found = _LISTENING.search(self.log_path.read_bytes()[log_start:])
+                self.port = int(found.group(1)) if found else 0
+            if self.port and self._answers():
                 break
             if time.monotonic() > deadline:
                 self.stop()

@@ -21,8 +21,7 @@ import httpx
 from mlcloud.host.host import Host
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.nats_server import NatsServer
-from mlcloud.servers import free_port
-from mlcloud.servers import running_app
+from mlcloud.servers import free_port, running_app
 from mlcloud.settings import Settings
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -70,19 +69,19 @@ async def running_stack(state_dir: Path, *, manifest: Path = APP_MANIFEST, **ove
         state_dir=state_dir,
         keys_dir=state_dir / "keys",
         lattice=f"stack-{uuid.uuid4().hex[:8]}",
-        bindle_address=f"127.0.0.1:{free_port()}",
-        registry=f"127.0.0.1:{free_port()}",
+        registry="127.0.0.1:0",
         http_address=f"127.0.0.1:{http_port}",
         health_interval=1.0,
         restart_backoff=0.2,
         **overrides,
     )
     async with contextlib.AsyncExitStack() as stack:
-        nats = await stack.enter_async_context(NatsServer(state_dir / "nats", port=free_port()))
-        settings = settings.replace(nats_url=nats.url)
-        await stack.enter_async_context(running_app(create_app(state_dir / "bindle"), settings.bindle_address,
-                                                    "the Bindle server", access_log=None))
-        await stack.enter_async_context(EmbeddedRegistry.from_settings(settings))
+        nats = await stack.enter_async_context(NatsServer(state_dir / "nats", port=0))
+        bindle_address = await stack.enter_async_context(running_app(
+            create_app(state_dir / "bindle"), "127.0.0.1:0", "the Bindle server", access_log=None))
+        settings = settings.replace(nats_url=nats.url, bindle_address=bindle_address)
+        registry = await stack.enter_async_context(EmbeddedRegistry.from_settings(settings))
+        settings = settings.replace(registry=registry.address)
         host = await stack.enter_async_context(Host(settings, {"stack": "test"}))
         ctl = await CtlClient.connect(settings)
         stack.push_async_callback(ctl.close)

@@ -30,7 +30,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mlcloud.errors import MLCloudError, RequestError
+from mlcloud.errors import HttpErrorReply, MLCloudError, RequestError
 from mlcloud.settings import Settings
 from mlcloud.washboard.state import Section
 from mlcloud.washboard.watcher import DEFAULT_POLL_INTERVAL, LatticeWatcher
@@ -78,8 +78,8 @@ async def _end_streams(app: web.Application) -> None:
     app[WATCHER].close_streams()
 
 
-def error_response(status: int, kind: str, message: str) -> web.Response:
-    return web.json_response({"error": {"kind": kind, "message": message}}, status=status)
+def error_response(error: HttpErrorReply) -> web.Response:
+    return web.json_response(error.body, status=error.status, headers=error.headers)
 
 
 @web.middleware
@@ -87,16 +87,17 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except MLCloudError as err:
-        return error_response(int(err.http_status), err.kind, err.message)
+        return error_response(err.to_http())
     except web.HTTPException as exc:
         if not request.path.startswith("/api/") or exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason, exc.text or exc.reason)
+        return error_response(HttpErrorReply.of(exc.status, exc.reason, exc.text or exc.reason,
+                                                allow=exc.headers.get("Allow")))
     except (ConnectionResetError, asyncio.CancelledError):
         raise
     except Exception as exc:  # a bug here must still answer in the API's error shape
         log.exception("washboard request %s %s failed", request.method, request.path)
-        return error_response(500, "MLCloudError", f"{type(exc).__name__}: {exc}")
+        return error_response(MLCloudError(f"{type(exc).__name__}: {exc}").to_http())
 
 
 # ---- reading --------------------------------------------------------------------------------

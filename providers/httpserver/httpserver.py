@@ -70,8 +70,8 @@ class ServerConfig:
 
 
 def error_response(err: MLCloudError) -> web.Response:
-    headers = {"Retry-After": "1"} if err.http_status == 503 else {}
-    return web.json_response(err.to_http_body(), status=err.http_status, headers=headers)
+    status, headers, body = err.to_http()
+    return web.json_response(body, status=status, headers=headers)
 
 
 class LinkedServer:

@@ -53,7 +53,7 @@ class MlInference(Provider):
         self.bindle = AsyncClient(bindle_url)
         cache = ParcelCache(Path(self.config.get("cache_dir") or ctx.settings.state_dir / "parcels"))
         self.fetch = bindle_fetcher(self.bindle, cache)
-        self.inference_config = InferenceConfig.from_env()
+        self.inference_config = InferenceConfig.from_settings(ctx.settings)
         if self.config.get("engine"):
             self.inference_config = self.inference_config.replace(engine=self.config["engine"])
         log.info("models come from %s; parcels cached in %s", bindle_url, cache.root)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mlcloud.bindle import BindleSpec, Invoice, Label, Parcel
-from mlcloud.bindle.testing import BindleServerProcess
+from mlcloud.testing.bindle import BindleServerProcess
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -11,10 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from mlcloud.bindle import Client
+from mlcloud.bindle import AsyncClient, Invoice, Label
 from mlcloud.bindle.cli import bindle
-from mlcloud.bindle.testing import BindleServerProcess
 from mlcloud.identity import KeyKind, KeyPair
+from mlcloud.testing.bindle import BindleServerProcess
 
 
 @pytest.fixture
@@ -91,9 +92,13 @@ def test_push_invoice_then_push_file(run, tmp_path: Path, server: BindleServerPr
     assert "already exists" in run("push-invoice", str(tmp_path / "d" / "invoice.toml"), ok=False)
     for file_name in ("model.onnx", "metadata.json"):
         assert "uploaded" in run("push-file", f"{name}/0.1.0", str(tmp_path / "d" / file_name))
-    with Client(server.url) as client:
-        assert client.missing_parcels(f"{name}/0.1.0") == []
-        assert client.get_invoice(f"{name}/0.1.0").signature[0].by == "tester"
+
+    async def stored() -> tuple[list[Label], Invoice]:
+        async with AsyncClient(server.url) as client:
+            return await client.missing_parcels(f"{name}/0.1.0"), await client.get_invoice(f"{name}/0.1.0")
+
+    missing, invoice = asyncio.run(stored())  # the CLI runs its own loop, so this test has none
+    assert missing == [] and invoice.signature[0].by == "tester"
     stray = tmp_path / "stray.bin"
     stray.write_bytes(b"stray")
     assert "InvalidParcel" in run("push-file", f"{name}/0.1.0", str(stray), ok=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 
 from mlcloud.bindle import AsyncClient, BindleSpec, Invoice, Label, Parcel
-from mlcloud.bindle.testing import BindleServerProcess
+from mlcloud.testing.bindle import BindleServerProcess
 
 SIZE = 200 * 1024 * 1024
 CHUNK = 1024 * 1024

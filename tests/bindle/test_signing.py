@@ -9,11 +9,11 @@ import msgspec
 import nacl.signing
 import pytest
 
-from mlcloud.bindle import Client, KeyRing, SignatureInvalid, sign_invoice, verify_invoice
+from mlcloud.bindle import AsyncClient, KeyRing, SignatureInvalid, sign_invoice, verify_invoice
 from mlcloud.bindle.models import SignatureRole
 from mlcloud.bindle.signing import cleartext
-from mlcloud.bindle.testing import BindleServerProcess
 from mlcloud.identity import KeyKind, KeyPair
+from mlcloud.testing.bindle import BindleServerProcess
 
 from .conftest import make_bindle
 
@@ -70,31 +70,31 @@ def test_keyring_file_round_trips(tmp_path: Path) -> None:
     assert loaded.contains(base64.b64encode(bytes(key.verify_key)).decode())
 
 
-def test_server_with_keyring_accepts_good_and_refuses_bad_signatures(tmp_path: Path) -> None:
+async def test_server_with_keyring_accepts_good_and_refuses_bad_signatures(tmp_path: Path) -> None:
     trusted = nacl.signing.SigningKey.generate()
     stranger = nacl.signing.SigningKey.generate()
     KeyRing().add("trusted", trusted).save(tmp_path / "keyring.toml")
-    with BindleServerProcess(tmp_path / "store", keyring=tmp_path / "keyring.toml") as server, \
-            Client(server.url) as client:
+    async with BindleServerProcess(tmp_path / "store", keyring=tmp_path / "keyring.toml") as server, \
+            AsyncClient(server.url) as client:
         good = make_bindle({"a": b"a"})
-        client.create_invoice(sign_invoice(good.invoice, "trusted", trusted))
-        assert client.get_invoice(good.id).signature[0].by == "trusted"
+        await client.create_invoice(sign_invoice(good.invoice, "trusted", trusted))
+        assert (await client.get_invoice(good.id)).signature[0].by == "trusted"
 
         unsigned = make_bindle({"b": b"b"})
         with pytest.raises(SignatureInvalid) as info:
-            client.create_invoice(unsigned.invoice)
+            await client.create_invoice(unsigned.invoice)
         assert info.value.details["status"] == 400
 
         with pytest.raises(SignatureInvalid):
-            client.create_invoice(sign_invoice(unsigned.invoice, "stranger", stranger))
+            await client.create_invoice(sign_invoice(unsigned.invoice, "stranger", stranger))
 
         signed = sign_invoice(make_bindle({"c": b"c"}).invoice, "trusted", trusted)
         forged = msgspec.structs.replace(signed, parcel=make_bindle({"d": b"d"}).invoice.parcel)
         with pytest.raises(SignatureInvalid):
-            client.create_invoice(forged)
+            await client.create_invoice(forged)
 
 
-def test_unauthenticated_server_accepts_unsigned_invoices(server: BindleServerProcess) -> None:
-    with Client(server.url) as client:
+async def test_unauthenticated_server_accepts_unsigned_invoices(server: BindleServerProcess) -> None:
+    async with AsyncClient(server.url) as client:
         b = make_bindle({"a": b"a"})
-        assert client.create_invoice(b.invoice).missing
+        assert (await client.create_invoice(b.invoice)).missing

@@ -76,13 +76,19 @@ async def test_cat_photo_matches_a_cat(http):
     assert response.headers["x-model"] == "efficientnet-lite0/1.0.0"
 
 
-@pytest.mark.parametrize("image, expected", [("coffee.jpg", "espresso"), ("rocket.jpg", None)])
-async def test_other_photos_and_top_parameter(http, image, expected):
+# ImageNet has no "rocket": EfficientNet-Lite0 calls the photo a missile (p ≈ 0.26), then a
+# projectile (0.14), then a space shuttle (0.09); the fourth (an oil rig, 0.06) is no rocket.
+ROCKET_LABELS = {"n03773504 missile", "n04008634 projectile, missile", "n04266014 space shuttle"}
+
+
+@pytest.mark.parametrize("image, top_labels", [("coffee.jpg", {"n07920052 espresso"}), ("rocket.jpg", ROCKET_LABELS)])
+async def test_other_photos_and_top_parameter(http, image, top_labels):
     response = await http.put("/efficientnetlite0/matches?top=3", content=(IMAGES / image).read_bytes())
     assert response.status_code == 200
-    assert len(response.json()) == 3
-    if expected:
-        assert expected in response.json()[0]["label"]
+    labels = [match["label"] for match in response.json()]
+    assert len(labels) == 3 and labels[0] in top_labels, labels
+    if image == "rocket.jpg":
+        assert set(labels) == ROCKET_LABELS  # all three guesses are rocket-like
 
 
 async def test_png_with_alpha_and_grey_images_are_classified(http):

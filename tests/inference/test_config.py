@@ -6,25 +6,30 @@ import pytest
 
 from mlcloud.errors import ConfigError
 from mlcloud.inference.config import BatchingConfig, InferenceConfig, parse_link_values
+from mlcloud.settings import Settings
+
+
+def _from_env(environ: dict[str, str]) -> InferenceConfig:
+    return InferenceConfig.from_settings(Settings.from_env(environ))
 
 
 def test_defaults_leave_batching_off() -> None:
-    config = InferenceConfig.from_env({})
+    config = _from_env({})
     assert config.engine is None and not config.batching.enabled
     assert config.predict_workers >= 4
 
 
 def test_environment_sets_engine_threads_and_batching() -> None:
-    config = InferenceConfig.from_env(
+    config = _from_env(
         {"MLCLOUD_INFERENCE_ENGINE": "Tract", "MLCLOUD_INFERENCE_INTRA_OP_THREADS": "1",
          "MLCLOUD_INFERENCE_BATCH_MAX_SIZE": "16", "MLCLOUD_INFERENCE_BATCH_MAX_WAIT_MS": "3"}
     )
     assert config.engine == "tract" and config.engine_options.intra_op_threads == 1
     assert config.batching == BatchingConfig(enabled=True, max_batch_size=16, max_wait=0.003)
     with pytest.raises(ConfigError):
-        InferenceConfig.from_env({"MLCLOUD_INFERENCE_ENGINE": "torch"})
-    with pytest.raises(ConfigError):
-        InferenceConfig.from_env({"MLCLOUD_INFERENCE_BATCH_MAX_SIZE": "lots"})
+        _from_env({"MLCLOUD_INFERENCE_ENGINE": "torch"})
+    with pytest.raises(ConfigError, match="MLCLOUD_INFERENCE_BATCH_MAX_SIZE='lots' is not a number"):
+        _from_env({"MLCLOUD_INFERENCE_BATCH_MAX_SIZE": "lots"})
 
 
 def test_link_values_split_into_routes_engines_and_batching() -> None:

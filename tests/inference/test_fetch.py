@@ -11,11 +11,11 @@ import pytest
 
 from mlcloud.bindle.client import AsyncClient
 from mlcloud.bindle.models import BindleSpec, Condition, Group, Invoice, Label, Parcel
-from mlcloud.bindle.testing import BindleServerProcess
 from mlcloud.errors import InvalidModel
 from mlcloud.inference import InferenceConfig, ModelRegistry, ParcelCache
 from mlcloud.inference.fetch import bindle_fetcher
 from mlcloud.interfaces import Tensor
+from mlcloud.testing.bindle import BindleServerProcess
 
 from .models import metadata, onnx_model
 

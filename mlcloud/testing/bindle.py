@@ -7,8 +7,10 @@
     with BindleServerProcess(tmp_path / "bindle") as server:   # blocking tests work too
         ...
 
-The server runs ``python -m mlcloud.bindle serve`` on a free 127.0.0.1 port and counts as started
-once ``/healthz`` answers. Stopping asks (SIGTERM), then kills; ``restart`` keeps the port and the
+The server runs ``python -m mlcloud.bindle serve`` on 127.0.0.1, port 0 unless one is given: the
+server binds a free port itself and says which on its first line (``listening on …``), which is
+read back, so no other process can take the port in between. It counts as started once
+``/healthz`` answers. Stopping asks (SIGTERM), then kills; ``restart`` keeps the port and the
 directory, so clients built before it keep working.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,10 +30,10 @@ from typing import Self
 import httpx
 
 from mlcloud.errors import HostError
-from mlcloud.servers import free_port
 
 START_TIMEOUT = 15.0
 STOP_GRACE = 5.0
+_LISTENING = re.compile(r"listening on http://[^\s/]*:(\d+)/")
 
 
 class BindleServerProcess:
@@ -41,7 +44,7 @@ class BindleServerProcess:
                  env: dict[str, str] | None = None) -> None:
         self.directory = Path(directory)
         self.host = host
-        self.port = port or free_port(host)
+        self.port = port or 0  # 0 until the server says which port it got
         self.keyring = keyring
         self.env = env
         self.process: subprocess.Popen[bytes] | None = None
@@ -76,6 +79,8 @@ class BindleServerProcess:
         if self.process.poll() is not None:
             raise HostError(f"bindle server exited with {self.process.returncode}:\n"
                             f"{self.log_text()}")
+        if not self.port and (found := _LISTENING.search(self.log_text())):
+            self.port = int(found.group(1))
 
     def _timed_out(self) -> HostError:
         self.stop()
@@ -91,7 +96,7 @@ class BindleServerProcess:
             while time.monotonic() < deadline:
                 self._check_alive()
                 with contextlib.suppress(httpx.TransportError):
-                    if http.get(f"http://{self.address}/healthz").is_success:
+                    if self.port and http.get(f"http://{self.address}/healthz").is_success:
                         return self
                 time.sleep(0.05)
         raise self._timed_out()
@@ -128,7 +133,7 @@ class BindleServerProcess:
             while time.monotonic() < deadline:
                 self._check_alive()
                 with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(f"http://{self.address}/healthz")).is_success:
+                    if self.port and (await http.get(f"http://{self.address}/healthz")).is_success:
                         return self
                 await asyncio.sleep(0.05)
         raise self._timed_out()

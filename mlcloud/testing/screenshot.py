@@ -1,6 +1,6 @@
 """A screenshot of a running washboard, taken with Debian's chromium through Playwright.
 
-    python -m mlcloud.washboard.screenshot --url http://127.0.0.1:4000/ --out docs/washboard.png
+    python -m mlcloud.testing.screenshot --url http://127.0.0.1:4000/ --out docs/washboard.png
 
 Also where the browser tests get their browser: :func:`launch_chromium` starts the system
 chromium (no browser download) with the flags that keep it quiet and offline.
