@@ -73,7 +73,8 @@ class HttpErrorReply(NamedTuple):
 class MLCloudError(Exception):
     """Root of every error mlcloud raises on purpose."""
 
-    kind: ClassVar[str] = "MLCloudError"
+    # Not a ClassVar: a RemoteError of a kind this process does not know keeps that kind per instance.
+    kind: str = "MLCloudError"
     http_status: ClassVar[HTTPStatus] = HTTPStatus.INTERNAL_SERVER_ERROR
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

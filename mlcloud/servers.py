@@ -8,6 +8,7 @@ import errno
 import signal
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -23,7 +24,7 @@ def free_port(host: str = "127.0.0.1") -> int:
     server's port) and for an address that must stay unanswered."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -41,7 +42,7 @@ def port_is_free(host: str, port: int) -> bool:
 
 
 @contextlib.asynccontextmanager
-async def running_app(app: web.Application, address: str, what: str, **runner_kwargs) -> AsyncIterator[str]:
+async def running_app(app: web.Application, address: str, what: str, **runner_kwargs: Any) -> AsyncIterator[str]:
     """Serve ``app`` on ``address`` (``host:port``, port 0 picks one) and yield ``host:port``."""
     host, port = split_address(address)
     runner = web.AppRunner(app, **runner_kwargs)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -52,6 +52,8 @@ from mlcloud.bindle.models import (
     decode,
     to_toml,
 )
+
+T = TypeVar("T")
 
 CHUNK_SIZE = 1024 * 1024
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -133,7 +135,7 @@ def _raise_for(response: httpx.Response, context: str) -> None:
     raise err(message, **details)
 
 
-def _decode_body(response: httpx.Response, type_: type[Any]) -> Any:
+def _decode_body(response: httpx.Response, type_: type[T]) -> T:
     return decode(response.content, type_, content_type=response.headers.get("content-type"),
                   error=BindleServerError)
 
@@ -217,8 +219,8 @@ def _tmp_for(dest: Path) -> Path:
 # -- asyncio client ----------------------------------------------------------------------------
 
 
-async def _file_chunks(path: ParcelData) -> AsyncIterator[bytes]:
-    with open(path, "rb") as f:  # type: ignore[arg-type]
+async def _file_chunks(path: str | os.PathLike[str]) -> AsyncIterator[bytes]:
+    with open(path, "rb") as f:
         while chunk := await asyncio.to_thread(f.read, CHUNK_SIZE):
             yield chunk
 
@@ -346,7 +348,7 @@ class AsyncClient:
         except AlreadyExists:
             existing = await self.get_invoice(invoice.id)
             if not _same_parcels(existing, invoice):
-                raise AlreadyExists(f"{invoice.id} exists with other parcels; bump the version")
+                raise AlreadyExists(f"{invoice.id} exists with other parcels; bump the version") from None
             result.invoice_created = False
             missing = await self.missing_parcels(invoice.id)
         missing_shas = {label.sha256 for label in missing}

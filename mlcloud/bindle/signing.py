@@ -31,7 +31,8 @@ KEYRING_VERSION = "1.0"
 
 
 class _HasSigningKey(Protocol):
-    signing_key: nacl.signing.SigningKey
+    @property
+    def signing_key(self) -> nacl.signing.SigningKey: ...
 
 
 SigningKeyLike = nacl.signing.SigningKey | _HasSigningKey  # mlcloud.identity.KeyPair fits

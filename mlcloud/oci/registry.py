@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import yaml
 
@@ -64,7 +64,7 @@ def find_registry_binary() -> Path:
     )
 
 
-def registry_config(storage: Path, host: str, port: int) -> dict:
+def registry_config(storage: Path, host: str, port: int) -> dict[str, Any]:
     return {
         "version": 0.1,
         # Port 0 needs the info line that says which port the registry got.
@@ -149,7 +149,7 @@ class EmbeddedRegistry:
     def _answers(self) -> bool:
         try:
             with urllib.request.urlopen(f"{self.url}/v2/", timeout=1.0) as response:
-                return response.status == 200
+                return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
 
@@ -223,7 +223,9 @@ class EmbeddedRegistry:
         self.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     async def __aenter__(self) -> EmbeddedRegistry:

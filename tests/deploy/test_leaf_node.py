@@ -17,12 +17,11 @@ import pytest
 from mlcloud.errors import MLCloudError
 from mlcloud.host.host import Host
 from mlcloud.lattice import subjects
-from mlcloud.lattice.wire import decode_reply, encode_request
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.nats_server import find_nats_server
+from mlcloud.lattice.wire import decode_reply, encode_request
 from mlcloud.servers import free_port
 from mlcloud.settings import Settings
-
 from tests.conftest import COMPONENTS
 
 from .conftest import PROJECT, stop_process_group

@@ -115,7 +115,8 @@ def test_clean_refuses_the_project_directory(env: dict[str, str]) -> None:
     assert (PROJECT / "deploy" / "run.sh").exists()
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt-get install shellcheck)")
+@pytest.mark.skipif(shutil.which("shellcheck") is None,
+                    reason="shellcheck is not installed (apt-get install shellcheck)")
 def test_scripts_are_shellcheck_clean() -> None:
     scripts = ["deploy/run.sh", "deploy/env", "deploy/coral/install.sh", "deploy/coral/dev.env"]
     result = subprocess.run(["shellcheck", "-x", *scripts], cwd=PROJECT, capture_output=True, text=True)

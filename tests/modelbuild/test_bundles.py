@@ -19,7 +19,9 @@ from .conftest import MODELS
 BUILT = {
     "identity_model-0.2.0": {"identity_model.onnx": "model", "metadata.json": "metadata"},
     "plus3-0.1.0": {"plus3.pb": "model", "metadata.json": "metadata"},
-    "efficientnet-lite0-1.0.0": {"efficientnet-lite0.onnx": "model", "metadata.json": "metadata", "synset.txt": "labels"},
+    "efficientnet-lite0-1.0.0": {
+        "efficientnet-lite0.onnx": "model", "metadata.json": "metadata", "synset.txt": "labels",
+    },
 }
 METADATA_KEYS = {"model_name", "graph_encoding", "execution_target", "tensor_type",
                  "tensor_dimensions_in", "tensor_dimensions_out"}

@@ -9,8 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from mlcloud.modelbuild import efficientnet_lite0 as enet
-from mlcloud.modelbuild import verify
+from mlcloud.modelbuild import efficientnet_lite0 as enet, verify
 from mlcloud.modelbuild.errors import VerificationError
 
 tract = pytest.importorskip("tract", reason="tract has x86_64 wheels only")

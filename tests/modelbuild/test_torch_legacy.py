@@ -27,7 +27,8 @@ def test_reads_the_efficientnet_checkpoint():
     assert state["_fc.weight"].shape == (1000, 1280)
     assert state["_bn0.num_batches_tracked"].dtype == np.int64
     assert state["_bn0.num_batches_tracked"].shape == ()
-    assert sum(v.size for k, v in state.items() if not k.endswith("num_batches_tracked")) == 4_694_024  # EfficientNet-Lite0: 4.7 M parameters
+    # EfficientNet-Lite0: 4.7 M parameters
+    assert sum(v.size for k, v in state.items() if not k.endswith("num_batches_tracked")) == 4_694_024
     assert all(np.isfinite(v).all() for v in state.values() if v.dtype == np.float32)
     assert (state["_bn0.running_var"] >= 0).all()
 

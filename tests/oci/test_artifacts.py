@@ -224,7 +224,8 @@ def test_claims_that_disagree_with_the_component_are_refused(component: Path, se
     push(built, settings, "mlcloud/echo:honest")
     other_actor = KeyPair.generate(KeyKind.ACTOR).public_key
     with pytest.raises(SubjectMismatch, match="expected"):
-        ArtifactStore(settings).pull_and_verify(f"{settings.registry}/mlcloud/echo:honest", expected_subject=other_actor)
+        ArtifactStore(settings).pull_and_verify(f"{settings.registry}/mlcloud/echo:honest",
+                                                expected_subject=other_actor)
     assert _unpacked(settings) == []
 
 
@@ -232,7 +233,8 @@ def test_signed_layer_with_path_traversal_is_not_unpacked(component: Path, setti
     built = _build(component, settings)
     raw = io.BytesIO()
     with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for name, body in [("component.toml", (component / "component.toml").read_bytes()), ("../../escaped.txt", b"x")]:
+        entries = [("component.toml", (component / "component.toml").read_bytes()), ("../../escaped.txt", b"x")]
+        for name, body in entries:
             info = tarfile.TarInfo(name)
             info.size = len(body)
             tar.addfile(info, io.BytesIO(body))

@@ -14,7 +14,8 @@ DIGEST = "sha256:" + "ab" * 32
     ("text", "expected"),
     [
         ("localhost:5000/mlcloud/preprocess:0.1.0", Reference("localhost:5000", "mlcloud/preprocess", "0.1.0")),
-        (f"127.0.0.1:5000/mlcloud/preprocess@{DIGEST}", Reference("127.0.0.1:5000", "mlcloud/preprocess", None, DIGEST)),
+        (f"127.0.0.1:5000/mlcloud/preprocess@{DIGEST}",
+         Reference("127.0.0.1:5000", "mlcloud/preprocess", None, DIGEST)),
         (f"reg.example.com/a/b:1@{DIGEST}", Reference("reg.example.com", "a/b", "1", DIGEST)),
         ("mlcloud/api:0.2.0", Reference("127.0.0.1:5000", "mlcloud/api", "0.2.0")),
         ("localhost/mlcloud/api", Reference("localhost", "mlcloud/api", "latest")),
