@@ -35,7 +35,6 @@ from mlcloud.interfaces import (
     ModelState,
     ModelStatusRequest,
     Op,
-    PostprocessRequest,
     PreprocessRequest,
     Tensor,
     TensorInfo,
