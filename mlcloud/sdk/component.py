@@ -117,9 +117,10 @@ class Context:
             return await self._runtime.call_actor(
                 actor, op.name, message, op.reply, timeout=timeout, invocation_id=self.invocation_id or None,
             )
+        chain = then.after(op)
         return await self._runtime.call_actor(
-            actor, op.name, message, then.after(op).reply, timeout=timeout,
-            invocation_id=self.invocation_id or None, forward=then.to_wire(),
+            actor, op.name, message, chain.reply, timeout=timeout,
+            invocation_id=self.invocation_id or None, forward=chain.to_wire(),
         )
 
     def forward_to(
