@@ -123,7 +123,7 @@ class Catalog:
         return info
 
 
-def _consume_error(task: asyncio.Task) -> None:
+def _consume_error(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # a background refresh's failure is not worth a "never retrieved" warning
 

@@ -151,10 +151,10 @@ class ModelRegistry:
             raise InferenceRuntimeError("the model registry is closed")
         engines = engines or {}
         for name in [r for r in self._routes if r not in mapping]:
-            route = self._routes.pop(name)
-            self._release(route.active, name)
-            if route.pending is not None:
-                self._release(route.pending, name)
+            dropped = self._routes.pop(name)
+            self._release(dropped.active, name)
+            if dropped.pending is not None:
+                self._release(dropped.pending, name)
         for name, bindle_id in mapping.items():
             key = ModelKey(bindle_id.strip(), engines.get(name) or self.config.engine)
             route = self._routes.get(name)

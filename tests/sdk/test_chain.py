@@ -104,7 +104,7 @@ async def test_a_call_is_checked_before_it_leaves() -> None:
     # Both mistakes are found before the runtime is asked for anything (it has nothing here).
     ctx = Context(cast(Runtime, object()), invocation_id="i", origin="test")
     with pytest.raises(TypeError, match="MlInference.Predict takes a InferenceInput, not a dict"):
-        await ctx.call("wasmcloud:mlinference", PREDICT, {"model": "m"})  # type: ignore[arg-type]  # the point
+        await ctx.call("wasmcloud:mlinference", PREDICT, {"model": "m"})  # type: ignore[misc]  # the mistake mypy finds too
     top_k = stage(POSTPROCESS, {"top": 1}, into="tensor", pick="tensor")  # fits after Predict only
     with pytest.raises(TypeError, match="picks 'tensor' of Preprocess.Convert's reply Tensor, which has dimensions"):
         await ctx.call_actor("preprocess", PREPROCESS, PreprocessRequest(image=b""), then=top_k)
