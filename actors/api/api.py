@@ -10,6 +10,7 @@
 Every error is a JSON body ``{"error": {"kind", "message"}}`` with the status its class names;
 the response header ``X-Model`` says which bindle served the route. The shape of a model's input
 (for the preprocess actor) comes from the mlinference provider's status, cached briefly.
+Tested without NATS against a fake runtime (tests/actors/test_api.py).
 """
 
 from __future__ import annotations
