@@ -237,9 +237,6 @@ class Op(Generic[Req, Rep]):
     request: type[Req]
     reply: type[Rep]
 
-    def __str__(self) -> str:
-        return self.name
-
 
 HANDLE_REQUEST = Op("HttpServer.HandleRequest", HttpRequest, HttpResponse)
 PREDICT = Op("MlInference.Predict", InferenceInput, InferenceOutput)
