@@ -1,15 +1,22 @@
-"""The message types of the lattice's contracts, defined once for actors, providers and tests.
+"""The message types and operations of the lattice's contracts, defined once for actors,
+providers and tests.
 
 Types are ``msgspec.Struct``s whose wire names are the camelCase names of the original wasmCloud
 interfaces (``queryString``, ``statusCode``, ``valueTypes``). They are encoded as msgpack on the
 lattice; bytes stay bytes (no base64). The HTTP API's JSON form of a tensor (``data`` as a list
 of byte values, as the original's serde output) is produced by :meth:`Tensor.to_json`.
+
+Each operation is an :class:`Op`: its wire name (as wasmCloud's generated interfaces name it),
+the request it takes and the reply it gives. Components register handlers and make calls with
+these values, so a chain of calls is checked against the types when it is built
+(:mod:`mlcloud.sdk.chain`).
 """
 
 from __future__ import annotations
 
 import enum
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
@@ -21,13 +28,6 @@ from mlcloud.errors import CorruptInputTensor
 # Capability contract ids.
 HTTPSERVER = "wasmcloud:httpserver"
 MLINFERENCE = "wasmcloud:mlinference"
-
-# Operation names, as wasmCloud's generated interfaces name them.
-OP_HANDLE_REQUEST = "HttpServer.HandleRequest"
-OP_PREDICT = "MlInference.Predict"
-OP_PREPROCESS = "Preprocess.Convert"
-OP_POSTPROCESS = "Postprocess.Matches"
-OP_MODEL_STATUS = "MlInference.Status"
 
 
 class _Wire(msgspec.Struct, rename="camel", kw_only=True, omit_defaults=True):
@@ -181,22 +181,70 @@ class ModelStatusRequest(_Wire):
     model: str = ""  # empty: every model linked to the caller
 
 
+class ModelState(enum.StrEnum):
+    """A model's life in the mlinference provider's registry (a str, so ``state == "READY"`` holds)."""
+
+    LOADING = "LOADING"
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+class TensorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One declared input or output of a model, as ``GET /v2/models/{m}`` shows it.
+
+    Named as the HTTP API's JSON names it (snake_case, on the wire too, as when it was a dict).
+    ``shape`` is None when the rank is unknown, and -1 marks a symbolic dimension; ``datatype``
+    is a :class:`ValueType` name, or the numpy dtype when no value type carries it.
+    ``image_datatype`` is set when images may come as that type instead (8-bit pixels that the
+    provider normalises, :mod:`mlcloud.inference.pixels`).
+    """
+
+    name: str
+    shape: list[int] | None
+    datatype: str
+    image_datatype: ValueType | None = None
+
+
 class ModelInfo(_Wire):
     """What the api actor reports on ``GET /v2/models/{m}`` and the washboard shows."""
 
     name: str
     bindle_id: str
     engine: str = ""
-    state: str = "LOADING"
+    state: ModelState = ModelState.LOADING
     reason: str = ""
-    inputs: list[dict[str, Any]] = []
-    outputs: list[dict[str, Any]] = []
+    inputs: list[TensorInfo] = []
+    outputs: list[TensorInfo] = []
     # Serving figures over the last minute, filled in by the mlinference provider.
     requests: int = 0
     errors: int = 0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
 
+
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
+
+
+@dataclass(frozen=True, slots=True)
+class Op(Generic[Req, Rep]):
+    """An operation: its name on the wire, the type of its request and of its reply.
+
+    ``object`` as a type means plain msgpack values (test components, health checks).
+    """
+
+    name: str
+    request: type[Req]
+    reply: type[Rep]
+
+
+HANDLE_REQUEST = Op("HttpServer.HandleRequest", HttpRequest, HttpResponse)
+PREDICT = Op("MlInference.Predict", InferenceInput, InferenceOutput)
+MODEL_STATUS = Op("MlInference.Status", ModelStatusRequest, list[ModelInfo])
+PREPROCESS = Op("Preprocess.Convert", PreprocessRequest, Tensor)
+POSTPROCESS = Op("Postprocess.Matches", PostprocessRequest, list[Match])
+# Read by mlcloud/washboard/watcher.py (another part of issue 13), which then takes MODEL_STATUS.
+OP_MODEL_STATUS = MODEL_STATUS.name
 
 T = TypeVar("T")
 

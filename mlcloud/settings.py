@@ -35,6 +35,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard of the preproc
 DEFAULT_RESTART_BACKOFF = 0.5
 DEFAULT_RESTART_BACKOFF_MAX = 30.0
 DEFAULT_STOP_GRACE = 5.0
+DEFAULT_LOG_LEVEL = "INFO"
 
 
 def _default_state_dir() -> Path:
@@ -92,6 +93,8 @@ class Settings:
     trusted_issuers: str = ""
     # Allow plain-HTTP registries (the embedded one is loopback HTTP).
     registry_insecure: bool = True
+    # The level of the instance processes' logs (a `logging` level name).
+    log_level: str = DEFAULT_LOG_LEVEL
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

@@ -10,6 +10,7 @@
 Every error is a JSON body ``{"error": {"kind", "message"}}`` with the status its class names;
 the response header ``X-Model`` says which bindle served the route. The shape of a model's input
 (for the preprocess actor) comes from the mlinference provider's status, cached briefly.
+Tested without NATS against a fake runtime (tests/actors/test_api.py).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
+
+import msgspec
 
 from mlcloud.errors import (
     ContextNotFound,
@@ -31,24 +34,25 @@ from mlcloud.errors import (
     UnsupportedMediaType,
 )
 from mlcloud.interfaces import (
+    HANDLE_REQUEST,
     MLINFERENCE,
-    OP_HANDLE_REQUEST,
-    OP_MODEL_STATUS,
-    OP_POSTPROCESS,
-    OP_PREDICT,
-    OP_PREPROCESS,
+    MODEL_STATUS,
+    POSTPROCESS,
+    PREDICT,
+    PREPROCESS,
     HttpRequest,
     HttpResponse,
     InferenceInput,
     InferenceOutput,
-    Match,
     ModelInfo,
+    ModelState,
     ModelStatusRequest,
     PreprocessRequest,
     Tensor,
+    TensorInfo,
     ValueType,
 )
-from mlcloud.sdk import Actor, Context, Forward
+from mlcloud.sdk import Actor, Chain, Context
 
 T = TypeVar("T")
 component = Actor()
@@ -97,7 +101,7 @@ class Catalog:
 
     async def _fetch(self, ctx: Context) -> dict[str, ModelInfo]:
         try:
-            infos = await ctx.call(MLINFERENCE, OP_MODEL_STATUS, ModelStatusRequest(), list[ModelInfo])
+            infos = await ctx.call(MLINFERENCE, MODEL_STATUS, ModelStatusRequest())
             self._models = {info.name: info for info in infos}
             self._fetched = time.monotonic()
             return self._models
@@ -107,18 +111,18 @@ class Catalog:
     async def ready(self, ctx: Context, model: str) -> ModelInfo:
         """The model's info when it can serve; the error that says why not otherwise."""
         info = (await self.all(ctx)).get(model)
-        if info is None or info.state != "READY":
+        if info is None or info.state is not ModelState.READY:
             info = (await self.all(ctx, fresh=True)).get(model)
         if info is None:
             raise ContextNotFound(f"no model {model!r} is linked; known: {', '.join(sorted(self._models)) or 'none'}")
-        if info.state == "LOADING":
+        if info.state is ModelState.LOADING:
             raise ModelLoading(f"model {model!r} ({info.bindle_id}) is still loading")
-        if info.state == "FAILED":
+        if info.state is ModelState.FAILED:
             raise InvalidModel(f"model {model!r} ({info.bindle_id}) failed to load: {info.reason}")
         return info
 
 
-def _consume_error(task: asyncio.Task) -> None:
+def _consume_error(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # a background refresh's failure is not worth a "never retrieved" warning
 
@@ -126,7 +130,7 @@ def _consume_error(task: asyncio.Task) -> None:
 catalog = Catalog()
 
 
-@component.operation(OP_HANDLE_REQUEST, HttpRequest)
+@component.operation(HANDLE_REQUEST)
 async def handle_request(ctx: Context, request: HttpRequest) -> HttpResponse:
     try:
         return await route(ctx, request)
@@ -171,8 +175,8 @@ async def route_v2(ctx: Context, method: str, parts: list[str]) -> HttpResponse:
         return json_response({"live": True})
     if parts == ["health", "ready"]:
         models = await catalog.all(ctx, fresh=True)
-        not_ready = {name: info.state for name, info in models.items() if info.state != "READY"}
-        body = {"ready": bool(models) and not not_ready, "models": {n: i.state for n, i in models.items()}}
+        ready = bool(models) and all(info.state is ModelState.READY for info in models.values())
+        body = {"ready": ready, "models": {n: str(i.state) for n, i in models.items()}}
         return json_response(body, 200 if body["ready"] else 503, {} if body["ready"] else {"retry-after": "1"})
     if parts == ["models"]:
         return json_response([model_json(i) for i in (await catalog.all(ctx, fresh=True)).values()])
@@ -184,9 +188,10 @@ async def route_v2(ctx: Context, method: str, parts: list[str]) -> HttpResponse:
     raise NotFound(f"no route /v2/{'/'.join(parts)}")
 
 
-def model_json(info: ModelInfo) -> dict:
-    return {"name": info.name, "bindle_id": info.bindle_id, "engine": info.engine, "state": info.state,
-            "reason": info.reason, "inputs": info.inputs, "outputs": info.outputs}
+def model_json(info: ModelInfo) -> dict[str, Any]:
+    return {"name": info.name, "bindle_id": info.bindle_id, "engine": info.engine, "state": str(info.state),
+            "reason": info.reason, "inputs": msgspec.to_builtins(info.inputs),
+            "outputs": msgspec.to_builtins(info.outputs)}
 
 
 def check_image_body(request: HttpRequest) -> bytes:
@@ -196,38 +201,45 @@ def check_image_body(request: HttpRequest) -> bytes:
     return request.body
 
 
-async def image_chain(
-    ctx: Context, model: str, request: HttpRequest, result_type: type[T], *, then: Forward | None = None
-) -> tuple[T, ModelInfo]:
-    """Preprocess → Predict (→ ``then``) on the request's image, as one chain: each stage's result
-    goes straight to the next (the input tensor never travels through this actor) and the last
-    stage's answer, of ``result_type``, comes back here."""
+def image_input(model: str, info: ModelInfo) -> tuple[list[int], ValueType]:
+    """The dimensions and value type the model's first input wants from an image."""
+    wanted = info.inputs[0] if info.inputs else TensorInfo(name="", shape=None, datatype=ValueType.ValueF32)
+    dims = [d if d > 0 else 1 for d in wanted.shape or [1, 3, 224, 224]]
+    if wanted.image_datatype is not None:
+        # A model that takes 8-bit pixels (and normalises them itself) gets a quarter of the bytes.
+        return dims, wanted.image_datatype
+    try:
+        return dims, ValueType(wanted.datatype)
+    except ValueError:
+        raise InvalidModel(f"model {model!r} wants {wanted.datatype} input, which no image converts to") from None
+
+
+def predict(ctx: Context, model: str) -> Chain[InferenceOutput]:
+    """The model's Predict, as the stage after the preprocess actor."""
+    return ctx.forward_to(MLINFERENCE, PREDICT, {"model": model}, into="tensor")
+
+
+async def image_chain(ctx: Context, model: str, request: HttpRequest, then: Chain[T]) -> tuple[T, ModelInfo]:
+    """Preprocess → ``then`` (Predict → …) on the request's image, as one chain: each stage's
+    result goes straight to the next (the input tensor never travels through this actor) and the
+    last stage's answer comes back here."""
     image = check_image_body(request)
     info = await catalog.ready(ctx, model)
-    wanted = info.inputs[0] if info.inputs else {}
-    dims = [d if isinstance(d, int) and d > 0 else 1 for d in wanted.get("shape") or [1, 3, 224, 224]]
-    try:
-        # A model that takes 8-bit pixels (and normalises them itself) gets a quarter of the bytes.
-        value_type = ValueType(wanted.get("image_datatype") or wanted.get("datatype") or "ValueF32")
-    except ValueError:
-        raise InvalidModel(f"model {model!r} wants {wanted.get('datatype')} input, which no image converts to") from None
-    chain = ctx.forward_to(MLINFERENCE, OP_PREDICT, {"model": model}, into="tensor")
-    if then is not None:
-        chain = chain.followed_by(then)
-    request_tensor = PreprocessRequest(image=image, dimensions=dims, value_type=value_type)
-    answer = await ctx.call_actor("preprocess", OP_PREPROCESS, request_tensor, result_type, then=chain)
+    dims, value_type = image_input(model, info)
+    wanted = PreprocessRequest(image=image, dimensions=dims, value_type=value_type)
+    answer = await ctx.call_actor("preprocess", PREPROCESS, wanted, then=then)
     return answer, info
 
 
 async def classify(ctx: Context, model: str, request: HttpRequest, top: int) -> HttpResponse:
-    top_k = ctx.forward_to_actor("postprocess", OP_POSTPROCESS, {"top": top}, into="tensor", pick="tensor")
-    found, info = await image_chain(ctx, model, request, list[Match], then=top_k)
+    top_k = ctx.forward_to_actor("postprocess", POSTPROCESS, {"top": top}, into="tensor", pick="tensor")
+    found, info = await image_chain(ctx, model, request, predict(ctx, model).followed_by(top_k))
     body = [{"label": m.label, "probability": m.probability} for m in found]
     return json_response(body, header={"x-model": info.bindle_id})
 
 
 async def infer_image(ctx: Context, model: str, request: HttpRequest) -> HttpResponse:
-    output, info = await image_chain(ctx, model, request, InferenceOutput)
+    output, info = await image_chain(ctx, model, request, predict(ctx, model))
     return json_response(output.to_json(), header={"x-model": info.bindle_id})
 
 
@@ -240,5 +252,5 @@ async def infer_tensor(ctx: Context, model: str, request: HttpRequest) -> HttpRe
         raise RequestError(f"body is not JSON: {exc}") from exc
     tensor = Tensor.from_json(parsed)
     info = await catalog.ready(ctx, model)
-    output = await ctx.call(MLINFERENCE, OP_PREDICT, InferenceInput(model=model, tensor=tensor), InferenceOutput)
+    output = await ctx.call(MLINFERENCE, PREDICT, InferenceInput(model=model, tensor=tensor))
     return json_response(output.to_json(), header={"x-model": info.bindle_id})

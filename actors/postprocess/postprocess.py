@@ -13,7 +13,7 @@ from pathlib import Path
 from topk import load_labels, matches
 
 from mlcloud.errors import ConfigError
-from mlcloud.interfaces import OP_POSTPROCESS, Match, PostprocessRequest
+from mlcloud.interfaces import POSTPROCESS, Match, PostprocessRequest
 from mlcloud.sdk import Actor, Context
 
 LABELS_FILE = Path(__file__).with_name("synset.txt")
@@ -28,6 +28,6 @@ def labels() -> list[str]:
     return load_labels(LABELS_FILE)
 
 
-@component.operation(OP_POSTPROCESS, PostprocessRequest, inline=True)
+@component.operation(POSTPROCESS, inline=True)
 def postprocess(ctx: Context, request: PostprocessRequest) -> list[Match]:
     return matches(request, labels())

@@ -6,12 +6,12 @@ a thread pool (Pillow and numpy release the GIL), letting one instance serve req
 
 from imaging import convert
 
-from mlcloud.interfaces import OP_PREPROCESS, PreprocessRequest, Tensor
+from mlcloud.interfaces import PREPROCESS, PreprocessRequest, Tensor
 from mlcloud.sdk import Actor, Context
 
 component = Actor()
 
 
-@component.operation(OP_PREPROCESS, PreprocessRequest)
+@component.operation(PREPROCESS)
 def preprocess(ctx: Context, request: PreprocessRequest) -> Tensor:
     return convert(request, max_pixels=ctx.settings.max_image_pixels)

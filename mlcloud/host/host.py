@@ -27,7 +27,7 @@ from mlcloud import __version__
 from mlcloud.component import ComponentKind
 from mlcloud.errors import ComponentNotFound, ConfigError, HostError, MLCloudError, RequestError
 from mlcloud.host.artifacts import ResolvedComponent, resolve
-from mlcloud.host.runner import HEALTH_OP, InstanceSpec
+from mlcloud.host.spec import HEALTH_OP, InstanceSpec
 from mlcloud.host.supervisor import Instance, InstanceStatus
 from mlcloud.identity import KeyKind, KeyPair
 from mlcloud.lattice import subjects

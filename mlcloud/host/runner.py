@@ -17,41 +17,22 @@ import signal
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
+import setproctitle
 from nats.aio.client import Client as NATS
 
-from mlcloud.component import ComponentKind
 from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, UnknownOperation
+from mlcloud.host.spec import SPEC_ENV, InstanceSpec
 from mlcloud.lattice import subjects
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.links import LinkDefinition, LinkFeed, LinkStore, open_links
 from mlcloud.lattice.rpc import RpcClient, RpcServer
 from mlcloud.lattice.wire import Forward, Invocation
-from mlcloud.sdk.component import Actor, Context, Provider
+from mlcloud.sdk import Actor, Context, Provider
 from mlcloud.settings import Settings
-
-T = TypeVar("T")
-SPEC_ENV = "MLCLOUD_INSTANCE_SPEC"
-HEALTH_OP = "Health"
-
-
-class InstanceSpec(msgspec.Struct, kw_only=True, frozen=True):
-    """Everything an instance process needs to know, passed by its host as JSON."""
-
-    instance_id: str
-    host_id: str
-    kind: ComponentKind
-    name: str
-    key: str
-    folder: str
-    module: str
-    capabilities: list[str] = []
-    contract: str = ""
-    link_name: str = "default"
-    config: dict[str, Any] = {}
 
 
 def load_component(folder: Path, module: str) -> Actor | Provider:
@@ -75,7 +56,7 @@ def load_component(folder: Path, module: str) -> Actor | Provider:
 
 
 class ComponentRuntime:
-    """Serves one component instance on the lattice until asked to stop."""
+    """Serves one component instance on the lattice until asked to stop (the SDK's ``Runtime``)."""
 
     def __init__(self, spec: InstanceSpec, settings: Settings, component: Actor | Provider) -> None:
         self.spec = spec
@@ -89,7 +70,7 @@ class ComponentRuntime:
         self._links: dict[tuple[str, str, str], LinkDefinition] = {}  # (actor, contract, link name)
         self._links_ready = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def is_provider(self) -> bool:
@@ -111,30 +92,34 @@ class ComponentRuntime:
             raise LinkNotFound(f"actor {self.spec.name} has no link for {contract} (link name {link_name!r})")
         return subjects.provider_rpc(self.settings.lattice, link.provider_id, link_name)
 
+    async def publish_event(self, name: str, /, **data: Any) -> None:
+        assert self.events is not None
+        await self.events.publish(name, **data)
+
     async def call_provider(
-        self, contract: str, op: str, message: Any, result_type: type[T] | None, *,
+        self, contract: str, op: str, message: Any, result_type: Any, *,
         link_name: str, timeout: float | None, invocation_id: str | None,
-    ) -> T | Any:
+    ) -> Any:
         subject = self.provider_subject(contract, link_name)
         assert self.rpc is not None
         return await self.rpc.call(subject, op, message, result_type, timeout=timeout, invocation_id=invocation_id)
 
     def provider_forward(
-        self, contract: str, op: str, fields: dict[str, Any], *, into: str, pick: str, link_name: str
+        self, contract: str, op: str, msg: dict[str, Any], *, field: str, pick: str, link_name: str
     ) -> Forward:
         """A :class:`Forward` to this actor's linked provider, made as this actor's own call."""
         subject = self.provider_subject(contract, link_name)
-        return Forward(subject=subject, op=op, origin=self.spec.key, field=into, msg=fields, pick=pick)
+        return Forward(subject=subject, op=op, origin=self.spec.key, field=field, msg=msg, pick=pick)
 
-    def actor_forward(self, actor: str, op: str, fields: dict[str, Any], *, into: str, pick: str) -> Forward:
+    def actor_forward(self, actor: str, op: str, msg: dict[str, Any], *, field: str, pick: str) -> Forward:
         """A :class:`Forward` to another actor, made as this actor's own call."""
         subject = subjects.actor_rpc(self.settings.lattice, actor)
-        return Forward(subject=subject, op=op, origin=self.spec.key, field=into, msg=fields, pick=pick)
+        return Forward(subject=subject, op=op, origin=self.spec.key, field=field, msg=msg, pick=pick)
 
     async def call_actor(
-        self, actor: str, op: str, message: Any, result_type: type[T] | None, *,
+        self, actor: str, op: str, message: Any, result_type: Any, *,
         timeout: float | None, invocation_id: str | None, forward: Forward | None = None,
-    ) -> T | Any:
+    ) -> Any:
         assert self.rpc is not None
         subject = subjects.actor_rpc(self.settings.lattice, actor)
         return await self.rpc.call(subject, op, message, result_type, timeout=timeout,
@@ -197,7 +182,7 @@ class ComponentRuntime:
         operation = self.component.operations.get(invocation.op)
         if operation is None:
             raise UnknownOperation(f"{self.spec.name} has no operation {invocation.op!r}")
-        payload = invocation.payload(operation.request_type) if operation.request_type else invocation.payload(object)
+        payload = invocation.payload(operation.op.request)
         ctx = Context(self, invocation_id=invocation.id, origin=invocation.origin)
         return await operation.invoke(ctx, payload)
 
@@ -296,8 +281,10 @@ def main() -> None:
     tune_malloc()
     settings = Settings.from_env()
     spec = msgspec.json.decode(os.environ[SPEC_ENV], type=InstanceSpec)
+    # ps shows which component this is, not `python -m mlcloud.host.runner` for every instance.
+    setproctitle.setproctitle(spec.title)
     logging.basicConfig(
-        level=os.environ.get("MLCLOUD_LOG_LEVEL", "INFO"),
+        level=settings.log_level,
         format=f"%(asctime)s %(levelname)s [{spec.name}] %(message)s",
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Bindle request is noise

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from mlcloud.host.runner import SPEC_ENV, InstanceSpec
+from mlcloud.host.spec import SPEC_ENV, InstanceSpec
 from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from mlcloud.inference.engines import create_engine, engine_name_for
 from mlcloud.inference.engines.base import Engine, EngineOptions, Session, TensorSpec
 from mlcloud.inference.fetch import bindle_fetcher
 from mlcloud.inference.metadata import ExecutionTarget, GraphEncoding, ModelMetadata
-from mlcloud.inference.registry import ModelKey, ModelRegistry, ModelState
+from mlcloud.inference.registry import ModelKey, ModelRegistry
 
 __all__ = [
     "AdaptiveBatcher",
@@ -31,7 +31,6 @@ __all__ = [
     "ModelKey",
     "ModelMetadata",
     "ModelRegistry",
-    "ModelState",
     "ParcelCache",
     "Session",
     "TensorSpec",

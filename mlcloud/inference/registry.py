@@ -29,7 +29,6 @@ Everything here runs on one event loop; only engine calls run in threads.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
 
 from mlcloud.errors import (
@@ -54,7 +54,7 @@ from mlcloud.inference.engines import create_engine
 from mlcloud.inference.engines.base import Session
 from mlcloud.inference.metadata import ModelMetadata
 from mlcloud.inference.pixels import PIXEL_TYPE, PixelNormalization
-from mlcloud.interfaces import ModelInfo, Tensor
+from mlcloud.interfaces import ModelInfo, ModelState, Tensor
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,6 @@ EventHook = Callable[[str, ModelInfo], None]
 ``model_swapped``, ``model_unloaded``) and the route's :class:`ModelInfo`."""
 
 RETRY_AFTER_SECONDS = 1
-
-
-class ModelState(enum.Enum):
-    LOADING = "LOADING"
-    READY = "READY"
-    FAILED = "FAILED"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +151,10 @@ class ModelRegistry:
             raise InferenceRuntimeError("the model registry is closed")
         engines = engines or {}
         for name in [r for r in self._routes if r not in mapping]:
-            route = self._routes.pop(name)
-            self._release(route.active, name)
-            if route.pending is not None:
-                self._release(route.pending, name)
+            dropped = self._routes.pop(name)
+            self._release(dropped.active, name)
+            if dropped.pending is not None:
+                self._release(dropped.pending, name)
         for name, bindle_id in mapping.items():
             key = ModelKey(bindle_id.strip(), engines.get(name) or self.config.engine)
             route = self._routes.get(name)
@@ -450,13 +444,13 @@ class ModelRegistry:
             reason = f"{route.swap_error}; still serving {model.key.bindle_id}"
         session = model.session
         inputs = [s.to_info() for s in session.inputs] if session else []
-        if inputs and model.pixels is not None:
-            inputs[0]["image_datatype"] = str(PIXEL_TYPE)  # images may come as 8-bit pixels
+        if inputs and model.pixels is not None:  # images may come as 8-bit pixels
+            inputs[0] = msgspec.structs.replace(inputs[0], image_datatype=PIXEL_TYPE)
         return ModelInfo(
             name=route.name,
             bindle_id=model.key.bindle_id,
             engine=model.engine,
-            state=model.state.value,
+            state=model.state,
             reason=reason,
             inputs=inputs,
             outputs=[s.to_info() for s in session.outputs] if session else [],
@@ -468,7 +462,7 @@ class ModelRegistry:
         entry = self._routes.get(route)
         info = self._info(entry) if entry is not None and entry.active is model else ModelInfo(
             name=route, bindle_id=model.key.bindle_id, engine=model.engine,
-            state=model.state.value, reason=model.reason,
+            state=model.state, reason=model.reason,
         )
         try:
             self._on_event(event, info)

@@ -33,7 +33,7 @@ class Forward(msgspec.Struct, kw_only=True, frozen=True):
     origin: str
     field: str
     msg: dict[str, Any] = {}  # the next request's other fields
-    pick: str = ""  # forward only this field of the result (``tensor`` of an InferenceOutput)
+    pick: str = ""  # forward only this attribute of the result (``tensor`` of an InferenceOutput)
     then: Forward | None = None
 
     def followed_by(self, stage: Forward) -> Forward:

@@ -2,20 +2,24 @@
 
 An actor module::
 
+    from mlcloud.interfaces import POSTPROCESS, Match, PostprocessRequest
     from mlcloud.sdk import Actor, Context
     component = Actor()
 
-    @component.operation(OP_POSTPROCESS, PostprocessRequest)
+    @component.operation(POSTPROCESS)
     def matches(ctx: Context, request: PostprocessRequest) -> list[Match]:
         ...
 
 A provider module subclasses :class:`Provider` and marks methods with :func:`operation`; it
 receives links through ``on_link_put`` / ``on_link_del``. Handlers may be ``async``; plain
 functions run in a thread pool so CPU-bound work (image decoding, inference) runs in parallel.
-The host's runner (``mlcloud.host.runner``) does the rest: NATS, links, claims, health.
+Operations are :class:`~mlcloud.interfaces.Op` values, so calls and chains (:class:`Chain`) are
+checked against their types where they are made. The process that runs the component (the
+host's runner, or a test's fake) implements :class:`Runtime`: NATS, links, claims, health.
 """
 
-from mlcloud.lattice.wire import Forward
+from mlcloud.sdk.chain import Chain
 from mlcloud.sdk.component import Actor, Context, Operation, Provider, operation
+from mlcloud.sdk.runtime import Runtime
 
-__all__ = ["Actor", "Context", "Forward", "Operation", "Provider", "operation"]
+__all__ = ["Actor", "Chain", "Context", "Operation", "Provider", "Runtime", "operation"]

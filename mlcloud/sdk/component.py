@@ -6,23 +6,27 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar, overload
 
+from mlcloud.interfaces import Op
 from mlcloud.lattice.links import DEFAULT_LINK_NAME, LinkDefinition
 from mlcloud.lattice.wire import Forward
+from mlcloud.sdk.chain import Chain
+from mlcloud.sdk.runtime import Runtime
 from mlcloud.settings import Settings
 
-if TYPE_CHECKING:
-    from mlcloud.host.runner import ComponentRuntime
-
-T = TypeVar("T")
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
+Out = TypeVar("Out")
+Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
 class Operation:
-    """One operation a component serves: its name, request type and handler.
+    """One operation a component serves: what it is (its :class:`Op`) and its handler.
 
     A plain-function handler runs in the event loop's thread pool so CPU-bound work (image
     decoding) overlaps; ``inline`` runs it on the event loop itself, for handlers that take well
@@ -30,8 +34,7 @@ class Operation:
     more than the work.
     """
 
-    name: str
-    request_type: type | None
+    op: Op[Any, Any]
     handler: Callable[..., Any]
     inline: bool = False
     is_async: bool = field(init=False, default=False)
@@ -47,10 +50,17 @@ class Operation:
         return await asyncio.get_running_loop().run_in_executor(None, self.handler, *args)
 
 
+def _check_request(op: Op[Any, Any], message: object) -> None:
+    """A message that is not ``op``'s request type is a TypeError here, not a decoding error there."""
+    expected = typing.get_origin(op.request) or op.request
+    if isinstance(expected, type) and not isinstance(message, expected):
+        raise TypeError(f"{op.name} takes a {op.request.__name__}, not a {type(message).__name__}")
+
+
 class Context:
     """What a handler can reach: who called, the link that applies, and the lattice."""
 
-    def __init__(self, runtime: ComponentRuntime, *, invocation_id: str, origin: str) -> None:
+    def __init__(self, runtime: Runtime, *, invocation_id: str, origin: str) -> None:
         self._runtime = runtime
         self.invocation_id = invocation_id
         self.origin = origin
@@ -70,56 +80,71 @@ class Context:
 
     async def publish_event(self, name: str, /, **data: Any) -> None:
         """Publish a lattice event (past-tense name, e.g. ``model_loaded``) as this component."""
-        await self._runtime.events.publish(name, **data)
+        await self._runtime.publish_event(name, **data)
 
     async def call(
-        self,
-        contract: str,
-        op: str,
-        message: Any,
-        result_type: type[T] | None = None,
-        *,
-        link_name: str = DEFAULT_LINK_NAME,
-        timeout: float | None = None,
-    ) -> T | Any:
+        self, contract: str, op: Op[Req, Rep], message: Req, *,
+        link_name: str = DEFAULT_LINK_NAME, timeout: float | None = None,
+    ) -> Rep:
         """Call the provider linked to this actor for ``contract`` (checked against the claims)."""
-        return await self._runtime.call_provider(
-            contract, op, message, result_type, link_name=link_name, timeout=timeout,
+        _check_request(op, message)
+        result: Rep = await self._runtime.call_provider(
+            contract, op.name, message, op.reply, link_name=link_name, timeout=timeout,
             invocation_id=self.invocation_id or None,
         )
+        return result
+
+    @overload
+    async def call_actor(self, actor: str, op: Op[Req, Rep], message: Req, *, timeout: float | None = None) -> Rep: ...
+
+    @overload
+    async def call_actor(
+        self, actor: str, op: Op[Req, Any], message: Req, *, timeout: float | None = None, then: Chain[Out]
+    ) -> Out: ...
 
     async def call_actor(
-        self,
-        actor: str,
-        op: str,
-        message: Any,
-        result_type: type[T] | None = None,
-        *,
-        timeout: float | None = None,
-        then: Forward | None = None,
-    ) -> T | Any:
+        self, actor: str, op: Op[Req, Any], message: Req, *, timeout: float | None = None,
+        then: Chain[Any] | None = None,
+    ) -> Any:
         """Call another actor by public key or call alias (its component name).
 
-        With ``then`` (from :meth:`forward_to` / :meth:`forward_to_actor`, chained with
-        ``Forward.followed_by``), the actor's result goes on through those calls and the last
+        With ``then`` (from :meth:`forward_to` / :meth:`forward_to_actor`, joined with
+        ``Chain.followed_by``), the actor's result goes on through those calls and the last
         one's answer is returned: no intermediate result travels back through this actor.
         """
+        _check_request(op, message)
+        if then is None:
+            return await self._runtime.call_actor(
+                actor, op.name, message, op.reply, timeout=timeout, invocation_id=self.invocation_id or None,
+            )
+        chain = then.after(op)
         return await self._runtime.call_actor(
-            actor, op, message, result_type, timeout=timeout, invocation_id=self.invocation_id or None, forward=then
+            actor, op.name, message, chain.reply, timeout=timeout,
+            invocation_id=self.invocation_id or None, forward=chain.to_wire(),
         )
 
     def forward_to(
-        self, contract: str, op: str, fields: dict[str, Any], *, into: str, pick: str = "",
+        self, contract: str, op: Op[Any, Rep], fields: Mapping[str, Any], *, into: str, pick: str = "",
         link_name: str = DEFAULT_LINK_NAME,
-    ) -> Forward:
+    ) -> Chain[Rep]:
         """A provider call to chain after :meth:`call_actor`: ``op`` with ``fields`` plus the
-        previous stage's result (or its field ``pick``) as ``into``, checked against this actor's
-        claims and links like :meth:`call`."""
-        return self._runtime.provider_forward(contract, op, fields, into=into, pick=pick, link_name=link_name)
+        previous stage's result (or its field ``pick``) as ``into``, all named as the types' Python
+        attributes and checked against them (:mod:`mlcloud.sdk.chain`); routed, and checked against
+        this actor's claims and links, like :meth:`call`."""
+        def route(name: str, msg: dict[str, Any], wire_field: str, pick: str) -> Forward:
+            return self._runtime.provider_forward(contract, name, msg, field=wire_field, pick=pick,
+                                                  link_name=link_name)
 
-    def forward_to_actor(self, actor: str, op: str, fields: dict[str, Any], *, into: str, pick: str = "") -> Forward:
+        return Chain.build(op, fields, into=into, pick=pick, route=route)
+
+    def forward_to_actor(
+        self, actor: str, op: Op[Any, Rep], fields: Mapping[str, Any], *, into: str, pick: str = ""
+    ) -> Chain[Rep]:
         """An actor call to chain after :meth:`call_actor`, like :meth:`forward_to`."""
-        return self._runtime.actor_forward(actor, op, fields, into=into, pick=pick)
+        def route(name: str, msg: dict[str, Any], wire_field: str, pick: str) -> Forward:
+            return self._runtime.actor_forward(actor, name, msg, field=wire_field, pick=pick)
+
+        return Chain.build(op, fields, into=into, pick=pick, route=route)
 
 
 class Actor:
@@ -128,13 +153,11 @@ class Actor:
     def __init__(self) -> None:
         self.operations: dict[str, Operation] = {}
 
-    def operation(
-        self, name: str, request_type: type | None = None, *, inline: bool = False
-    ) -> Callable[[Callable], Callable]:
-        """Register ``handler`` for operation ``name`` (``inline``: see :class:`Operation`)."""
+    def operation(self, op: Op[Any, Any], *, inline: bool = False) -> Callable[[Handler], Handler]:
+        """Register the decorated ``handler(ctx, request)`` for ``op`` (``inline``: see :class:`Operation`)."""
 
-        def register(handler: Callable) -> Callable:
-            self.operations[name] = Operation(name, request_type, handler, inline)
+        def register(handler: Handler) -> Handler:
+            self.operations[op.name] = Operation(op, handler, inline)
             return handler
 
         return register
@@ -143,11 +166,11 @@ class Actor:
         """Called once the instance is connected, before it serves."""
 
 
-def operation(name: str, request_type: type | None = None, *, inline: bool = False) -> Callable[[Callable], Callable]:
-    """Mark a :class:`Provider` method as the handler of operation ``name``."""
+def operation(op: Op[Any, Any], *, inline: bool = False) -> Callable[[Handler], Handler]:
+    """Mark a :class:`Provider` method as the handler of ``op``."""
 
-    def mark(method: Callable) -> Callable:
-        method.__mlcloud_operation__ = (name, request_type, inline)  # type: ignore[attr-defined]
+    def mark(method: Handler) -> Handler:
+        method.__mlcloud_operation__ = (op, inline)  # type: ignore[attr-defined]  # a marker on a function
         return method
 
     return mark
@@ -171,8 +194,8 @@ class Provider:
         for attr in dir(type(self)):
             marker = getattr(getattr(type(self), attr), "__mlcloud_operation__", None)
             if marker:
-                name, request_type, inline = marker
-                found[name] = Operation(name, request_type, getattr(self, attr), inline)
+                op, inline = marker
+                found[op.name] = Operation(op, getattr(self, attr), inline)
         return found
 
     async def on_start(self, ctx: Context) -> None:

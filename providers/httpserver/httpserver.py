@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from mlcloud.errors import MLCloudError, PayloadTooLarge
-from mlcloud.interfaces import OP_HANDLE_REQUEST, HttpRequest, HttpResponse
+from mlcloud.interfaces import HANDLE_REQUEST, HttpRequest
 from mlcloud.lattice.links import LinkDefinition
 from mlcloud.sdk import Context, Provider
 from mlcloud.settings import split_address
@@ -147,9 +147,7 @@ class LinkedServer:
             body=body,
         )
         try:
-            reply: HttpResponse = await self.ctx.call_actor(
-                self.link.actor_id, OP_HANDLE_REQUEST, message, HttpResponse, timeout=self.config.timeout
-            )
+            reply = await self.ctx.call_actor(self.link.actor_id, HANDLE_REQUEST, message, timeout=self.config.timeout)
         except MLCloudError as err:
             log.warning("%s %s: %s: %s", request.method, request.path, err.kind, err.message)
             return error_response(err)

@@ -23,11 +23,12 @@ from mlcloud.errors import ContextNotFound, MLCloudError
 from mlcloud.inference import InferenceConfig, ModelRegistry, ParcelCache, bindle_fetcher, parse_link_values
 from mlcloud.inference.registry import Fetch
 from mlcloud.interfaces import (
-    OP_MODEL_STATUS,
-    OP_PREDICT,
+    MODEL_STATUS,
+    PREDICT,
     InferenceInput,
     InferenceOutput,
     ModelInfo,
+    ModelState,
     ModelStatusRequest,
 )
 from mlcloud.lattice.links import LinkDefinition
@@ -84,7 +85,7 @@ class MlInference(Provider):
             await self.bindle.aclose()
 
     async def health(self) -> dict:
-        failed = [f"{i.name}: {i.reason}" for r in self.registries.values() for i in r.status() if i.state == "FAILED"]
+        failed = [f"{i.name}: {i.reason}" for r in self.registries.values() for i in r.status() if i.state is ModelState.FAILED]
         # A failed model is reported, but the provider itself still serves the others.
         return {"healthy": True, "message": "; ".join(failed)}
 
@@ -94,7 +95,7 @@ class MlInference(Provider):
             raise ContextNotFound(f"actor {actor_id[:8]} has no link to this provider, so no models")
         return registry
 
-    @operation(OP_PREDICT, InferenceInput)
+    @operation(PREDICT)
     async def predict(self, ctx: Context, request: InferenceInput) -> InferenceOutput:
         registry = self._registry(ctx.origin)
         timer = self.metrics[ctx.origin].start(request.model)
@@ -106,7 +107,7 @@ class MlInference(Provider):
         timer.succeeded()
         return InferenceOutput(result="Success", tensor=tensor)
 
-    @operation(OP_MODEL_STATUS, ModelStatusRequest)
+    @operation(MODEL_STATUS)
     async def status(self, ctx: Context, request: ModelStatusRequest) -> list[ModelInfo]:
         registry = self._registry(ctx.origin)
         infos = registry.status(request.model or None)

@@ -13,7 +13,7 @@ from mlcloud.bench.workload import imaging
 from mlcloud.errors import CorruptInputTensor, InvalidModel
 from mlcloud.inference import BatchingConfig, InferenceConfig, ModelRegistry
 from mlcloud.inference.pixels import PixelNormalization
-from mlcloud.interfaces import Tensor, ValueType
+from mlcloud.interfaces import ModelState, Tensor, ValueType
 
 from .models import metadata, onnx_model
 
@@ -83,7 +83,7 @@ async def test_a_model_with_preprocessing_takes_pixels_and_says_so(tmp_path: Pat
     registry = await _registry(tmp_path, metadata("image", dims=SHAPE, preprocessing=IMAGENET))
     async with registry:
         (info,) = registry.status()
-        assert info.inputs[0]["image_datatype"] == "ValueU8" and info.inputs[0]["datatype"] == "ValueF32"
+        assert info.inputs[0].image_datatype is ValueType.ValueU8 and info.inputs[0].datatype == "ValueF32"
         pixels = np.random.default_rng(7).integers(0, 256, SHAPE, dtype=np.uint8)
         from_pixels = await registry.predict("image", Tensor.from_numpy(pixels))
         normalised = PixelNormalization.parse(IMAGENET).normalise(pixels)
@@ -100,7 +100,7 @@ async def test_a_model_without_preprocessing_refuses_pixels(tmp_path: Path) -> N
     registry = await _registry(tmp_path, metadata("image", dims=SHAPE))
     async with registry:
         (info,) = registry.status()
-        assert "image_datatype" not in info.inputs[0]
+        assert info.inputs[0].image_datatype is None
         with pytest.raises(CorruptInputTensor, match="wrong value type"):
             await registry.predict("image", Tensor.from_numpy(np.zeros(SHAPE, np.uint8)))
 
@@ -125,7 +125,7 @@ async def test_a_preprocessing_block_that_cannot_be_used_costs_the_pixels_not_th
             await registry.apply({"image": "image/1.0.0"})
             await registry.wait_ready(timeout=10)
             (info,) = registry.status()
-            assert info.state == "READY" and "image_datatype" not in info.inputs[0]
+            assert info.state is ModelState.READY and info.inputs[0].image_datatype is None
             with pytest.raises(CorruptInputTensor, match="wrong value type"):
                 await registry.predict("image", Tensor.from_numpy(np.zeros(model["shape"], np.uint8)))
     assert why in caplog.text and "images" in caplog.text

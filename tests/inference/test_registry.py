@@ -13,8 +13,8 @@ import pytest
 
 from mlcloud.bindle.errors import BindleUnavailable
 from mlcloud.errors import ContextNotFound, CorruptInputTensor, InvalidModel, ModelLoading
-from mlcloud.inference import BatchingConfig, InferenceConfig, ModelRegistry, ModelState
-from mlcloud.interfaces import Tensor, ValueType
+from mlcloud.inference import BatchingConfig, InferenceConfig, ModelRegistry
+from mlcloud.interfaces import ModelState, Tensor, TensorInfo, ValueType
 
 from .models import metadata, onnx_model, plus3_graphdef
 
@@ -164,7 +164,7 @@ async def test_tf1_plus3_on_tract_by_link_override(repo: Repo) -> None:
         answer = await registry.predict("plus3", f32([1, 2, 3, 4]))
         assert answer.to_numpy().tolist() == [[4, 5, 6, 7]]
         [info] = registry.status("plus3")
-        assert info.engine == "tract" and info.inputs == [{"name": "input", "shape": [1, 4], "datatype": "ValueF32"}]
+        assert info.engine == "tract" and info.inputs == [TensorInfo(name="input", shape=[1, 4], datatype="ValueF32")]
 
 
 @pytest.mark.parametrize("batching", [False, True])

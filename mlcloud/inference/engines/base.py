@@ -29,7 +29,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -40,7 +40,7 @@ from mlcloud.errors import (
     InvalidModel,
     OnnxError,
 )
-from mlcloud.interfaces import ValueType
+from mlcloud.interfaces import TensorInfo, ValueType
 
 if TYPE_CHECKING:
     from mlcloud.inference.metadata import ModelMetadata
@@ -113,13 +113,13 @@ class TensorSpec:
                 f"got {got} {list(array.shape)}"
             )
 
-    def to_info(self) -> dict[str, Any]:
-        """The JSON-able form the api actor and washboard show (``GET /v2/models/{m}``)."""
-        return {
-            "name": self.name,
-            "shape": None if self.shape is None else [-1 if d is None else d for d in self.shape],
-            "datatype": str(self.value_type or self.dtype),
-        }
+    def to_info(self) -> TensorInfo:
+        """What the api actor and washboard show of it (``GET /v2/models/{m}``)."""
+        return TensorInfo(
+            name=self.name,
+            shape=None if self.shape is None else [-1 if d is None else d for d in self.shape],
+            datatype=str(self.value_type or self.dtype),
+        )
 
 
 class Session(ABC):
