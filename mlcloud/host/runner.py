@@ -26,6 +26,7 @@ from mlcloud.component import ComponentKind
 from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, UnknownOperation
 from mlcloud.lattice import subjects
 from mlcloud.lattice.connect import connect
+from mlcloud.lattice.control import HealthReport
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.links import LinkDefinition, LinkFeed, LinkStore, open_links
 from mlcloud.lattice.rpc import RpcClient, RpcServer
@@ -201,10 +202,11 @@ class ComponentRuntime:
         ctx = Context(self, invocation_id=invocation.id, origin=invocation.origin)
         return await operation.invoke(ctx, payload)
 
-    async def _health(self, invocation: Invocation) -> dict[str, Any]:
+    async def _health(self, invocation: Invocation) -> Any:
+        """A :class:`~mlcloud.lattice.control.HealthReport` (or the provider's answer of that shape)."""
         if isinstance(self.component, Provider):
             return await self.component.health()
-        return {"healthy": True, "message": ""}
+        return HealthReport(healthy=True)
 
     async def _follow_links(self, store: LinkStore | LinkFeed) -> None:
         """Keep ``_links`` current and tell a provider of every link that names it."""

@@ -146,6 +146,13 @@ class HostInventory(_Ctl):
         return [*self.actors, *self.providers]
 
 
+class HealthReport(_Ctl):
+    """A provider's answer to the host's health check (RPC ``Health`` on its health subject)."""
+
+    healthy: bool
+    message: str = ""
+
+
 # ---- commands ---------------------------------------------------------------------------------
 
 
