@@ -18,6 +18,8 @@ from mlcloud.errors import HostError
 
 
 class State(enum.StrEnum):
+    """Where a :class:`Service` is in its life (its ``lifecycle`` attribute)."""
+
     NEW = "new"
     STARTING = "starting"
     RUNNING = "running"
@@ -29,7 +31,7 @@ class Service:
     """Base of long-lived objects: an async context manager that starts once and stops once."""
 
     def __init__(self) -> None:
-        self.state = State.NEW
+        self.lifecycle = State.NEW
         self._exit_stack = contextlib.AsyncExitStack()
         self._stopped = asyncio.Event()
 
@@ -38,20 +40,20 @@ class Service:
         raise NotImplementedError
 
     async def start(self) -> Self:
-        if self.state is not State.NEW:
-            raise HostError(f"{type(self).__name__} is {self.state}; it starts only once")
-        self.state = State.STARTING
+        if self.lifecycle is not State.NEW:
+            raise HostError(f"{type(self).__name__} is {self.lifecycle}; it starts only once")
+        self.lifecycle = State.STARTING
         try:
             await self._start(self._exit_stack)
         except BaseException:
             await self._close()
             raise
-        self.state = State.RUNNING
+        self.lifecycle = State.RUNNING
         return self
 
     async def stop(self) -> None:
         """Undo the start in reverse; a second caller waits for the first to finish."""
-        if self.state in (State.STOPPING, State.STOPPED):
+        if self.lifecycle in (State.STOPPING, State.STOPPED):
             await self._stopped.wait()
             return
         await self._close()
@@ -60,11 +62,11 @@ class Service:
         await self._stopped.wait()
 
     async def _close(self) -> None:
-        self.state = State.STOPPING
+        self.lifecycle = State.STOPPING
         try:
             await self._exit_stack.aclose()
         finally:
-            self.state = State.STOPPED
+            self.lifecycle = State.STOPPED
             self._stopped.set()
 
     async def __aenter__(self) -> Self:
