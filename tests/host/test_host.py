@@ -10,13 +10,14 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from mlcloud.errors import CapabilityNotClaimed, ComponentNotFound, HostError, LinkNotFound, NotFound
+from mlcloud.errors import CapabilityNotClaimed, ComponentNotFound, ConfigError, HostError, LinkNotFound, NotFound
 from mlcloud.host.artifacts import resolve_local
 from mlcloud.host.host import Host
 from mlcloud.lattice import subjects
 from mlcloud.lattice.control import EventName, InstanceStatus
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.events import decode_event
+from mlcloud.lattice.lifecycle import State
 from mlcloud.lattice.rpc import RpcClient
 from tests.conftest import COMPONENTS
 
@@ -209,3 +210,29 @@ async def test_crash_looping_actor_is_reported_and_stops_at_once(settings):
         await ctl.stop_actor(host.id, actor.id)  # mid back-off: must not wait it out
         assert loop.time() - started < 5
         await ctl.close()
+
+
+async def test_a_host_whose_start_fails_part_way_closes_its_nats_connection(settings):
+    # A JetStream stream squats the name of the lattice's link bucket: the host connects, then
+    # cannot open its links, and must not leave that connection (or anything else) behind.
+    nc = await nats.connect(settings.effective_nats_url)
+    bucket = subjects.lattice_bucket(settings.lattice)
+    await nc.jetstream().add_stream(name=f"KV_{bucket}", subjects=[f"squat.{settings.lattice}"])
+    host = Host(settings)
+    with pytest.raises(ConfigError, match="not a key-value bucket"):
+        await host.start()
+    assert host.lifecycle is State.STOPPED
+    assert host.nc is not None and host.nc.is_closed
+    with pytest.raises(HostError, match="starts only once"):
+        await host.start()
+    await nc.close()
+
+
+async def test_a_stopped_host_has_ended_its_background_tasks_and_left_the_lattice(settings, ctl, host):
+    tasks = list(host._tasks)
+    assert host.lifecycle is State.RUNNING and all(not t.done() for t in tasks)
+    await host.stop()
+    assert host.lifecycle is State.STOPPED and all(t.done() for t in tasks)
+    assert host.nc is not None and host.nc.is_closed
+    assert await ctl.get_hosts(wait=0.3) == []
+    await host.stop()  # a second stop is a no-op
