@@ -30,11 +30,20 @@ import httpx
 import msgspec
 
 if TYPE_CHECKING:
-    from mlcloud.interfaces import ModelInfo
     from mlcloud.lattice.control import LinkDefinition
     from mlcloud.lattice.ctl_client import CtlClient
 
 DYNAMIC_BATCH_ID = "efficientnet-lite0-dynbatch/1.0.0"
+
+
+class RouteStatus(msgspec.Struct):
+    """The fields of the api's ``GET /v2/models/{route}`` answer that the bench reads."""
+
+    name: str
+    bindle_id: str
+    state: str  # a ModelInfo's state: LOADING, READY, FAILED
+    engine: str = ""
+    reason: str = ""
 
 
 async def _serve(state_dir: Path) -> None:
@@ -95,18 +104,16 @@ async def relink(nats_url: str, lattice: str, values: dict[str, str]) -> dict[st
 
 
 async def wait_route_ready(http_url: str, route: str, bindle_id: str | None = None, engine: str | None = None,
-                           timeout: float = 120.0) -> ModelInfo:
+                           timeout: float = 120.0) -> RouteStatus:
     """Poll ``GET /v2/models/{route}`` until the route serves ``bindle_id`` on ``engine`` (each when
     given) and that model is READY; while a swap is pending the route still serves the old one."""
-    from mlcloud.interfaces import ModelInfo
-
     async with httpx.AsyncClient(base_url=http_url) as client:
         async with asyncio.timeout(timeout):
             while True:
                 with contextlib.suppress(httpx.TransportError):
                     response = await client.get(f"/v2/models/{route}")
                     if response.status_code == 200:
-                        info = msgspec.json.decode(response.content, type=ModelInfo)
+                        info = msgspec.json.decode(response.content, type=RouteStatus)
                         serves = (bindle_id is None or info.bindle_id == bindle_id) and \
                             (engine is None or info.engine == engine)
                         if info.state == "READY" and serves:
