@@ -35,6 +35,7 @@ PING_WAIT = 1.0  # the longest a ping waits for hosts to answer
 def decode_reply(data: bytes, reply_type: type[R], subject: str) -> R:
     """A control reply's response; a refused request raises the error the host reported."""
     try:
+        # mypy cannot see a generic struct subscripted with a runtime type; msgspec can.
         reply = msgspec.json.decode(data, type=CtlReply[reply_type])  # type: ignore[valid-type]
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedMessage(f"malformed control reply on {subject}: {exc}") from exc
