@@ -25,8 +25,8 @@ import yaml
 from mlcloud.component import ComponentKind
 from mlcloud.errors import ConfigError
 from mlcloud.host.artifacts import ResolvedComponent, is_local_ref, resolve
+from mlcloud.lattice.control import DEFAULT_LINK_NAME, ComponentInfo, HostInventory
 from mlcloud.lattice.ctl_client import CtlClient
-from mlcloud.lattice.links import DEFAULT_LINK_NAME
 from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,9 +52,8 @@ class ComponentSpec:
     config: dict[str, Any] = field(default_factory=dict)
     links: tuple[LinkSpec, ...] = ()
 
-    def placeable_on(self, host: dict[str, Any]) -> bool:
-        labels = host.get("labels", {})
-        return all(str(labels.get(k)) == str(v) for k, v in self.requirements.items())
+    def placeable_on(self, host: HostInventory) -> bool:
+        return all(str(host.labels.get(k)) == str(v) for k, v in self.requirements.items())
 
 
 @dataclass(frozen=True)
@@ -172,58 +171,62 @@ async def deploy(
             contract = target.contract or resolved[target.name].manifest.contract
             reply = await ctl.put_link(resolved[spec.name].key, resolved[target.name].key, contract,
                                        link.link_name, link.values)
-            if reply.get("changed"):
+            if reply.changed:
                 changes.append(f"link {spec.name} → {target.name} ({link.link_name})")
                 report(changes[-1])
     return changes
 
 
-def _outdated(running: dict, component: ResolvedComponent) -> bool:
+def _outdated(running: ComponentInfo, component: ResolvedComponent) -> bool:
     """True when a running component is another build of the code the manifest names now."""
-    return bool(component.digest) and running.get("digest") != component.digest
+    return bool(component.digest) and running.digest != component.digest
 
 
 async def _place_provider(
-    spec: ComponentSpec, component: ResolvedComponent, hosts: list[dict], ctl: CtlClient, report
+    spec: ComponentSpec, component: ResolvedComponent, hosts: list[HostInventory], ctl: CtlClient,
+    report: Callable[[str], None],
 ) -> list[str]:
     changes = []
     running = []
     for host in hosts:
-        for provider in host["providers"]:
-            if provider["id"] != component.key or provider["link_name"] != spec.link_name:
+        short = host.host_id[:8]
+        for provider in host.providers:
+            if provider.id != component.key or provider.link_name != spec.link_name:
                 continue
-            if _outdated(provider, component) or provider.get("config", spec.config) != spec.config:
-                report(f"replacing provider {spec.name} on host {host['host_id'][:8]} (new code or config)…")
-                await ctl.stop_provider(host["host_id"], component.key, spec.link_name)
-                changes.append(f"provider {spec.name} stopped on {host['host_id'][:8]} to be replaced")
+            if _outdated(provider, component) or provider.config != spec.config:
+                report(f"replacing provider {spec.name} on host {short} (new code or config)…")
+                await ctl.stop_provider(host.host_id, component.key, spec.link_name)
+                changes.append(f"provider {spec.name} stopped on {short} to be replaced")
             else:
                 running.append(host)
     for host in [h for h in hosts if h not in running][: max(spec.replicas - len(running), 0)]:
-        report(f"starting provider {spec.name} on host {host['host_id'][:8]}…")
-        await ctl.start_provider(host["host_id"], spec.image, spec.link_name, spec.config)
-        changes.append(f"provider {spec.name} started on {host['host_id'][:8]}")
+        report(f"starting provider {spec.name} on host {host.host_id[:8]}…")
+        await ctl.start_provider(host.host_id, spec.image, spec.link_name, spec.config)
+        changes.append(f"provider {spec.name} started on {host.host_id[:8]}")
     return changes
 
 
 async def _place_actor(
-    spec: ComponentSpec, component: ResolvedComponent, hosts: list[dict], ctl: CtlClient, report
+    spec: ComponentSpec, component: ResolvedComponent, hosts: list[HostInventory], ctl: CtlClient,
+    report: Callable[[str], None],
 ) -> list[str]:
     """Spread ``replicas`` evenly over the matching hosts; replace instances of older code."""
     changes = []
     key = component.key
     for index, host in enumerate(hosts):
+        short = host.host_id[:8]
         want = spec.replicas // len(hosts) + (1 if index < spec.replicas % len(hosts) else 0)
-        running = [a for a in host["actors"] if a["id"] == key]
+        running = [a for a in host.actors if a.id == key]
         if any(_outdated(actor, component) for actor in running):
-            report(f"replacing actor {spec.name} on host {host['host_id'][:8]} (new code)…")
-            await ctl.stop_actor(host["host_id"], key)
-            changes.append(f"actor {spec.name} stopped on {host['host_id'][:8]} to be replaced")
+            report(f"replacing actor {spec.name} on host {short} (new code)…")
+            await ctl.stop_actor(host.host_id, key)
+            changes.append(f"actor {spec.name} stopped on {short} to be replaced")
             running = []
-        have = sum(len(a["instances"]) for a in running)
+        have = sum(len(a.instances) for a in running)
         if want != have:
-            report(f"scaling actor {spec.name} on host {host['host_id'][:8]}: {have} → {want}…")
-            await ctl.scale_actor(host["host_id"], key, want, actor_ref=spec.image)
-            changes.append(f"actor {spec.name} on {host['host_id'][:8]}: {have} → {want} instances")
+            report(f"scaling actor {spec.name} on host {short}: {have} → {want}…")
+            await ctl.scale_actor(host.host_id, key, want, actor_ref=spec.image)
+            changes.append(f"actor {spec.name} on {short}: {have} → {want} instances")
     return changes
 
 

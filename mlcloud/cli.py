@@ -15,12 +15,17 @@ import sys
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+import msgspec
 
 from mlcloud.errors import MLCloudError, RequestError
 from mlcloud.settings import Settings
+
+if TYPE_CHECKING:
+    from mlcloud.lattice.control import ComponentInfo
+    from mlcloud.lattice.ctl_client import CtlClient
 
 
 def run_async(fn: Callable[..., Coroutine]) -> Callable[..., Any]:
@@ -63,8 +68,9 @@ def joined(pairs: dict[str, Any]) -> str:
 
 
 def emit(data: Any, as_json: bool, table: Callable[[], None]) -> None:
+    """``data`` (control-plane structs) as JSON, or ``table``."""
     if as_json:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        click.echo(json.dumps(msgspec.to_builtins(data), indent=2, sort_keys=True))
     else:
         table()
 
@@ -155,34 +161,34 @@ def ctl() -> None:
     """Drive the lattice's control interface."""
 
 
-async def _connect(settings: Settings):
+async def _connect(settings: Settings) -> CtlClient:
     from mlcloud.lattice.ctl_client import CtlClient
 
     return await CtlClient.connect(settings)
 
 
-async def _pick_host(ctl_client, host: str | None) -> str:
+async def _pick_host(ctl_client: CtlClient, host: str | None) -> str:
     hosts = await ctl_client.get_hosts()
     if host:
-        matches = [h["id"] for h in hosts if h["id"].startswith(host)]
+        matches = [h.id for h in hosts if h.id.startswith(host)]
         if len(matches) != 1:
             raise RequestError(f"{len(matches)} hosts match {host!r}")
         return matches[0]
     if len(hosts) != 1:
         raise RequestError(f"{len(hosts)} hosts on the lattice: choose one with --host")
-    return hosts[0]["id"]
+    return hosts[0].id
 
 
-async def _find_component(ctl_client, name_or_id: str, kind: str) -> tuple[str, dict[str, Any]]:
-    """(host id, component) of an actor or provider named by key, name or image ref."""
+async def _find_component(ctl_client: CtlClient, name_or_id: str, kind: str) -> tuple[str, ComponentInfo]:
+    """(host id, component) of an actor or provider (``kind``: actors or providers) named by key, name or image ref."""
     for inventory in await ctl_client.get_inventories():
-        for item in inventory[kind]:
-            if name_or_id in (item["id"], item["name"], item["image_ref"]):
-                return inventory["host_id"], item
+        for item in inventory.actors if kind == "actors" else inventory.providers:
+            if name_or_id in (item.id, item.name, item.image_ref):
+                return inventory.host_id, item
     raise RequestError(f"no {kind[:-1]} {name_or_id!r} runs on the lattice")
 
 
-async def _component_id(ctl_client, name_or_id: str, kind: str) -> str:
+async def _component_id(ctl_client: CtlClient, name_or_id: str, kind: str) -> str:
     """A public key as given, or the key of the running component with that name or ref."""
     from mlcloud.identity import kind_of
 
@@ -190,7 +196,7 @@ async def _component_id(ctl_client, name_or_id: str, kind: str) -> str:
         kind_of(name_or_id)
         return name_or_id
     except MLCloudError:
-        return (await _find_component(ctl_client, name_or_id, kind))[1]["id"]
+        return (await _find_component(ctl_client, name_or_id, kind))[1].id
 
 
 @ctl.group("get")
@@ -205,7 +211,7 @@ def ctl_get() -> None:
 async def get_hosts(settings: Settings, as_json: bool) -> None:
     async with await _connect(settings) as c:
         hosts = await c.get_hosts()
-    rows = [{**h, "labels": joined(h["labels"]), "uptime": f"{h['uptime_seconds']:.0f}s"} for h in hosts]
+    rows = [{**msgspec.to_builtins(h), "labels": joined(h.labels), "uptime": f"{h.uptime_seconds:.0f}s"} for h in hosts]
     emit(hosts, as_json, lambda: print_table(rows, ["id", "labels", "uptime", "actors", "providers", "version"]))
 
 
@@ -220,11 +226,11 @@ async def get_inventory(settings: Settings, host: str | None, as_json: bool) -> 
 
     def table() -> None:
         for inv in inventories:
-            click.echo(f"host {inv['host_id']}  ({joined(inv['labels'])}, up {inv['uptime_seconds']:.0f}s)")
-            components = [("actor", a, a["name"]) for a in inv["actors"]]
-            components += [("provider", p, f"{p['name']} ({p['link_name']})") for p in inv["providers"]]
-            rows = [{"kind": kind, "name": name, "id": c["id"], "instances": len(c["instances"]),
-                     "status": ",".join(sorted({i["status"] for i in c["instances"]})), "image": c["image_ref"]}
+            click.echo(f"host {inv.host_id}  ({joined(inv.labels)}, up {inv.uptime_seconds:.0f}s)")
+            components: list[tuple[str, ComponentInfo, str]] = [("actor", a, a.name) for a in inv.actors]
+            components += [("provider", p, f"{p.name} ({p.link_name})") for p in inv.providers]
+            rows = [{"kind": kind, "name": name, "id": c.id, "instances": len(c.instances),
+                     "status": ",".join(sorted({i.status for i in c.instances})), "image": c.image_ref}
                     for kind, c, name in components]
             print_table(rows, ["kind", "name", "id", "instances", "status", "image"])
             click.echo()
@@ -239,7 +245,7 @@ async def get_inventory(settings: Settings, host: str | None, as_json: bool) -> 
 async def get_links(settings: Settings, as_json: bool) -> None:
     async with await _connect(settings) as c:
         links = await c.get_links()
-    rows = [{**link, "values": joined(link["values"])} for link in links]
+    rows = [{**msgspec.to_builtins(link), "values": joined(link.values)} for link in links]
     emit(links, as_json, lambda: print_table(rows, ["actor_id", "provider_id", "contract_id", "link_name", "values"]))
 
 
@@ -257,7 +263,7 @@ def ctl_start() -> None:
 async def start_actor(settings: Settings, ref: str, count: int, host: str | None) -> None:
     async with await _connect(settings) as c:
         reply = await c.start_actor(await _pick_host(c, host), ref, count)
-    click.echo(f"actor {reply['actor_id']} now has {reply['instances']} instance(s)")
+    click.echo(f"actor {reply.actor_id} now has {reply.instances} instance(s)")
 
 
 @ctl_start.command("provider")
@@ -274,7 +280,7 @@ async def start_provider(settings: Settings, ref: str, link_name: str, config_js
         raise click.BadParameter(f"--config is not JSON: {exc}") from exc
     async with await _connect(settings) as c:
         reply = await c.start_provider(await _pick_host(c, host), ref, link_name, config)
-    click.echo(f"provider {reply['provider_id']} ({reply['link_name']}) started")
+    click.echo(f"provider {reply.provider_id} ({reply.link_name}) started")
 
 
 @ctl.command("scale")
@@ -287,8 +293,8 @@ async def scale(settings: Settings, kind: str, actor: str, count: int) -> None:
     """Set the number of instances of ACTOR (key, name or image ref)."""
     async with await _connect(settings) as c:
         host_id, item = await _find_component(c, actor, "actors")
-        await c.scale_actor(host_id, item["id"], count)
-    click.echo(f"actor {item['name']} scaled to {count} on host {host_id[:8]}")
+        await c.scale_actor(host_id, item.id, count)
+    click.echo(f"actor {item.name} scaled to {count} on host {host_id[:8]}")
 
 
 @ctl.command("stop")
@@ -307,10 +313,10 @@ async def stop(settings: Settings, kind: str, target: str, link_name: str) -> No
             return
         host_id, item = await _find_component(c, target, kind + "s")
         if kind == "actor":
-            await c.stop_actor(host_id, item["id"])
+            await c.stop_actor(host_id, item.id)
         else:
-            await c.stop_provider(host_id, item["id"], link_name)
-    click.echo(f"{kind} {item['name']} stopped on host {host_id[:8]}")
+            await c.stop_provider(host_id, item.id, link_name)
+    click.echo(f"{kind} {item.name} stopped on host {host_id[:8]}")
 
 
 @ctl.group("link")
@@ -332,7 +338,7 @@ async def link_put(settings: Settings, actor: str, provider: str, contract: str,
         actor_id = await _component_id(c, actor, "actors")
         provider_id = await _component_id(c, provider, "providers")
         reply = await c.put_link(actor_id, provider_id, contract, link_name, parse_pairs(values, "a link value"))
-    click.echo("link set" if reply.get("changed") else "link unchanged")
+    click.echo("link set" if reply.changed else "link unchanged")
 
 
 @ctl_link.command("del")

@@ -243,8 +243,6 @@ PREDICT = Op("MlInference.Predict", InferenceInput, InferenceOutput)
 MODEL_STATUS = Op("MlInference.Status", ModelStatusRequest, list[ModelInfo])
 PREPROCESS = Op("Preprocess.Convert", PreprocessRequest, Tensor)
 POSTPROCESS = Op("Postprocess.Matches", PostprocessRequest, list[Match])
-# Read by mlcloud/washboard/watcher.py (another part of issue 13), which then takes MODEL_STATUS.
-OP_MODEL_STATUS = MODEL_STATUS.name
 
 T = TypeVar("T")
 

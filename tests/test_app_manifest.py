@@ -10,6 +10,7 @@ import yaml
 from mlcloud.app import AppManifest
 from mlcloud.component import ComponentKind
 from mlcloud.errors import ConfigError
+from mlcloud.lattice.control import HostInventory
 from tests.conftest import FIXTURES, PROJECT
 
 
@@ -27,7 +28,8 @@ def test_local_images_resolve_next_to_the_manifest_and_requirements_place():
     caller, echo = manifest.components
     assert Path(caller.image) == (FIXTURES / "components" / "caller").resolve()
     assert caller.replicas == 2 and caller.links[0].values == {"greeting": "hey"}
-    assert echo.placeable_on({"labels": {"zone": "test"}}) and not echo.placeable_on({"labels": {"zone": "x"}})
+    assert echo.placeable_on(HostInventory(host_id="N1", labels={"zone": "test"}))
+    assert not echo.placeable_on(HostInventory(host_id="N2", labels={"zone": "x"}))
 
 
 def write(tmp_path: Path, document: dict) -> Path:

@@ -419,8 +419,8 @@ class Bench:
     async def _batching_runs(self, info: dict[str, Any]) -> dict[str, str]:
         bindle_id = await stack_control.push_dynamic_batch_model(info["bindle_url"], self.build_dir, self.work)
         link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"])
-        await ctl.close()  # type: ignore[attr-defined]
-        original = dict(link["values"])
+        await ctl.close()
+        original = dict(link.values)
         base = {**original, BATCH_ROUTE: bindle_id}
         size = self.config.batch_max_size
         settings = [
@@ -444,7 +444,7 @@ class Bench:
                 share = self._variant_requests() // rounds
                 for variant, values in settings:
                     await stack_control.relink(info["nats_url"], info["lattice"], values)
-                    await stack_control.wait_route_ready(info["http_url"], BATCH_ROUTE)
+                    await stack_control.wait_route_ready(info["http_url"], BATCH_ROUTE, bindle_id=bindle_id)
                     await asyncio.sleep(0.3)  # the provider applies the link's batching
                     system = HttpSystem("mlcloud", variant, [pid], info["http_url"], f"/{BATCH_ROUTE}/matches",
                                         self.images)
@@ -459,8 +459,8 @@ class Bench:
     async def _tract_runs(self, info: dict[str, Any], original: dict[str, str] | None) -> dict[str, str]:
         if original is None:
             link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"])
-            await ctl.close()  # type: ignore[attr-defined]
-            original = dict(link["values"])
+            await ctl.close()
+            original = dict(link.values)
         values = {**original, f"engine.{TRACT_ROUTE}": "tract"}
         self.say(f"tract: limit in-process vs mlcloud route {TRACT_ROUTE} relinked with engine.{TRACT_ROUTE}=tract")
         await stack_control.relink(info["nats_url"], info["lattice"], values)

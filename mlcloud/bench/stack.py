@@ -24,10 +24,26 @@ import signal
 import sys
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
+import msgspec
+
+if TYPE_CHECKING:
+    from mlcloud.lattice.control import LinkDefinition
+    from mlcloud.lattice.ctl_client import CtlClient
 
 DYNAMIC_BATCH_ID = "efficientnet-lite0-dynbatch/1.0.0"
+
+
+class RouteStatus(msgspec.Struct):
+    """The fields of the api's ``GET /v2/models/{route}`` answer that the bench reads."""
+
+    name: str
+    bindle_id: str
+    state: str  # a ModelInfo's state: LOADING, READY, FAILED
+    engine: str = ""
+    reason: str = ""
 
 
 async def _serve(state_dir: Path) -> None:
@@ -63,14 +79,14 @@ def main() -> None:
 # --------------------------------------------------------------------------- driving it
 
 
-async def mlinference_link(nats_url: str, lattice: str) -> tuple[dict, object]:
+async def mlinference_link(nats_url: str, lattice: str) -> tuple[LinkDefinition, CtlClient]:
     """The api → mlinference link, and a connected control client (close it)."""
     from mlcloud.interfaces import MLINFERENCE
     from mlcloud.lattice.ctl_client import CtlClient
     from mlcloud.settings import Settings
 
     ctl = await CtlClient.connect(Settings.from_env({}, nats_url=nats_url, lattice=lattice))
-    links = [link for link in await ctl.get_links() if link["contract_id"] == MLINFERENCE]
+    links = [link for link in await ctl.get_links() if link.contract_id == MLINFERENCE]
     if not links:
         await ctl.close()
         raise RuntimeError("the default app has no link to the mlinference provider")
@@ -81,27 +97,29 @@ async def relink(nats_url: str, lattice: str, values: dict[str, str]) -> dict[st
     """Replace the api → mlinference link's values; return the previous ones."""
     link, ctl = await mlinference_link(nats_url, lattice)
     try:
-        await ctl.put_link(link["actor_id"], link["provider_id"], link["contract_id"],
-                           link.get("link_name", "default"), values)  # type: ignore[attr-defined]
+        await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name, values)
     finally:
-        await ctl.close()  # type: ignore[attr-defined]
-    return dict(link["values"])
+        await ctl.close()
+    return dict(link.values)
 
 
-async def wait_route_ready(http_url: str, route: str, engine: str | None = None, timeout: float = 120.0) -> dict:
-    """Poll ``GET /v2/models/{route}`` until it is READY (on ``engine``, when given)."""
+async def wait_route_ready(http_url: str, route: str, bindle_id: str | None = None, engine: str | None = None,
+                           timeout: float = 120.0) -> RouteStatus:
+    """Poll ``GET /v2/models/{route}`` until the route serves ``bindle_id`` on ``engine`` (each when
+    given) and that model is READY; while a swap is pending the route still serves the old one."""
     async with httpx.AsyncClient(base_url=http_url) as client:
         async with asyncio.timeout(timeout):
             while True:
                 with contextlib.suppress(httpx.TransportError):
                     response = await client.get(f"/v2/models/{route}")
                     if response.status_code == 200:
-                        info = response.json()
-                        if info.get("state") == "READY" and not info.get("reason", "").startswith("swapping") \
-                                and (engine is None or info.get("engine") == engine):
+                        info = msgspec.json.decode(response.content, type=RouteStatus)
+                        serves = (bindle_id is None or info.bindle_id == bindle_id) and \
+                            (engine is None or info.engine == engine)
+                        if info.state == "READY" and serves:
                             return info
-                        if info.get("state") == "FAILED":
-                            raise RuntimeError(f"route {route} failed to load: {info.get('reason')}")
+                        if info.state == "FAILED" and serves:
+                            raise RuntimeError(f"route {route} failed to load: {info.reason}")
                 await asyncio.sleep(0.2)
 
 

@@ -15,31 +15,43 @@ import platform
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from mlcloud import __version__
 from mlcloud.component import ComponentKind
-from mlcloud.errors import ComponentNotFound, ConfigError, HostError, MLCloudError, RequestError
+from mlcloud.errors import (
+    ComponentNotFound, ConfigError, HostError, LatticeUnavailable, MalformedMessage, MLCloudError, RequestError,
+)
 from mlcloud.host.artifacts import ResolvedComponent, resolve
 from mlcloud.host.spec import HEALTH_OP, InstanceSpec
-from mlcloud.host.supervisor import Instance, InstanceStatus
+from mlcloud.host.supervisor import Instance
 from mlcloud.identity import KeyKind, KeyPair
 from mlcloud.lattice import subjects
 from mlcloud.lattice.connect import connect
+from mlcloud.lattice.control import (
+    DEFAULT_LINK_NAME, ActorReply, ComponentInfo, ComponentRefused, CtlReply, Empty, EventName, HealthReport,
+    HostHeartbeat, HostInfo, HostInventory, HostStarted, HostStopped, InstanceChanged, InstanceStatus,
+    LinkDefinition, LinkId, LinkList, LinkPutReply, ProviderInfo, ProviderReply, ScaleActor, StartActor,
+    StartProvider, StopActor, StopProvider,
+)
 from mlcloud.lattice.events import EventPublisher
-from mlcloud.lattice.links import DEFAULT_LINK_NAME, LinkDefinition, LinkFeed, LinkStore, open_links
+from mlcloud.lattice.lifecycle import Service, cancel_and_wait
+from mlcloud.lattice.links import LinkFeed, LinkStore, key_of, open_links
+from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.lattice.rpc import RpcClient
 from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CtlHandler = Callable[[dict[str, Any]], Awaitable[Any]]
+Req = TypeVar("Req", bound=msgspec.Struct)
+CtlHandler = Callable[[bytes], Awaitable[msgspec.Struct]]
 
 
 def default_labels() -> dict[str, str]:
@@ -55,25 +67,31 @@ class Component:
     config: dict[str, Any] = field(default_factory=dict)
     instances: list[Instance] = field(default_factory=list)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> ComponentInfo:
         r = self.resolved
-        info = {
-            "id": r.key,
-            "name": r.name,
-            "image_ref": r.ref,
-            "digest": r.digest,
-            "version": r.manifest.version,
-            "revision": r.manifest.revision,
-            "capabilities": list(r.capabilities),
-            "instances": [i.describe() for i in self.instances],
-        }
-        if r.kind is ComponentKind.PROVIDER:
-            info.update(contract_id=r.manifest.contract, link_name=self.link_name, config=self.config)
+        info = ComponentInfo(
+            id=r.key, name=r.name, image_ref=r.ref, digest=r.digest, version=r.manifest.version,
+            revision=r.manifest.revision, capabilities=list(r.capabilities),
+            instances=[i.describe() for i in self.instances],
+        )
         return info
 
+    def describe_provider(self) -> ProviderInfo:
+        info = self.describe()
+        return ProviderInfo(**msgspec.structs.asdict(info), contract_id=self.resolved.manifest.contract,
+                            link_name=self.link_name, config=self.config)
 
-class Host:
+
+class Host(Service):
+    """Start it as an async context manager (or ``start()`` … ``stop()``): it starts once.
+
+    Start order (stop undoes it in reverse): NATS connection, link store, event publisher,
+    components (stopped: actors first, they call providers), control subscriptions, background
+    loops, ``host_started`` (``host_stopped`` on the way out).
+    """
+
     def __init__(self, settings: Settings, labels: dict[str, str] | None = None, *, key: KeyPair | None = None) -> None:
+        super().__init__()
         self.settings = settings
         self.key = key or KeyPair.generate(KeyKind.HOST)
         self.id = self.key.public_key
@@ -84,73 +102,72 @@ class Host:
         self.nc: NATS | None = None
         self.links: LinkStore | LinkFeed | None = None
         self.events: EventPublisher | None = None
-        self._subs: list[Any] = []
-        self._tasks: list[asyncio.Task] = []
-        self._background: set[asyncio.Task] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # serialises changes to what runs here
-        self._stopped = asyncio.Event()
 
     # ---- lifecycle ---------------------------------------------------------------------
 
-    async def __aenter__(self) -> Host:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
-    async def start(self) -> None:
-        self.nc = await connect(self.settings.effective_nats_url, name=f"host/{self.id[:8]}")
-        self.links = await open_links(self.nc, self.settings.lattice)
-        self.events = EventPublisher(self.nc, self.settings.lattice, self.id)
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         lattice = self.settings.lattice
+        self.nc = nc = await connect(self.settings.effective_nats_url, name=f"host/{self.id[:8]}")
+        stack.push_async_callback(self._leave_lattice, nc)
+        self.links = await open_links(nc, lattice)
+        self.events = events = EventPublisher(nc, lattice, self.id)
+        stack.push_async_callback(self._stop_all_components)
         handlers: dict[str, CtlHandler] = {
-            subjects.ctl_ping_hosts(lattice): self.handle_host_ping,
-            subjects.ctl_inventory(lattice, self.id): self.handle_inventory_get,
-            subjects.ctl_command(lattice, self.id, "la"): self.handle_actor_start,
-            subjects.ctl_command(lattice, self.id, "sa"): self.handle_actor_stop,
-            subjects.ctl_command(lattice, self.id, "scale"): self.handle_actor_scale,
-            subjects.ctl_command(lattice, self.id, "lp"): self.handle_provider_start,
-            subjects.ctl_command(lattice, self.id, "sp"): self.handle_provider_stop,
-            subjects.ctl_command(lattice, self.id, "stop"): self.handle_host_stop,
+            subjects.ctl_ping_hosts(lattice): _handler(Empty, self.handle_host_ping),
+            subjects.ctl_inventory(lattice, self.id): _handler(Empty, self.handle_inventory_get),
+            subjects.ctl_command(lattice, self.id, "la"): _handler(StartActor, self.handle_actor_start),
+            subjects.ctl_command(lattice, self.id, "sa"): _handler(StopActor, self.handle_actor_stop),
+            subjects.ctl_command(lattice, self.id, "scale"): _handler(ScaleActor, self.handle_actor_scale),
+            subjects.ctl_command(lattice, self.id, "lp"): _handler(StartProvider, self.handle_provider_start),
+            subjects.ctl_command(lattice, self.id, "sp"): _handler(StopProvider, self.handle_provider_stop),
+            subjects.ctl_command(lattice, self.id, "stop"): _handler(Empty, self.handle_host_stop),
         }
-        for subject, handler in handlers.items():
-            self._subs.append(await self.nc.subscribe(subject, cb=self._ctl_callback(handler)))
-        link_handlers = {"put": self.handle_link_put, "del": self.handle_link_del, "get": self.handle_link_get}
+        queues = dict.fromkeys(handlers, "")
         # Without JetStream (a board's leaf node) the hub's hosts answer for the links.
-        for verb, handler in link_handlers.items() if self.links.writable else ():
-            subject = subjects.ctl_links(lattice, verb)
-            self._subs.append(await self.nc.subscribe(subject, queue="mlcloud.links", cb=self._ctl_callback(handler)))
-        self._subs.append(await self.nc.subscribe(subjects.instance_ready(lattice, self.id), cb=self._on_instance_ready))
-        self._tasks.append(asyncio.create_task(self._heartbeat(), name="heartbeat"))
-        self._tasks.append(asyncio.create_task(self._health_checks(), name="health-checks"))
-        await self.events.publish("host_started", host_id=self.id, labels=self.labels, version=__version__)
+        if self.links.writable:
+            link_handlers = {
+                "put": _handler(LinkDefinition, self.handle_link_put),
+                "del": _handler(LinkId, self.handle_link_del),
+                "get": _handler(Empty, self.handle_link_get),
+            }
+            for verb, handler in link_handlers.items():
+                handlers[subjects.ctl_links(lattice, verb)] = handler
+                queues[subjects.ctl_links(lattice, verb)] = "mlcloud.links"
+        with nats_errors("subscribing to the control interface", subjects.ctl_prefix(lattice)):
+            for subject, handler in handlers.items():
+                sub = await nc.subscribe(subject, queue=queues[subject], cb=self._ctl_callback(handler))
+                stack.push_async_callback(_unsubscribe, sub)
+            sub = await nc.subscribe(subjects.instance_ready(lattice, self.id), cb=self._on_instance_ready)
+            stack.push_async_callback(_unsubscribe, sub)
+        # Control requests in flight end before the components stop (they may be starting some).
+        stack.push_async_callback(lambda: cancel_and_wait(list(self._background)))
+        self._tasks = [
+            asyncio.create_task(self._heartbeat(), name="heartbeat"),
+            asyncio.create_task(self._health_checks(), name="health-checks"),
+        ]
+        stack.push_async_callback(lambda: cancel_and_wait(self._tasks))
+        await events.publish(EventName.HOST_STARTED, HostStarted(host_id=self.id, labels=self.labels,
+                                                                 version=__version__))
         log.info("host %s started on lattice %r (NATS %s)", self.id, lattice, self.settings.effective_nats_url)
 
-    async def stop(self) -> None:
-        """Stop actors first (they call providers), then providers, then leave the lattice."""
-        if self.nc is None:
-            return
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        for task in self._tasks:
-            task.cancel()
+    async def _stop_all_components(self) -> None:
+        """Actors first (they call providers), then providers."""
         async with self._lock:
             await asyncio.gather(*(self._stop_component(c) for c in list(self.actors.values())))
             self.actors.clear()
             await asyncio.gather(*(self._stop_component(c) for c in list(self.providers.values())))
             self.providers.clear()
-        assert self.events is not None
-        await self.events.publish("host_stopped", host_id=self.id)
-        with contextlib.suppress(Exception):
-            await self.nc.drain()
-        self.nc = None
-        self._stopped.set()
-        log.info("host %s stopped", self.id)
 
-    async def wait_stopped(self) -> None:
-        await self._stopped.wait()
+    async def _leave_lattice(self, nc: NATS) -> None:
+        """Say ``host_stopped`` (when the publisher was made), then drain the connection."""
+        if self.events is not None:
+            await self.events.publish(EventName.HOST_STOPPED, HostStopped(host_id=self.id))
+        with contextlib.suppress(LatticeUnavailable), nats_errors("leaving the lattice"):
+            await nc.drain()
+        log.info("host %s stopped", self.id)
 
     # ---- control interface -------------------------------------------------------------
 
@@ -160,7 +177,7 @@ class Host:
 
         return callback
 
-    def _spawn(self, coro, name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         """Run ``coro`` in the background, kept referenced until done, its failure logged."""
         task = asyncio.create_task(coro, name=name)
         self._background.add(task)
@@ -168,95 +185,86 @@ class Host:
         task.add_done_callback(_log_failure)
 
     async def _answer_ctl(self, handler: CtlHandler, msg: Msg) -> None:
+        reply: CtlReply[Any]
         try:
-            request = msgspec.json.decode(msg.data) if msg.data else {}
-            if not isinstance(request, dict):
-                raise RequestError("a control request is a JSON object")
-            reply = {"accepted": True, "error": "", **(await handler(request) or {})}
-        except msgspec.DecodeError as exc:
-            reply = {"accepted": False, "kind": "MalformedMessage", "error": f"invalid JSON: {exc}"}
+            reply = CtlReply(response=await handler(msg.data))
         except MLCloudError as err:
-            reply = {"accepted": False, "kind": err.kind, "error": err.message}
+            reply = CtlReply.failed(err)
         except Exception as exc:
             log.exception("control request on %s failed", msg.subject)
-            reply = {"accepted": False, "kind": "MLCloudError", "error": f"{type(exc).__name__}: {exc}"}
+            reply = CtlReply.failed(MLCloudError(f"{type(exc).__name__}: {exc}"))
         if msg.reply:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(LatticeUnavailable), nats_errors("a control reply", msg.reply):
                 await msg.respond(msgspec.json.encode(reply))
 
-    async def handle_host_ping(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle_host_ping(self, request: Empty) -> HostInfo:
         return self.summary()
 
-    async def handle_inventory_get(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle_inventory_get(self, request: Empty) -> HostInventory:
         return self.inventory()
 
-    async def handle_host_stop(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle_host_stop(self, request: Empty) -> Empty:
         # Answer first, then stop.
         asyncio.get_running_loop().call_later(0.1, lambda: self._spawn(self.stop(), "host-stop"))
-        return {}
+        return Empty()
 
-    async def handle_actor_start(self, request: dict[str, Any]) -> dict[str, Any]:
-        ref = _required(request, "actor_ref")
-        count = int(request.get("count", 1))
-        if count < 1:
+    async def handle_actor_start(self, request: StartActor) -> ActorReply:
+        if request.count < 1:
             raise RequestError("count must be 1 or more")
-        resolved = await self._resolve(ref, expect=ComponentKind.ACTOR)
+        resolved = await self._resolve(_required(request.actor_ref, "actor_ref"), expect=ComponentKind.ACTOR)
         async with self._lock:
             component = self.actors.get(resolved.key)
             if component is None:
                 component = self.actors[resolved.key] = Component(resolved)
-            target = len(component.instances) + count
+            target = len(component.instances) + request.count
             await self._scale(component, target)
-        return {"actor_id": resolved.key, "instances": len(component.instances)}
+        return ActorReply(actor_id=resolved.key, instances=len(component.instances))
 
-    async def handle_actor_scale(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle_actor_scale(self, request: ScaleActor) -> ActorReply:
         """Set the number of instances of an actor (starting it from ``actor_ref`` if needed)."""
-        count = int(_required(request, "count"))
-        if count < 0:
+        if request.count < 0:
             raise RequestError("count must be 0 or more")
         async with self._lock:
-            component = self._find_actor(request.get("actor_id") or request.get("actor_ref", ""))
+            component = self._find_actor(request.actor_id or request.actor_ref)
             if component is None:
-                if "actor_ref" not in request:
-                    raise ComponentNotFound(f"actor {request.get('actor_id')} does not run on this host")
-                resolved = await self._resolve(request["actor_ref"], expect=ComponentKind.ACTOR)
+                if not request.actor_ref:
+                    raise ComponentNotFound(f"actor {request.actor_id} does not run on this host")
+                resolved = await self._resolve(request.actor_ref, expect=ComponentKind.ACTOR)
                 component = self.actors[resolved.key] = Component(resolved)
-            await self._scale(component, count)
-            if count == 0:
+            await self._scale(component, request.count)
+            if request.count == 0:
                 self.actors.pop(component.resolved.key, None)
-        return {"actor_id": component.resolved.key, "instances": count}
+        return ActorReply(actor_id=component.resolved.key, instances=request.count)
 
-    async def handle_actor_stop(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle_actor_stop(self, request: StopActor) -> ActorReply:
         async with self._lock:
-            component = self._find_actor(_required(request, "actor_id"))
+            component = self._find_actor(_required(request.actor_id, "actor_id"))
             if component is None:
-                raise ComponentNotFound(f"actor {request['actor_id']} does not run on this host")
+                raise ComponentNotFound(f"actor {request.actor_id} does not run on this host")
             await self._stop_component(component)
             self.actors.pop(component.resolved.key, None)
-        return {"actor_id": component.resolved.key}
+        return ActorReply(actor_id=component.resolved.key)
 
-    async def handle_provider_start(self, request: dict[str, Any]) -> dict[str, Any]:
-        ref = _required(request, "provider_ref")
-        link_name = subjects.check_token(request.get("link_name") or DEFAULT_LINK_NAME, "link name")
-        config = request.get("config") or {}
-        if not isinstance(config, dict):
-            raise RequestError("provider config must be a JSON object")
+    async def handle_provider_start(self, request: StartProvider) -> ProviderReply:
+        ref = _required(request.provider_ref, "provider_ref")
+        link_name = subjects.check_token(request.link_name or DEFAULT_LINK_NAME, "link name")
         resolved = await self._resolve(ref, expect=ComponentKind.PROVIDER)
         async with self._lock:
             existing = self.providers.get((resolved.key, link_name))
             if existing is not None:
-                if existing.config == config:
-                    return {"provider_id": resolved.key, "link_name": link_name, "already_running": True}
+                if existing.config == request.config:
+                    return ProviderReply(provider_id=resolved.key, link_name=link_name, already_running=True)
                 raise RequestError(
                     f"provider {resolved.name} ({link_name}) already runs here with another config; stop it first"
                 )
-            component = self.providers[(resolved.key, link_name)] = Component(resolved, link_name, config)
+            component = Component(resolved, link_name, request.config)
+            self.providers[(resolved.key, link_name)] = component
             await self._scale(component, 1)
-        return {"provider_id": resolved.key, "link_name": link_name}
+        return ProviderReply(provider_id=resolved.key, link_name=link_name)
 
-    async def handle_provider_stop(self, request: dict[str, Any]) -> dict[str, Any]:
-        provider_id = _required(request, "provider_id")
-        link_name = request.get("link_name") or DEFAULT_LINK_NAME
+    async def handle_provider_stop(self, request: StopProvider) -> ProviderReply:
+        provider_id = _required(request.provider_id, "provider_id")
+        link_name = request.link_name or DEFAULT_LINK_NAME
         async with self._lock:
             component = self.providers.pop((provider_id, link_name), None)
             if component is None:
@@ -265,56 +273,52 @@ class Host:
                     raise ComponentNotFound(f"provider {provider_id} ({link_name}) does not run on this host")
                 component = self.providers.pop(matches[0])
             await self._stop_component(component)
-        return {"provider_id": component.resolved.key, "link_name": link_name}
+        return ProviderReply(provider_id=component.resolved.key, link_name=link_name)
 
-    async def handle_link_put(self, request: dict[str, Any]) -> dict[str, Any]:
-        try:
-            link = msgspec.convert(request, LinkDefinition)
-        except msgspec.ValidationError as exc:
-            raise RequestError(f"invalid link definition: {exc}") from exc
+    async def handle_link_put(self, link: LinkDefinition) -> LinkPutReply:
         subjects.check_token(link.link_name, "link name")
         assert isinstance(self.links, LinkStore) and self.events is not None
-        if await self.links.get(link.key) == link:
-            return {"changed": False}
+        if await self.links.get(key_of(link)) == link:
+            return LinkPutReply(changed=False)
         await self.links.put(link)
-        await self.events.publish("linkdef_set", **msgspec.to_builtins(link))
-        return {"changed": True}
+        await self.events.publish(EventName.LINKDEF_SET, link)
+        return LinkPutReply(changed=True)
 
-    async def handle_link_del(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle_link_del(self, request: LinkId) -> Empty:
         assert isinstance(self.links, LinkStore) and self.events is not None
         link = await self.links.delete(
-            _required(request, "actor_id"), _required(request, "contract_id"),
-            request.get("link_name") or DEFAULT_LINK_NAME,
+            _required(request.actor_id, "actor_id"), _required(request.contract_id, "contract_id"),
+            request.link_name or DEFAULT_LINK_NAME,
         )
-        await self.events.publish("linkdef_deleted", **msgspec.to_builtins(link))
-        return {}
+        await self.events.publish(EventName.LINKDEF_DELETED, link)
+        return Empty()
 
-    async def handle_link_get(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def handle_link_get(self, request: Empty) -> LinkList:
         assert self.links is not None
-        return {"links": [msgspec.to_builtins(link) for link in await self.links.all()]}
+        return LinkList(links=await self.links.all())
 
     # ---- what runs here ----------------------------------------------------------------
 
-    def summary(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "labels": self.labels,
-            "version": __version__,
-            "uptime_seconds": round(time.time() - self.started_at, 1),
-            "lattice": self.settings.lattice,
-            "actors": sum(len(c.instances) for c in self.actors.values()),
-            "providers": len(self.providers),
-        }
+    def summary(self) -> HostInfo:
+        return HostInfo(
+            id=self.id,
+            labels=self.labels,
+            version=__version__,
+            uptime_seconds=round(time.time() - self.started_at, 1),
+            lattice=self.settings.lattice,
+            actors=sum(len(c.instances) for c in self.actors.values()),
+            providers=len(self.providers),
+        )
 
-    def inventory(self) -> dict[str, Any]:
-        return {
-            "host_id": self.id,
-            "labels": self.labels,
-            "version": __version__,
-            "uptime_seconds": round(time.time() - self.started_at, 1),
-            "actors": [c.describe() for c in self.actors.values()],
-            "providers": [c.describe() for c in self.providers.values()],
-        }
+    def inventory(self) -> HostInventory:
+        return HostInventory(
+            host_id=self.id,
+            labels=self.labels,
+            version=__version__,
+            uptime_seconds=round(time.time() - self.started_at, 1),
+            actors=[c.describe() for c in self.actors.values()],
+            providers=[c.describe_provider() for c in self.providers.values()],
+        )
 
     def _find_actor(self, id_or_ref: str) -> Component | None:
         for component in self.actors.values():
@@ -328,7 +332,8 @@ class Host:
             resolved = await resolve(ref, self.settings)
         except MLCloudError as err:
             assert self.events is not None
-            await self.events.publish("component_refused", host_id=self.id, image_ref=ref, kind=err.kind, reason=err.message)
+            await self.events.publish(EventName.COMPONENT_REFUSED, ComponentRefused(
+                host_id=self.id, image_ref=ref, kind=err.kind, reason=err.message))
             log.error("refused %s: %s", ref, err.message)
             raise
         if resolved.kind is not expect:
@@ -388,30 +393,34 @@ class Host:
 
     async def _on_instance_change(self, instance: Instance, reason: str) -> None:
         spec = instance.spec
-        data = {
-            "host_id": self.id, "public_key": spec.key, "name": spec.name, "instance_id": spec.instance_id,
-            "status": str(instance.status), "reason": reason, "restarts": instance.restarts,
-        }
-        if spec.kind is ComponentKind.PROVIDER:
-            data.update(link_name=spec.link_name, contract_id=spec.contract)
-        kind = str(spec.kind)
+        provider = spec.kind is ComponentKind.PROVIDER
+        data = InstanceChanged(
+            host_id=self.id, public_key=spec.key, name=spec.name, instance_id=spec.instance_id,
+            status=instance.status, reason=reason, restarts=instance.restarts,
+            link_name=spec.link_name if provider else "", contract_id=spec.contract if provider else "",
+        )
+        started, stopped, restarted = (
+            (EventName.PROVIDER_STARTED, EventName.PROVIDER_STOPPED, EventName.PROVIDER_RESTARTED) if provider
+            else (EventName.ACTOR_STARTED, EventName.ACTOR_STOPPED, EventName.ACTOR_RESTARTED)
+        )
         if reason == "restarted":
-            name = f"{kind}_restarted"
+            name = restarted
         elif instance.status is InstanceStatus.HEALTHY:
-            name = f"{kind}_started" if reason == "ready" and instance.restarts == 0 else "health_check_passed"
+            name = started if reason == "ready" and instance.restarts == 0 else EventName.HEALTH_CHECK_PASSED
         elif instance.status is InstanceStatus.UNHEALTHY:
-            name = "health_check_failed"
+            name = EventName.HEALTH_CHECK_FAILED
         elif instance.status is InstanceStatus.STOPPED:
-            name = f"{kind}_stopped"
+            name = stopped
         else:
             return
         assert self.events is not None
-        await self.events.publish(name, **data)
+        await self.events.publish(name, data)
 
     async def _heartbeat(self) -> None:
         while True:
             assert self.events is not None
-            await self.events.publish("host_heartbeat", **self.summary(), inventory=self.inventory())
+            beat = HostHeartbeat(**msgspec.structs.asdict(self.summary()), inventory=self.inventory())
+            await self.events.publish(EventName.HOST_HEARTBEAT, beat)
             await asyncio.sleep(self.settings.heartbeat_interval)
 
     async def _health_checks(self) -> None:
@@ -428,11 +437,11 @@ class Host:
                         continue
                     subject = subjects.provider_health(self.settings.lattice, component.resolved.key, component.link_name)
                     try:
-                        answer = await rpc.call(subject, HEALTH_OP, {})
-                        healthy, message = bool(answer.get("healthy")), str(answer.get("message", ""))
+                        report = await rpc.call(subject, HEALTH_OP, Empty(), HealthReport)
+                        healthy, message = report.healthy, report.message
                     except MLCloudError as err:
                         healthy, message = False, err.message
-                    except Exception as exc:  # a provider's odd answer must not end the checks
+                    except Exception as exc:  # a provider's bug must not end the checks
                         healthy, message = False, f"bad health answer: {exc!r}"
                     await instance.mark_health(healthy, message)
 
@@ -442,8 +451,26 @@ def _log_failure(task: asyncio.Task) -> None:
         log.error("%s failed", task.get_name(), exc_info=task.exception())
 
 
-def _required(request: dict[str, Any], field_name: str) -> Any:
-    value = request.get(field_name)
-    if value in (None, ""):
+def _required(value: str, field_name: str) -> str:
+    if not value:
         raise RequestError(f"missing field {field_name!r}")
     return value
+
+
+def _handler(request_type: type[Req], handle: Callable[[Req], Awaitable[msgspec.Struct]]) -> CtlHandler:
+    """A control handler taking the raw request: decoded into ``request_type`` (empty means defaults)."""
+
+    async def decode_and_handle(data: bytes) -> msgspec.Struct:
+        try:
+            request = msgspec.json.decode(data or b"{}", type=request_type)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise MalformedMessage(f"not a valid {request_type.__name__}: {exc}") from exc
+        return await handle(request)
+
+    return decode_and_handle
+
+
+async def _unsubscribe(sub: Subscription) -> None:
+    # A connection that closed under us took its subscriptions with it.
+    with contextlib.suppress(LatticeUnavailable), nats_errors("leaving a subject", sub.subject):
+        await sub.unsubscribe()

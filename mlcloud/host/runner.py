@@ -27,6 +27,7 @@ from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, Unkn
 from mlcloud.host.spec import SPEC_ENV, InstanceSpec
 from mlcloud.lattice import subjects
 from mlcloud.lattice.connect import connect
+from mlcloud.lattice.control import HealthReport
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.links import LinkDefinition, LinkFeed, LinkStore, open_links
 from mlcloud.lattice.rpc import RpcClient, RpcServer
@@ -186,10 +187,11 @@ class ComponentRuntime:
         ctx = Context(self, invocation_id=invocation.id, origin=invocation.origin)
         return await operation.invoke(ctx, payload)
 
-    async def _health(self, invocation: Invocation) -> dict[str, Any]:
+    async def _health(self, invocation: Invocation) -> Any:
+        """A :class:`~mlcloud.lattice.control.HealthReport` (or the provider's answer of that shape)."""
         if isinstance(self.component, Provider):
             return await self.component.health()
-        return {"healthy": True, "message": ""}
+        return HealthReport(healthy=True)
 
     async def _follow_links(self, store: LinkStore | LinkFeed) -> None:
         """Keep ``_links`` current and tell a provider of every link that names it."""

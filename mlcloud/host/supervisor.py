@@ -9,7 +9,6 @@ reported through ``on_change`` so the host can publish events.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import sys
@@ -19,18 +18,12 @@ from collections.abc import Awaitable, Callable
 import msgspec
 
 from mlcloud.host.spec import SPEC_ENV, InstanceSpec
+from mlcloud.lattice.control import InstanceInfo, InstanceStatus
 from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)
 
 HEALTHY_RESET_AFTER = 30.0  # seconds of uptime after which the back-off starts over
-
-
-class InstanceStatus(enum.StrEnum):
-    AWAITING = "awaiting"  # process started, not yet ready
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"  # died or failed its health check; restart pending
-    STOPPED = "stopped"
 
 
 class Instance:
@@ -151,11 +144,6 @@ class Instance:
         self.status_since = time.time()
         await self.on_change(self, reason)
 
-    def describe(self) -> dict:
-        return {
-            "instance_id": self.instance_id,
-            "pid": self.pid,
-            "status": str(self.status),
-            "status_since": self.status_since,
-            "restarts": self.restarts,
-        }
+    def describe(self) -> InstanceInfo:
+        return InstanceInfo(instance_id=self.instance_id, pid=self.pid, status=self.status,
+                            status_since=self.status_since, restarts=self.restarts)

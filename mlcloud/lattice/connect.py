@@ -2,36 +2,46 @@
 
 nats-py retries the first connection for ever when the server is not there (even with
 reconnecting off) and logs a traceback per attempt; here the first connection has a deadline
-and becomes one clear :class:`~mlcloud.errors.NoResponders` error, and later connection
-trouble is logged as one line.
+and becomes one clear :class:`~mlcloud.errors.LatticeUnavailable` error (see
+:mod:`mlcloud.lattice.natserrors`), and later connection trouble is logged as one line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import nats
-import nats.errors
 from nats.aio.client import Client as NATS
 
-from mlcloud.errors import NoResponders
+from mlcloud.lattice.natserrors import connecting
 
 log = logging.getLogger(__name__)
 
+Callback = Callable[[], Awaitable[None]]
+ErrorCallback = Callable[[Exception], Awaitable[None]]
 
-async def connect(url: str, *, name: str, reconnect: bool = True, timeout: float = 30.0) -> NATS:
-    """Connect to ``url`` within ``timeout`` seconds; keep reconnecting afterwards if ``reconnect``."""
+
+async def connect(
+    url: str, *, name: str, reconnect: bool = True, timeout: float = 30.0, error_cb: ErrorCallback | None = None,
+    disconnected_cb: Callback | None = None, reconnected_cb: Callback | None = None, closed_cb: Callback | None = None,
+) -> NATS:
+    """Connect to ``url`` within ``timeout`` seconds; keep reconnecting afterwards if ``reconnect``.
+
+    The callbacks are nats-py's; without ``error_cb`` connection trouble is logged.
+    """
 
     async def on_error(exc: Exception) -> None:
         log.warning("NATS (%s): %s", name, exc or type(exc).__name__)
 
-    options: dict = {"name": name, "error_cb": on_error, "connect_timeout": min(timeout, 5.0)}
+    options: dict[str, Any] = {"name": name, "error_cb": error_cb or on_error, "connect_timeout": min(timeout, 5.0)}
+    options.update({k: v for k, v in (("disconnected_cb", disconnected_cb), ("reconnected_cb", reconnected_cb),
+                                      ("closed_cb", closed_cb)) if v is not None})
     if reconnect:
         options.update(max_reconnect_attempts=-1, reconnect_time_wait=0.5)
     else:
         options.update(allow_reconnect=False, max_reconnect_attempts=0)
-    try:
+    with connecting(url, timeout):
         return await asyncio.wait_for(nats.connect(url, **options), timeout)
-    except (TimeoutError, OSError, nats.errors.NoServersError) as exc:
-        raise NoResponders(f"cannot reach NATS at {url} within {timeout:g} s: is `mlcloud up` running?") from exc

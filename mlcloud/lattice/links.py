@@ -20,31 +20,25 @@ from collections.abc import AsyncIterator
 import msgspec
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from mlcloud.errors import NotFound
+from mlcloud.errors import ConfigError, MLCloudError, NotFound
 from mlcloud.lattice import subjects
+from mlcloud.lattice.control import DEFAULT_LINK_NAME, EventName, LinkDefinition, LinkList
+from mlcloud.lattice.ctl_client import Empty, ctl_request
+from mlcloud.lattice.events import decode_event
+from mlcloud.lattice.natserrors import nats_errors
 
 log = logging.getLogger(__name__)
-
-DEFAULT_LINK_NAME = "default"
-
-
-class LinkDefinition(msgspec.Struct, kw_only=True, frozen=True):
-    actor_id: str
-    provider_id: str
-    contract_id: str
-    link_name: str = DEFAULT_LINK_NAME
-    values: dict[str, str] = {}
-
-    @property
-    def key(self) -> str:
-        return link_key(self.actor_id, self.contract_id, self.link_name)
-
 
 def link_key(actor_id: str, contract_id: str, link_name: str) -> str:
     contract = hashlib.sha256(contract_id.encode()).hexdigest()[:16]
     return f"linkdefs.{actor_id}.{contract}.{subjects.check_token(link_name, 'link name')}"
+
+
+def key_of(link: LinkDefinition) -> str:
+    return link_key(link.actor_id, link.contract_id, link.link_name)
 
 
 class LinkEvent(msgspec.Struct, frozen=True):
@@ -61,32 +55,42 @@ class LinkStore:
         self.kv = kv
 
     @classmethod
-    async def open(cls, nc: NATS, lattice: str) -> LinkStore:
+    async def open(cls, nc: NATS, lattice: str) -> LinkStore | None:
+        """The lattice's bucket (created if missing), or None when the NATS server has no JetStream."""
         js = nc.jetstream()
         bucket = subjects.lattice_bucket(lattice)
-        try:
-            kv = await js.key_value(bucket)
-        except nats.js.errors.BucketNotFoundError:
-            # Two hosts may race to create it; creating an identical bucket is idempotent.
-            kv = await js.create_key_value(bucket=bucket, history=1, description="mlcloud lattice data")
+        with nats_errors("opening the link store", bucket):
+            try:
+                kv = await js.key_value(bucket)
+            except nats.js.errors.ServiceUnavailableError:
+                return None
+            except nats.js.errors.BucketNotFoundError:
+                # Two hosts may race to create it; creating an identical bucket is idempotent.
+                kv = await js.create_key_value(bucket=bucket, history=1, description="mlcloud lattice data")
+            except nats.js.errors.BadBucketError as exc:
+                raise ConfigError(f"the JetStream stream of bucket {bucket} is not a key-value bucket; "
+                                  "remove that stream or use another lattice name") from exc
         return cls(kv)
 
     async def put(self, link: LinkDefinition) -> None:
-        await self.kv.put(link.key, msgspec.json.encode(link))
+        with nats_errors("putting a link", key_of(link)):
+            await self.kv.put(key_of(link), msgspec.json.encode(link))
 
     async def delete(self, actor_id: str, contract_id: str, link_name: str = DEFAULT_LINK_NAME) -> LinkDefinition:
         key = link_key(actor_id, contract_id, link_name)
         existing = await self.get(key)
         if existing is None:
             raise NotFound(f"no link from {actor_id} for {contract_id} ({link_name})")
-        await self.kv.delete(key)
+        with nats_errors("deleting a link", key):
+            await self.kv.delete(key)
         return existing
 
     async def get(self, key: str) -> LinkDefinition | None:
-        try:
-            entry = await self.kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
+        with nats_errors("reading a link", key):
+            try:
+                entry = await self.kv.get(key)
+            except nats.js.errors.KeyNotFoundError:
+                return None
         return msgspec.json.decode(entry.value, type=LinkDefinition) if entry.value else None
 
     async def all(self) -> list[LinkDefinition]:
@@ -98,7 +102,8 @@ class LinkStore:
 
     async def watch(self, *, follow: bool = True) -> AsyncIterator[LinkEvent | None]:
         """Every current link, then (when ``follow``) ``None`` once, then each put and delete."""
-        watcher = await self.kv.watch("linkdefs.>")
+        with nats_errors("watching the links", "linkdefs.>"):
+            watcher = await self.kv.watch("linkdefs.>")
         known: dict[str, LinkDefinition] = {}
         try:
             async for entry in watcher:
@@ -116,7 +121,8 @@ class LinkStore:
                 known[entry.key] = link
                 yield LinkEvent(link)
         finally:
-            await watcher.stop()
+            with nats_errors("ending the watch of the links", "linkdefs.>"):
+                await watcher.stop()
 
 
 class LinkFeed:
@@ -130,22 +136,27 @@ class LinkFeed:
         self.timeout = timeout
 
     async def all(self) -> list[LinkDefinition]:
-        reply = await self.nc.request(subjects.ctl_links(self.lattice, "get"), b"{}", timeout=self.timeout)
-        body = msgspec.json.decode(reply.data) if reply.data else {}
-        return [msgspec.convert(link, LinkDefinition) for link in body.get("links", [])]
+        reply = await ctl_request(self.nc, subjects.ctl_links(self.lattice, "get"), Empty(), LinkList,
+                                  timeout=self.timeout)
+        return reply.links
 
     async def watch(self, *, follow: bool = True) -> AsyncIterator[LinkEvent | None]:
         """As :meth:`LinkStore.watch`; events that race the first read are applied after it."""
         queue: asyncio.Queue[LinkEvent] = asyncio.Queue()
 
-        async def on_event(msg) -> None:
-            event = msgspec.json.decode(msg.data)
-            name = str(event.get("type", "")).rsplit(".", 1)[-1]
-            if name in ("linkdef_set", "linkdef_deleted"):
-                link = msgspec.convert(event["data"], LinkDefinition)
-                queue.put_nowait(LinkEvent(link, deleted=name == "linkdef_deleted"))
+        async def on_event(msg: Msg) -> None:
+            try:
+                event = decode_event(msg.data)
+            except MLCloudError as err:
+                log.debug("ignored an event: %s", err.message)
+                return
+            if isinstance(event.data, LinkDefinition):
+                queue.put_nowait(LinkEvent(event.data, deleted=event.name == EventName.LINKDEF_DELETED))
 
-        sub = await self.nc.subscribe(subjects.events(self.lattice), cb=on_event) if follow else None
+        sub = None
+        if follow:
+            with nats_errors("following link events", subjects.events(self.lattice)):
+                sub = await self.nc.subscribe(subjects.events(self.lattice), cb=on_event)
         try:
             for link in await self.all():
                 yield LinkEvent(link)
@@ -156,13 +167,14 @@ class LinkFeed:
                 yield await queue.get()
         finally:
             if sub is not None:
-                await sub.unsubscribe()
+                with nats_errors("leaving link events", subjects.events(self.lattice)):
+                    await sub.unsubscribe()
 
 
 async def open_links(nc: NATS, lattice: str) -> LinkStore | LinkFeed:
     """The JetStream link store, or a read-only :class:`LinkFeed` where JetStream is not reachable."""
-    try:
-        return await LinkStore.open(nc, lattice)
-    except nats.js.errors.ServiceUnavailableError:
+    store = await LinkStore.open(nc, lattice)
+    if store is None:
         log.info("no JetStream on this NATS server: following links through the control interface")
         return LinkFeed(nc, lattice)
+    return store

@@ -1,7 +1,7 @@
 """Request/reply over NATS: the client side (:class:`RpcClient`) and the server side (:class:`RpcServer`).
 
-Every call carries an invocation id for tracing and a deadline; nats-py's errors are converted
-here, at one boundary, into :mod:`mlcloud.errors` (``RpcTimeout``, ``NoResponders``). A handler's
+Every call carries an invocation id for tracing and a deadline; nats-py's errors become
+:mod:`mlcloud.errors` (``RpcTimeout``, ``NoResponders``) through :mod:`mlcloud.lattice.natserrors`. A handler's
 :class:`~mlcloud.errors.MLCloudError` travels back as ``{kind, message}``; any other exception is
 logged with its traceback on the serving side and travels as a generic ``MLCloudError`` naming
 the exception's type and text.
@@ -10,19 +10,21 @@ the exception's type and text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from mlcloud.errors import LatticeUnavailable, MLCloudError, NoResponders, PayloadTooLarge, RpcTimeout
+from mlcloud.errors import LatticeUnavailable, MLCloudError, RpcTimeout
 from mlcloud.lattice import wire
+from mlcloud.lattice.lifecycle import Service
+from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.lattice.wire import Forward, Invocation
 from mlcloud.settings import DEFAULT_FORWARD_ACK_TIMEOUT
 
@@ -68,30 +70,16 @@ async def request(
     nc: NATS, subject: str, op: str, data: bytes, *, timeout: float, invocation_id: str = "",
     forward: Forward | None = None,
 ) -> Msg:
-    """``nc.request`` with nats-py's errors converted into :mod:`mlcloud.errors` (the one boundary).
+    """``nc.request`` with nats-py's errors converted into :mod:`mlcloud.errors` (by :func:`nats_errors`).
 
     ``forward`` (the rest of a chain) only names the chain's stages in a timeout's message.
     """
-    try:
+    with nats_errors(wire.describe_chain(op, forward), subject, timeout=timeout, size=len(data),
+                     limit=nc.max_payload, invocation_id=invocation_id):
         return await nc.request(subject, data, timeout=timeout)
-    except nats.errors.NoRespondersError as exc:
-        raise NoResponders(f"nobody serves {subject} ({op})", subject=subject) from exc
-    except nats.errors.TimeoutError as exc:
-        raise RpcTimeout(
-            f"{wire.describe_chain(op, forward)} on {subject} did not answer within {timeout:g} s",
-            subject=subject,
-            invocation_id=invocation_id,
-        ) from exc
-    except nats.errors.MaxPayloadError as exc:
-        raise PayloadTooLarge(
-            f"{op}: {len(data)} bytes is more than this NATS server carries "
-            f"({nc.max_payload} bytes; raise its max_payload)"
-        ) from exc
-    except nats.errors.Error as exc:  # closed, draining, reconnect buffer full, …
-        raise LatticeUnavailable(f"{op} on {subject}: NATS cannot carry the call now ({exc})") from exc
 
 
-class RpcServer:
+class RpcServer(Service):
     """Serves one subject: decodes invocations, runs ``handler`` concurrently, replies.
 
     nats-py runs a subscription's callback one message at a time, so each invocation gets its
@@ -102,12 +90,15 @@ class RpcServer:
     the answer itself goes to the original caller (``reply_to``). NATS answers "no responders"
     only to the connection that made a request, so without the receipt a stage nobody serves
     would leave the caller waiting for its deadline; with it the caller hears at once.
+
+    Use it as an async context manager (or ``await server.start()`` … ``await server.stop()``).
     """
 
     def __init__(
         self, nc: NATS, subject: str, handler: Handler, *, queue: str = "", max_in_flight: int = 256,
         ack_timeout: float = DEFAULT_FORWARD_ACK_TIMEOUT,
     ) -> None:
+        super().__init__()
         self.nc = nc
         self.subject = subject
         self.queue = queue
@@ -117,17 +108,19 @@ class RpcServer:
         self._tasks: set[asyncio.Task] = set()
         self._sub: Subscription | None = None
 
-    async def start(self) -> RpcServer:
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         """Subscribe; on return the NATS server knows the subscription (callers can reach it)."""
-        self._sub = await self.nc.subscribe(self.subject, queue=self.queue, cb=self._on_message)
-        await self.nc.flush()
-        return self
+        with nats_errors(f"serving {self.subject}", self.subject):
+            self._sub = await self.nc.subscribe(self.subject, queue=self.queue, cb=self._on_message)
+            stack.push_async_callback(self._finish)
+            await self.nc.flush()
 
-    async def stop(self) -> None:
+    async def _finish(self) -> None:
         """Stop taking new calls and let the ones in flight finish."""
         if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+            # A closed connection took the subscription with it already.
+            with contextlib.suppress(LatticeUnavailable), nats_errors(f"leaving {self.subject}", self.subject):
+                await self._sub.unsubscribe()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -150,12 +143,11 @@ class RpcServer:
                     await self._answer(answer_to, wire.encode_reply(result))
             except MLCloudError as err:  # the next stage is not there, or cannot be built from this result
                 await self._answer(answer_to, wire.encode_error(err))
-            except (TypeError, ValueError, msgspec.EncodeError, nats.errors.MaxPayloadError) as exc:
-                # The answer cannot be encoded or sent: say so now rather than let the caller time out.
+            except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                # The answer cannot be encoded: say so now rather than let the caller time out.
                 op = invocation.op if invocation else "?"
                 log.exception("%s on %s: cannot send the answer", op, self.subject)
-                kind = PayloadTooLarge if isinstance(exc, nats.errors.MaxPayloadError) else MLCloudError
-                await self._answer(answer_to, wire.encode_error(kind(f"{op}: cannot send the answer: {exc}")))
+                await self._answer(answer_to, wire.encode_error(MLCloudError(f"{op}: cannot send the answer: {exc}")))
         except Exception:  # the connection went away mid-reply; nothing else to tell
             log.exception("could not reply on %s", self.subject)
         finally:
@@ -163,7 +155,8 @@ class RpcServer:
 
     async def _answer(self, to: str, data: bytes) -> None:
         if to:  # a message published without a reply subject wants no answer
-            await self.nc.publish(to, data)
+            with nats_errors(f"the answer from {self.subject}", to, size=len(data), limit=self.nc.max_payload):
+                await self.nc.publish(to, data)
 
     async def _forward(self, invocation: Invocation, result: Any, answer_to: str) -> None:
         """Send ``result`` on to the chain's next stage, which answers ``answer_to``."""
@@ -189,9 +182,10 @@ class RpcServer:
     async def _receipt(self, to: str, op: str) -> None:
         """The empty reply a forwarding stage waits for; failing to send it must not fail the call."""
         try:
-            await self.nc.publish(to, b"")
-        except nats.errors.Error as exc:
-            log.warning("%s on %s: could not confirm the forwarded call (%s)", op, self.subject, exc)
+            with nats_errors(f"the receipt for {op}", to):
+                await self.nc.publish(to, b"")
+        except MLCloudError as err:
+            log.warning("%s on %s: could not confirm the forwarded call (%s)", op, self.subject, err.message)
 
     async def _invoke(self, msg: Msg) -> tuple[Invocation | None, Any, MLCloudError | None]:
         """(invocation, result, None), or (…, None, the error to send back)."""

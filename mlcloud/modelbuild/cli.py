@@ -166,12 +166,12 @@ async def _relink(route: str, bindle_id: str) -> None:
     from mlcloud.settings import Settings
 
     async with await CtlClient.connect(Settings.from_env()) as ctl:
-        links = [link for link in await ctl.get_links() if link["contract_id"] == MLINFERENCE]
+        links = [link for link in await ctl.get_links() if link.contract_id == MLINFERENCE]
         if not links:
             raise click.ClickException("no actor is linked to an mlinference provider; is the app deployed?")
         for link in links:
-            values = {**link["values"], route: bindle_id}
-            await ctl.put_link(link["actor_id"], link["provider_id"], MLINFERENCE, link["link_name"], values)
+            values = {**link.values, route: bindle_id}
+            await ctl.put_link(link.actor_id, link.provider_id, MLINFERENCE, link.link_name, values)
     click.echo(f"route {route} now serves {bindle_id} (the old model keeps serving until the new one is ready)")
 
 

@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from mlcloud.errors import HttpErrorReply, MLCloudError, RequestError
@@ -67,10 +68,8 @@ def create_washboard(settings: Settings, *, poll_interval: float = DEFAULT_POLL_
 
 
 async def _watching(app: web.Application) -> AsyncIterator[None]:
-    watcher = app[WATCHER]
-    await watcher.start()
-    yield
-    await watcher.stop()
+    async with app[WATCHER]:
+        yield
 
 
 async def _end_streams(app: web.Application) -> None:
@@ -188,7 +187,7 @@ async def scale_actor(request: web.Request) -> web.Response:
     actor_id = request.match_info["actor_id"]
     reply = await request.app[WATCHER].scale_actor(actor_id, body["count"], body.get("host_id"))
     log.info("washboard: scaled actor %s to %s", actor_id, body["count"])
-    return web.json_response({"ok": True, "result": reply})
+    return web.json_response({"ok": True, "result": msgspec.to_builtins(reply)})
 
 
 async def stop_provider(request: web.Request) -> web.Response:
@@ -196,7 +195,7 @@ async def stop_provider(request: web.Request) -> web.Response:
     provider_id = request.match_info["provider_id"]
     reply = await request.app[WATCHER].stop_provider(provider_id, body.get("host_id", ""), body.get("link_name", ""))
     log.info("washboard: stopped provider %s", provider_id)
-    return web.json_response({"ok": True, "result": reply})
+    return web.json_response({"ok": True, "result": msgspec.to_builtins(reply)})
 
 
 async def start_provider(request: web.Request) -> web.Response:
@@ -206,4 +205,4 @@ async def start_provider(request: web.Request) -> web.Response:
         provider_id, body.get("host_id", ""), body.get("link_name", ""), body.get("ref"), body.get("config"),
     )
     log.info("washboard: started provider %s", provider_id)
-    return web.json_response({"ok": True, "result": reply})
+    return web.json_response({"ok": True, "result": msgspec.to_builtins(reply)})

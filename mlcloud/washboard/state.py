@@ -7,12 +7,16 @@ page is sent only the sections that changed.
 
 Events and polls race: an inventory requested just before an instance died can arrive just after
 the ``health_check_failed`` event. Each instance keeps the newest of the two by ``status_since``
-(both stamped by the host's clock), so a late poll never rolls a status back.
+(both stamped by the host's clock), so a late poll never rolls a status back. Likewise a link's
+models can be known before the inventory that shows its actor or provider: the models view shows
+them once it can say which actor and provider serve them.
+
+Everything it is fed is a control-plane struct (:mod:`mlcloud.lattice.control`) or a
+:class:`~mlcloud.interfaces.ModelInfo`; the views are the page's JSON.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import time
 from collections import deque
@@ -20,19 +24,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mlcloud.lattice.events import event_name
+import msgspec
+
+from mlcloud.interfaces import ModelInfo
+from mlcloud.lattice.control import (
+    ComponentInfo, EventName, HostHeartbeat, HostInfo, HostInventory, HostStarted, HostStopped, InstanceChanged,
+    LinkDefinition, ModelChanged, ProviderInfo,
+)
+from mlcloud.lattice.events import Event
 from mlcloud.washboard.masking import mask_event_data, mask_values
 
 FEED_SIZE = 200
 # A host that stops answering pings is shown as missing, then forgotten after this long.
 HOST_FORGET_AFTER = 60.0
 STATUS_ORDER = ("unhealthy", "awaiting", "healthy", "stopped")
-
-INSTANCE_EVENTS = {
-    "actor_started", "provider_started", "actor_stopped", "provider_stopped", "actor_restarted",
-    "provider_restarted", "health_check_passed", "health_check_failed",
-}
-
 
 class Section(enum.StrEnum):
     STATUS = "status"
@@ -62,9 +67,9 @@ class HostRecord:
     last_seen: float = 0.0
     missing_since: float | None = None
 
-    def view(self, inventory: dict[str, Any] | None) -> dict[str, Any]:
-        actors = (inventory or {}).get("actors", [])
-        providers = (inventory or {}).get("providers", [])
+    def view(self, inventory: HostInventory | None) -> dict[str, Any]:
+        actors = inventory.actors if inventory else []
+        providers = inventory.providers if inventory else []
         return {
             "id": self.id,
             "labels": dict(self.labels),
@@ -74,7 +79,7 @@ class HostRecord:
             "status": "missing" if self.missing_since is not None else "up",
             "missing_since": self.missing_since,
             "actors": len(actors),
-            "actor_instances": sum(len(a.get("instances", [])) for a in actors),
+            "actor_instances": sum(len(a.instances) for a in actors),
             "providers": len(providers),
         }
 
@@ -86,7 +91,7 @@ class ModelsRecord:
     actor_id: str
     link_name: str
     provider_id: str
-    models: list[dict[str, Any]] = field(default_factory=list)
+    models: list[ModelInfo] = field(default_factory=list)
     error: str = ""
     updated_at: float = 0.0
 
@@ -94,12 +99,21 @@ class ModelsRecord:
 ProviderKey = tuple[str, str, str]  # host id, provider key, link name
 
 
-def parse_time(value: Any, default: float) -> float:
-    """CloudEvents ``time`` (ISO 8601) → epoch seconds."""
-    try:
-        return dt.datetime.fromisoformat(str(value)).timestamp()
-    except ValueError:
-        return default
+@dataclass
+class StoppedProvider:
+    """A provider seen running and gone since: shown as stopped so the page can start it again."""
+
+    info: ProviderInfo
+    stopped_at: float
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What a provider was started with, to start it again."""
+
+    ref: str
+    link_name: str
+    config: dict[str, Any]
 
 
 def worst_status(statuses: Iterable[str]) -> str:
@@ -121,13 +135,11 @@ class LatticeState:
         self.error = ""
         self.last_update: float | None = None  # last complete control-interface poll
         self.hosts: dict[str, HostRecord] = {}
-        self.inventories: dict[str, dict[str, Any]] = {}
-        self.links: list[dict[str, Any]] = []
+        self.inventories: dict[str, HostInventory] = {}
+        self.links: list[LinkDefinition] = []
         self.models: dict[tuple[str, str], ModelsRecord] = {}
-        # Providers seen running and gone since: shown as stopped so the page can start them again.
-        self.stopped_providers: dict[ProviderKey, dict[str, Any]] = {}
-        # What a provider was started with (ref, link name, config), to start it again.
-        self.provider_launch: dict[ProviderKey, dict[str, Any]] = {}
+        self.stopped_providers: dict[ProviderKey, StoppedProvider] = {}
+        self.provider_launch: dict[ProviderKey, LaunchSpec] = {}
         self.feed: deque[dict[str, Any]] = deque(maxlen=feed_size)
         self.feed_seq = 0
         self._dirty: set[Section] = set(Section)
@@ -152,14 +164,14 @@ class LatticeState:
         self.last_update = self.clock()
         self.touch(Section.STATUS)
 
-    def apply_hosts(self, pings: list[dict[str, Any]]) -> None:
+    def apply_hosts(self, pings: list[HostInfo]) -> None:
         """One round of host pings: who answered is up, who did not is missing, then forgotten."""
         now = self.clock()
         answered = set()
         for ping in pings:
-            host = self._host(ping["id"])
+            host = self._host(ping.id)
             answered.add(host.id)
-            self._update_host(host, ping, now)
+            self._update_host(host, now, ping.labels, ping.version, ping.uptime_seconds)
         for host in list(self.hosts.values()):
             if host.id in answered:
                 continue
@@ -169,13 +181,13 @@ class LatticeState:
             elif now - host.last_seen > self.host_forget_after:
                 self.forget_host(host.id)
 
-    def apply_inventory(self, inventory: dict[str, Any]) -> None:
-        host_id = inventory["host_id"]
+    def apply_inventory(self, inventory: HostInventory) -> None:
+        host_id = inventory.host_id
         now = self.clock()
         host = self._host(host_id)
-        self._update_host(host, inventory, now)
+        self._update_host(host, now, inventory.labels, inventory.version, inventory.uptime_seconds)
         previous = self.inventories.get(host_id)
-        inventory = self._merge_newer_statuses(previous, inventory)
+        self._keep_newer_statuses(previous, inventory)
         self._track_providers(host_id, previous, inventory, now)
         if inventory != previous:
             self.inventories[host_id] = inventory
@@ -188,17 +200,17 @@ class LatticeState:
             del self.stopped_providers[key]
         self.touch(Section.HOSTS, Section.ACTORS, Section.PROVIDERS, Section.LINKS, Section.MODELS)
 
-    def apply_links(self, links: list[dict[str, Any]]) -> None:
-        ordered = sorted(links, key=lambda l: (l["actor_id"], l["contract_id"], l.get("link_name", "")))
+    def apply_links(self, links: list[LinkDefinition]) -> None:
+        ordered = sorted(links, key=lambda link: (link.actor_id, link.contract_id, link.link_name))
         if ordered != self.links:
             self.links = ordered
-            known = {(l["actor_id"], l.get("link_name", "default")) for l in ordered}
+            known = {(link.actor_id, link.link_name) for link in ordered}
             for key in [k for k in self.models if k not in known]:
                 del self.models[key]
             self.touch(Section.LINKS, Section.MODELS)
 
     def apply_models(self, actor_id: str, link_name: str, provider_id: str,
-                     models: list[dict[str, Any]] | None, error: str = "") -> None:
+                     models: list[ModelInfo] | None, error: str = "") -> None:
         """A Status reply (``models``) or the reason the call failed (``error``)."""
         key = (actor_id, link_name)
         is_new = key not in self.models
@@ -207,61 +219,56 @@ class LatticeState:
         record.provider_id = provider_id
         record.error = error
         if models is not None:
-            record.models = sorted(models, key=lambda m: m.get("name", ""))
+            record.models = sorted(models, key=lambda m: m.name)
             record.updated_at = self.clock()
         self.models[key] = record
         if is_new or (record.provider_id, record.models, record.error) != before:
             self.touch(Section.MODELS)
 
-    def apply_event(self, event: dict[str, Any]) -> Refresh:
+    def apply_event(self, event: Event) -> Refresh:
         """Apply one lattice event; answer what is worth fetching again."""
-        name = event_name(event)
-        data = event.get("data") or {}
+        data = event.data
         now = self.clock()
-        at = parse_time(event.get("time"), now)
-        if name == "host_heartbeat":
-            host = self._host(data.get("id") or event.get("source", ""))
+        at = event.timestamp or now
+        if isinstance(data, HostHeartbeat):
+            host = self._host(data.id or event.source)
             host.last_heartbeat = at
-            self._update_host(host, data, now)
-            if isinstance(data.get("inventory"), dict):
-                self.apply_inventory({"host_id": host.id, **data["inventory"]})
+            self._update_host(host, now, data.labels, data.version, data.uptime_seconds)
+            self.apply_inventory(msgspec.structs.replace(data.inventory, host_id=host.id))
             self.touch(Section.HOSTS)
             return Refresh.NONE
-        self._add_to_feed(name, event, data, at)
-        if name == "host_started":
-            host = self._host(data.get("host_id") or event.get("source", ""))
+        self._add_to_feed(event, at)
+        if isinstance(data, HostStarted):
+            host = self._host(data.host_id or event.source)
             host.started_at = at
             host.last_heartbeat = at
-            self._update_host(host, data, now)
+            self._update_host(host, now, data.labels, data.version, None)
             return Refresh.INVENTORY
-        if name == "host_stopped":
-            self.forget_host(data.get("host_id") or event.get("source", ""))
+        if isinstance(data, HostStopped):
+            self.forget_host(data.host_id or event.source)
             return Refresh.NONE
-        if name in INSTANCE_EVENTS:
+        if isinstance(data, InstanceChanged):
             known = self._apply_instance_event(data, at)
+            name = event.name
             wants = Refresh.MODELS if name.startswith("provider") or "health" in name else Refresh.NONE
             if not known or name.endswith(("_started", "_stopped")):
                 wants |= Refresh.INVENTORY
             return wants
-        if name == "linkdef_set":
-            link = {k: data.get(k) for k in ("actor_id", "provider_id", "contract_id", "link_name", "values")}
-            others = [l for l in self.links if _link_id(l) != _link_id(link)]
-            self.apply_links([*others, link])
+        if isinstance(data, LinkDefinition):
+            others = [link for link in self.links if not link.same_link(data)]
+            self.apply_links(others if event.name == EventName.LINKDEF_DELETED else [*others, data])
             return Refresh.MODELS
-        if name == "linkdef_deleted":
-            self.apply_links([l for l in self.links if _link_id(l) != _link_id(data)])
-            return Refresh.MODELS
-        if name.startswith("model_"):
+        if isinstance(data, ModelChanged):
             return Refresh.MODELS
         return Refresh.NONE
 
     # ---- reading -----------------------------------------------------------------------
 
-    def mlinference_links(self, contract_id: str) -> list[dict[str, Any]]:
-        return [l for l in self.links if l.get("contract_id") == contract_id]
+    def mlinference_links(self, contract_id: str) -> list[LinkDefinition]:
+        return [link for link in self.links if link.contract_id == contract_id]
 
-    def launch_spec(self, host_id: str, provider_id: str, link_name: str) -> dict[str, Any] | None:
-        """What a provider was last seen started with: ``{ref, link_name, config}``."""
+    def launch_spec(self, host_id: str, provider_id: str, link_name: str) -> LaunchSpec | None:
+        """What a provider was last seen started with."""
         return self.provider_launch.get((host_id, provider_id, link_name))
 
     def view(self, section: Section) -> Any:
@@ -293,84 +300,69 @@ class LatticeState:
             self.touch(Section.HOSTS)
         return host
 
-    def _update_host(self, host: HostRecord, info: dict[str, Any], now: float) -> None:
+    def _update_host(self, host: HostRecord, now: float, labels: dict[str, str], version: str,
+                     uptime_seconds: float | None) -> None:
         before = (host.labels, host.version, host.started_at, host.missing_since)
         host.last_seen = now
         host.missing_since = None
-        if isinstance(info.get("labels"), dict):
-            host.labels = dict(info["labels"])
-        host.version = str(info.get("version") or host.version)
-        if isinstance(info.get("uptime_seconds"), (int, float)):
-            started = round(now - info["uptime_seconds"])
+        host.labels = dict(labels)
+        host.version = version or host.version
+        if uptime_seconds is not None:
+            started = round(now - uptime_seconds)
             # The round trip blurs the start time by a fraction of a second; ignore that jitter.
             if host.started_at is None or abs(started - host.started_at) > 2:
                 host.started_at = started
         if (host.labels, host.version, host.started_at, host.missing_since) != before:
             self.touch(Section.HOSTS)
 
-    def _merge_newer_statuses(self, previous: dict[str, Any] | None, inventory: dict[str, Any]) -> dict[str, Any]:
-        if not previous:
-            return inventory
-        known = {
-            i["instance_id"]: i
-            for kind in ("actors", "providers") for c in previous.get(kind, []) for i in c.get("instances", [])
-        }
-        for kind in ("actors", "providers"):
-            for component in inventory.get(kind, []):
-                for instance in component.get("instances", []):
-                    old = known.get(instance.get("instance_id"))
-                    if old and (old.get("status_since") or 0) > (instance.get("status_since") or 0):
-                        instance.update(status=old["status"], status_since=old["status_since"],
-                                        restarts=max(old.get("restarts", 0), instance.get("restarts", 0)))
-        return inventory
+    def _keep_newer_statuses(self, previous: HostInventory | None, inventory: HostInventory) -> None:
+        """Where the last inventory or event knew a newer status of an instance, keep that one."""
+        if previous is None:
+            return
+        known = {i.instance_id: i for c in previous.components() for i in c.instances}
+        for component in inventory.components():
+            for instance in component.instances:
+                old = known.get(instance.instance_id)
+                if old and old.status_since > instance.status_since:
+                    instance.status, instance.status_since = old.status, old.status_since
+                    instance.restarts = max(old.restarts, instance.restarts)
 
-    def _track_providers(self, host_id: str, previous: dict[str, Any] | None,
-                         inventory: dict[str, Any], now: float) -> None:
-        running = {(host_id, p["id"], p.get("link_name", "default")): p for p in inventory.get("providers", [])}
+    def _track_providers(self, host_id: str, previous: HostInventory | None,
+                         inventory: HostInventory, now: float) -> None:
+        running = {(host_id, p.id, p.link_name): p for p in inventory.providers}
         for key, provider in running.items():
-            self.provider_launch[key] = {
-                "ref": provider.get("image_ref", ""),
-                "link_name": key[2],
-                "config": dict(provider.get("config") or {}),
-            }
+            self.provider_launch[key] = LaunchSpec(provider.image_ref, key[2], dict(provider.config))
             if self.stopped_providers.pop(key, None) is not None:
                 self.touch(Section.PROVIDERS)
-        for provider in (previous or {}).get("providers", []):
-            key = (host_id, provider["id"], provider.get("link_name", "default"))
+        for provider in previous.providers if previous else []:
+            key = (host_id, provider.id, provider.link_name)
             if key not in running and key not in self.stopped_providers:
-                self.stopped_providers[key] = {**provider, "instances": [], "stopped_at": now}
+                self.stopped_providers[key] = StoppedProvider(msgspec.structs.replace(provider, instances=[]), now)
                 self.touch(Section.PROVIDERS)
 
-    def _apply_instance_event(self, data: dict[str, Any], at: float) -> bool:
-        inventory = self.inventories.get(data.get("host_id", ""))
-        instance_id = data.get("instance_id")
-        for kind in ("actors", "providers"):
-            for component in (inventory or {}).get(kind, []):
-                for instance in component.get("instances", []):
-                    if instance.get("instance_id") != instance_id:
-                        continue
-                    if at >= (instance.get("status_since") or 0):
-                        instance["status"] = data.get("status", instance.get("status"))
-                        instance["status_since"] = at
-                    instance["restarts"] = max(int(data.get("restarts") or 0), instance.get("restarts", 0))
-                    self.touch(Section.HOSTS, Section.ACTORS, Section.PROVIDERS)
-                    return True
+    def _apply_instance_event(self, data: InstanceChanged, at: float) -> bool:
+        inventory = self.inventories.get(data.host_id)
+        for component in inventory.components() if inventory else []:
+            for instance in component.instances:
+                if instance.instance_id != data.instance_id:
+                    continue
+                if at >= instance.status_since:
+                    instance.status, instance.status_since = data.status, at
+                instance.restarts = max(data.restarts, instance.restarts)
+                self.touch(Section.HOSTS, Section.ACTORS, Section.PROVIDERS)
+                return True
         return False
 
-    def _add_to_feed(self, name: str, event: dict[str, Any], data: dict[str, Any], at: float) -> None:
+    def _add_to_feed(self, event: Event, at: float) -> None:
         self.feed_seq += 1
-        summary = mask_event_data({k: v for k, v in data.items() if k != "inventory"})
-        self.feed.append({"seq": self.feed_seq, "time": at, "name": name,
-                          "source": event.get("source", ""), "data": summary})
+        self.feed.append({"seq": self.feed_seq, "time": at, "name": event.name, "source": event.source,
+                          "data": mask_event_data(msgspec.to_builtins(event.data))})
 
     def _component_names(self) -> dict[str, str]:
-        names = {}
-        for record in self.stopped_providers.values():
-            names[record["id"]] = record.get("name", "")
+        names = {stopped.info.id: stopped.info.name for stopped in self.stopped_providers.values()}
         for inventory in self.inventories.values():
-            for kind in ("actors", "providers"):
-                for component in inventory.get(kind, []):
-                    names[component["id"]] = component.get("name", "")
+            for component in inventory.components():
+                names[component.id] = component.name
         return names
 
     def _status_view(self) -> dict[str, Any]:
@@ -383,61 +375,52 @@ class LatticeState:
     def _actors_view(self) -> list[dict[str, Any]]:
         actors: dict[str, dict[str, Any]] = {}
         for host_id in sorted(self.inventories):
-            for actor in self.inventories[host_id].get("actors", []):
-                row = actors.setdefault(actor["id"], {
-                    **{k: actor.get(k) for k in ("id", "name", "image_ref", "digest", "version", "revision")},
-                    "capabilities": list(actor.get("capabilities") or []),
-                    "hosts": [],
-                })
-                instances = [dict(i) for i in actor.get("instances", [])]
+            for actor in self.inventories[host_id].actors:
+                row = actors.setdefault(actor.id, {**_identity(actor), "hosts": []})
+                instances = [msgspec.to_builtins(i) for i in actor.instances]
                 row["hosts"].append({"host_id": host_id, "count": len(instances), "instances": instances})
         for row in actors.values():
             instances = [i for h in row["hosts"] for i in h["instances"]]
-            row["instances"] = len(instances)
-            row["status"] = worst_status(i.get("status", "") for i in instances)
-            row["status_since"] = max((i.get("status_since") or 0 for i in instances), default=None)
-            row["restarts"] = sum(i.get("restarts", 0) for i in instances)
-        return sorted(actors.values(), key=lambda a: (a.get("name") or "", a["id"]))
+            row.update(instances=len(instances), **_instances_summary(instances))
+        return sorted(actors.values(), key=lambda a: (a["name"], a["id"]))
 
     def _providers_view(self) -> list[dict[str, Any]]:
         rows = []
         for host_id in sorted(self.inventories):
-            for provider in self.inventories[host_id].get("providers", []):
+            for provider in self.inventories[host_id].providers:
                 rows.append(self._provider_row(host_id, provider, stopped_at=None))
-        for (host_id, _, _), provider in self.stopped_providers.items():
-            rows.append(self._provider_row(host_id, provider, stopped_at=provider["stopped_at"]))
-        return sorted(rows, key=lambda p: (p["name"] or "", p["link_name"], p["host_id"]))
+        for (host_id, _, _), stopped in self.stopped_providers.items():
+            rows.append(self._provider_row(host_id, stopped.info, stopped_at=stopped.stopped_at))
+        return sorted(rows, key=lambda p: (p["name"], p["link_name"], p["host_id"]))
 
-    def _provider_row(self, host_id: str, provider: dict[str, Any], stopped_at: float | None) -> dict[str, Any]:
-        instances = [dict(i) for i in provider.get("instances", [])]
-        return {
-            **{k: provider.get(k) for k in ("id", "name", "image_ref", "digest", "version", "revision", "contract_id")},
-            "link_name": provider.get("link_name", "default"),
-            "host_id": host_id,
-            "config": mask_values(provider.get("config")),
-            "instances": instances,
-            "status": "stopped" if stopped_at is not None else worst_status(i.get("status", "") for i in instances),
-            "status_since": stopped_at if stopped_at is not None
-            else max((i.get("status_since") or 0 for i in instances), default=None),
-            "restarts": sum(i.get("restarts", 0) for i in instances),
-        }
+    def _provider_row(self, host_id: str, provider: ProviderInfo, stopped_at: float | None) -> dict[str, Any]:
+        instances = [msgspec.to_builtins(i) for i in provider.instances]
+        row = {**_identity(provider), "contract_id": provider.contract_id, "link_name": provider.link_name,
+               "host_id": host_id, "config": mask_values(provider.config), "instances": instances,
+               **_instances_summary(instances)}
+        if stopped_at is not None:
+            row.update(status="stopped", status_since=stopped_at)
+        return row
 
     def _links_view(self) -> list[dict[str, Any]]:
         names = self._component_names()
         return [{
-            "actor_id": l["actor_id"], "actor_name": names.get(l["actor_id"], ""),
-            "provider_id": l["provider_id"], "provider_name": names.get(l["provider_id"], ""),
-            "contract_id": l["contract_id"], "link_name": l.get("link_name", "default"),
-            "values": mask_values(l.get("values")),
-        } for l in self.links]
+            "actor_id": link.actor_id, "actor_name": names.get(link.actor_id, ""),
+            "provider_id": link.provider_id, "provider_name": names.get(link.provider_id, ""),
+            "contract_id": link.contract_id, "link_name": link.link_name,
+            "values": mask_values(link.values),
+        } for link in self.links]
 
     def _models_view(self) -> list[dict[str, Any]]:
+        """One row per model, once the washboard knows the actor and provider whose link serves it."""
         names = self._component_names()
-        rows = []
+        rows: list[dict[str, Any]] = []
         for key in sorted(self.models):
             record = self.models[key]
-            where = {"actor_id": record.actor_id, "actor_name": names.get(record.actor_id, ""),
-                     "provider_id": record.provider_id, "provider_name": names.get(record.provider_id, ""),
+            if record.actor_id not in names or record.provider_id not in names:
+                continue  # the next inventory poll names them; until then there is nobody to show
+            where = {"actor_id": record.actor_id, "actor_name": names[record.actor_id],
+                     "provider_id": record.provider_id, "provider_name": names[record.provider_id],
                      "link_name": record.link_name, "updated_at": record.updated_at or None}
             if not record.models and record.error:
                 rows.append({**where, "name": "", "bindle_id": "", "engine": "", "state": "UNREACHABLE",
@@ -445,10 +428,26 @@ class LatticeState:
                              "p50_ms": None, "p99_ms": None, "stale": True})
                 continue
             for model in record.models:
-                rows.append({**where, **model, "stale": bool(record.error),
+                rows.append({**where, **_model_row(model), "stale": bool(record.error),
                              "stale_reason": record.error})
         return rows
 
 
-def _link_id(link: dict[str, Any]) -> tuple[str, str, str]:
-    return (link.get("actor_id", ""), link.get("contract_id", ""), link.get("link_name") or "default")
+def _identity(component: ComponentInfo) -> dict[str, Any]:
+    return {"id": component.id, "name": component.name, "image_ref": component.image_ref,
+            "digest": component.digest, "version": component.version, "revision": component.revision,
+            "capabilities": list(component.capabilities)}
+
+
+def _instances_summary(instances: list[dict[str, Any]]) -> dict[str, Any]:
+    """Worst status, latest change and restarts of a component's instances (as the page reads them)."""
+    return {
+        "status": worst_status(i["status"] for i in instances),
+        "status_since": max((i["status_since"] for i in instances), default=None),
+        "restarts": sum(i["restarts"] for i in instances),
+    }
+
+
+def _model_row(model: ModelInfo) -> dict[str, Any]:
+    """A ModelInfo under its Python field names (the page's), its values JSON-ready."""
+    return {f.name: msgspec.to_builtins(getattr(model, f.name)) for f in msgspec.structs.fields(ModelInfo)}

@@ -17,16 +17,18 @@ import json
 import logging
 from typing import Any
 
-import msgspec
-import nats
-import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from mlcloud.errors import ComponentNotFound, MLCloudError, NoResponders, RequestError
-from mlcloud.interfaces import MLINFERENCE, OP_MODEL_STATUS, ModelInfo, ModelStatusRequest
+from mlcloud.errors import ComponentNotFound, LatticeUnavailable, MLCloudError, RequestError
+from mlcloud.interfaces import MLINFERENCE, MODEL_STATUS, ModelInfo, ModelStatusRequest
 from mlcloud.lattice import subjects
+from mlcloud.lattice.connect import connect
+from mlcloud.lattice.control import DEFAULT_LINK_NAME, ActorReply, HostInventory, LinkDefinition, ProviderReply
 from mlcloud.lattice.ctl_client import CtlClient
+from mlcloud.lattice.events import decode_event
+from mlcloud.lattice.lifecycle import Service, cancel_and_wait
+from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.lattice.rpc import RpcClient
 from mlcloud.settings import Settings
 from mlcloud.washboard.state import LatticeState, Refresh, Section
@@ -37,8 +39,7 @@ DEFAULT_POLL_INTERVAL = 2.0
 FLUSH_DELAY = 0.05  # coalesce bursts of events into one push
 SUBSCRIBER_BACKLOG = 256
 MAX_SCALE = 64
-
-_MODEL_FIELDS = {f.name: f.encode_name for f in msgspec.structs.fields(ModelInfo)}
+CONNECT_ATTEMPT = 5.0  # seconds one attempt at the first connection may take before the page hears why
 
 
 class Subscriber:
@@ -59,16 +60,12 @@ class Subscriber:
         return await self.queue.get()
 
 
-def model_info(item: Any) -> dict[str, Any]:
-    """A Status reply item → a ModelInfo as snake_case dict (wire names or field names accepted)."""
-    if isinstance(item, dict):
-        item = {_MODEL_FIELDS.get(k, k): v for k, v in item.items()}
-    return msgspec.structs.asdict(msgspec.convert(item, ModelInfo))
+class LatticeWatcher(Service):
+    """Start it as an async context manager (or ``start()`` … ``stop()``): it starts once."""
 
-
-class LatticeWatcher:
     def __init__(self, settings: Settings, *, poll_interval: float = DEFAULT_POLL_INTERVAL,
                  models_interval: float | None = None) -> None:
+        super().__init__()
         self.settings = settings
         self.poll_interval = poll_interval
         self.models_interval = models_interval or poll_interval
@@ -81,29 +78,29 @@ class LatticeWatcher:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._wake_ctl = asyncio.Event()
         self._wake_models = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
     # ---- lifecycle ---------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def _start(self, stack: contextlib.AsyncExitStack) -> None:
+        """The loops start at once; the connection comes when NATS is there (the page says so meanwhile)."""
         self.state.set_connection(False, f"connecting to NATS at {self.settings.effective_nats_url}")
+        stack.push_async_callback(self._close_connection)
+        stack.callback(self.close_streams)
         self._tasks = [
             asyncio.create_task(self._connect(), name="washboard:connect"),
             asyncio.create_task(self._poll_ctl(), name="washboard:poll-ctl"),
             asyncio.create_task(self._poll_models(), name="washboard:poll-models"),
         ]
+        stack.push_async_callback(lambda: cancel_and_wait(self._tasks))
 
-    async def stop(self) -> None:
+    async def _close_connection(self) -> None:
         self._stopping = True
-        self.close_streams()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._flush_handle is not None:
             self._flush_handle.cancel()
         if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(LatticeUnavailable), nats_errors("closing the washboard's connection"):
                 await self.nc.close()
 
     @property
@@ -111,35 +108,28 @@ class LatticeWatcher:
         return self.nc is not None and self.nc.is_connected
 
     async def _connect(self) -> None:
-        try:
-            self.nc = await self._open_connection()
-        except Exception as exc:  # e.g. a malformed URL: say so on the page rather than die silently
-            log.error("washboard cannot connect to NATS: %s", exc)
-            self.state.set_connection(False, f"cannot connect to NATS at {self.settings.effective_nats_url}: {exc}")
-            self._schedule_flush()
-            return
-        self.ctl = CtlClient(self.nc, self.settings.lattice, timeout=self.settings.ctl_timeout)
-        await self.nc.subscribe(subjects.events(self.settings.lattice), cb=self._on_event)
+        """Connect, trying again for as long as the washboard runs; then follow the lattice's events."""
+        url = self.settings.effective_nats_url
+        while True:
+            try:
+                nc = await connect(
+                    url, name="mlcloud-washboard", timeout=CONNECT_ATTEMPT, error_cb=self._on_nats_error,
+                    disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
+                    closed_cb=self._on_closed,
+                )
+                break
+            except MLCloudError as err:  # unreachable, or a malformed URL: say so on the page
+                log.warning("washboard cannot connect to NATS: %s", err.message)
+                self.state.set_connection(False, err.message)
+                self._schedule_flush()
+        self.nc = nc
+        self.ctl = CtlClient(nc, self.settings.lattice, timeout=self.settings.ctl_timeout)
+        with nats_errors("following lattice events", subjects.events(self.settings.lattice)):
+            await nc.subscribe(subjects.events(self.settings.lattice), cb=self._on_event)
         self.state.set_connection(True)
-        log.info("washboard connected to NATS at %s (lattice %r)", self.settings.effective_nats_url, self.settings.lattice)
+        log.info("washboard connected to NATS at %s (lattice %r)", url, self.settings.lattice)
         self.wake(Refresh.INVENTORY | Refresh.MODELS)
         self._schedule_flush()
-
-    async def _open_connection(self) -> NATS:
-        # max_reconnect_attempts=-1 makes nats-py retry the *first* connection forever too;
-        # error_cb reports each failed attempt, so the page can say why it has no data.
-        return await nats.connect(
-            self.settings.effective_nats_url,
-            name="mlcloud-washboard",
-            connect_timeout=2,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=1,
-            error_cb=self._on_nats_error,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-            closed_cb=self._on_closed,
-        )
 
     async def _on_nats_error(self, exc: Exception) -> None:
         if not self.connected:
@@ -167,12 +157,9 @@ class LatticeWatcher:
 
     async def _on_event(self, msg: Msg) -> None:
         try:
-            event = msgspec.json.decode(msg.data)
-            if not isinstance(event, dict):
-                return
-            wants = self.state.apply_event(event)
-        except Exception:  # one malformed event must not stop the feed
-            log.warning("ignored a malformed lattice event", exc_info=True)
+            wants = self.state.apply_event(decode_event(msg.data))
+        except MLCloudError as err:  # one malformed (or newer) event must not stop the feed
+            log.warning("ignored a lattice event: %s", err.message)
             return
         self.wake(wants)
         self._schedule_flush()
@@ -216,14 +203,14 @@ class LatticeWatcher:
         """Hosts, each host's inventory and the link definitions, from the control interface."""
         ctl = self.ctl
         assert ctl is not None
-        hosts = await self._ping_hosts(wait=min(0.5, self.settings.ctl_timeout))
-        inventories = await asyncio.gather(*(ctl.get_inventory(h["id"]) for h in hosts), return_exceptions=True)
+        hosts = await ctl.get_hosts(wait=min(0.5, self.settings.ctl_timeout))
+        inventories = await asyncio.gather(*(ctl.get_inventory(h.id) for h in hosts), return_exceptions=True)
         self.state.apply_hosts(hosts)
         for host, inventory in zip(hosts, inventories, strict=True):
-            if isinstance(inventory, dict):
+            if isinstance(inventory, HostInventory):
                 self.state.apply_inventory(inventory)
             else:
-                log.info("inventory of host %s unavailable: %s", host["id"], inventory)
+                log.info("inventory of host %s unavailable: %s", host.id, inventory)
         if hosts:  # link definitions are served by hosts; with none up, keep what we knew
             try:
                 self.state.apply_links(await ctl.get_links())
@@ -232,60 +219,22 @@ class LatticeWatcher:
         self.state.mark_polled()
         self._schedule_flush()
 
-    async def _ping_hosts(self, wait: float) -> list[dict[str, Any]]:
-        """Every host that answers a ping within ``wait`` seconds.
-
-        Like ``CtlClient.get_hosts``, but an empty lattice is an answer, not an error: with no
-        host subscribed, NATS sends a body-less "no responders" status to the reply inbox.
-        """
-        assert self.nc is not None
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        replies: list[dict[str, Any]] = []
-        loop = asyncio.get_running_loop()
-        try:
-            await self.nc.publish(subjects.ctl_ping_hosts(self.settings.lattice), b"{}", reply=inbox)
-            deadline = loop.time() + wait
-            while (remaining := deadline - loop.time()) > 0:
-                try:
-                    msg = await sub.next_msg(timeout=remaining)
-                except nats.errors.TimeoutError:
-                    break
-                if not msg.data:
-                    if (msg.headers or {}).get("Status") == "503":
-                        break
-                    continue
-                try:
-                    reply = msgspec.json.decode(msg.data)
-                except msgspec.DecodeError:
-                    continue
-                if isinstance(reply, dict) and reply.get("id"):
-                    replies.append(reply)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-        return sorted(replies, key=lambda h: h["id"])
-
     async def refresh_models(self) -> None:
         """Ask the provider of every mlinference link for the status of that link's models."""
         assert self.nc is not None
         await asyncio.gather(*(self._model_status(link) for link in self.state.mlinference_links(MLINFERENCE)))
         self._schedule_flush()
 
-    async def _model_status(self, link: dict[str, Any]) -> None:
-        actor_id, provider_id = link["actor_id"], link["provider_id"]
-        link_name = link.get("link_name") or "default"
+    async def _model_status(self, link: LinkDefinition) -> None:
+        actor_id, provider_id, link_name = link.actor_id, link.provider_id, link.link_name
         assert self.nc is not None
         # The provider answers for the link of the calling actor, so the call is made as that actor.
         rpc = RpcClient(self.nc, origin=actor_id, timeout=self.settings.ctl_timeout)
         subject = subjects.provider_rpc(self.settings.lattice, provider_id, link_name)
         try:
-            reply = await rpc.call(subject, OP_MODEL_STATUS, ModelStatusRequest())
-            models = [model_info(item) for item in (reply or [])]
-        except MLCloudError as err:
+            models: list[ModelInfo] = await rpc.call(subject, MODEL_STATUS.name, ModelStatusRequest(), list[ModelInfo])
+        except MLCloudError as err:  # a malformed reply is a MalformedMessage
             self.state.apply_models(actor_id, link_name, provider_id, None, f"{err.kind}: {err.message}")
-        except (msgspec.ValidationError, TypeError) as exc:
-            self.state.apply_models(actor_id, link_name, provider_id, None, f"malformed Status reply: {exc}")
         else:
             self.state.apply_models(actor_id, link_name, provider_id, models)
 
@@ -332,14 +281,14 @@ class LatticeWatcher:
 
     def _require_ctl(self) -> CtlClient:
         if not self.connected or self.ctl is None:
-            raise NoResponders(f"the washboard is not connected to NATS at {self.settings.effective_nats_url}")
+            raise LatticeUnavailable(f"the washboard is not connected to NATS at {self.settings.effective_nats_url}")
         return self.ctl
 
     def _hosts_running(self, kind: str, component_id: str) -> list[str]:
         return [host_id for host_id, inventory in self.state.inventories.items()
-                if any(c["id"] == component_id for c in inventory.get(kind, []))]
+                if any(c.id == component_id for c in (inventory.actors if kind == "actors" else inventory.providers))]
 
-    async def scale_actor(self, actor_id: str, count: Any, host_id: str | None = None) -> dict[str, Any]:
+    async def scale_actor(self, actor_id: str, count: Any, host_id: str | None = None) -> ActorReply:
         ctl = self._require_ctl()
         try:
             count = int(count)
@@ -358,32 +307,33 @@ class LatticeWatcher:
             self.wake(Refresh.INVENTORY)
         return reply
 
-    async def stop_provider(self, provider_id: str, host_id: str, link_name: str = "default") -> dict[str, Any]:
+    async def stop_provider(self, provider_id: str, host_id: str, link_name: str = DEFAULT_LINK_NAME) -> ProviderReply:
         ctl = self._require_ctl()
         if not host_id:
             raise RequestError("host_id is required to stop a provider")
         try:
-            reply = await ctl.stop_provider(host_id, provider_id, link_name or "default")
+            reply = await ctl.stop_provider(host_id, provider_id, link_name or DEFAULT_LINK_NAME)
         finally:
             self.wake(Refresh.INVENTORY | Refresh.MODELS)
         return reply
 
-    async def start_provider(self, provider_id: str, host_id: str, link_name: str = "default",
-                             ref: str | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    async def start_provider(self, provider_id: str, host_id: str, link_name: str = DEFAULT_LINK_NAME,
+                             ref: str | None = None, config: dict[str, Any] | None = None) -> ProviderReply:
         """Start a provider again with the reference, link name and config it last ran with."""
         ctl = self._require_ctl()
         if not host_id:
             raise RequestError("host_id is required to start a provider")
-        link_name = link_name or "default"
+        link_name = link_name or DEFAULT_LINK_NAME
         launch = self.state.launch_spec(host_id, provider_id, link_name)
-        if launch is None and not ref:
-            raise ComponentNotFound(
-                f"the washboard has not seen provider {provider_id} ({link_name}) on host {host_id}; "
-                "give its reference to start it"
-            )
-        ref = ref or launch["ref"]  # type: ignore[index]
+        if not ref:
+            if launch is None:
+                raise ComponentNotFound(
+                    f"the washboard has not seen provider {provider_id} ({link_name}) on host {host_id}; "
+                    "give its reference to start it"
+                )
+            ref = launch.ref
         if config is None:
-            config = (launch or {}).get("config") or {}
+            config = launch.config if launch is not None else {}
         if not isinstance(config, dict):
             raise RequestError("config must be a JSON object")
         try:

@@ -98,8 +98,8 @@ async def test_board_host_on_a_leaf_node_serves_a_link_set_on_the_hub(tmp_path: 
                 async with asyncio.timeout(15):
                     while len(await ctl.get_hosts()) < 2:  # interest still crossing the leaf
                         await asyncio.sleep(0.2)
-                provider = (await ctl.start_provider(board_host.id, str(COMPONENTS / "echo")))["provider_id"]
-                actor = (await ctl.start_actor(dev_host.id, str(COMPONENTS / "caller")))["actor_id"]
+                provider = (await ctl.start_provider(board_host.id, str(COMPONENTS / "echo"))).provider_id
+                actor = (await ctl.start_actor(dev_host.id, str(COMPONENTS / "caller"))).actor_id
                 await ctl.put_link(actor, provider, "test:echo", values={"on": "board"})
                 nc = await nats.connect(hub_url)
                 try:

@@ -20,6 +20,7 @@ import pytest_asyncio
 from PIL import Image
 
 from mlcloud.interfaces import MLINFERENCE
+from mlcloud.lattice.control import LinkDefinition
 from mlcloud.testing.stack import PROJECT_DIR, running_stack
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -49,13 +50,13 @@ def tensor_values(body: dict) -> list[float]:
     return list(np.frombuffer(bytes(body["tensor"]["data"]), dtype="<f4"))
 
 
-async def api_link(stack) -> dict:
-    return next(link for link in await stack.ctl.get_links() if link["contract_id"] == MLINFERENCE)
+async def api_link(stack) -> LinkDefinition:
+    return next(link for link in await stack.ctl.get_links() if link.contract_id == MLINFERENCE)
 
 
 async def relink(stack, values: dict) -> None:
     link = await api_link(stack)
-    await stack.ctl.put_link(link["actor_id"], link["provider_id"], MLINFERENCE, link["link_name"], values)
+    await stack.ctl.put_link(link.actor_id, link.provider_id, MLINFERENCE, link.link_name, values)
 
 
 async def wait_for(predicate, timeout: float = 30.0) -> None:
@@ -182,7 +183,7 @@ async def test_decompression_bomb_is_refused(http):
 
 async def test_tract_and_onnxruntime_give_the_same_top5(http, stack):
     link = await api_link(stack)
-    await relink(stack, {**link["values"], "tractnet": "efficientnet-lite0/1.0.0", "engine.tractnet": "tract"})
+    await relink(stack, {**link.values, "tractnet": "efficientnet-lite0/1.0.0", "engine.tractnet": "tract"})
 
     async def tract_ready():
         return (await http.get("/v2/models/tractnet")).json().get("state") == "READY"
@@ -195,12 +196,12 @@ async def test_tract_and_onnxruntime_give_the_same_top5(http, stack):
         tract = (await http.put("/tractnet/matches", content=body)).json()
         assert [m["label"] for m in ort] == [m["label"] for m in tract], image
         assert np.allclose([m["probability"] for m in ort], [m["probability"] for m in tract], atol=1e-4)
-    await relink(stack, link["values"])
+    await relink(stack, link.values)
 
 
 async def test_unknown_bindle_reports_the_failure_with_503(http, stack):
     link = await api_link(stack)
-    await relink(stack, {**link["values"], "ghost": "no-such-model/9.9.9"})
+    await relink(stack, {**link.values, "ghost": "no-such-model/9.9.9"})
 
     async def failed():
         return (await http.get("/v2/models/ghost")).json().get("state") == "FAILED"
@@ -210,7 +211,7 @@ async def test_unknown_bindle_reports_the_failure_with_503(http, stack):
     assert response.status_code == 503 and response.headers["retry-after"]
     assert "no-such-model/9.9.9" in response.json()["error"]["message"]
     assert (await http.get("/v2/health/ready")).status_code == 503
-    await relink(stack, link["values"])
+    await relink(stack, link.values)
 
 
 async def test_model_swap_under_load_fails_no_request(http, stack):
@@ -226,7 +227,7 @@ async def test_model_swap_under_load_fails_no_request(http, stack):
 
     clients = [asyncio.create_task(client()) for _ in range(8)]
     await asyncio.sleep(0.5)
-    await relink(stack, {**link["values"], "plus3": "identity_model/0.2.0"})
+    await relink(stack, {**link.values, "plus3": "identity_model/0.2.0"})
 
     async def swapped():
         return (await http.get("/v2/models/plus3")).json()["bindle_id"] == "identity_model/0.2.0"
@@ -235,7 +236,7 @@ async def test_model_swap_under_load_fails_no_request(http, stack):
     await asyncio.sleep(0.5)
     stop.set()
     await asyncio.gather(*clients)
-    await relink(stack, link["values"])
+    await relink(stack, link.values)
     statuses = {status for status, _ in results}
     assert statuses == {200}, [r for r in results if r[0] != 200][:3]
     outputs = {tuple(values) for _, values in results}
@@ -245,9 +246,9 @@ async def test_model_swap_under_load_fails_no_request(http, stack):
 
 async def test_timeout_is_504(http, stack):
     links = await stack.ctl.get_links()
-    http_link = next(link for link in links if link["contract_id"] == "wasmcloud:httpserver")
-    fast = {**http_link["values"], "timeout": "0.001"}
-    await stack.ctl.put_link(http_link["actor_id"], http_link["provider_id"], http_link["contract_id"], values=fast)
+    http_link = next(link for link in links if link.contract_id == "wasmcloud:httpserver")
+    fast = {**http_link.values, "timeout": "0.001"}
+    await stack.ctl.put_link(http_link.actor_id, http_link.provider_id, http_link.contract_id, values=fast)
     try:
         async def times_out():
             try:
@@ -259,8 +260,8 @@ async def test_timeout_is_504(http, stack):
         response = await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())
         assert response.json()["error"]["kind"] == "RpcTimeout"
     finally:
-        await stack.ctl.put_link(http_link["actor_id"], http_link["provider_id"], http_link["contract_id"],
-                                 values=http_link["values"])
+        await stack.ctl.put_link(http_link.actor_id, http_link.provider_id, http_link.contract_id,
+                                 values=http_link.values)
 
     async def healthy_again():
         try:
@@ -273,8 +274,10 @@ async def test_timeout_is_504(http, stack):
 
 async def test_killed_inference_provider_comes_back_with_its_models(http, stack):
     inventory = await stack.ctl.get_inventory(stack.host.id)
-    provider = next(p for p in inventory["providers"] if p["name"] == "mlinference")
-    os.kill(provider["instances"][0]["pid"], signal.SIGKILL)
+    provider = next(p for p in inventory.providers if p.name == "mlinference")
+    pid = provider.instances[0].pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
 
     async def classifies():
         try:
@@ -288,8 +291,8 @@ async def test_killed_inference_provider_comes_back_with_its_models(http, stack)
 
 async def test_a_stopped_stage_of_the_chain_is_a_prompt_503_and_serving_resumes_when_it_is_back(http, stack):
     inventory = await stack.ctl.get_inventory(stack.host.id)
-    postprocess = next(a for a in inventory["actors"] if a["name"] == "postprocess")
-    await stack.ctl.stop_actor(stack.host.id, postprocess["id"])
+    postprocess = next(a for a in inventory.actors if a.name == "postprocess")
+    await stack.ctl.stop_actor(stack.host.id, postprocess.id)
     try:
         started = time.monotonic()
         response = await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())
@@ -300,7 +303,7 @@ async def test_a_stopped_stage_of_the_chain_is_a_prompt_503_and_serving_resumes_
         # The chain's other routes do not need the stopped actor.
         assert (await http.put("/mobilenetv27/preprocess", content=(IMAGES / "cat.jpg").read_bytes())).status_code == 200
     finally:
-        await stack.ctl.start_actor(stack.host.id, postprocess["image_ref"], 1)
+        await stack.ctl.start_actor(stack.host.id, postprocess.image_ref, 1)
 
     async def classifies():
         response = await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())

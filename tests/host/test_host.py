@@ -6,15 +6,18 @@ import asyncio
 import os
 import signal
 
-import msgspec
 import nats
 import pytest
+from nats.aio.msg import Msg
 
-from mlcloud.errors import CapabilityNotClaimed, ComponentNotFound, HostError, LinkNotFound, NotFound
+from mlcloud.errors import CapabilityNotClaimed, ComponentNotFound, ConfigError, HostError, LinkNotFound, NotFound
 from mlcloud.host.artifacts import resolve_local
 from mlcloud.host.host import Host
 from mlcloud.lattice import subjects
+from mlcloud.lattice.control import EventName, InstanceStatus
 from mlcloud.lattice.ctl_client import CtlClient
+from mlcloud.lattice.events import decode_event
+from mlcloud.lattice.lifecycle import State
 from mlcloud.lattice.rpc import RpcClient
 from tests.conftest import COMPONENTS
 
@@ -43,8 +46,8 @@ async def rpc(settings):
 
 
 async def start_linked(ctl: CtlClient, host: Host, values: dict | None = None) -> tuple[str, str]:
-    provider = (await ctl.start_provider(host.id, ECHO, config={"greeting": "hi"}))["provider_id"]
-    actor = (await ctl.start_actor(host.id, CALLER))["actor_id"]
+    provider = (await ctl.start_provider(host.id, ECHO, config={"greeting": "hi"})).provider_id
+    actor = (await ctl.start_actor(host.id, CALLER)).actor_id
     await ctl.put_link(actor, provider, "test:echo", values=values or {"k": "v"})
     return actor, provider
 
@@ -63,12 +66,12 @@ async def call_until(rpc: RpcClient, subject: str, op: str, message: object, att
 async def test_get_hosts_and_inventory_show_what_runs(ctl, host):
     await start_linked(ctl, host)
     hosts = await ctl.get_hosts()
-    assert [h["id"] for h in hosts] == [host.id]
-    assert hosts[0]["labels"]["zone"] == "test" and hosts[0]["labels"]["arch"]
+    assert [h.id for h in hosts] == [host.id]
+    assert hosts[0].labels["zone"] == "test" and hosts[0].labels["arch"]
     inventory = await ctl.get_inventory(host.id)
-    assert [a["name"] for a in inventory["actors"]] == ["caller"]
-    assert inventory["actors"][0]["instances"][0]["status"] == "healthy"
-    assert [(p["name"], p["contract_id"], p["link_name"]) for p in inventory["providers"]] == [("echo", "test:echo", "default")]
+    assert [a.name for a in inventory.actors] == ["caller"]
+    assert inventory.actors[0].instances[0].status is InstanceStatus.HEALTHY
+    assert [(p.name, p.contract_id, p.link_name) for p in inventory.providers] == [("echo", "test:echo", "default")]
 
 
 async def test_actor_calls_provider_through_link(ctl, host, rpc, settings):
@@ -84,7 +87,7 @@ async def test_actor_calls_provider_through_link(ctl, host, rpc, settings):
 
 
 async def test_call_without_link_is_link_not_found(ctl, host, rpc, settings):
-    actor = (await ctl.start_actor(host.id, CALLER))["actor_id"]
+    actor = (await ctl.start_actor(host.id, CALLER)).actor_id
     with pytest.raises(LinkNotFound, match="test:echo"):
         await rpc.call(subjects.actor_rpc(settings.lattice, actor), "Caller.Relay", {})
 
@@ -99,14 +102,14 @@ async def test_scaling_to_three_spreads_calls(ctl, host, rpc, settings):
     actor, _ = await start_linked(ctl, host)
     await ctl.scale_actor(host.id, actor, 3)
     inventory = await ctl.get_inventory(host.id)
-    assert len(inventory["actors"][0]["instances"]) == 3
+    assert len(inventory.actors[0].instances) == 3
     subject = subjects.actor_rpc(settings.lattice, actor)
     pids = await asyncio.gather(*(rpc.call(subject, "Caller.Pid", None) for _ in range(90)))
     counts = {pid: pids.count(pid) for pid in set(pids)}
     assert len(counts) == 3, counts
     assert min(counts.values()) >= 5, counts
     await ctl.scale_actor(host.id, actor, 1)
-    assert len((await ctl.get_inventory(host.id))["actors"][0]["instances"]) == 1
+    assert len((await ctl.get_inventory(host.id)).actors[0].instances) == 1
 
 
 async def test_killed_instance_is_restarted_and_calls_succeed_again(ctl, host, rpc, settings):
@@ -116,8 +119,8 @@ async def test_killed_instance_is_restarted_and_calls_succeed_again(ctl, host, r
     os.kill(first_pid, signal.SIGKILL)
     second_pid = await call_until(rpc, subject, "Caller.Pid", None)
     assert second_pid != first_pid
-    instance = (await ctl.get_inventory(host.id))["actors"][0]["instances"][0]
-    assert instance["restarts"] == 1
+    instance = (await ctl.get_inventory(host.id)).actors[0].instances[0]
+    assert instance.restarts == 1
 
 
 async def test_crashing_handler_restarts_instance_with_event(ctl, host, rpc, settings):
@@ -125,8 +128,8 @@ async def test_crashing_handler_restarts_instance_with_event(ctl, host, rpc, set
     nc = await nats.connect(settings.effective_nats_url)
     events: list[str] = []
 
-    async def collect(msg):
-        events.append(msgspec.json.decode(msg.data)["type"])
+    async def collect(msg: Msg) -> None:
+        events.append(decode_event(msg.data).name)
 
     sub = await nc.subscribe(subjects.events(settings.lattice), cb=collect)
     subject = subjects.actor_rpc(settings.lattice, actor)
@@ -134,8 +137,8 @@ async def test_crashing_handler_restarts_instance_with_event(ctl, host, rpc, set
         await rpc.call(subject, "Caller.Crash", None, timeout=1)
     assert await call_until(rpc, subject, "Caller.Pid", None)
     await asyncio.sleep(0.2)
-    assert "com.wasmcloud.lattice.health_check_failed" in events
-    assert "com.wasmcloud.lattice.actor_restarted" in events
+    assert EventName.HEALTH_CHECK_FAILED in events
+    assert EventName.ACTOR_RESTARTED in events
     await sub.unsubscribe()
     await nc.close()
 
@@ -144,7 +147,8 @@ async def test_restarted_provider_gets_its_links_back(ctl, host, rpc, settings):
     actor, provider = await start_linked(ctl, host)
     provider_subject = subjects.provider_rpc(settings.lattice, provider, "default")
     assert await call_until(rpc, provider_subject, "Echo.Links", None) == [actor]
-    pid = (await ctl.get_inventory(host.id))["providers"][0]["instances"][0]["pid"]
+    pid = (await ctl.get_inventory(host.id)).providers[0].instances[0].pid
+    assert pid is not None
     os.kill(pid, signal.SIGKILL)
     await asyncio.sleep(0.3)
     links = await call_until(rpc, provider_subject, "Echo.Links", None)
@@ -160,7 +164,7 @@ async def test_links_survive_a_host_restart(settings, rpc):
         await ctl.close()
     async with Host(settings) as second:
         ctl = await CtlClient.connect(settings)
-        assert [(l["actor_id"], l["provider_id"]) for l in await ctl.get_links()] == [(actor, provider)]
+        assert [(link.actor_id, link.provider_id) for link in await ctl.get_links()] == [(actor, provider)]
         await ctl.start_provider(second.id, ECHO, config={"greeting": "hi"})
         await ctl.start_actor(second.id, CALLER)
         answer = await call_until(rpc, subjects.actor_rpc(settings.lattice, actor), "Caller.Relay", {})
@@ -170,7 +174,7 @@ async def test_links_survive_a_host_restart(settings, rpc):
 
 async def test_link_delete_reaches_provider_and_put_is_idempotent(ctl, host, rpc, settings):
     actor, provider = await start_linked(ctl, host)
-    assert (await ctl.put_link(actor, provider, "test:echo", values={"k": "v"}))["changed"] is False
+    assert (await ctl.put_link(actor, provider, "test:echo", values={"k": "v"})).changed is False
     await ctl.delete_link(actor, "test:echo")
     provider_subject = subjects.provider_rpc(settings.lattice, provider, "default")
     for _ in range(50):
@@ -199,10 +203,36 @@ async def test_crash_looping_actor_is_reported_and_stops_at_once(settings):
         ctl = await CtlClient.connect(settings)
         with pytest.raises(HostError, match=r"crasher: 1 of 1 new instances not ready .*exit codes \[7\]"):
             await ctl.start_actor(host.id, str(COMPONENTS / "crasher"))
-        actor = (await ctl.get_inventory(host.id))["actors"][0]
-        assert actor["instances"][0]["status"] == "unhealthy"
+        actor = (await ctl.get_inventory(host.id)).actors[0]
+        assert actor.instances[0].status is InstanceStatus.UNHEALTHY
         loop = asyncio.get_running_loop()
         started = loop.time()
-        await ctl.stop_actor(host.id, actor["id"])  # mid back-off: must not wait it out
+        await ctl.stop_actor(host.id, actor.id)  # mid back-off: must not wait it out
         assert loop.time() - started < 5
         await ctl.close()
+
+
+async def test_a_host_whose_start_fails_part_way_closes_its_nats_connection(settings):
+    # A JetStream stream squats the name of the lattice's link bucket: the host connects, then
+    # cannot open its links, and must not leave that connection (or anything else) behind.
+    nc = await nats.connect(settings.effective_nats_url)
+    bucket = subjects.lattice_bucket(settings.lattice)
+    await nc.jetstream().add_stream(name=f"KV_{bucket}", subjects=[f"squat.{settings.lattice}"])
+    host = Host(settings)
+    with pytest.raises(ConfigError, match="not a key-value bucket"):
+        await host.start()
+    assert host.lifecycle is State.STOPPED
+    assert host.nc is not None and host.nc.is_closed
+    with pytest.raises(HostError, match="starts only once"):
+        await host.start()
+    await nc.close()
+
+
+async def test_a_stopped_host_has_ended_its_background_tasks_and_left_the_lattice(settings, ctl, host):
+    tasks = list(host._tasks)
+    assert host.lifecycle is State.RUNNING and all(not t.done() for t in tasks)
+    await host.stop()
+    assert host.lifecycle is State.STOPPED and all(t.done() for t in tasks)
+    assert host.nc is not None and host.nc.is_closed
+    assert await ctl.get_hosts(wait=0.3) == []
+    await host.stop()  # a second stop is a no-op

@@ -24,8 +24,8 @@ ECHO_ACTOR = str(COMPONENTS / "httpecho")
 async def lattice(settings):
     async with Host(settings) as host:
         ctl = await CtlClient.connect(settings)
-        provider = (await ctl.start_provider(host.id, HTTPSERVER_DIR))["provider_id"]
-        actor = (await ctl.start_actor(host.id, ECHO_ACTOR))["actor_id"]
+        provider = (await ctl.start_provider(host.id, HTTPSERVER_DIR)).provider_id
+        actor = (await ctl.start_actor(host.id, ECHO_ACTOR)).actor_id
 
         async def link(**values: str) -> str:
             port = free_port()

@@ -51,10 +51,10 @@ async def lattice(settings):
     async with Host(settings, labels={"zone": "lab", "coral": "false"}) as host:
         ctl = await CtlClient.connect(settings)
         try:
-            echo = (await ctl.start_provider(host.id, ECHO, config={"greeting": "hi", "db_password": "hunter2"}))["provider_id"]
-            inference = (await ctl.start_provider(host.id, INFERENCE, config={"engine": "onnxruntime"}))["provider_id"]
-            caller = (await ctl.start_actor(host.id, CALLER))["actor_id"]
-            router = (await ctl.start_actor(host.id, ROUTER))["actor_id"]
+            echo = (await ctl.start_provider(host.id, ECHO, config={"greeting": "hi", "db_password": "hunter2"})).provider_id
+            inference = (await ctl.start_provider(host.id, INFERENCE, config={"engine": "onnxruntime"})).provider_id
+            caller = (await ctl.start_actor(host.id, CALLER)).actor_id
+            router = (await ctl.start_actor(host.id, ROUTER)).actor_id
             await ctl.put_link(caller, echo, "test:echo", values={"greeting": "hello", "secret_key": "abc123"})
             await ctl.put_link(router, inference, MLINFERENCE, values=MODEL_LINK)
             yield Lattice(host, ctl, caller, echo, router, inference)

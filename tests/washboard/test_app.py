@@ -82,7 +82,7 @@ async def test_secrets_never_reach_the_page(washboard: Washboard, lattice: Latti
 
 
 def running_actors(washboard: Washboard) -> set[str]:
-    return {a["name"] for inv in washboard.watcher.state.inventories.values() for a in inv.get("actors", [])}
+    return {a.name for inv in washboard.watcher.state.inventories.values() for a in inv.actors}
 
 
 async def test_stream_starts_with_a_snapshot_then_sends_changes(washboard: Washboard, lattice: Lattice, http):
@@ -125,7 +125,7 @@ async def test_actions_scale_stop_and_start_again_with_the_last_config(washboard
     status, reply = await post(http, f"{washboard.url}api/actors/{lattice.caller}/scale", {"count": 2})
     assert status == 200 and reply["result"]["instances"] == 2
     inventory = await lattice.ctl.get_inventory(lattice.host.id)
-    assert len(next(a for a in inventory["actors"] if a["name"] == "caller")["instances"]) == 2
+    assert len(next(a for a in inventory.actors if a.name == "caller").instances) == 2
 
     body = {"host_id": lattice.host.id, "link_name": "default"}
     status, _ = await post(http, f"{washboard.url}api/providers/{lattice.echo}/stop", body)
@@ -139,7 +139,7 @@ async def test_actions_scale_stop_and_start_again_with_the_last_config(washboard
     status, reply = await post(http, f"{washboard.url}api/providers/{lattice.echo}/start", body)
     assert status == 200, reply
     inventory = await lattice.ctl.get_inventory(lattice.host.id)
-    assert "echo" in [p["name"] for p in inventory["providers"]]
+    assert "echo" in [p.name for p in inventory.providers]
 
 
 async def test_action_errors_are_clear(washboard: Washboard, lattice: Lattice, http):

@@ -117,7 +117,8 @@ async def test_killed_provider_turns_unhealthy_then_healthy_again(page, washboar
         record();
     }""")
     inventory = await lattice.ctl.get_inventory(lattice.host.id)
-    pid = next(p for p in inventory["providers"] if p["name"] == "echo")["instances"][0]["pid"]
+    pid = next(p for p in inventory.providers if p.name == "echo").instances[0].pid
+    assert pid is not None
     os.kill(pid, signal.SIGKILL)
     await page.wait_for_function("window.seenEchoStatus.includes('unhealthy')")
     await page.wait_for_function("""() => {
@@ -143,7 +144,7 @@ async def test_scaling_an_actor_from_the_page(page, washboard: Washboard, lattic
     await wait_text(caller.locator(".instances .count"), "3")
     await caller.locator(".badge.healthy").wait_for()
     inventory = await lattice.ctl.get_inventory(lattice.host.id)
-    assert len(next(a for a in inventory["actors"] if a["name"] == "caller")["instances"]) == 3
+    assert len(next(a for a in inventory.actors if a.name == "caller").instances) == 3
 
     # Cancelling changes nothing; an impossible count is refused with the server's reason.
     await caller.get_by_role("button", name="Scale…").click()
@@ -170,7 +171,7 @@ async def test_stopping_and_starting_a_provider_from_the_page(page, washboard: W
     await page.click("#dialog-confirm")
     await echo.locator(".badge.healthy").wait_for()
     inventory = await lattice.ctl.get_inventory(lattice.host.id)
-    assert "echo" in [p["name"] for p in inventory["providers"]]
+    assert "echo" in [p.name for p in inventory.providers]
 
 
 async def test_page_says_nats_is_away_and_recovers_by_itself(page, tmp_path, settings):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
+import msgspec
 import pytest
 
-from mlcloud.lattice.events import cloud_event
+from mlcloud.interfaces import ModelInfo
+from mlcloud.lattice.control import ComponentInfo, HostInfo, HostInventory, LinkDefinition, ProviderInfo
+from mlcloud.lattice.events import EVENT_TYPE_PREFIX, Event, decode_event
 from mlcloud.washboard.masking import MASK
 from mlcloud.washboard.state import LatticeState, Refresh, Section
 
@@ -23,7 +27,11 @@ def instance(instance_id: str, status: str = "healthy", since: float = 999_990.0
     return {"instance_id": instance_id, "pid": 100, "status": status, "status_since": since, "restarts": restarts}
 
 
-def inventory(host_id: str = "NHOST", *, actors: int = 1, echo: bool = True, **echo_instance: Any) -> dict[str, Any]:
+def inventory(host_id: str = "NHOST", *, actors: int = 1, echo: bool = True, **echo_instance: Any) -> HostInventory:
+    return msgspec.convert(inventory_json(host_id, actors=actors, echo=echo, **echo_instance), HostInventory)
+
+
+def inventory_json(host_id: str = "NHOST", *, actors: int = 1, echo: bool = True, **echo_instance: Any) -> dict[str, Any]:
     inv = {
         "host_id": host_id, "labels": {"arch": "x86_64", "hostname": "box"}, "version": "0.1.0", "uptime_seconds": 30.0,
         "actors": [{"id": "MCALLER", "name": "caller", "image_ref": "localhost:5000/caller:0.1.0", "digest": "sha256:ab",
@@ -41,10 +49,10 @@ def inventory(host_id: str = "NHOST", *, actors: int = 1, echo: bool = True, **e
     return inv
 
 
-def event(name: str, at: str = "1970-01-12T13:46:45+00:00", **data: Any) -> dict[str, Any]:
-    e = cloud_event(name, "NHOST", data)
-    e["time"] = at  # 1_000_005.0 s after the epoch
-    return e
+def event(name: str, /, at: str = "1970-01-12T13:46:45+00:00", **data: Any) -> Event:
+    """The event as a host publishes it (``at`` is 1_000_005.0 s after the epoch), read back as the watcher does."""
+    raw = {"id": uuid.uuid4().hex, "source": "NHOST", "type": EVENT_TYPE_PREFIX + name, "time": at, "data": data}
+    return decode_event(msgspec.json.encode(raw))
 
 
 @pytest.fixture
@@ -60,7 +68,7 @@ def state(clock: Clock) -> LatticeState:
 
 
 def test_inventory_feeds_hosts_actors_and_providers(state: LatticeState, clock: Clock):
-    state.apply_hosts([{"id": "NHOST", "labels": {"arch": "x86_64"}, "version": "0.1.0", "uptime_seconds": 30.0}])
+    state.apply_hosts([HostInfo(id="NHOST", labels={"arch": "x86_64"}, version="0.1.0", uptime_seconds=30.0)])
     state.apply_inventory(inventory(actors=2))
     assert state.take_dirty() >= {Section.HOSTS, Section.ACTORS, Section.PROVIDERS}
     [host] = state.view(Section.HOSTS)
@@ -70,7 +78,8 @@ def test_inventory_feeds_hosts_actors_and_providers(state: LatticeState, clock: 
     assert actor["hosts"] == [{"host_id": "NHOST", "count": 2, "instances": actor["hosts"][0]["instances"]}]
     [provider] = state.view(Section.PROVIDERS)
     assert provider["config"] == {"greeting": "hi", "db_password": MASK}
-    assert state.launch_spec("NHOST", "VECHO", "default")["config"]["db_password"] == "hunter2"
+    launch = state.launch_spec("NHOST", "VECHO", "default")
+    assert launch is not None and launch.config["db_password"] == "hunter2"
 
 
 def test_an_unchanged_poll_marks_nothing_dirty(state: LatticeState):
@@ -82,8 +91,9 @@ def test_an_unchanged_poll_marks_nothing_dirty(state: LatticeState):
 
 def test_health_event_updates_the_instance_at_once_and_a_late_poll_does_not_roll_it_back(state: LatticeState):
     state.apply_inventory(inventory())
-    wants = state.apply_event(event("health_check_failed", host_id="NHOST", public_key="VECHO", instance_id="p1",
-                                    status="unhealthy", reason="process exited with code -9", restarts=0))
+    wants = state.apply_event(event("health_check_failed", host_id="NHOST", public_key="VECHO", name="echo",
+                                    instance_id="p1", status="unhealthy", reason="process exited with code -9",
+                                    restarts=0))
     assert Refresh.MODELS in wants and Refresh.INVENTORY not in wants
     assert state.view(Section.PROVIDERS)[0]["status"] == "unhealthy"
     # An inventory fetched before the failure arrives after it: the newer status wins.
@@ -96,13 +106,14 @@ def test_health_event_updates_the_instance_at_once_and_a_late_poll_does_not_roll
 
 
 def test_event_about_an_unknown_instance_asks_for_an_inventory(state: LatticeState):
-    wants = state.apply_event(event("actor_started", host_id="NHOST", public_key="MNEW", instance_id="zz", status="healthy"))
+    wants = state.apply_event(event("actor_started", host_id="NHOST", public_key="MNEW", name="new", instance_id="zz",
+                                    status="healthy"))
     assert Refresh.INVENTORY in wants
     assert state.feed[-1]["name"] == "actor_started"
 
 
 def test_heartbeat_carries_the_inventory_but_stays_out_of_the_feed(state: LatticeState, clock: Clock):
-    inv = inventory()
+    inv = inventory_json()
     state.apply_event(event("host_heartbeat", id="NHOST", labels=inv["labels"], version="0.1.0",
                             uptime_seconds=30.0, inventory=inv))
     assert not state.feed
@@ -116,13 +127,14 @@ def test_a_provider_that_disappears_stays_listed_as_stopped_until_it_runs_again(
     state.apply_inventory(inventory(echo=False))
     [stopped] = state.view(Section.PROVIDERS)
     assert (stopped["name"], stopped["status"], stopped["instances"]) == ("echo", "stopped", [])
-    assert state.launch_spec("NHOST", "VECHO", "default")["ref"] == "localhost:5000/echo:0.1.0"
+    launch = state.launch_spec("NHOST", "VECHO", "default")
+    assert launch is not None and launch.ref == "localhost:5000/echo:0.1.0"
     state.apply_inventory(inventory())
     assert [p["status"] for p in state.view(Section.PROVIDERS)] == ["healthy"]
 
 
 def test_hosts_that_stop_answering_are_missing_then_forgotten(state: LatticeState, clock: Clock):
-    state.apply_hosts([{"id": "NHOST", "uptime_seconds": 1.0}])
+    state.apply_hosts([HostInfo(id="NHOST", uptime_seconds=1.0)])
     state.apply_inventory(inventory())
     clock.now += 2
     state.apply_hosts([])
@@ -141,7 +153,7 @@ def test_host_stopped_event_forgets_the_host(state: LatticeState):
 def test_link_events_update_links_with_masked_values(state: LatticeState):
     state.apply_inventory(inventory())
     link = {"actor_id": "MCALLER", "provider_id": "VECHO", "contract_id": "test:echo", "link_name": "default",
-            "values": {"token": "t0p", "model": "m/1.0.0"}}
+            "values": {"token": "t0p", "model": "m/1.0.0"}}  # as linkdef_set carries it
     assert Refresh.MODELS in state.apply_event(event("linkdef_set", **link))
     [view] = state.view(Section.LINKS)
     assert view["values"] == {"token": MASK, "model": "m/1.0.0"}
@@ -151,13 +163,35 @@ def test_link_events_update_links_with_masked_values(state: LatticeState):
     assert state.view(Section.LINKS) == []
 
 
+ML_LINK = LinkDefinition(actor_id="MAPI", provider_id="VML", contract_id="wasmcloud:mlinference")
+PLUS3 = ModelInfo(name="plus3", bindle_id="plus3/0.1.0", engine="tract", state="READY", requests=10, errors=1,
+                  p50_ms=1.5, p99_ms=4.0)
+
+
+def api_and_mlinference() -> HostInventory:
+    return HostInventory(
+        host_id="NHOST", actors=[ComponentInfo(id="MAPI", name="api", image_ref="localhost:5000/api:0.1.0")],
+        providers=[ProviderInfo(id="VML", name="mlinference", image_ref="localhost:5000/mlinference:0.1.0",
+                                contract_id="wasmcloud:mlinference")],
+    )
+
+
+def test_models_are_shown_once_the_actor_and_provider_serving_them_are_known(state: LatticeState):
+    # The link (an event) and its models (a Status call) can come before the inventory poll
+    # that names the link's actor: no row may claim a model is served by nobody.
+    state.apply_links([ML_LINK])
+    state.apply_models("MAPI", "default", "VML", [PLUS3])
+    assert state.view(Section.MODELS) == []
+    state.apply_inventory(api_and_mlinference())
+    [row] = state.view(Section.MODELS)
+    assert (row["name"], row["actor_name"], row["provider_name"]) == ("plus3", "api", "mlinference")
+
+
 def test_models_rows_show_state_figures_and_unreachable_providers(state: LatticeState):
-    link = {"actor_id": "MAPI", "provider_id": "VML", "contract_id": "wasmcloud:mlinference", "link_name": "default", "values": {}}
+    link = ML_LINK
+    state.apply_inventory(api_and_mlinference())
     state.apply_links([link])
-    state.apply_models("MAPI", "default", "VML", [
-        {"name": "plus3", "bindle_id": "plus3/0.1.0", "engine": "tract", "state": "READY", "reason": "",
-         "requests": 10, "errors": 1, "p50_ms": 1.5, "p99_ms": 4.0},
-    ])
+    state.apply_models("MAPI", "default", "VML", [PLUS3])
     [row] = state.view(Section.MODELS)
     assert (row["name"], row["state"], row["p99_ms"], row["stale"]) == ("plus3", "READY", 4.0, False)
     state.apply_models("MAPI", "default", "VML", None, "RpcTimeout: no answer")
@@ -183,6 +217,7 @@ def test_connection_changes_and_polls_touch_the_status_section(state: LatticeSta
 def test_feed_keeps_the_latest_events_with_increasing_sequence_numbers(clock: Clock):
     state = LatticeState("lab", "nats://x", clock=clock, feed_size=3)
     for i in range(5):
-        state.apply_event(event("component_refused", image_ref=f"ref{i}", reason="bad signature"))
+        state.apply_event(event("component_refused", host_id="NHOST", image_ref=f"ref{i}", kind="ClaimsError",
+                                reason="bad signature"))
     assert [e["seq"] for e in state.feed] == [3, 4, 5]
     assert [e["seq"] for e in state.feed_since(4)] == [5]
