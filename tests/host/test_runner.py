@@ -24,8 +24,8 @@ async def test_ps_names_each_instances_component(settings: Settings) -> None:
         ctl = await CtlClient.connect(settings)
         nc = await nats.connect(settings.effective_nats_url)
         try:
-            provider = (await ctl.start_provider(host.id, str(COMPONENTS / "echo")))["provider_id"]
-            actor = (await ctl.start_actor(host.id, str(COMPONENTS / "caller")))["actor_id"]
+            provider = (await ctl.start_provider(host.id, str(COMPONENTS / "echo"))).provider_id
+            actor = (await ctl.start_actor(host.id, str(COMPONENTS / "caller"))).actor_id
             await ctl.put_link(actor, provider, "test:echo")
             rpc = RpcClient(nc, origin="test", timeout=2)
             subject = subjects.actor_rpc(settings.lattice, actor)
