@@ -16,8 +16,7 @@ from mlcloud.settings import DEFAULT_WASHBOARD_ADDRESS, Settings
 
 
 async def serve(settings: Settings, say=click.echo) -> None:
-    from mlcloud.servers import running_app
-    from mlcloud.servers import wait_for_stop_signal
+    from mlcloud.servers import running_app, wait_for_stop_signal
     from mlcloud.washboard.app import create_washboard
 
     app = create_washboard(settings)
