@@ -95,7 +95,7 @@ class AppManifest:
 
 
 def _substitute(text: str, environ: dict[str, str]) -> str:
-    def value(match: re.Match) -> str:
+    def value(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in environ:
             return environ[name]
@@ -128,7 +128,7 @@ def _parse_component(item: dict[str, Any], base_dir: Path, source: str) -> Compo
     )
 
 
-def _parse_traits(name: str, traits: list, source: str) -> tuple[int, dict[str, str], list[LinkSpec]]:
+def _parse_traits(name: str, traits: list[Any], source: str) -> tuple[int, dict[str, str], list[LinkSpec]]:
     """Replicas and label requirements (``spreadscaler``) and links (``linkdef``) of a component."""
     replicas, requirements, links = 1, {}, []
     for trait in traits:

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mlcloud.lattice.ctl_client import CtlClient
 
 
-def run_async(fn: Callable[..., Coroutine]) -> Callable[..., Any]:
+def run_async(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
     """Run an async click command, turning mlcloud errors into one line on stderr."""
 
     @functools.wraps(fn)
@@ -82,7 +82,7 @@ settings_options = [
 ]
 
 
-def with_settings(fn: Callable) -> Callable:
+def with_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(settings_options):
         fn = option(fn)
 

@@ -31,7 +31,7 @@ from mlcloud.interfaces import (
     ModelState,
     ModelStatusRequest,
 )
-from mlcloud.lattice.links import LinkDefinition
+from mlcloud.lattice.control import LinkDefinition
 from mlcloud.sdk import Context, Provider, operation
 
 log = logging.getLogger("mlcloud.mlinference")

@@ -41,7 +41,7 @@ from mlcloud.interfaces import (
     ValueType,
 )
 from mlcloud.lattice import wire
-from mlcloud.lattice.links import LinkDefinition
+from mlcloud.lattice.control import LinkDefinition
 from mlcloud.lattice.wire import Forward
 from mlcloud.sdk import Context, Runtime
 from mlcloud.settings import Settings
