@@ -148,6 +148,6 @@ async def test_batched_pixel_requests_are_normalised_together_and_each_gets_its_
         images = [rng.integers(0, 256, SHAPE, dtype=np.uint8) for _ in range(6)]
         answers = await asyncio.gather(*(registry.predict("image", Tensor.from_numpy(x)) for x in images))
         normalise = PixelNormalization.parse(IMAGENET).normalise
-        for x, answer in zip(images, answers):
+        for x, answer in zip(images, answers, strict=True):
             assert np.array_equal(answer.to_numpy(), normalise(x))
         assert batcher.batches < len(images)

@@ -71,7 +71,7 @@ async def test_json_views_show_the_lattice(washboard: Washboard, lattice: Lattic
 
 async def test_secrets_never_reach_the_page(washboard: Washboard, lattice: Lattice, http):
     await until(lambda: len(washboard.watcher.state.links) == 2)
-    links = {l["contract_id"]: l for l in await get_json(http, washboard.url + "api/links")}
+    links = {link["contract_id"]: link for link in await get_json(http, washboard.url + "api/links")}
     assert links["test:echo"]["values"] == {"greeting": "hello", "secret_key": "••••••"}
     assert links["wasmcloud:mlinference"]["values"]["api_token"] == "••••••"
     assert links["wasmcloud:mlinference"]["values"]["plus3"] == "plus3/0.1.0"
@@ -96,10 +96,10 @@ async def test_stream_starts_with_a_snapshot_then_sends_changes(washboard: Washb
         assert {a["name"] for a in snapshot["sections"]["actors"]} == {"caller", "router"}
         await lattice.ctl.scale_actor(lattice.host.id, lattice.caller, 2)
         async for name, update in events:
+            assert name == "update"  # after the snapshot, only changes
             actors = update["sections"].get("actors")
             if actors and next(a for a in actors if a["name"] == "caller")["instances"] == 2:
                 break
-        assert name == "update"
 
 
 async def _sse(response: aiohttp.ClientResponse):
