@@ -86,7 +86,9 @@ class AppManifest:
             for link in component.links:
                 target = next((c for c in components if c.name == link.target), None)
                 if target is None or target.kind is not ComponentKind.PROVIDER:
-                    raise ConfigError(f"{source}: {component.name} links to {link.target!r}, which is not a provider here")
+                    raise ConfigError(
+                        f"{source}: {component.name} links to {link.target!r}, which is not a provider here"
+                    )
         return cls(
             name=str(meta.get("name") or "app"),
             version=str((meta.get("annotations") or {}).get("version", "")),
@@ -113,7 +115,9 @@ def _parse_component(item: dict[str, Any], base_dir: Path, source: str) -> Compo
         props = item.get("properties") or {}
         image = str(props["image"])
     except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{source}: component needs name, type (actor|capability) and properties.image ({exc})") from exc
+        raise ConfigError(
+            f"{source}: component needs name, type (actor|capability) and properties.image ({exc})"
+        ) from exc
     local = base_dir / image
     if not image.startswith(("/", "~")) and local.is_dir():
         image = str(local.resolve())

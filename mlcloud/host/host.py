@@ -463,7 +463,9 @@ class Host(Service):
                         continue
                     if instance.process is None or instance.process.returncode is not None:
                         continue
-                    subject = subjects.provider_health(self.settings.lattice, component.resolved.key, component.link_name)
+                    subject = subjects.provider_health(
+                        self.settings.lattice, component.resolved.key, component.link_name
+                    )
                     try:
                         report = await rpc.call(subject, HEALTH_OP, Empty(), HealthReport)
                         healthy, message = report.healthy, report.message

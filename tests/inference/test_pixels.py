@@ -138,7 +138,8 @@ async def test_batched_pixel_requests_are_normalised_together_and_each_gets_its_
     async def fetch(bindle_id: str) -> tuple[Path, bytes]:
         return path, meta
 
-    config = InferenceConfig(intra_op_threads=1, batching=BatchingConfig(enabled=True, max_batch_size=8, max_wait=0.005))
+    batching = BatchingConfig(enabled=True, max_batch_size=8, max_wait=0.005)
+    config = InferenceConfig(intra_op_threads=1, batching=batching)
     async with ModelRegistry(fetch, config) as registry:
         await registry.apply({"image": "image/1.0.0"})
         await registry.wait_ready(timeout=10)
