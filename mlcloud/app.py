@@ -86,7 +86,9 @@ class AppManifest:
             for link in component.links:
                 target = next((c for c in components if c.name == link.target), None)
                 if target is None or target.kind is not ComponentKind.PROVIDER:
-                    raise ConfigError(f"{source}: {component.name} links to {link.target!r}, which is not a provider here")
+                    raise ConfigError(
+                        f"{source}: {component.name} links to {link.target!r}, which is not a provider here"
+                    )
         return cls(
             name=str(meta.get("name") or "app"),
             version=str((meta.get("annotations") or {}).get("version", "")),
@@ -95,7 +97,7 @@ class AppManifest:
 
 
 def _substitute(text: str, environ: dict[str, str]) -> str:
-    def value(match: re.Match) -> str:
+    def value(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in environ:
             return environ[name]
@@ -113,7 +115,9 @@ def _parse_component(item: dict[str, Any], base_dir: Path, source: str) -> Compo
         props = item.get("properties") or {}
         image = str(props["image"])
     except (KeyError, TypeError) as exc:
-        raise ConfigError(f"{source}: component needs name, type (actor|capability) and properties.image ({exc})") from exc
+        raise ConfigError(
+            f"{source}: component needs name, type (actor|capability) and properties.image ({exc})"
+        ) from exc
     local = base_dir / image
     if not image.startswith(("/", "~")) and local.is_dir():
         image = str(local.resolve())
@@ -128,7 +132,7 @@ def _parse_component(item: dict[str, Any], base_dir: Path, source: str) -> Compo
     )
 
 
-def _parse_traits(name: str, traits: list, source: str) -> tuple[int, dict[str, str], list[LinkSpec]]:
+def _parse_traits(name: str, traits: list[Any], source: str) -> tuple[int, dict[str, str], list[LinkSpec]]:
     """Replicas and label requirements (``spreadscaler``) and links (``linkdef``) of a component."""
     replicas, requirements, links = 1, {}, []
     for trait in traits:

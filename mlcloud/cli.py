@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from mlcloud.lattice.ctl_client import CtlClient
 
 
-def run_async(fn: Callable[..., Coroutine]) -> Callable[..., Any]:
+def run_async(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
     """Run an async click command, turning mlcloud errors into one line on stderr."""
 
     @functools.wraps(fn)
@@ -78,11 +78,12 @@ def emit(data: Any, as_json: bool, table: Callable[[], None]) -> None:
 settings_options = [
     click.option("--nats-url", envvar="MLCLOUD_NATS_URL", help="Use this NATS server instead of the embedded one."),
     click.option("--lattice", envvar="MLCLOUD_LATTICE", help="Lattice name (default: default)."),
-    click.option("--rpc-timeout", type=float, envvar="MLCLOUD_RPC_TIMEOUT", help="Seconds an RPC may take (default 8)."),
+    click.option("--rpc-timeout", type=float, envvar="MLCLOUD_RPC_TIMEOUT",
+                 help="Seconds an RPC may take (default 8)."),
 ]
 
 
-def with_settings(fn: Callable) -> Callable:
+def with_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(settings_options):
         fn = option(fn)
 
@@ -119,7 +120,8 @@ def main(verbose: bool) -> None:
 @click.option("--bindle-url", help="Use this Bindle server instead of the embedded one.")
 @click.option("--registry", help="Use this OCI registry (host:port) instead of the embedded one.")
 @click.option("--label", "labels", multiple=True, help="Host label key=value (repeatable).")
-@click.option("--app", "app_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="App manifest to deploy.")
+@click.option("--app", "app_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="App manifest to deploy.")
 @click.option("--no-washboard", is_flag=True, help="Do not serve the washboard.")
 @run_async
 async def up(settings: Settings, nats_port: int | None, bindle_url: str | None, registry: str | None,
@@ -332,7 +334,8 @@ def ctl_link() -> None:
 @click.argument("values", nargs=-1)
 @click.option("--link-name", default="default", show_default=True)
 @run_async
-async def link_put(settings: Settings, actor: str, provider: str, contract: str, values: tuple[str, ...], link_name: str) -> None:
+async def link_put(settings: Settings, actor: str, provider: str, contract: str, values: tuple[str, ...],
+                   link_name: str) -> None:
     """Link ACTOR to PROVIDER for CONTRACT with key=value VALUES (names, keys or refs)."""
     async with await _connect(settings) as c:
         actor_id = await _component_id(c, actor, "actors")

@@ -147,7 +147,9 @@ async def route(ctx: Context, request: HttpRequest) -> HttpResponse:
         require(method, IMAGE_METHODS)
         model, action = parts
         top = parse_top(request.query_string)
-        return await classify(ctx, model, request, top) if action == "matches" else await infer_image(ctx, model, request)
+        if action == "matches":
+            return await classify(ctx, model, request, top)
+        return await infer_image(ctx, model, request)
     if len(parts) == 1:
         require(method, ("POST", "PUT"))
         return await infer_tensor(ctx, parts[0], request)
@@ -245,7 +247,9 @@ async def infer_image(ctx: Context, model: str, request: HttpRequest) -> HttpRes
 
 async def infer_tensor(ctx: Context, model: str, request: HttpRequest) -> HttpResponse:
     if not request.body:
-        raise RequestError("expected a JSON tensor body: {\"dimensions\": [...], \"valueTypes\": [...], \"data\": [...]}")
+        raise RequestError(
+            'expected a JSON tensor body: {"dimensions": [...], "valueTypes": [...], "data": [...]}'
+        )
     try:
         parsed = json.loads(request.body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import os
 import signal
 import sys
 import tomllib
@@ -55,7 +56,8 @@ async def _serve(state_dir: Path) -> None:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     watching = False
     with contextlib.suppress(OSError, ValueError):  # stdin a file or a terminal: SIGTERM stops it
-        loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not sys.stdin.buffer.read1(1024) else None)
+        stdin = sys.stdin.fileno()
+        loop.add_reader(stdin, lambda: stop.set() if not os.read(stdin, 1024) else None)
         watching = True
     async with running_stack(state_dir) as stack:
         print(json.dumps({

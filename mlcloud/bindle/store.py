@@ -26,6 +26,7 @@ import os
 import tempfile
 from collections.abc import AsyncIterable
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import semver
@@ -227,11 +228,11 @@ class BindleStore:
                        more=offset + len(page) < len(found), yanked=yanked, invoices=page)
 
 
-def _hash_and_write(digest: hashlib._Hash, f: object, chunk: bytes) -> None:
+def _hash_and_write(digest: hashlib._Hash, f: BinaryIO, chunk: bytes) -> None:
     digest.update(chunk)
-    f.write(chunk)  # type: ignore[attr-defined]
+    f.write(chunk)
 
 
-def _flush_and_sync(f: object) -> None:
-    f.flush()  # type: ignore[attr-defined]
-    os.fsync(f.fileno())  # type: ignore[attr-defined]
+def _flush_and_sync(f: BinaryIO) -> None:
+    f.flush()
+    os.fsync(f.fileno())

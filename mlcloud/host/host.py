@@ -27,7 +27,13 @@ from nats.aio.subscription import Subscription
 from mlcloud import __version__
 from mlcloud.component import ComponentKind
 from mlcloud.errors import (
-    ComponentNotFound, ConfigError, HostError, LatticeUnavailable, MalformedMessage, MLCloudError, RequestError,
+    ComponentNotFound,
+    ConfigError,
+    HostError,
+    LatticeUnavailable,
+    MalformedMessage,
+    MLCloudError,
+    RequestError,
 )
 from mlcloud.host.artifacts import ResolvedComponent, resolve
 from mlcloud.host.spec import HEALTH_OP, InstanceSpec
@@ -36,10 +42,32 @@ from mlcloud.identity import KeyKind, KeyPair
 from mlcloud.lattice import subjects
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.control import (
-    DEFAULT_LINK_NAME, ActorReply, ComponentInfo, ComponentRefused, CtlReply, Empty, EventName, HealthReport,
-    HostHeartbeat, HostInfo, HostInventory, HostStarted, HostStopped, InstanceChanged, InstanceStatus,
-    LinkDefinition, LinkId, LinkList, LinkPutReply, ProviderInfo, ProviderReply, ScaleActor, StartActor,
-    StartProvider, StopActor, StopProvider,
+    DEFAULT_LINK_NAME,
+    ActorReply,
+    ComponentInfo,
+    ComponentRefused,
+    CtlReply,
+    Empty,
+    EventName,
+    HealthReport,
+    HostHeartbeat,
+    HostInfo,
+    HostInventory,
+    HostStarted,
+    HostStopped,
+    InstanceChanged,
+    InstanceStatus,
+    LinkDefinition,
+    LinkId,
+    LinkList,
+    LinkPutReply,
+    ProviderInfo,
+    ProviderReply,
+    ScaleActor,
+    StartActor,
+    StartProvider,
+    StopActor,
+    StopProvider,
 )
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.lifecycle import Service, cancel_and_wait
@@ -435,7 +463,9 @@ class Host(Service):
                         continue
                     if instance.process is None or instance.process.returncode is not None:
                         continue
-                    subject = subjects.provider_health(self.settings.lattice, component.resolved.key, component.link_name)
+                    subject = subjects.provider_health(
+                        self.settings.lattice, component.resolved.key, component.link_name
+                    )
                     try:
                         report = await rpc.call(subject, HEALTH_OP, Empty(), HealthReport)
                         healthy, message = report.healthy, report.message
@@ -446,7 +476,7 @@ class Host(Service):
                     await instance.mark_health(healthy, message)
 
 
-def _log_failure(task: asyncio.Task) -> None:
+def _log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("%s failed", task.get_name(), exc_info=task.exception())
 

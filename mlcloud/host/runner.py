@@ -27,9 +27,9 @@ from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, Unkn
 from mlcloud.host.spec import SPEC_ENV, InstanceSpec
 from mlcloud.lattice import subjects
 from mlcloud.lattice.connect import connect
-from mlcloud.lattice.control import HealthReport
+from mlcloud.lattice.control import HealthReport, LinkDefinition
 from mlcloud.lattice.events import EventPublisher
-from mlcloud.lattice.links import LinkDefinition, LinkFeed, LinkStore, open_links
+from mlcloud.lattice.links import LinkFeed, LinkStore, open_links
 from mlcloud.lattice.rpc import RpcClient, RpcServer
 from mlcloud.lattice.wire import Forward, Invocation
 from mlcloud.sdk import Actor, Context, Provider

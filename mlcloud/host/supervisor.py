@@ -43,7 +43,7 @@ class Instance:
         self.process: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
         self._ready = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     @property
     def instance_id(self) -> str:
@@ -88,7 +88,7 @@ class Instance:
                 await process.wait()
         await self._set_status(InstanceStatus.STOPPED, "stopped")
 
-    async def _until_stopped(self, awaitable) -> bool:
+    async def _until_stopped(self, awaitable: Awaitable[object]) -> bool:
         """Wait for ``awaitable`` unless stopping comes first; True when it finished."""
         work = asyncio.ensure_future(awaitable)
         stopping = asyncio.ensure_future(self._stopping.wait())

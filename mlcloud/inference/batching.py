@@ -23,6 +23,7 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,7 +39,7 @@ class _Request:
     array: np.ndarray
     future: asyncio.Future[list[np.ndarray]]
     arrived: float
-    key: tuple = field(init=False)
+    key: tuple[np.dtype[Any], tuple[int, ...]] = field(init=False)  # what may share a batch
 
     def __post_init__(self) -> None:
         self.key = (self.array.dtype, self.array.shape[1:])
@@ -154,7 +155,7 @@ class AdaptiveBatcher:
                 if not request.future.done():
                     request.future.set_exception(exc)
             return
-        for request, result in zip(batch, results):
+        for request, result in zip(batch, results, strict=True):
             if not request.future.done():
                 request.future.set_result(result)
 
@@ -171,4 +172,4 @@ class AdaptiveBatcher:
                     f"of {total}; this model cannot be batched"
                 )
             per_output.append(np.split(output, offsets))
-        return [list(parts) for parts in zip(*per_output)]
+        return [list(parts) for parts in zip(*per_output, strict=True)]

@@ -19,14 +19,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from mlcloud.errors import ConfigError
 from mlcloud.inference.engines.base import EngineOptions
 from mlcloud.inference.metadata import ENGINES
 from mlcloud.settings import Settings
+
+N = TypeVar("N", int, float)  # the kind of number a link value is read as
 
 DEFAULT_BATCH_MAX_SIZE = 8
 DEFAULT_BATCH_MAX_WAIT = 0.002  # seconds; only paid once a batch has started forming
@@ -74,8 +76,8 @@ class InferenceConfig:
     def engine_options(self) -> EngineOptions:
         return EngineOptions(self.intra_op_threads, self.inter_op_threads)
 
-    def replace(self, **changes: object) -> InferenceConfig:
-        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+    def replace(self, **changes: Any) -> InferenceConfig:
+        return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> InferenceConfig:
@@ -107,7 +109,8 @@ def parse_link_values(values: Mapping[str, str], base: BatchingConfig | None = N
     routes: dict[str, str] = {}
     engines: dict[str, str] = {}
     default_engine = None
-    size = wait = None
+    size: int | None = None
+    wait: float | None = None
     for key, raw in values.items():
         value = str(raw).strip()
         if key == "engine" or key.startswith("engine."):
@@ -133,17 +136,17 @@ def parse_link_values(values: Mapping[str, str], base: BatchingConfig | None = N
     return LinkModels(routes, engines, batching)
 
 
-def _link_number(key: str, value: str, kind: type) -> object:
+def _link_number(key: str, value: str, kind: Callable[[str], N]) -> N:
     try:
         return kind(value)
     except ValueError:
         raise ConfigError(f"link value {key}={value!r} is not a number") from None
 
 
-def _batching(size: object | None, wait_ms: object | None, base: BatchingConfig) -> BatchingConfig:
-    max_size = int(size) if size is not None else base.max_batch_size  # type: ignore[call-overload]
+def _batching(size: int | None, wait_ms: float | None, base: BatchingConfig) -> BatchingConfig:
+    max_size = size if size is not None else base.max_batch_size
     return BatchingConfig(
         enabled=max_size > 1 if size is not None else base.enabled,
         max_batch_size=max(1, max_size),
-        max_wait=float(wait_ms) / 1000 if wait_ms is not None else base.max_wait,  # type: ignore[arg-type]
+        max_wait=wait_ms / 1000 if wait_ms is not None else base.max_wait,
     )

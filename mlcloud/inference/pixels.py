@@ -78,7 +78,7 @@ class PixelNormalization:
         scale, offset = affine(self.mean, self.std, channels, self.divide_by, "<f4")
         shape = [1, 1, 1, 1]
         shape[axis] = channels
-        out = np.multiply(pixels, scale.reshape(shape), dtype=np.float32)
+        out: np.ndarray = np.multiply(pixels, scale.reshape(shape), dtype=np.float32)
         out += offset.reshape(shape)
         return out
 

@@ -198,8 +198,12 @@ class ProviderReply(_Ctl):
 # ---- links ------------------------------------------------------------------------------------
 
 
-class LinkDefinition(_Ctl, frozen=True):
-    """Actor ↔ provider for a contract, with the values the provider reads for that actor."""
+class LinkDefinition(msgspec.Struct, kw_only=True, frozen=True):
+    """Actor ↔ provider for a contract, with the values the provider reads for that actor.
+
+    Frozen, as every process that holds a link shares it; so it takes ``_Ctl``'s options itself
+    rather than deriving from it (a frozen struct cannot derive from a mutable one for mypy).
+    """
 
     actor_id: str
     provider_id: str

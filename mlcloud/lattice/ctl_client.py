@@ -19,8 +19,22 @@ from mlcloud.errors import LatticeUnavailable, MalformedMessage, MLCloudError
 from mlcloud.lattice import subjects
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.control import (
-    DEFAULT_LINK_NAME, ActorReply, CtlReply, Empty, HostInfo, HostInventory, LinkDefinition, LinkId, LinkList,
-    LinkPutReply, ProviderReply, ScaleActor, StartActor, StartProvider, StopActor, StopProvider,
+    DEFAULT_LINK_NAME,
+    ActorReply,
+    CtlReply,
+    Empty,
+    HostInfo,
+    HostInventory,
+    LinkDefinition,
+    LinkId,
+    LinkList,
+    LinkPutReply,
+    ProviderReply,
+    ScaleActor,
+    StartActor,
+    StartProvider,
+    StopActor,
+    StopProvider,
 )
 from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.settings import Settings

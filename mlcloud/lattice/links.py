@@ -122,7 +122,7 @@ class LinkStore:
                 yield LinkEvent(link)
         finally:
             with nats_errors("ending the watch of the links", "linkdefs.>"):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves KeyWatcher.stop unannotated
 
 
 class LinkFeed:

@@ -50,7 +50,7 @@ class NatsServer:
         self.max_payload = max_payload
         self.startup_timeout = startup_timeout
         self.process: asyncio.subprocess.Process | None = None
-        self._drain: asyncio.Task | None = None
+        self._drain: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -93,7 +93,7 @@ class NatsServer:
 
     async def _wait_ready(self) -> None:
         assert self.process and self.process.stderr
-        lines = []
+        lines: list[str] = []
         while True:
             line = await self.process.stderr.readline()
             if not line:

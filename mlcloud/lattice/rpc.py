@@ -105,7 +105,7 @@ class RpcServer(Service):
         self.handler = handler
         self.ack_timeout = ack_timeout
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._sub: Subscription | None = None
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
@@ -137,10 +137,12 @@ class RpcServer(Service):
             try:
                 if error is not None:
                     await self._answer(answer_to, wire.encode_error(error))
-                elif invocation.forward is not None:
-                    await self._forward(invocation, result, answer_to)
                 else:
-                    await self._answer(answer_to, wire.encode_reply(result))
+                    assert invocation is not None  # _invoke returns an error for a request it cannot decode
+                    if invocation.forward is not None:
+                        await self._forward(invocation, result, answer_to)
+                    else:
+                        await self._answer(answer_to, wire.encode_reply(result))
             except MLCloudError as err:  # the next stage is not there, or cannot be built from this result
                 await self._answer(answer_to, wire.encode_error(err))
             except (TypeError, ValueError, msgspec.EncodeError) as exc:

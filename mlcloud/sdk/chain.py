@@ -11,6 +11,8 @@ picked field the previous reply does not have, a reply that does not fit the nex
 
 from __future__ import annotations
 
+import functools
+import operator
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -128,7 +130,7 @@ def _members(type_: Any) -> tuple[Any, ...]:
 
 def _without_none(type_: Any) -> Any:
     kept = [m for m in _members(type_) if m is not type(None)]
-    return kept[0] if len(kept) == 1 else typing.Union[tuple(kept)]
+    return functools.reduce(operator.or_, kept)  # X | Y | ..., or X alone
 
 
 def _fits(given: Any, target: Any) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from mlcloud.interfaces import Op
-from mlcloud.lattice.links import DEFAULT_LINK_NAME, LinkDefinition
+from mlcloud.lattice.control import DEFAULT_LINK_NAME, LinkDefinition
 from mlcloud.lattice.wire import Forward
 from mlcloud.sdk.chain import Chain
 from mlcloud.sdk.runtime import Runtime

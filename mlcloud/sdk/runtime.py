@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from mlcloud.lattice.links import LinkDefinition
+from mlcloud.lattice.control import LinkDefinition
 from mlcloud.lattice.wire import Forward
 from mlcloud.settings import Settings
 

@@ -24,8 +24,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import httpx
 
@@ -155,7 +156,7 @@ class BindleServerProcess:
 
 
 @contextlib.asynccontextmanager
-async def bindle_server(directory: str | os.PathLike[str], **kwargs: object):  # type: ignore[no-untyped-def]
+async def bindle_server(directory: str | os.PathLike[str], **kwargs: Any) -> AsyncIterator[BindleServerProcess]:
     """``async with bindle_server(dir) as server:`` — a started :class:`BindleServerProcess`."""
-    async with BindleServerProcess(directory, **kwargs) as server:  # type: ignore[arg-type]
+    async with BindleServerProcess(directory, **kwargs) as server:
         yield server

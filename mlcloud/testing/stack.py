@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -57,7 +58,7 @@ def build_models(models_dir: Path = MODELS_DIR) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def running_stack(state_dir: Path, *, manifest: Path = APP_MANIFEST, **overrides) -> AsyncIterator[Stack]:
+async def running_stack(state_dir: Path, *, manifest: Path = APP_MANIFEST, **overrides: Any) -> AsyncIterator[Stack]:
     from mlcloud.bindle.server import create_app
     from mlcloud.oci import EmbeddedRegistry
     from mlcloud.up import deploy_app

@@ -8,6 +8,7 @@ machine or process (``mlcloud washboard --nats-url nats://lattice:4222``). The l
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import click
 
@@ -15,9 +16,8 @@ from mlcloud.errors import MLCloudError
 from mlcloud.settings import DEFAULT_WASHBOARD_ADDRESS, Settings
 
 
-async def serve(settings: Settings, say=click.echo) -> None:
-    from mlcloud.servers import running_app
-    from mlcloud.servers import wait_for_stop_signal
+async def serve(settings: Settings, say: Callable[[str], object] = click.echo) -> None:
+    from mlcloud.servers import running_app, wait_for_stop_signal
     from mlcloud.washboard.app import create_washboard
 
     app = create_washboard(settings)

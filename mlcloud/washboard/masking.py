@@ -14,7 +14,9 @@ from typing import Any
 MASK = "••••••"
 
 _SENSITIVE = re.compile(r"secret|passw(or)?d|token|key", re.IGNORECASE)
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.IGNORECASE)
+_URL_PASSWORD = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.\-]*://)(?P<user>[^:/@\s]*):(?P<password>[^@/\s]+)@", re.IGNORECASE
+)
 
 
 def is_sensitive(key: str) -> bool:

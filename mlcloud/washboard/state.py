@@ -28,8 +28,17 @@ import msgspec
 
 from mlcloud.interfaces import ModelInfo
 from mlcloud.lattice.control import (
-    ComponentInfo, EventName, HostHeartbeat, HostInfo, HostInventory, HostStarted, HostStopped, InstanceChanged,
-    LinkDefinition, ModelChanged, ProviderInfo,
+    ComponentInfo,
+    EventName,
+    HostHeartbeat,
+    HostInfo,
+    HostInventory,
+    HostStarted,
+    HostStopped,
+    InstanceChanged,
+    LinkDefinition,
+    ModelChanged,
+    ProviderInfo,
 )
 from mlcloud.lattice.events import Event
 from mlcloud.washboard.masking import mask_event_data, mask_values

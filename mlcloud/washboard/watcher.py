@@ -133,7 +133,9 @@ class LatticeWatcher(Service):
 
     async def _on_nats_error(self, exc: Exception) -> None:
         if not self.connected:
-            self.state.set_connection(False, f"NATS at {self.settings.effective_nats_url} unreachable: {exc or type(exc).__name__}")
+            self.state.set_connection(
+                False, f"NATS at {self.settings.effective_nats_url} unreachable: {exc or type(exc).__name__}"
+            )
             self._schedule_flush()
 
     async def _on_disconnected(self) -> None:

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from mlcloud.errors import MLCloudError, PayloadTooLarge
 from mlcloud.interfaces import HANDLE_REQUEST, HttpRequest
-from mlcloud.lattice.links import LinkDefinition
+from mlcloud.lattice.control import LinkDefinition
 from mlcloud.sdk import Context, Provider
 from mlcloud.settings import split_address
 

@@ -31,7 +31,7 @@ from mlcloud.interfaces import (
     ModelState,
     ModelStatusRequest,
 )
-from mlcloud.lattice.links import LinkDefinition
+from mlcloud.lattice.control import LinkDefinition
 from mlcloud.sdk import Context, Provider, operation
 
 log = logging.getLogger("mlcloud.mlinference")
@@ -63,7 +63,9 @@ class MlInference(Provider):
         models = parse_link_values(link.values, self.inference_config.batching)
         registry = self.registries.get(link.actor_id)
         if registry is None:
-            config = self.inference_config.replace(batching=models.batching) if models.batching else self.inference_config
+            config = self.inference_config
+            if models.batching:
+                config = config.replace(batching=models.batching)
             assert self.fetch is not None
             registry = ModelRegistry(self.fetch, config, on_event=self._event_hook(link.actor_id))
             self.registries[link.actor_id] = registry
@@ -85,7 +87,12 @@ class MlInference(Provider):
             await self.bindle.aclose()
 
     async def health(self) -> dict:
-        failed = [f"{i.name}: {i.reason}" for r in self.registries.values() for i in r.status() if i.state is ModelState.FAILED]
+        failed = [
+            f"{i.name}: {i.reason}"
+            for r in self.registries.values()
+            for i in r.status()
+            if i.state is ModelState.FAILED
+        ]
         # A failed model is reported, but the provider itself still serves the others.
         return {"healthy": True, "message": "; ".join(failed)}
 

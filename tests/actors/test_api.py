@@ -41,7 +41,7 @@ from mlcloud.interfaces import (
     ValueType,
 )
 from mlcloud.lattice import wire
-from mlcloud.lattice.links import LinkDefinition
+from mlcloud.lattice.control import LinkDefinition
 from mlcloud.lattice.wire import Forward
 from mlcloud.sdk import Context, Runtime
 from mlcloud.settings import Settings
@@ -221,7 +221,9 @@ async def test_a_json_tensor_is_predicted_and_answered_as_json(api: ModuleType, 
     (json.dumps({"dimensions": "wide"}).encode(), "CorruptInputTensor"),
     (json.dumps([1, 2, 3]).encode(), "CorruptInputTensor"),
 ])
-async def test_a_body_that_is_no_tensor_is_400(api: ModuleType, runtime: FakeRuntime, payload: bytes, kind: str) -> None:
+async def test_a_body_that_is_no_tensor_is_400(
+    api: ModuleType, runtime: FakeRuntime, payload: bytes, kind: str
+) -> None:
     response = await send(api, runtime, "POST", "/m", body=payload)
     assert response.status_code == 400 and error_kind(response) == kind
     assert not any(call.op == PREDICT.name for call in runtime.calls)

@@ -223,7 +223,8 @@ async def test_model_swap_under_load_fails_no_request(http, stack):
     async def client():
         while not stop.is_set():
             response = await http.post("/plus3", json=tensor)
-            results.append((response.status_code, tensor_values(response.json()) if response.status_code == 200 else []))
+            ok = response.status_code == 200
+            results.append((response.status_code, tensor_values(response.json()) if ok else []))
 
     clients = [asyncio.create_task(client()) for _ in range(8)]
     await asyncio.sleep(0.5)
@@ -252,7 +253,8 @@ async def test_timeout_is_504(http, stack):
     try:
         async def times_out():
             try:
-                return (await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())).status_code == 504
+                response = await http.put("/mobilenetv27/matches", content=(IMAGES / "cat.jpg").read_bytes())
+                return response.status_code == 504
             except httpx.TransportError:  # the server is being re-bound with the new values
                 return False
 
@@ -301,7 +303,8 @@ async def test_a_stopped_stage_of_the_chain_is_a_prompt_503_and_serving_resumes_
         assert "Postprocess.Matches" in response.json()["error"]["message"]
         assert elapsed < stack.settings.rpc_timeout / 2, "the stage before it says so; nobody waits for the deadline"
         # The chain's other routes do not need the stopped actor.
-        assert (await http.put("/mobilenetv27/preprocess", content=(IMAGES / "cat.jpg").read_bytes())).status_code == 200
+        response = await http.put("/mobilenetv27/preprocess", content=(IMAGES / "cat.jpg").read_bytes())
+        assert response.status_code == 200
     finally:
         await stack.ctl.start_actor(stack.host.id, postprocess.image_ref, 1)
 

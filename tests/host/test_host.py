@@ -10,7 +10,15 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from mlcloud.errors import CapabilityNotClaimed, ComponentNotFound, ConfigError, HostError, LinkNotFound, NotFound
+from mlcloud.errors import (
+    CapabilityNotClaimed,
+    ComponentNotFound,
+    ConfigError,
+    HostError,
+    LinkNotFound,
+    NotFound,
+    RpcTimeout,
+)
 from mlcloud.host.artifacts import resolve_local
 from mlcloud.host.host import Host
 from mlcloud.lattice import subjects
@@ -133,7 +141,7 @@ async def test_crashing_handler_restarts_instance_with_event(ctl, host, rpc, set
 
     sub = await nc.subscribe(subjects.events(settings.lattice), cb=collect)
     subject = subjects.actor_rpc(settings.lattice, actor)
-    with pytest.raises(Exception):
+    with pytest.raises(RpcTimeout):  # the process dies mid-call, so no answer comes
         await rpc.call(subject, "Caller.Crash", None, timeout=1)
     assert await call_until(rpc, subject, "Caller.Pid", None)
     await asyncio.sleep(0.2)

@@ -41,7 +41,7 @@ async def test_results_go_back_to_the_right_caller(pool: ThreadPoolExecutor) -> 
     batcher = AdaptiveBatcher(model, executor=pool, max_batch_size=8, max_wait=0.005)
     inputs = [np.full((1 + i % 3, 4), i, np.float32) for i in range(24)]
     results = await asyncio.gather(*(batcher.submit(x) for x in inputs))
-    for x, (doubled, plus_one) in zip(inputs, results):
+    for x, (doubled, plus_one) in zip(inputs, results, strict=True):
         np.testing.assert_array_equal(doubled, x * 2)
         np.testing.assert_array_equal(plus_one, x + 1)
     assert max(model.sizes) > 1 and max(model.sizes) <= 8  # it did batch, within the limit

@@ -156,7 +156,10 @@ def _two_outputs(path: Path) -> Path:
         [helper.make_node("Identity", ["x"], ["same"]), helper.make_node("Neg", ["x"], ["negated"])],
         "two",
         [helper.make_tensor_value_info("x", elem, ["N", 2])],
-        [helper.make_tensor_value_info("same", elem, ["N", 2]), helper.make_tensor_value_info("negated", elem, ["N", 2])],
+        [
+            helper.make_tensor_value_info("same", elem, ["N", 2]),
+            helper.make_tensor_value_info("negated", elem, ["N", 2]),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8

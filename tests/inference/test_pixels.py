@@ -138,7 +138,8 @@ async def test_batched_pixel_requests_are_normalised_together_and_each_gets_its_
     async def fetch(bindle_id: str) -> tuple[Path, bytes]:
         return path, meta
 
-    config = InferenceConfig(intra_op_threads=1, batching=BatchingConfig(enabled=True, max_batch_size=8, max_wait=0.005))
+    batching = BatchingConfig(enabled=True, max_batch_size=8, max_wait=0.005)
+    config = InferenceConfig(intra_op_threads=1, batching=batching)
     async with ModelRegistry(fetch, config) as registry:
         await registry.apply({"image": "image/1.0.0"})
         await registry.wait_ready(timeout=10)
@@ -148,6 +149,6 @@ async def test_batched_pixel_requests_are_normalised_together_and_each_gets_its_
         images = [rng.integers(0, 256, SHAPE, dtype=np.uint8) for _ in range(6)]
         answers = await asyncio.gather(*(registry.predict("image", Tensor.from_numpy(x)) for x in images))
         normalise = PixelNormalization.parse(IMAGENET).normalise
-        for x, answer in zip(images, answers):
+        for x, answer in zip(images, answers, strict=True):
             assert np.array_equal(answer.to_numpy(), normalise(x))
         assert batcher.batches < len(images)

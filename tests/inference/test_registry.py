@@ -254,7 +254,7 @@ async def test_batching_stacks_concurrent_requests_and_skips_fixed_batch_models(
         assert registry._routes["plus3"].active.batcher is None  # input fixed at [1, 4]
         xs = [np.full((1, 4), k, np.float32) for k in range(32)]
         answers = await asyncio.gather(*(registry.predict("m", Tensor.from_numpy(x)) for x in xs))
-        for x, answer in zip(xs, answers):
+        for x, answer in zip(xs, answers, strict=True):
             np.testing.assert_array_equal(answer.to_numpy(), x + 1)
         assert batcher.batches < len(xs)
         await registry.set_batching(BatchingConfig(enabled=False))

@@ -12,8 +12,8 @@ import pytest
 from mlcloud.errors import LatticeUnavailable, NoResponders, PayloadTooLarge, RpcTimeout
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.ctl_client import CtlClient
-from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.lattice.nats_server import NatsServer
+from mlcloud.lattice.natserrors import nats_errors
 
 
 def closed_port() -> int:

@@ -111,7 +111,8 @@ async def test_malformed_msgpack_gets_an_error_reply_and_crashes_nothing(nc, gar
     reply = await nc.request("t.echo", garbage, timeout=2)
     with pytest.raises(MalformedMessage):
         wire.decode_reply(reply.data)
-    assert await RpcClient(nc, origin="t", timeout=2).call("t.echo", "Op.Echo", {"still": "alive"}) == {"still": "alive"}
+    client = RpcClient(nc, origin="t", timeout=2)
+    assert await client.call("t.echo", "Op.Echo", {"still": "alive"}) == {"still": "alive"}
     await server.stop()
 
 

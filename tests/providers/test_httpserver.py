@@ -89,7 +89,8 @@ async def test_cors_preflight_and_headers(lattice):
 
 async def test_tls_from_the_link(lattice, tmp_path: Path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     address = await lattice(tls_cert_file=str(cert), tls_priv_key_file=str(key))
     client = await wait_listening(f"https://{address}", verify=ssl.create_default_context(cafile=str(cert)))

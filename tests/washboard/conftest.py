@@ -51,7 +51,8 @@ async def lattice(settings):
     async with Host(settings, labels={"zone": "lab", "coral": "false"}) as host:
         ctl = await CtlClient.connect(settings)
         try:
-            echo = (await ctl.start_provider(host.id, ECHO, config={"greeting": "hi", "db_password": "hunter2"})).provider_id
+            config = {"greeting": "hi", "db_password": "hunter2"}
+            echo = (await ctl.start_provider(host.id, ECHO, config=config)).provider_id
             inference = (await ctl.start_provider(host.id, INFERENCE, config={"engine": "onnxruntime"})).provider_id
             caller = (await ctl.start_actor(host.id, CALLER)).actor_id
             router = (await ctl.start_actor(host.id, ROUTER)).actor_id

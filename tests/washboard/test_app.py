@@ -56,7 +56,8 @@ async def test_json_views_show_the_lattice(washboard: Washboard, lattice: Lattic
     hosts = await get_json(http, washboard.url + "api/hosts")
     assert [h["id"] for h in hosts] == [lattice.host.id]
     assert hosts[0]["labels"]["zone"] == "lab" and hosts[0]["status"] == "up"
-    assert {a["name"]: (a["status"], a["instances"]) for a in actors} == {"caller": ("healthy", 1), "router": ("healthy", 1)}
+    by_name = {a["name"]: (a["status"], a["instances"]) for a in actors}
+    assert by_name == {"caller": ("healthy", 1), "router": ("healthy", 1)}
     assert next(a for a in actors if a["name"] == "router")["capabilities"] == ["wasmcloud:mlinference"]
     providers = await get_json(http, washboard.url + "api/providers")
     assert {(p["name"], p["contract_id"], p["status"]) for p in providers} == {
@@ -71,7 +72,7 @@ async def test_json_views_show_the_lattice(washboard: Washboard, lattice: Lattic
 
 async def test_secrets_never_reach_the_page(washboard: Washboard, lattice: Lattice, http):
     await until(lambda: len(washboard.watcher.state.links) == 2)
-    links = {l["contract_id"]: l for l in await get_json(http, washboard.url + "api/links")}
+    links = {link["contract_id"]: link for link in await get_json(http, washboard.url + "api/links")}
     assert links["test:echo"]["values"] == {"greeting": "hello", "secret_key": "••••••"}
     assert links["wasmcloud:mlinference"]["values"]["api_token"] == "••••••"
     assert links["wasmcloud:mlinference"]["values"]["plus3"] == "plus3/0.1.0"
@@ -96,10 +97,10 @@ async def test_stream_starts_with_a_snapshot_then_sends_changes(washboard: Washb
         assert {a["name"] for a in snapshot["sections"]["actors"]} == {"caller", "router"}
         await lattice.ctl.scale_actor(lattice.host.id, lattice.caller, 2)
         async for name, update in events:
+            assert name == "update"  # after the snapshot, only changes
             actors = update["sections"].get("actors")
             if actors and next(a for a in actors if a["name"] == "caller")["instances"] == 2:
                 break
-        assert name == "update"
 
 
 async def _sse(response: aiohttp.ClientResponse):
@@ -151,7 +152,8 @@ async def test_action_errors_are_clear(washboard: Washboard, lattice: Lattice, h
     assert status == 400 and "between 0 and" in reply["error"]["message"]
     status, reply = await post(http, scale, {})
     assert status == 400 and "count" in reply["error"]["message"]
-    status, reply = await post(http, f"{washboard.url}api/actors/MNOSUCHACTOR/scale", {"count": 1, "host_id": lattice.host.id})
+    status, reply = await post(http, f"{washboard.url}api/actors/MNOSUCHACTOR/scale",
+                               {"count": 1, "host_id": lattice.host.id})
     assert status == 404 and reply["error"]["kind"] == "ComponentNotFound"
     status, reply = await post(http, f"{washboard.url}api/providers/VNOSUCH/start", {"host_id": lattice.host.id})
     assert status == 404 and "has not seen provider" in reply["error"]["message"]

@@ -123,7 +123,8 @@ async def test_killed_provider_turns_unhealthy_then_healthy_again(page, washboar
     await page.wait_for_function("window.seenEchoStatus.includes('unhealthy')")
     await page.wait_for_function("""() => {
         const s = window.seenEchoStatus;
-        return s.indexOf('unhealthy') >= 0 && s[s.length - 1] === 'healthy' && s.lastIndexOf('healthy') > s.indexOf('unhealthy');
+        return s.indexOf('unhealthy') >= 0 && s[s.length - 1] === 'healthy'
+            && s.lastIndexOf('healthy') > s.indexOf('unhealthy');
     }""")
     await wait_text(echo.locator("td.restarts"), "1")
     await page.locator("#feed li[data-name='health_check_failed']").first.wait_for()
@@ -186,7 +187,9 @@ async def test_page_says_nats_is_away_and_recovers_by_itself(page, tmp_path, set
             await server.stop()
             banner = page.locator("#banner")
             await banner.wait_for(state="visible")
-            await page.wait_for_function("/NATS is away.*data is [0-9]+ s stale/.test(document.getElementById('banner').textContent)")
+            await page.wait_for_function(
+                "/NATS is away.*data is [0-9]+ s stale/.test(document.getElementById('banner').textContent)"
+            )
             await server.start()
             await banner.wait_for(state="hidden")
             await page.wait_for_selector("#conn.live")

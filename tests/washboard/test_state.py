@@ -31,11 +31,13 @@ def inventory(host_id: str = "NHOST", *, actors: int = 1, echo: bool = True, **e
     return msgspec.convert(inventory_json(host_id, actors=actors, echo=echo, **echo_instance), HostInventory)
 
 
-def inventory_json(host_id: str = "NHOST", *, actors: int = 1, echo: bool = True, **echo_instance: Any) -> dict[str, Any]:
+def inventory_json(
+    host_id: str = "NHOST", *, actors: int = 1, echo: bool = True, **echo_instance: Any
+) -> dict[str, Any]:
     inv = {
         "host_id": host_id, "labels": {"arch": "x86_64", "hostname": "box"}, "version": "0.1.0", "uptime_seconds": 30.0,
-        "actors": [{"id": "MCALLER", "name": "caller", "image_ref": "localhost:5000/caller:0.1.0", "digest": "sha256:ab",
-                    "version": "0.1.0", "revision": 1, "capabilities": ["test:echo"],
+        "actors": [{"id": "MCALLER", "name": "caller", "image_ref": "localhost:5000/caller:0.1.0",
+                    "digest": "sha256:ab", "version": "0.1.0", "revision": 1, "capabilities": ["test:echo"],
                     "instances": [instance(f"a{i}") for i in range(actors)]}] if actors else [],
         "providers": [],
     }

@@ -13,6 +13,8 @@ An engine that cannot read the encoding is refused with InvalidModel, never sile
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mlcloud.errors import InvalidModel
 from mlcloud.inference.engines.base import (
     Engine,
@@ -22,6 +24,10 @@ from mlcloud.inference.engines.base import (
     engine_errors,
 )
 from mlcloud.inference.metadata import ENGINES, GraphEncoding, ModelMetadata
+
+if TYPE_CHECKING:
+    from mlcloud.inference.engines.onnxruntime import OnnxRuntimeEngine
+    from mlcloud.inference.engines.tract import TractEngine
 
 DEFAULT_ENGINE = "onnxruntime"
 
@@ -50,19 +56,19 @@ def create_engine(
 ) -> Engine:
     """The engine instance for a model: the runtime, behind the TF1 converter when needed."""
     name = engine_name_for(metadata, override)
-    runtime: Engine
+    if name == "litert":  # reads TFLite files only
+        from mlcloud.inference.engines.litert import LiteRtEngine
+
+        return LiteRtEngine(options)
+    runtime: OnnxRuntimeEngine | TractEngine
     if name == "onnxruntime":
         from mlcloud.inference.engines.onnxruntime import OnnxRuntimeEngine
 
         runtime = OnnxRuntimeEngine(options)
-    elif name == "tract":
+    else:
         from mlcloud.inference.engines.tract import TractEngine
 
         runtime = TractEngine(options)
-    else:
-        from mlcloud.inference.engines.litert import LiteRtEngine
-
-        runtime = LiteRtEngine(options)
     if metadata.graph_encoding is GraphEncoding.TENSORFLOW:
         from mlcloud.inference.engines.tf1 import Tf1Engine
 

@@ -100,7 +100,7 @@ class TensorSpec:
             problem = "value type"
         elif self.shape is not None:
             if array.ndim != len(self.shape) or any(
-                want is not None and want != got for want, got in zip(self.shape, array.shape)
+                want is not None and want != got for want, got in zip(self.shape, array.shape, strict=True)
             ):
                 problem = "dimensions"
         if problem:
@@ -147,7 +147,7 @@ class Session(ABC):
     def check_inputs(self, arrays: Sequence[np.ndarray]) -> None:
         if len(arrays) != len(self.inputs):
             raise CorruptInputTensor(f"the model takes {len(self.inputs)} inputs, got {len(arrays)}")
-        for spec, array in zip(self.inputs, arrays):
+        for spec, array in zip(self.inputs, arrays, strict=True):
             spec.check(array)
 
     def predict(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -167,14 +167,15 @@ class Session(ABC):
     @abstractmethod
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
+    @abstractmethod
     def unload(self) -> None:
-        """Release the runtime's resources; the default drops them to the garbage collector."""
+        """Release the runtime's resources (every engine holds some: drop them, or close them)."""
 
 
 class Engine(ABC):
     """Loads model files of the graph encodings it supports into sessions."""
 
-    name: ClassVar[str] = ""
+    name: str = ""  # set by each engine class; a front end (TF1) reports the runtime behind it
 
     def __init__(self, options: EngineOptions | None = None) -> None:
         self.options = options or EngineOptions()
@@ -236,7 +237,7 @@ def check_against_metadata(session: Session, metadata: ModelMetadata) -> None:
     dims = metadata.tensor_dimensions_in
     if dims is not None and spec.shape is not None:
         clash = len(dims) != len(spec.shape) or any(
-            a is not None and b is not None and a != b for a, b in zip(dims, spec.shape)
+            a is not None and b is not None and a != b for a, b in zip(dims, spec.shape, strict=True)
         )
         if clash:
             raise InvalidModel(

@@ -65,14 +65,14 @@ class LiteRtSession(Session):
         with self._lock:
             resized = False
             current = {d["index"]: tuple(d["shape"]) for d in interpreter.get_input_details()}
-            for detail, array in zip(self._inputs_detail, arrays):
+            for detail, array in zip(self._inputs_detail, arrays, strict=True):
                 if current[detail["index"]] != array.shape:
                     # A new batch size: LiteRT needs the buffers reallocated before set_tensor.
                     interpreter.resize_tensor_input(detail["index"], list(array.shape))
                     resized = True
             if resized:
                 interpreter.allocate_tensors()
-            for detail, array in zip(self._inputs_detail, arrays):
+            for detail, array in zip(self._inputs_detail, arrays, strict=True):
                 interpreter.set_tensor(detail["index"], np.ascontiguousarray(array))
             interpreter.invoke()
             # get_tensor copies, so results survive the next invoke.

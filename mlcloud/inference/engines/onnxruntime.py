@@ -86,16 +86,17 @@ class OnnxRuntimeSession(Session):
         self._input_names = [spec.name for spec in self.inputs]
 
     def _run(self, arrays: Sequence[np.ndarray]) -> list[np.ndarray]:
-        feed = dict(zip(self._input_names, arrays))
+        feed = dict(zip(self._input_names, arrays, strict=True))
         with _runs.started() as others:
             session = self._busy_session if others and self._busy_session is not None else self._session
-            return session.run(None, feed)
+            outputs: list[np.ndarray] = session.run(None, feed)
+            return outputs
 
     def warm_up(self, arrays: Sequence[np.ndarray]) -> None:
         super().warm_up(arrays)
         if self._busy_session is not None:
             with engine_errors(self.engine, "predict", self.error_kind), _runs.started():
-                self._busy_session.run(None, dict(zip(self._input_names, arrays)))
+                self._busy_session.run(None, dict(zip(self._input_names, arrays, strict=True)))
 
     def unload(self) -> None:
         self._session = self._busy_session = None

@@ -29,6 +29,8 @@ from mlcloud.inference.engines.base import Engine, Session
 if TYPE_CHECKING:
     import onnx
 
+    from mlcloud.inference.engines.onnxruntime import OnnxRuntimeEngine
+    from mlcloud.inference.engines.tract import TractEngine
     from mlcloud.inference.metadata import ModelMetadata
 
 OPSET = 13
@@ -363,11 +365,11 @@ def graphdef_to_onnx(data: bytes, metadata: ModelMetadata) -> onnx.ModelProto:
 class Tf1Engine(Engine):
     """A TF1 front end over an ONNX engine (onnxruntime or tract): converts, then loads."""
 
-    def __init__(self, runtime: Engine) -> None:
+    def __init__(self, runtime: OnnxRuntimeEngine | TractEngine) -> None:
         super().__init__(runtime.options)
         self.runtime = runtime
-        self.name = runtime.name  # type: ignore[misc]  # the engine that runs it, as reported
+        self.name = runtime.name  # the engine that runs it, as reported
 
     def _load(self, path: Path, metadata: ModelMetadata) -> Session:
         model = graphdef_to_onnx(path.read_bytes(), metadata)
-        return self.runtime.load_proto(model, metadata, TensorflowError)  # type: ignore[attr-defined]
+        return self.runtime.load_proto(model, metadata, TensorflowError)

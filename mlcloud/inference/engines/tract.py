@@ -110,10 +110,10 @@ class TractEngine(Engine):
         session = TractSession(model.into_model().into_runnable(), error_kind=error_kind)
         # The runnable's facts carry no names; keep the graph's for errors and /v2/models.
         session.inputs = [
-            TensorSpec(name, spec.dtype, spec.shape) for name, spec in zip(names, session.inputs)
+            TensorSpec(name, spec.dtype, spec.shape) for name, spec in zip(names, session.inputs, strict=True)
         ]
         session.outputs = [
-            TensorSpec(name, spec.dtype, spec.shape) for name, spec in zip(out_names, session.outputs)
+            TensorSpec(name, spec.dtype, spec.shape) for name, spec in zip(out_names, session.outputs, strict=True)
         ]
         return session
 
