@@ -187,8 +187,7 @@ class ComponentRuntime:
         ctx = Context(self, invocation_id=invocation.id, origin=invocation.origin)
         return await operation.invoke(ctx, payload)
 
-    async def _health(self, invocation: Invocation) -> Any:
-        """A :class:`~mlcloud.lattice.control.HealthReport` (or the provider's answer of that shape)."""
+    async def _health(self, invocation: Invocation) -> HealthReport:
         if isinstance(self.component, Provider):
             return await self.component.health()
         return HealthReport(healthy=True)

@@ -18,8 +18,9 @@ checked against their types where they are made. The process that runs the compo
 host's runner, or a test's fake) implements :class:`Runtime`: NATS, links, claims, health.
 """
 
+from mlcloud.lattice.control import HealthReport
 from mlcloud.sdk.chain import Chain
 from mlcloud.sdk.component import Actor, Context, Operation, Provider, operation
 from mlcloud.sdk.runtime import Runtime
 
-__all__ = ["Actor", "Chain", "Context", "Operation", "Provider", "Runtime", "operation"]
+__all__ = ["Actor", "Chain", "Context", "HealthReport", "Operation", "Provider", "Runtime", "operation"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from mlcloud.interfaces import Op
-from mlcloud.lattice.control import DEFAULT_LINK_NAME, LinkDefinition
+from mlcloud.lattice.control import DEFAULT_LINK_NAME, HealthReport, LinkDefinition
 from mlcloud.lattice.wire import Forward
 from mlcloud.sdk.chain import Chain
 from mlcloud.sdk.runtime import Runtime
@@ -210,6 +210,6 @@ class Provider:
     async def on_stop(self) -> None:
         """Release resources; called once on shutdown."""
 
-    async def health(self) -> dict[str, Any]:
-        """Answer the host's health check: ``{"healthy": bool, "message": str, …}``."""
-        return {"healthy": True, "message": ""}
+    async def health(self) -> HealthReport:
+        """Answer the host's health check."""
+        return HealthReport(healthy=True)

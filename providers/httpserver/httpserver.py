@@ -25,7 +25,7 @@ from aiohttp import web
 from mlcloud.errors import MLCloudError, PayloadTooLarge
 from mlcloud.interfaces import HANDLE_REQUEST, HttpRequest
 from mlcloud.lattice.control import LinkDefinition
-from mlcloud.sdk import Context, Provider
+from mlcloud.sdk import Context, HealthReport, Provider
 from mlcloud.settings import split_address
 
 log = logging.getLogger("mlcloud.httpserver")
@@ -187,9 +187,9 @@ class HttpServer(Provider):
         for server in self.servers.values():
             await server.stop()
 
-    async def health(self) -> dict:
+    async def health(self) -> HealthReport:
         failed = [s.error for s in self.servers.values() if s.error]
-        return {"healthy": not failed, "message": "; ".join(failed)}
+        return HealthReport(healthy=not failed, message="; ".join(failed))
 
 
 component = HttpServer

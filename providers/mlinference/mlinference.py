@@ -32,7 +32,7 @@ from mlcloud.interfaces import (
     ModelStatusRequest,
 )
 from mlcloud.lattice.control import LinkDefinition
-from mlcloud.sdk import Context, Provider, operation
+from mlcloud.sdk import Context, HealthReport, Provider, operation
 
 log = logging.getLogger("mlcloud.mlinference")
 
@@ -86,7 +86,7 @@ class MlInference(Provider):
         if self.bindle is not None:
             await self.bindle.aclose()
 
-    async def health(self) -> dict:
+    async def health(self) -> HealthReport:
         failed = [
             f"{i.name}: {i.reason}"
             for r in self.registries.values()
@@ -94,7 +94,7 @@ class MlInference(Provider):
             if i.state is ModelState.FAILED
         ]
         # A failed model is reported, but the provider itself still serves the others.
-        return {"healthy": True, "message": "; ".join(failed)}
+        return HealthReport(healthy=True, message="; ".join(failed))
 
     def _registry(self, actor_id: str) -> ModelRegistry:
         registry = self.registries.get(actor_id)
