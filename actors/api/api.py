@@ -24,6 +24,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 from mlcloud.errors import (
+    RETRY_AFTER_SECONDS,
     ContextNotFound,
     InvalidModel,
     MethodNotAllowed,
@@ -179,7 +180,8 @@ async def route_v2(ctx: Context, method: str, parts: list[str]) -> HttpResponse:
         models = await catalog.all(ctx, fresh=True)
         ready = bool(models) and all(info.state is ModelState.READY for info in models.values())
         body = {"ready": ready, "models": {n: str(i.state) for n, i in models.items()}}
-        return json_response(body, 200 if body["ready"] else 503, {} if body["ready"] else {"retry-after": "1"})
+        not_ready = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return json_response(body, 200 if ready else 503, {} if ready else not_ready)
     if parts == ["models"]:
         return json_response([model_json(i) for i in (await catalog.all(ctx, fresh=True)).values()])
     if len(parts) == 2 and parts[0] == "models":
