@@ -3,7 +3,8 @@
     serve            run the server over a directory
     push-invoice     create an invoice from a TOML file
     push-file        upload one file as a parcel of an existing invoice
-    push DIR         invoice.toml + parcel files named by their labels; a second push is a no-op
+    push DIR         invoice.toml + parcel files named by their labels, the invoice signed as
+                     creator with the account key; a second push is a no-op
     info             print an invoice
     get-parcel       download a parcel (digest verified)
     yank             yank an invoice
@@ -150,9 +151,13 @@ def push_file(bindle_id: str, path: Path, bindle_url: str) -> None:
 @_bindle_url_option
 @_friendly_errors
 def push(directory: Path, bindle_url: str) -> None:
-    """Push DIRECTORY: its invoice.toml, then the parcel files (named by label) still missing."""
+    """Push DIRECTORY: its invoice.toml, signed as creator with the account key, then the parcel
+    files (named by label) still missing."""
+    from mlcloud.oci.keys import load_account
+
     invoice, files = load_invoice_dir(directory)
-    result = _with_client(bindle_url, lambda client: client.push(invoice, files))
+    account = load_account(Settings.from_env().keys_dir)
+    result = _with_client(bindle_url, lambda client: client.push(invoice, files, creator=account))
     if result.nothing_to_do:
         click.echo(f"{invoice.id} is already pushed with all {len(invoice.parcels)} parcels; "
                    "nothing to do")
