@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -62,3 +63,31 @@ def test_images_writes_and_checks(tmp_path: Path, built_tree: Path, monkeypatch)
     assert "cat.jpg: class 285" in result.output and "coffee.jpg: class 967" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["cat.jpg", "coffee.jpg", "rocket.jpg", "motorcycle.jpg", "grace_hopper.jpg"])
+
+
+def test_push_signs_every_invoice_with_the_account_key(tmp_path: Path):
+    from mlcloud.bindle import AsyncClient, verify_invoice
+    from mlcloud.bindle.signing import keyring_of_accounts
+    from mlcloud.oci.keys import load_account
+    from mlcloud.testing.bindle import BindleServerProcess
+
+    runner = CliRunner()
+    out = tmp_path / "build"
+    built = runner.invoke(models, ["build", "--models", str(MODELS), "--out", str(out), "--only", "identity_model"])
+    assert built.exit_code == 0, built.output
+    with BindleServerProcess(tmp_path / "bindle") as server:
+        env = {"MLCLOUD_BINDLE_URL": server.url, "MLCLOUD_KEYS_DIR": str(tmp_path / "keys")}
+        args = ["push", "--models", str(MODELS), "--out", str(out)]
+        first = runner.invoke(models, args, env=env)
+        assert first.exit_code == 0 and "pushed model identity_model/0.2.0" in first.output, first.output
+        assert "nothing to push" in runner.invoke(models, args, env=env).output
+
+        async def stored():
+            async with AsyncClient(server.url) as client:
+                return await client.get_invoice("identity_model/0.2.0")
+
+        invoice = asyncio.run(stored())
+    account = load_account(tmp_path / "keys")
+    assert [(s.role, s.by) for s in invoice.signature or []][0] == ("creator", account.public_key)
+    assert [s.role for s in invoice.signature or []] == ["creator", "host"]
+    verify_invoice(invoice, keyring_of_accounts([account.public_key]))
