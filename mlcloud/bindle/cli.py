@@ -98,9 +98,10 @@ def bindle() -> None:
 @click.option("--address", "-a", default=_default_address, show_default="$MLCLOUD_BINDLE_ADDRESS",
               help="host:port to listen on.")
 @click.option("--keyring", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Verify invoice signatures against this keyring (TOML).")
+              help="Accept only invoices signed by a creator on this keyring (TOML).")
 @click.option("--unauthenticated", is_flag=True,
-              help="Accept unsigned invoices (the default without --keyring).")
+              help="Accept invoices of any creator, or none (the default without --keyring); "
+                   "the signatures they carry must still verify.")
 @_friendly_errors
 def serve(directory: Path, address: str, keyring: Path | None, unauthenticated: bool) -> None:
     """Run the Bindle server until Ctrl-C."""
@@ -108,8 +109,9 @@ def serve(directory: Path, address: str, keyring: Path | None, unauthenticated: 
 
     if keyring and unauthenticated:
         raise click.UsageError("--keyring and --unauthenticated exclude each other")
-    click.echo(f"bindle store in {directory}; signatures "
-               + (f"verified against {keyring}" if keyring else "not checked"), err=True)
+    click.echo(f"bindle store in {directory}; creators "
+               + (f"checked against {keyring}" if keyring else "not checked")
+               + "; stored invoices get this server's host signature", err=True)
     run(directory, address, keyring)
 
 

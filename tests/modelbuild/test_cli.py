@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from mlcloud.modelbuild.cli import models
@@ -91,3 +92,27 @@ def test_push_signs_every_invoice_with_the_account_key(tmp_path: Path):
     assert [(s.role, s.by) for s in invoice.signature or []][0] == ("creator", account.public_key)
     assert [s.role for s in invoice.signature or []] == ["creator", "host"]
     verify_invoice(invoice, keyring_of_accounts([account.public_key]))
+
+
+def test_push_onto_an_unsigned_copy_in_the_embedded_store_says_how_to_fix_it(tmp_path: Path):
+    from mlcloud.bindle import AsyncClient
+    from mlcloud.errors import ConfigError
+    from mlcloud.publish import push_models
+    from mlcloud.settings import Settings
+    from mlcloud.testing.bindle import BindleServerProcess
+
+    out = tmp_path / "build"
+    built = CliRunner().invoke(models, ["build", "--models", str(MODELS), "--out", str(out), "--only", "plus3"])
+    assert built.exit_code == 0, built.output
+    with BindleServerProcess(tmp_path / "state" / "bindle") as server:
+        settings = Settings.from_env({}, state_dir=tmp_path / "state", keys_dir=tmp_path / "keys",
+                                     bindle_address=server.address)
+
+        async def push_unsigned_then_signed() -> None:
+            async with AsyncClient(server.url) as client:
+                await client.push_dir(out / "plus3-0.1.0")  # as mlcloud did before invoices were signed
+            await push_models(settings, out, lambda line: None)
+
+        with pytest.raises(ConfigError, match="already stored without a creator signature") as info:
+            asyncio.run(push_unsigned_then_signed())
+    assert f"{tmp_path / 'state' / 'bindle'}: delete that folder" in info.value.message
