@@ -89,11 +89,19 @@ class KeyPair:
         return self.signing_key.sign(data).signature
 
 
+def verify_key(public_key: str) -> nacl.signing.VerifyKey:
+    """The ed25519 key inside an nkey public key (what Bindle keyrings hold, base64)."""
+    try:
+        return nacl.signing.VerifyKey(_decode(public_key)[1:])
+    except ValueError as exc:  # PyNaCl's wrong-length error is a ValueError too
+        raise ClaimsError(f"not an nkey public key: {public_key[:8]}…") from exc
+
+
 def verify(public_key: str, data: bytes, signature: bytes) -> None:
     """Raise ClaimsError unless ``signature`` is ``public_key``'s signature of ``data``."""
-    raw = _decode(public_key)
+    key = verify_key(public_key)
     try:
-        nacl.signing.VerifyKey(raw[1:]).verify(data, signature)
+        key.verify(data, signature)
     except (nacl.exceptions.BadSignatureError, ValueError) as exc:
         raise ClaimsError(f"bad signature by {public_key}") from exc
 

@@ -35,13 +35,23 @@ def stage_labels(project_dir: Path) -> None:
 
 
 async def push_models(settings: Settings, build_dir: Path, say: Callable[[str], None]) -> list[str]:
-    """Push every bundle built under ``build_dir`` to Bindle; complete bindles are left alone."""
-    from mlcloud.bindle import AsyncClient
+    """Push every bundle built under ``build_dir`` to Bindle, each invoice signed as creator with
+    the account key (what the mlinference provider checks); complete bindles are left alone."""
+    from mlcloud.bindle import AsyncClient, SignatureInvalid
+    from mlcloud.oci.keys import load_account
 
+    account = load_account(settings.keys_dir)
     pushed = []
     async with AsyncClient(settings.effective_bindle_url) as client:
         for invoice in sorted(build_dir.glob("*/invoice.toml")):
-            result = await client.push_dir(invoice.parent)
+            try:
+                result = await client.push_dir(invoice.parent, creator=account)
+            except SignatureInvalid as exc:
+                if settings.bindle_url is not None:
+                    raise
+                raise ConfigError(f"{exc.message}. The embedded Bindle server keeps its store in "
+                                  f"{settings.state_dir / 'bindle'}: delete that folder and the "
+                                  "models are pushed again, signed") from exc
             if not result.nothing_to_do:
                 say(f"pushed model {result.bindle_id} ({len(result.uploaded)} parcel(s) uploaded)")
                 pushed.append(result.bindle_id)

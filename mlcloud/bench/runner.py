@@ -417,7 +417,8 @@ class Bench:
 
     # -- mlcloud variants ------------------------------------------------------------------
     async def _batching_runs(self, info: dict[str, Any]) -> dict[str, str]:
-        bindle_id = await stack_control.push_dynamic_batch_model(info["bindle_url"], self.build_dir, self.work)
+        bindle_id = await stack_control.push_dynamic_batch_model(
+            info["bindle_url"], self.build_dir, self.work, Path(info["keys_dir"]))
         link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"])
         await ctl.close()
         original = dict(link.values)

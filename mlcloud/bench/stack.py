@@ -65,6 +65,7 @@ async def _serve(state_dir: Path) -> None:
             "nats_url": stack.settings.effective_nats_url,
             "lattice": stack.settings.lattice,
             "bindle_url": stack.settings.effective_bindle_url,
+            "keys_dir": str(stack.settings.keys_dir),
         }), flush=True)
         await stop.wait()
     if watching:
@@ -160,12 +161,14 @@ def dynamic_batch_bundle(build_dir: Path, out: Path) -> Path:
     return out
 
 
-async def push_dynamic_batch_model(bindle_url: str, build_dir: Path, work_dir: Path) -> str:
+async def push_dynamic_batch_model(bindle_url: str, build_dir: Path, work_dir: Path, keys_dir: Path) -> str:
+    """Push the bundle signed by the stack's account (``keys_dir``), as the provider requires."""
     from mlcloud.bindle import AsyncClient
+    from mlcloud.oci.keys import load_account
 
     bundle = await asyncio.to_thread(dynamic_batch_bundle, build_dir, work_dir / "dynbatch")
     async with AsyncClient(bindle_url) as client:
-        await client.push_dir(bundle)
+        await client.push_dir(bundle, creator=load_account(keys_dir))
     return DYNAMIC_BATCH_ID
 
 

@@ -3,7 +3,8 @@
     serve            run the server over a directory
     push-invoice     create an invoice from a TOML file
     push-file        upload one file as a parcel of an existing invoice
-    push DIR         invoice.toml + parcel files named by their labels; a second push is a no-op
+    push DIR         invoice.toml + parcel files named by their labels, the invoice signed as
+                     creator with the account key; a second push is a no-op
     info             print an invoice
     get-parcel       download a parcel (digest verified)
     yank             yank an invoice
@@ -97,9 +98,10 @@ def bindle() -> None:
 @click.option("--address", "-a", default=_default_address, show_default="$MLCLOUD_BINDLE_ADDRESS",
               help="host:port to listen on.")
 @click.option("--keyring", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Verify invoice signatures against this keyring (TOML).")
+              help="Accept only invoices signed by a creator on this keyring (TOML).")
 @click.option("--unauthenticated", is_flag=True,
-              help="Accept unsigned invoices (the default without --keyring).")
+              help="Accept invoices of any creator, or none (the default without --keyring); "
+                   "the signatures they carry must still verify.")
 @_friendly_errors
 def serve(directory: Path, address: str, keyring: Path | None, unauthenticated: bool) -> None:
     """Run the Bindle server until Ctrl-C."""
@@ -107,8 +109,9 @@ def serve(directory: Path, address: str, keyring: Path | None, unauthenticated: 
 
     if keyring and unauthenticated:
         raise click.UsageError("--keyring and --unauthenticated exclude each other")
-    click.echo(f"bindle store in {directory}; signatures "
-               + (f"verified against {keyring}" if keyring else "not checked"), err=True)
+    click.echo(f"bindle store in {directory}; creators "
+               + (f"checked against {keyring}" if keyring else "not checked")
+               + "; stored invoices get this server's host signature", err=True)
     run(directory, address, keyring)
 
 
@@ -150,9 +153,13 @@ def push_file(bindle_id: str, path: Path, bindle_url: str) -> None:
 @_bindle_url_option
 @_friendly_errors
 def push(directory: Path, bindle_url: str) -> None:
-    """Push DIRECTORY: its invoice.toml, then the parcel files (named by label) still missing."""
+    """Push DIRECTORY: its invoice.toml, signed as creator with the account key, then the parcel
+    files (named by label) still missing."""
+    from mlcloud.oci.keys import load_account
+
     invoice, files = load_invoice_dir(directory)
-    result = _with_client(bindle_url, lambda client: client.push(invoice, files))
+    account = load_account(Settings.from_env().keys_dir)
+    result = _with_client(bindle_url, lambda client: client.push(invoice, files, creator=account))
     if result.nothing_to_do:
         click.echo(f"{invoice.id} is already pushed with all {len(invoice.parcels)} parcels; "
                    "nothing to do")

@@ -8,6 +8,9 @@ in one place (:func:`_raise_for`); transport failures become :class:`BindleUnava
 
 ``push`` is the idempotent upload the CLI and ``make models`` use: create the invoice (or find
 the identical one already there), then upload only the parcels the server says are missing.
+Given a ``creator`` key (the account key, for mlcloud), it signs the invoice as creator first;
+an identical invoice already stored without any creator signature is then an error, since what
+loads models refuses it and an invoice cannot be replaced.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -49,9 +52,14 @@ from mlcloud.bindle.models import (
     Label,
     Matches,
     MissingParcelsResponse,
+    SignatureRole,
     decode,
     to_toml,
 )
+from mlcloud.bindle.signing import KeyRing, sign_with_nkey
+
+if TYPE_CHECKING:
+    from mlcloud.identity import KeyPair
 
 T = TypeVar("T")
 
@@ -164,6 +172,10 @@ def _upload_headers(data: ParcelData) -> dict[str, str]:
 
 def _same_parcels(a: Invoice, b: Invoice) -> bool:
     return sorted(p.label.sha256 for p in a.parcels) == sorted(p.label.sha256 for p in b.parcels)
+
+
+def _has_creator(invoice: Invoice) -> bool:
+    return any(sig.role == SignatureRole.CREATOR for sig in invoice.signature or ())
 
 
 def _parcel_files(invoice: Invoice, directory: Path) -> dict[str, Path]:
@@ -337,11 +349,20 @@ class AsyncClient:
             tmp.unlink(missing_ok=True)
         return dest
 
-    async def push(self, invoice: Invoice, files: Mapping[str, ParcelData]) -> PushResult:
+    async def host_keys(self) -> KeyRing:
+        """The server's host keys (``/bindle-keys``, the reference's keyring protocol)."""
+        r = await self._send("GET", "bindle-keys", "keys", params={"roles": "host"})
+        return _decode_body(r, KeyRing)
+
+    async def push(self, invoice: Invoice, files: Mapping[str, ParcelData], *,
+                   creator: KeyPair | None = None) -> PushResult:
         """Create ``invoice`` unless the same one is there, then upload what is missing.
 
-        ``files`` maps each parcel's sha256 to its bytes or path. Pushing twice is a no-op.
+        ``files`` maps each parcel's sha256 to its bytes or path; ``creator`` signs the invoice
+        first. Pushing twice is a no-op.
         """
+        if creator is not None:
+            invoice = sign_with_nkey(invoice, creator)
         result = PushResult(invoice.id, invoice_created=True)
         try:
             missing = (await self.create_invoice(invoice)).missing or []
@@ -349,6 +370,11 @@ class AsyncClient:
             existing = await self.get_invoice(invoice.id)
             if not _same_parcels(existing, invoice):
                 raise AlreadyExists(f"{invoice.id} exists with other parcels; bump the version") from None
+            if creator is not None and not _has_creator(existing):
+                raise SignatureInvalid(
+                    f"{invoice.id} is already stored without a creator signature (pushed before "
+                    "models were signed?); bump its version, or delete it from the server's store"
+                ) from None
             result.invoice_created = False
             missing = await self.missing_parcels(invoice.id)
         missing_shas = {label.sha256 for label in missing}
@@ -367,9 +393,10 @@ class AsyncClient:
             missing_shas.discard(label.sha256)
         return result
 
-    async def push_dir(self, directory: str | os.PathLike[str]) -> PushResult:
+    async def push_dir(self, directory: str | os.PathLike[str], *,
+                       creator: KeyPair | None = None) -> PushResult:
         invoice, files = load_invoice_dir(directory)
-        return await self.push(invoice, files)
+        return await self.push(invoice, files, creator=creator)
 
 
 __all__ = ["AsyncClient", "PushResult", "load_invoice_dir"]

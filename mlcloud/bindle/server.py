@@ -7,7 +7,14 @@
     GET    /v1/_i/{name}/{version}@{sha256}    stream it back (HEAD too)
     GET    /v1/_r/missing/{name}/{version}     the parcels not uploaded yet
     GET    /v1/_q                              query (q|query, v|version, o|offset, l|limit, …)
+    GET    /v1/bindle-keys                     the server's host key, as a keyring (?roles=host)
     GET    /healthz
+
+Every invoice it stores carries the server's own ``host`` signature, added after the invoice's
+signatures are checked, as the reference server does: with a keyring, the invoice must pass
+:func:`~mlcloud.bindle.signing.verify_invoice` (a trusted creator); without one, whatever
+signatures it has must still verify. The host key is an nkey (N…) in the data directory
+(``host.nk``, mode 0600), made on first start.
 
 Bodies are TOML unless ``Accept`` asks for JSON; errors are always TOML ``error = "…"`` (as the
 reference server sends them, whatever ``Accept`` says) with the status of the raised
@@ -39,19 +46,23 @@ from mlcloud.bindle.models import (
     Label,
     MessageResponse,
     MissingParcelsResponse,
+    SignatureRole,
     decode,
     encode,
     parse_id,
     wants_json,
 )
-from mlcloud.bindle.signing import KeyRing, verify_invoice
+from mlcloud.bindle.signing import KeyRing, sign_with_nkey, verify_invoice, verify_signatures
 from mlcloud.bindle.store import DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, BindleStore
+from mlcloud.identity import KeyKind, KeyPair, load_or_create
 from mlcloud.settings import DEFAULT_MAX_BODY_BYTES
 
 log = logging.getLogger(__name__)
 
 STORE_KEY = web.AppKey("bindle_store", BindleStore)
 KEYRING_KEY = web.AppKey("bindle_keyring", KeyRing)
+HOST_KEY = web.AppKey("bindle_host_key", KeyPair)
+HOST_KEY_FILE = "host.nk"
 CHUNK_SIZE = 1024 * 1024
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _QUERY_ALIASES = {"q": "query", "v": "version", "o": "offset", "l": "limit"}
@@ -129,6 +140,9 @@ async def create_invoice(request: web.Request) -> web.Response:
     keyring = request.app.get(KEYRING_KEY)
     if keyring is not None:
         verify_invoice(invoice, keyring)
+    else:
+        verify_signatures(invoice)
+    invoice = sign_with_nkey(invoice, request.app[HOST_KEY], SignatureRole.HOST)
     missing = _store(request).create_invoice(invoice)
     if missing:
         return _reply(request, InvoiceCreateResponse(invoice=invoice, missing=missing), 202)
@@ -222,6 +236,22 @@ async def query_invoices(request: web.Request) -> web.Response:
     return _reply(request, matches)
 
 
+async def get_host_keys(request: web.Request) -> web.Response:
+    """The keyring protocol's answer: like the reference, only the host key is published."""
+    roles = request.query.get("roles")
+    wanted = {role.strip().lower() for role in roles.split(",")} if roles is not None else None
+    keyring = KeyRing()
+    if wanted is None or SignatureRole.HOST.value in wanted:
+        key = request.app[HOST_KEY]
+        keyring = keyring.add(f"Bindle host {key.public_key}", key, [SignatureRole.HOST])
+    return _reply(request, keyring)
+
+
+def load_host_key(directory: str | Path) -> KeyPair:
+    """The server's host signing key, kept in its data directory (mode 0600)."""
+    return load_or_create(Path(directory) / HOST_KEY_FILE, KeyKind.HOST)
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.Response(text="OK")
 
@@ -235,9 +265,10 @@ def create_app(
     *,
     max_invoice_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> web.Application:
-    """A Bindle server over ``directory``; with a ``keyring`` invoices must carry good signatures."""
+    """A Bindle server over ``directory``; with a ``keyring`` invoices need a trusted creator."""
     app = web.Application(middlewares=[_errors_middleware], client_max_size=max_invoice_bytes)
     app[STORE_KEY] = BindleStore(directory).open()
+    app[HOST_KEY] = load_host_key(directory)
     if keyring is not None:
         app[KEYRING_KEY] = keyring if isinstance(keyring, KeyRing) else KeyRing.load(keyring)
     app.router.add_get("/healthz", healthz)
@@ -247,6 +278,7 @@ def create_app(
     app.router.add_post("/v1/_i/{tail:.+}", post_target)
     app.router.add_get("/v1/_r/missing/{tail:.+}", get_missing)
     app.router.add_get("/v1/_q", query_invoices)
+    app.router.add_get("/v1/bindle-keys", get_host_keys)
     return app
 
 

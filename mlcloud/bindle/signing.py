@@ -7,9 +7,19 @@ What is signed (the reference's ``Invoice::cleartext``) is the lines
 joined with ``\\n`` (no trailing newline), signed with ed25519. The signature and the public key
 are base64 (standard alphabet, padded) in a ``[[signature]]`` block; ``at`` is not signed.
 
-Verification follows the reference's default strategy (GreedyVerification): an invoice needs at
-least one signature, every signature must verify, and a creator's signature must come from a key
-on the keyring. A keyring is the reference's TOML (``version = "1.0"`` and ``[[key]]`` entries).
+Who signs in mlcloud: whoever pushes a model signs its invoice as ``creator`` with the account
+key (:func:`sign_with_nkey`, ``by`` = the account's A… key), and the Bindle server adds its own
+``host`` signature to every invoice it stores. Account keys are nkeys; :func:`keyring_of_accounts`
+is the one place they become the base64 keys of a keyring.
+
+:func:`verify_invoice` is the reference's GreedyVerification as its documentation states it: an
+invoice needs at least one signature, every signature must verify, and every creator signature
+must come from a key on the keyring (at least one must be there). The reference's code also
+requires the other signers (host, proxy) on the keyring; we do not, because a Bindle server's
+host key is made by that server and could only be learned from it (``/v1/bindle-keys``), so
+trusting it would add nothing the creator's signature does not already cover: the name, the
+version and every parcel's sha256. A host signature must still verify, so no signature on an
+invoice can be altered. A keyring is the reference's TOML (``version = "1.0"`` and ``[[key]]``).
 """
 
 from __future__ import annotations
@@ -17,8 +27,9 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 import nacl.exceptions
@@ -26,6 +37,10 @@ import nacl.signing
 
 from mlcloud.bindle.errors import SignatureInvalid
 from mlcloud.bindle.models import Invoice, Signature, SignatureRole, _Doc, decode, to_toml
+from mlcloud.identity import verify_key
+
+if TYPE_CHECKING:
+    from mlcloud.identity import KeyPair
 
 KEYRING_VERSION = "1.0"
 
@@ -99,36 +114,61 @@ def sign_invoice(invoice: Invoice, by: str, key: SigningKeyLike,
     return msgspec.structs.replace(invoice, signature=[*existing, entry])
 
 
+def sign_with_nkey(invoice: Invoice, pair: KeyPair,
+                   role: SignatureRole = SignatureRole.CREATOR) -> Invoice:
+    """``invoice`` signed by an nkey key pair (``by`` = its public key); as it was if it has already."""
+    if any(sig.key == public_key_b64(pair) for sig in invoice.signature or ()):
+        return invoice
+    return sign_invoice(invoice, pair.public_key, pair, role)
+
+
+def keyring_of_accounts(public_keys: Iterable[str],
+                        role: SignatureRole = SignatureRole.CREATOR) -> KeyRing:
+    """A keyring of nkey public keys (A…), each labelled with itself."""
+    ring = KeyRing()
+    for key in sorted(set(public_keys)):
+        ring = ring.add(key, verify_key(key), [role])
+    return ring
+
+
 def verify_signature(invoice: Invoice, sig: Signature) -> None:
+    broken = (f"invoice {invoice.id}: the {sig.role} signature by {sig.by!r} (key {sig.key}) "
+              "does not verify")
     try:
         raw_key = base64.b64decode(sig.key, validate=True)
-        verify_key = nacl.signing.VerifyKey(raw_key)
+        key = nacl.signing.VerifyKey(raw_key)
     except (binascii.Error, ValueError, TypeError, nacl.exceptions.CryptoError) as exc:
-        raise SignatureInvalid(f"signature key is corrupt for `{sig.key}`") from exc
+        raise SignatureInvalid(f"{broken}: its key is corrupt") from exc
     try:
         raw_sig = base64.b64decode(sig.signature, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise SignatureInvalid(f"signature block is corrupt for key {sig.key}") from exc
+        raise SignatureInvalid(f"{broken}: the signature block is corrupt") from exc
     if len(raw_sig) != 64:
-        raise SignatureInvalid(f"signature block is corrupt for key {sig.key}")
+        raise SignatureInvalid(f"{broken}: the signature block is corrupt")
     try:
-        verify_key.verify(cleartext(invoice, sig.by, sig.role), raw_sig)
+        key.verify(cleartext(invoice, sig.by, sig.role), raw_sig)
     except (nacl.exceptions.BadSignatureError, ValueError) as exc:
-        raise SignatureInvalid(f"signatures `{sig.key}` cannot be verified") from exc
+        raise SignatureInvalid(f"{broken}: the invoice changed after it was signed") from exc
+
+
+def verify_signatures(invoice: Invoice) -> None:
+    """Raise :class:`SignatureInvalid` unless every signature on ``invoice`` verifies."""
+    for sig in invoice.signature or ():
+        verify_signature(invoice, sig)
 
 
 def verify_invoice(invoice: Invoice, keyring: KeyRing) -> None:
-    """Raise :class:`SignatureInvalid` unless the invoice passes GreedyVerification."""
+    """Raise :class:`SignatureInvalid` unless the invoice passes GreedyVerification (above)."""
+    untrusted = f"invoice {invoice.id} is not signed by a trusted creator"
     signatures = invoice.signature or []
     if not signatures:
-        raise SignatureInvalid(
-            "No signatures found on invoice. At least one signature is required")
-    creator_known = False
-    for sig in signatures:
-        verify_signature(invoice, sig)
-        if sig.role == SignatureRole.CREATOR:
-            if not keyring.contains(sig.key):
-                raise SignatureInvalid(f"creator key {sig.key} is not on the keyring")
-            creator_known = True
-    if not creator_known:
-        raise SignatureInvalid("No signature found for role Creator")
+        raise SignatureInvalid(f"{untrusted}: it has no signature "
+                               "(at least one signature is required)")
+    verify_signatures(invoice)
+    creators = [sig for sig in signatures if sig.role == SignatureRole.CREATOR]
+    if not creators:
+        raise SignatureInvalid(f"{untrusted}: it has no creator signature")
+    for sig in creators:
+        if not keyring.contains(sig.key):
+            raise SignatureInvalid(f"{untrusted}: creator key {sig.key} ({sig.by}) "
+                                   "is not on the keyring")

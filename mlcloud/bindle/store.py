@@ -6,6 +6,7 @@ Layout (the reference's file provider, so a directory can move between the two):
     DIR/parcels/{sha256}/label.toml
     DIR/parcels/{sha256}/parcel.dat
     DIR/tmp/                       uploads in flight; emptied at start-up
+    DIR/host.nk                    the server's host signing key (mlcloud.bindle.server)
 
 Every file appears whole or not at all: it is written to ``tmp/``, flushed, then linked or renamed
 into place. Creation uses ``os.link`` because it fails when the target exists, which makes

@@ -5,8 +5,16 @@ graph file) and one in group ``metadata`` (the JSON of DESIGN §5); other groups
 not the provider's business. Both parcels go through :class:`~mlcloud.inference.cache.ParcelCache`,
 so a restarted provider loads from disk and only asks Bindle for the invoice.
 
+Before any parcel is fetched, the invoice's signatures are checked against the keyring of
+trusted creators (:func:`creator_keyring`): every signature must verify and a creator must be
+trusted (:func:`~mlcloud.bindle.signing.verify_invoice`). The creator's signature covers every
+parcel's sha256 and the cache checks each parcel against its sha256, so nothing that a trusted
+account did not sign is loaded, whatever the Bindle server or its disk serve. An unsigned or
+altered invoice fails the load with :class:`~mlcloud.errors.InvalidModel` saying why.
+
     async with AsyncClient(settings.effective_bindle_url) as client:
-        fetch = bindle_fetcher(client, ParcelCache(settings.state_dir / "parcels"))
+        fetch = bindle_fetcher(client, ParcelCache(settings.state_dir / "parcels"),
+                               lambda: creator_keyring(settings))
         async with ModelRegistry(fetch, config) as registry:
             ...
 """
@@ -18,8 +26,12 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlcloud.bindle.errors import SignatureInvalid
+from mlcloud.bindle.signing import KeyRing, keyring_of_accounts, verify_invoice
 from mlcloud.errors import InvalidModel
 from mlcloud.inference.cache import ParcelCache
+from mlcloud.oci.keys import load_account
+from mlcloud.settings import Settings
 
 if TYPE_CHECKING:
     from mlcloud.bindle.client import AsyncClient
@@ -30,11 +42,26 @@ MODEL_GROUP = "model"
 METADATA_GROUP = "metadata"
 
 
-def bindle_fetcher(client: AsyncClient, cache: ParcelCache) -> Fetch:
-    """``fetch(bindle_id) -> (model path, metadata JSON bytes)`` for :class:`ModelRegistry`."""
+def creator_keyring(settings: Settings) -> KeyRing:
+    """The creators whose models load: the account keys trusted for artifacts (the settings'
+    trusted issuers) and this machine's own account key."""
+    keys = settings.trusted_issuer_keys | {load_account(settings.keys_dir).public_key}
+    return keyring_of_accounts(keys)
+
+
+def bindle_fetcher(client: AsyncClient, cache: ParcelCache,
+                   trusted_creators: Callable[[], KeyRing]) -> Fetch:
+    """``fetch(bindle_id) -> (model path, metadata JSON bytes)`` for :class:`ModelRegistry`.
+
+    ``trusted_creators`` is asked at each load, so trusting a key takes effect on the next one.
+    """
 
     async def fetch(bindle_id: str) -> tuple[Path, bytes]:
         invoice = await client.get_invoice(bindle_id)
+        try:
+            verify_invoice(invoice, trusted_creators())
+        except SignatureInvalid as exc:
+            raise InvalidModel(exc.message) from exc
         model = _first_in_group(invoice, MODEL_GROUP)
         meta = _first_in_group(invoice, METADATA_GROUP)
         model_path = await cache.fetch(

@@ -150,11 +150,14 @@ async def _run(coro: Awaitable[T]) -> T:
 
 
 async def _push_bundle(directory: Path) -> None:
+    """Push one bundle, its invoice signed as creator with the account key."""
     from mlcloud.bindle import AsyncClient
+    from mlcloud.oci.keys import load_account
     from mlcloud.settings import Settings
 
-    async with AsyncClient(Settings.from_env().effective_bindle_url) as client:
-        result = await client.push_dir(directory)
+    settings = Settings.from_env()
+    async with AsyncClient(settings.effective_bindle_url) as client:
+        result = await client.push_dir(directory, creator=load_account(settings.keys_dir))
     click.echo(f"{result.bindle_id}: " + ("already in Bindle" if result.nothing_to_do else
                                           f"pushed ({len(result.uploaded)} parcel(s) uploaded)"))
 

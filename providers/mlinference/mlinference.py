@@ -8,6 +8,10 @@ sha256-verified disk cache shared by every link. ``MlInference.Predict`` runs a 
 ``MlInference.Status`` reports each route's bindle, engine, state, tensors and the last minute's
 request figures (for ``/v2/models`` and the washboard). Changing a link's values swaps models
 live; model events (``model_loaded``, ``model_load_failed``, …) go out on the lattice.
+
+A model loads only if its invoice is signed as creator by a trusted account key
+(:func:`~mlcloud.inference.creator_keyring`) and no signature on it is broken; otherwise it is
+FAILED with the reason and no parcel is fetched.
 """
 
 from __future__ import annotations
@@ -20,7 +24,14 @@ from metrics import RouteMetrics
 
 from mlcloud.bindle import AsyncClient
 from mlcloud.errors import ContextNotFound, MLCloudError
-from mlcloud.inference import InferenceConfig, ModelRegistry, ParcelCache, bindle_fetcher, parse_link_values
+from mlcloud.inference import (
+    InferenceConfig,
+    ModelRegistry,
+    ParcelCache,
+    bindle_fetcher,
+    creator_keyring,
+    parse_link_values,
+)
 from mlcloud.inference.registry import Fetch
 from mlcloud.interfaces import (
     MODEL_STATUS,
@@ -53,7 +64,8 @@ class MlInference(Provider):
         bindle_url = self.config.get("bindle_url") or ctx.settings.effective_bindle_url
         self.bindle = AsyncClient(bindle_url)
         cache = ParcelCache(Path(self.config.get("cache_dir") or ctx.settings.state_dir / "parcels"))
-        self.fetch = bindle_fetcher(self.bindle, cache)
+        settings = ctx.settings
+        self.fetch = bindle_fetcher(self.bindle, cache, lambda: creator_keyring(settings))
         self.inference_config = InferenceConfig.from_settings(ctx.settings)
         if self.config.get("engine"):
             self.inference_config = self.inference_config.replace(engine=self.config["engine"])
@@ -87,12 +99,8 @@ class MlInference(Provider):
             await self.bindle.aclose()
 
     async def health(self) -> HealthReport:
-        failed = [
-            f"{i.name}: {i.reason}"
-            for r in self.registries.values()
-            for i in r.status()
-            if i.state is ModelState.FAILED
-        ]
+        failed = [f"{i.name}: {i.reason}" for r in self.registries.values() for i in r.status()
+                  if i.state is ModelState.FAILED]
         # A failed model is reported, but the provider itself still serves the others.
         return HealthReport(healthy=True, message="; ".join(failed))
 

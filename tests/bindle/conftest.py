@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from mlcloud.bindle import BindleSpec, Invoice, Label, Parcel
@@ -39,6 +40,11 @@ def make_bindle(parcels: dict[str, bytes], *, name: str | None = None, version: 
         parcel=[Parcel(label=label) for label in labels] or None,
     )
     return Bindle(invoice, {label.sha256: data for label, data in zip(labels, parcels.values(), strict=True)})
+
+
+def unsigned(invoice: Invoice) -> Invoice:
+    """The invoice as pushed, without the host signature the server adds to what it stores."""
+    return msgspec.structs.replace(invoice, signature=None)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,8 @@ from click.testing import CliRunner
 from mlcloud.bindle import AsyncClient, Invoice, Label
 from mlcloud.bindle.cli import bindle
 from mlcloud.identity import KeyKind, KeyPair
+from mlcloud.oci.keys import load_account
+from mlcloud.settings import Settings
 from mlcloud.testing.bindle import BindleServerProcess
 
 
@@ -52,7 +54,7 @@ def test_generate_label_prints_a_parcel_entry(tmp_path: Path) -> None:
                      "mediaType": "application/json", "name": "metadata.json", "size": 19}
 
 
-def test_push_dir_twice_is_a_no_op_and_says_so(run, tmp_path: Path) -> None:
+def test_push_dir_signs_and_twice_is_a_no_op_and_says_so(run, tmp_path: Path) -> None:
     name = f"cli/{os.urandom(4).hex()}"
     files = _make_push_dir(tmp_path / "push", name)
     out = run("push", str(tmp_path / "push"))
@@ -62,6 +64,8 @@ def test_push_dir_twice_is_a_no_op_and_says_so(run, tmp_path: Path) -> None:
 
     info = tomllib.loads(run("info", f"{name}/0.1.0"))
     assert info["bindle"]["description"] == "cli test"
+    account = load_account(Settings.from_env().keys_dir)  # the push signed as creator with it
+    assert [(s["role"], s["by"]) for s in info["signature"]][0] == ("creator", account.public_key)
     assert json.loads(run("info", f"{name}/0.1.0", "-o", "json"))["bindle"]["name"] == name
 
     out = run("search", name)

@@ -313,3 +313,27 @@ async def test_a_stopped_stage_of_the_chain_is_a_prompt_503_and_serving_resumes_
         return response.status_code == 200 and response.json()[0]["label"] in CAT_LABELS
 
     await wait_for(classifies)
+
+
+
+async def test_a_model_whose_invoice_is_not_signed_by_a_trusted_creator_never_loads(http, stack):
+    import msgspec
+
+    from mlcloud.bindle import AsyncClient, load_invoice_dir
+
+    invoice, files = load_invoice_dir(PROJECT_DIR / "models" / "build" / "identity_model-0.2.0")
+    copy = msgspec.structs.replace(invoice, bindle=msgspec.structs.replace(invoice.bindle, name="unsigned-identity"))
+    async with AsyncClient(stack.settings.effective_bindle_url) as bindle:
+        await bindle.push(copy, files)  # no creator: only the server's host signature
+    link = await api_link(stack)
+    await relink(stack, {**link.values, "unsigned": copy.id})
+
+    async def failed():
+        return (await http.get("/v2/models/unsigned")).json().get("state") == "FAILED"
+
+    await wait_for(failed)
+    reason = (await http.get("/v2/models/unsigned")).json()["reason"]
+    assert "invoice unsigned-identity/0.2.0 is not signed by a trusted creator" in reason
+    response = await http.post("/unsigned", json=f32_tensor_json([1, 2, 3, 4], [1, 4]))
+    assert response.status_code == 503 and "not signed by a trusted creator" in response.json()["error"]["message"]
+    await relink(stack, link.values)
