@@ -114,6 +114,12 @@ def main(verbose: bool) -> None:
 # ---- up / host -----------------------------------------------------------------------------
 
 
+dev_option = click.option(
+    "--dev", is_flag=True,
+    help="Development mode: the host also runs unsigned local component folders (MLCLOUD_DEV=1).",
+)
+
+
 @main.command()
 @with_settings
 @click.option("--nats-port", type=int, help="Port of the embedded NATS server (default 4222).")
@@ -123,14 +129,16 @@ def main(verbose: bool) -> None:
 @click.option("--app", "app_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="App manifest to deploy.")
 @click.option("--no-washboard", is_flag=True, help="Do not serve the washboard.")
+@dev_option
 @run_async
 async def up(settings: Settings, nats_port: int | None, bindle_url: str | None, registry: str | None,
-             labels: tuple[str, ...], app_path: Path | None, no_washboard: bool) -> None:
+             labels: tuple[str, ...], app_path: Path | None, no_washboard: bool, dev: bool) -> None:
     """Start NATS, Bindle, the registry, a host and the washboard; deploy --app; run until Ctrl-C."""
     from mlcloud.up import UpOptions, up as run_up
 
     settings = settings.replace(**{k: v for k, v in {"nats_port": nats_port, "bindle_url": bindle_url,
-                                                     "registry": registry}.items() if v is not None})
+                                                     "registry": registry, "dev": dev or None}.items()
+                                   if v is not None})
     options = UpOptions(labels=parse_pairs(labels, "--label"), app=app_path,
                         start_registry=registry is None, start_washboard=not no_washboard)
     await run_up(settings, options)
@@ -140,13 +148,16 @@ async def up(settings: Settings, nats_port: int | None, bindle_url: str | None, 
 @with_settings
 @click.option("--label", "labels", multiple=True, help="Host label key=value (repeatable).")
 @click.option("--key-file", type=click.Path(path_type=Path), help="Keep the host's nkey here (stable host id).")
+@dev_option
 @run_async
-async def host_command(settings: Settings, labels: tuple[str, ...], key_file: Path | None) -> None:
+async def host_command(settings: Settings, labels: tuple[str, ...], key_file: Path | None, dev: bool) -> None:
     """Run one host that joins an existing lattice (--nats-url), until Ctrl-C."""
     from mlcloud.host.host import Host
     from mlcloud.identity import KeyKind, load_or_create
     from mlcloud.servers import wait_for_stop_signal
 
+    if dev:
+        settings = settings.replace(dev=True)
     key = load_or_create(key_file, KeyKind.HOST) if key_file else None
     async with Host(settings, parse_pairs(labels, "--label"), key=key) as host:
         click.echo(f"host {host.id} joined lattice {settings.lattice!r} at {settings.effective_nats_url}")
@@ -376,6 +387,71 @@ async def app_deploy(settings: Settings, manifest: Path) -> None:
     started = time.monotonic()
     await deploy_app(settings, manifest, click.echo)
     click.echo(f"done in {time.monotonic() - started:.1f} s")
+
+
+# ---- trust ---------------------------------------------------------------------------------
+
+
+@main.group()
+def trust() -> None:
+    """Which signers' artifacts hosts run: the local account, the trust file, MLCLOUD_TRUSTED_ISSUERS."""
+
+
+def one_line_errors(fn: Callable[..., None]) -> Callable[..., None]:
+    """:func:`run_async`'s error handling for a command that does no I/O on the lattice."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            fn(*args, **kwargs)
+        except MLCloudError as err:
+            raise click.ClickException(f"{err.kind}: {err.message}") from err
+
+    return wrapper
+
+
+@trust.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@one_line_errors
+def trust_list(as_json: bool) -> None:
+    """Every trusted account key and where its trust comes from."""
+    from mlcloud import trust as trusting
+
+    settings = Settings.from_env()
+    local = trusting.local_account(settings)
+    rows = ([{"key": local, "source": "local account"}] if local else [])
+    rows += [{"key": k, "source": f"trust file {trusting.trust_file(settings)}"} for k in trusting.added_keys(settings)]
+    rows += [{"key": k, "source": "MLCLOUD_TRUSTED_ISSUERS"} for k in trusting.configured_keys(settings)]
+    emit(rows, as_json, lambda: print_table(rows, ["key", "source"]))
+
+
+@trust.command("add")
+@click.argument("key")
+@one_line_errors
+def trust_add(key: str) -> None:
+    """Run artifacts signed by account KEY (A…, as `mlcloud keys` prints it on the signer's machine)."""
+    from mlcloud import trust as trusting
+
+    settings = Settings.from_env()
+    changed = trusting.add(settings, key)
+    click.echo(f"{'trusted' if changed else 'already trusted'}: {key.strip()} ({trusting.trust_file(settings)})")
+
+
+@trust.command("remove")
+@click.argument("key")
+@one_line_errors
+def trust_remove(key: str) -> None:
+    """Stop trusting account KEY (hosts refuse its artifacts from their next start on)."""
+    from mlcloud import trust as trusting
+
+    settings = Settings.from_env()
+    if not trusting.remove(settings, key):
+        if key.strip() == trusting.local_account(settings):
+            raise RequestError(f"{key.strip()} is this machine's own signing account, which is always trusted")
+        raise RequestError(f"{key.strip()} is not in the trust file {trusting.trust_file(settings)}"
+                           + (" (it comes from MLCLOUD_TRUSTED_ISSUERS)"
+                              if key.strip() in trusting.configured_keys(settings) else ""))
+    click.echo(f"removed: {key.strip()}")
 
 
 # ---- commands that live beside their subsystems ----------------------------------------------

@@ -89,12 +89,15 @@ class Settings:
     restart_backoff: float = DEFAULT_RESTART_BACKOFF
     restart_backoff_max: float = DEFAULT_RESTART_BACKOFF_MAX
     stop_grace: float = DEFAULT_STOP_GRACE
-    # Comma-separated account public keys whose artifacts a host runs; empty trusts any signer.
+    # Comma-separated account public keys whose artifacts a host runs, besides the local account
+    # and the trust file (mlcloud.trust.trusted_issuers is the one answer).
     trusted_issuers: str = ""
     # Allow plain-HTTP registries (the embedded one is loopback HTTP).
     registry_insecure: bool = True
     # The level of the instance processes' logs (a `logging` level name).
     log_level: str = DEFAULT_LOG_LEVEL
+    # Development: a host also runs unsigned local component folders (`--dev`, MLCLOUD_DEV=1).
+    dev: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -132,10 +135,6 @@ class Settings:
     @property
     def effective_bindle_url(self) -> str:
         return self.bindle_url or f"http://{self.bindle_address}/v1"
-
-    @property
-    def trusted_issuer_keys(self) -> frozenset[str]:
-        return frozenset(k.strip() for k in self.trusted_issuers.split(",") if k.strip())
 
 
 

@@ -41,7 +41,11 @@ async def nats_server(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
-    """Settings for one test: its own lattice on the test's NATS server, fast health checks."""
+    """Settings for one test: its own lattice on the test's NATS server, fast health checks.
+
+    ``dev=True``: the fixtures start local component folders (tests/fixtures/components), which
+    only a host in development mode runs; a test of the refusal replaces it with ``dev=False``.
+    """
     return Settings.from_env(
         {},
         state_dir=tmp_path / "state",
@@ -54,4 +58,5 @@ def settings(nats_server: NatsServer, tmp_path: Path) -> Settings:
         restart_backoff=0.2,
         stop_grace=3.0,
         ready_timeout=30.0,
+        dev=True,
     )

@@ -48,8 +48,8 @@ def mlcloud(env: dict[str, str], *args: str, check: bool = True) -> subprocess.C
 
 @pytest.fixture
 def up(env: dict[str, str]):
-    """`mlcloud up --no-washboard` in the foreground of its own process group."""
-    process = subprocess.Popen([*MLCLOUD, "up", "--no-washboard", "--label", "zone=test"], env=env,
+    """`mlcloud up --no-washboard --dev` in the foreground of its own process group (the echo app is local folders)."""
+    process = subprocess.Popen([*MLCLOUD, "up", "--no-washboard", "--dev", "--label", "zone=test"], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
     deadline = time.monotonic() + 60

@@ -2,7 +2,7 @@
 # Bring up an mlcloud host on an aarch64 board (Coral Dev Board, Raspberry Pi 4/5, any arm64
 # Debian with Python 3.11+). Run it as root from a copy of the mlcloud checkout on the board:
 #
-#   sudo deploy/coral/install.sh --dev 192.168.1.10                     # host on the dev machine's NATS
+#   sudo deploy/coral/install.sh --dev 192.168.1.10 --trust AB…         # host on the dev machine's NATS
 #   sudo deploy/coral/install.sh --dev 192.168.1.10 --nats standalone   # the board is its own lattice
 #
 # It creates the venv PREFIX/venv with the aarch64 dependency set (requirements-aarch64*.txt:
@@ -19,6 +19,7 @@ PREFIX=/opt/mlcloud
 ETC=/etc/mlcloud
 UNIT_DIR=/etc/systemd/system
 DEV=""
+TRUST=""
 NATS_MODE=direct
 CORAL=auto
 SYSTEMD=1
@@ -31,6 +32,9 @@ usage: deploy/coral/install.sh --dev ADDRESS [options]
 
   --dev ADDRESS     the development machine as the board reaches it (NATS on :4222, Bindle on
                     :8080, registry on :5000; deploy/coral/dev.env opens them there)
+  --trust KEY       the account key (A…) that signs the development machine's components
+                    (\`mlcloud trust list\` there prints it): the board's host runs only
+                    artifacts signed by it (MLCLOUD_TRUSTED_ISSUERS in host.env)
   --nats MODE       direct (default): the host connects to the development machine's NATS;
                     standalone: a NATS server with JetStream here, the board its own lattice;
                     leaf: a leaf node of the development machine's hub (the host follows the
@@ -55,6 +59,7 @@ die() { printf 'install.sh: %s\n' "$*" >&2; exit 1; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --dev) DEV="${2:?--dev needs an address}"; shift 2 ;;
+        --trust) TRUST="${2:?--trust needs an account key}"; shift 2 ;;
         --nats) NATS_MODE="${2:?--nats needs direct, standalone or leaf}"; shift 2 ;;
         --standalone) NATS_MODE=standalone; shift ;;
         --coral) CORAL="${2:?--coral needs auto, true or false}"; shift 2 ;;
@@ -66,6 +71,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "${DEV}" ] || { usage >&2; die "--dev is required"; }
+if [ -n "${TRUST}" ] && ! [[ "${TRUST}" =~ ^A[A-Z2-7]{55}$ ]]; then
+    die "--trust must be an account public key (A…, 56 characters), as \`mlcloud trust list\` prints it"
+fi
 case "${CORAL}" in auto | true | false) ;; *) die "--coral must be auto, true or false" ;; esac
 case "${NATS_MODE}" in
     direct) NATS_URL="nats://${DEV}:4222" ;;
@@ -120,8 +128,10 @@ install -d -o mlcloud -g mlcloud /var/lib/mlcloud
 # 3. /etc/mlcloud: host settings (kept when edited) and the NATS configuration.
 install -d "${ETC}"
 if [ ! -f "${ETC}/host.env" ]; then
-    sed -e "s/@DEV@/${DEV}/g" -e "s|@NATS_URL@|${NATS_URL}|g" "${HERE}/host.env" >"${ETC}/host.env"
+    sed -e "s/@DEV@/${DEV}/g" -e "s|@NATS_URL@|${NATS_URL}|g" -e "s/@TRUST@/${TRUST}/g" \
+        "${HERE}/host.env" >"${ETC}/host.env"
     say "wrote ${ETC}/host.env"
+    [ -n "${TRUST}" ] || say "warning: no --trust: the host refuses every artifact until MLCLOUD_TRUSTED_ISSUERS is set in ${ETC}/host.env"
 else
     say "kept ${ETC}/host.env (delete it to start from deploy/coral/host.env again)"
 fi

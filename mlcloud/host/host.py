@@ -180,6 +180,8 @@ class Host(Service):
         await events.publish(EventName.HOST_STARTED, HostStarted(host_id=self.id, labels=self.labels,
                                                                  version=__version__))
         log.info("host %s started on lattice %r (NATS %s)", self.id, lattice, self.settings.effective_nats_url)
+        if self.settings.dev:
+            log.warning("host %s is in development mode: it runs unsigned local component folders", self.id)
 
     async def _stop_all_components(self) -> None:
         """Actors first (they call providers), then providers."""
@@ -336,6 +338,7 @@ class Host(Service):
             lattice=self.settings.lattice,
             actors=sum(len(c.instances) for c in self.actors.values()),
             providers=len(self.providers),
+            dev=self.settings.dev,
         )
 
     def inventory(self) -> HostInventory:
@@ -346,6 +349,7 @@ class Host(Service):
             uptime_seconds=round(time.time() - self.started_at, 1),
             actors=[c.describe() for c in self.actors.values()],
             providers=[c.describe_provider() for c in self.providers.values()],
+            dev=self.settings.dev,
         )
 
     def _find_actor(self, id_or_ref: str) -> Component | None:
@@ -357,11 +361,12 @@ class Host(Service):
 
     async def _resolve(self, ref: str, *, expect: ComponentKind) -> ResolvedComponent:
         try:
-            resolved = await resolve(ref, self.settings)
+            resolved = await resolve(ref, self.settings, allow_unsigned=self.settings.dev)
         except MLCloudError as err:
             assert self.events is not None
             await self.events.publish(EventName.COMPONENT_REFUSED, ComponentRefused(
-                host_id=self.id, image_ref=ref, kind=err.kind, reason=err.message))
+                host_id=self.id, image_ref=ref, kind=err.kind, reason=err.message,
+                issuer=str(err.details.get("issuer", ""))))
             log.error("refused %s: %s", ref, err.message)
             raise
         if resolved.kind is not expect:

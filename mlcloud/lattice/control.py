@@ -132,6 +132,7 @@ class HostInfo(_Ctl):
     lattice: str = ""
     actors: int = 0  # instances
     providers: int = 0
+    dev: bool = False  # started with the development flag: runs unsigned local folders
 
 
 class HostInventory(_Ctl):
@@ -141,6 +142,7 @@ class HostInventory(_Ctl):
     uptime_seconds: float = 0.0
     actors: list[ComponentInfo] = []
     providers: list[ProviderInfo] = []
+    dev: bool = False  # as HostInfo.dev
 
     def components(self) -> list[ComponentInfo]:
         return [*self.actors, *self.providers]
@@ -270,12 +272,14 @@ class HostHeartbeat(HostInfo, kw_only=True):
 
 
 class ComponentRefused(_Ctl):
-    """An artifact the host would not run (failed verification, wrong kind, …)."""
+    """A component the host would not run: an untrusted signer, a failed verification, an
+    unsigned local folder on a host without the development flag, …"""
 
     host_id: str
     image_ref: str
-    kind: str  # the error's kind
+    kind: str  # the error's kind (UntrustedIssuer, UnsignedComponent, HashMismatch, …)
     reason: str
+    issuer: str = ""  # the signing account, when the claims were read
 
 
 class InstanceChanged(_Ctl):

@@ -6,7 +6,7 @@
     ├── TokenExpired                  403  ``exp`` passed or ``nbf`` not reached
     ├── HashMismatch                  403  bytes differ from the digest that names them
     ├── SubjectMismatch               403  claims disagree with the component they came with
-    ├── UntrustedIssuer               403  the issuer account is not in ``trusted_issuers``
+    ├── UntrustedIssuer               403  the issuer account is not trusted (mlcloud.trust); details: issuer
     └── UnsafeArchive                 403  the layer holds links, absolute or ``..`` paths, or too much
     ArtifactError                     502  building, pushing or pulling an OCI artifact
     ├── BuildFailed                   500  the component folder cannot be packaged

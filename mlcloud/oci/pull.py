@@ -10,7 +10,8 @@ A pull by tag asks the registry which digest the tag names now (a HEAD, no body)
 only what the cache lacks; a pull by digest that is cached makes no request at all. When the
 registry cannot be reached, a tag that was pulled (and verified) before resolves through
 ``tags.json``. Every pull, cached or not, runs the whole verification of :mod:`mlcloud.oci.verify`
-again, since the trusted issuers may have changed since the folder was made.
+again, since the trusted issuers (:func:`mlcloud.trust.trusted_issuers`, read at each pull) may have
+changed since the folder was made.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlcloud import trust
 from mlcloud.component import ComponentManifest
 from mlcloud.oci import verify
 from mlcloud.oci.claims import Claims
@@ -153,7 +155,7 @@ class ArtifactStore:
         digest = self._resolve(ref)
         label = str(ref)
         _, layer, token = verify.parse_manifest(self._manifest(ref, digest), label)
-        claims = verify.verify_claims(token, label, self.settings.trusted_issuer_keys)
+        claims = verify.verify_claims(token, label, trust.trusted_issuers(self.settings))
         verify.check_layer_descriptor(claims, layer, label)
         layer_path = self._blob(ref, layer["digest"])
         # Re-hashed even when cached: the cache is only a directory other processes can write.

@@ -3,7 +3,8 @@
 In order (cheapest first, and before the layer is even downloaded where possible):
 
 1. the manifest carries a claims token whose JWT signature verifies with its issuer (claims.py);
-2. the issuer is trusted, when ``Settings.trusted_issuers`` names any account;
+2. the issuer is one of the trusted accounts (:func:`mlcloud.trust.trusted_issuers`: none trusted
+   refuses every artifact);
 3. the manifest's code layer is the one the claims name (descriptor digest == claims hash),
    and the layer's bytes hash to it;
 4. the layer is a safe archive: only regular files and folders, relative paths, no ``..``
@@ -54,13 +55,14 @@ def parse_manifest(raw: bytes, ref: str) -> tuple[dict[str, Any], dict[str, Any]
     return manifest, layers[0], str(token)
 
 
-def verify_claims(token: str, ref: str, trusted_issuers: Iterable[str] = ()) -> Claims:
-    """Signature, validity window and (when configured) the issuer's trust."""
+def verify_claims(token: str, ref: str, trusted_issuers: Iterable[str]) -> Claims:
+    """Signature, validity window and the issuer's trust (an empty ``trusted_issuers`` trusts no one)."""
     claims = verify_token(token)
-    trusted = frozenset(trusted_issuers)
-    if trusted and claims.issuer not in trusted:
+    if claims.issuer not in frozenset(trusted_issuers):
         raise UntrustedIssuer(
-            f"{ref}: {claims.name} is signed by account {claims.issuer}, which is not a trusted issuer"
+            f"{ref}: {claims.name} is signed by account {claims.issuer}, which this host does not trust; "
+            f"`mlcloud trust add {claims.issuer}` trusts it",
+            issuer=claims.issuer,
         )
     return claims
 

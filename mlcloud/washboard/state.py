@@ -75,6 +75,7 @@ class HostRecord:
     last_heartbeat: float | None = None
     last_seen: float = 0.0
     missing_since: float | None = None
+    dev: bool = False  # started with the development flag: runs unsigned local folders
 
     def view(self, inventory: HostInventory | None) -> dict[str, Any]:
         actors = inventory.actors if inventory else []
@@ -87,6 +88,7 @@ class HostRecord:
             "last_heartbeat": self.last_heartbeat,
             "status": "missing" if self.missing_since is not None else "up",
             "missing_since": self.missing_since,
+            "dev": self.dev,
             "actors": len(actors),
             "actor_instances": sum(len(a.instances) for a in actors),
             "providers": len(providers),
@@ -180,7 +182,7 @@ class LatticeState:
         for ping in pings:
             host = self._host(ping.id)
             answered.add(host.id)
-            self._update_host(host, now, ping.labels, ping.version, ping.uptime_seconds)
+            self._update_host(host, now, ping.labels, ping.version, ping.uptime_seconds, ping.dev)
         for host in list(self.hosts.values()):
             if host.id in answered:
                 continue
@@ -194,7 +196,7 @@ class LatticeState:
         host_id = inventory.host_id
         now = self.clock()
         host = self._host(host_id)
-        self._update_host(host, now, inventory.labels, inventory.version, inventory.uptime_seconds)
+        self._update_host(host, now, inventory.labels, inventory.version, inventory.uptime_seconds, inventory.dev)
         previous = self.inventories.get(host_id)
         self._keep_newer_statuses(previous, inventory)
         self._track_providers(host_id, previous, inventory, now)
@@ -242,7 +244,7 @@ class LatticeState:
         if isinstance(data, HostHeartbeat):
             host = self._host(data.id or event.source)
             host.last_heartbeat = at
-            self._update_host(host, now, data.labels, data.version, data.uptime_seconds)
+            self._update_host(host, now, data.labels, data.version, data.uptime_seconds, data.dev)
             self.apply_inventory(msgspec.structs.replace(data.inventory, host_id=host.id))
             self.touch(Section.HOSTS)
             return Refresh.NONE
@@ -310,18 +312,19 @@ class LatticeState:
         return host
 
     def _update_host(self, host: HostRecord, now: float, labels: dict[str, str], version: str,
-                     uptime_seconds: float | None) -> None:
-        before = (host.labels, host.version, host.started_at, host.missing_since)
+                     uptime_seconds: float | None, dev: bool | None = None) -> None:
+        before = (host.labels, host.version, host.started_at, host.missing_since, host.dev)
         host.last_seen = now
         host.missing_since = None
         host.labels = dict(labels)
         host.version = version or host.version
+        host.dev = host.dev if dev is None else dev
         if uptime_seconds is not None:
             started = round(now - uptime_seconds)
             # The round trip blurs the start time by a fraction of a second; ignore that jitter.
             if host.started_at is None or abs(started - host.started_at) > 2:
                 host.started_at = started
-        if (host.labels, host.version, host.started_at, host.missing_since) != before:
+        if (host.labels, host.version, host.started_at, host.missing_since, host.dev) != before:
             self.touch(Section.HOSTS)
 
     def _keep_newer_statuses(self, previous: HostInventory | None, inventory: HostInventory) -> None:

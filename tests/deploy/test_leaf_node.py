@@ -91,7 +91,7 @@ async def test_board_host_on_a_leaf_node_serves_a_link_set_on_the_hub(tmp_path: 
     try:
         lattice = f"leaf-{uuid.uuid4().hex[:8]}"
         dev = Settings.from_env({}, state_dir=tmp_path / "dev", lattice=lattice, nats_url=hub_url,
-                                heartbeat_interval=1.0, restart_backoff=0.2)
+                                heartbeat_interval=1.0, restart_backoff=0.2, dev=True)
         board = dev.replace(nats_url=leaf_url, state_dir=tmp_path / "board")
         async with Host(dev, {"arch": "x86_64"}) as dev_host, Host(board, {"arch": "aarch64"}) as board_host:
             async with await CtlClient.connect(dev) as ctl:

@@ -138,10 +138,9 @@ def test_pull_from_cache_works_after_the_registry_stops(make_component: Callable
     assert time.monotonic() - started < 2.0  # no retry loop stands between a host and its cache
     assert by_tag.digest == by_digest.digest == result.digest
     assert _tree(by_tag.path) == _tree(folder)
-    # Offline is not unverified: the trust list still applies to the cached artifact.
-    stranger = KeyPair.generate(KeyKind.ACCOUNT).public_key
+    # Offline is not unverified: trust still applies to the cached artifact (other keys: not the signer).
     with pytest.raises(UntrustedIssuer):
-        ArtifactStore(settings.replace(trusted_issuers=stranger)).pull_and_verify(result.pinned)
+        ArtifactStore(settings.replace(keys_dir=tmp_path / "other-keys")).pull_and_verify(result.pinned)
     with pytest.raises(PullFailed, match="never pulled"):
         ArtifactStore(settings).pull_and_verify(f"{reg.address}/mlcloud/offline:other")
     with pytest.raises(PullFailed, match="unreachable"):
@@ -198,12 +197,14 @@ def test_token_signed_by_an_untrusted_account_is_refused(component: Path, settin
     stranger = KeyPair.generate(KeyKind.ACCOUNT)
     push(dataclasses.replace(built, token=_resign(built.token, stranger)), settings, "mlcloud/echo:stranger")
     ref = f"{settings.registry}/mlcloud/echo:stranger"
-    trusting_us = settings.replace(trusted_issuers=f"{built.issuer_key}, AOTHERACCOUNT")
-    with pytest.raises(UntrustedIssuer, match=stranger.public_key):
+    other = KeyPair.generate(KeyKind.ACCOUNT).public_key
+    trusting_us = settings.replace(trusted_issuers=f"{built.issuer_key}, {other}")
+    with pytest.raises(UntrustedIssuer, match=stranger.public_key) as refused:
         ArtifactStore(trusting_us).pull_and_verify(ref)
+    assert refused.value.details["issuer"] == stranger.public_key
     assert _unpacked(trusting_us) == []
-    # With the stranger trusted too, the same artifact runs.
-    both = settings.replace(trusted_issuers=f"{built.issuer_key},{stranger.public_key}")
+    # With the stranger trusted too (the setting adds to the local account), the same artifact runs.
+    both = settings.replace(trusted_issuers=stranger.public_key)
     assert ArtifactStore(both).pull_and_verify(ref).claims.issuer == stranger.public_key
 
 

@@ -69,6 +69,8 @@ async def test_page_shows_hosts_actors_providers_links_and_models(page, washboar
     host_card = page.locator(f"#hosts [data-host='{lattice.host.id}']")
     await host_card.wait_for()
     assert "zone=lab" in await host_card.inner_text()
+    # The suite's hosts run local folders, so they are in development mode, and the card says so.
+    assert await host_card.locator(".badge.dev").inner_text() == "dev mode"
     for name in ("caller", "router"):
         await row(page, "actors", name).locator(".badge.healthy").wait_for()
     for name in ("echo", "inference-fixture"):

@@ -184,7 +184,9 @@ function renderHosts() {
           h("div", { class: "ident" },
             h("span", { class: "name" }, (host.labels && host.labels.hostname) || "host"),
             h("code", { class: "key", title: host.id, onclick: () => copy(host.id) }, short(host.id, 14))),
-          badge(host.status === "up" ? "up" : "missing")),
+          h("div", { class: "badges" },
+            host.dev ? h("span", { class: "badge dev", title: "started with --dev: runs unsigned local component folders" }, "dev mode") : null,
+            badge(host.status === "up" ? "up" : "missing"))),
         h("div", { class: "labels" }, Object.entries(host.labels || {}).filter(([k]) => k !== "hostname")
           .map(([k, v]) => chip(`${k}=${v}`))),
         h("dl", { class: "facts" },
