@@ -30,8 +30,8 @@ from mlcloud.bindle.errors import SignatureInvalid
 from mlcloud.bindle.signing import KeyRing, keyring_of_accounts, verify_invoice
 from mlcloud.errors import InvalidModel
 from mlcloud.inference.cache import ParcelCache
-from mlcloud.oci.keys import load_account
 from mlcloud.settings import Settings
+from mlcloud.trust import trusted_issuers
 
 if TYPE_CHECKING:
     from mlcloud.bindle.client import AsyncClient
@@ -43,10 +43,8 @@ METADATA_GROUP = "metadata"
 
 
 def creator_keyring(settings: Settings) -> KeyRing:
-    """The creators whose models load: the account keys trusted for artifacts (the settings'
-    trusted issuers) and this machine's own account key."""
-    keys = settings.trusted_issuer_keys | {load_account(settings.keys_dir).public_key}
-    return keyring_of_accounts(keys)
+    """The creators whose models load: the accounts trusted for artifacts (:mod:`mlcloud.trust`)."""
+    return keyring_of_accounts(trusted_issuers(settings))
 
 
 def bindle_fetcher(client: AsyncClient, cache: ParcelCache,
