@@ -34,6 +34,7 @@ from mlcloud.host.spec import HEALTH_OP, InstanceSpec
 from mlcloud.host.supervisor import Instance
 from mlcloud.identity import KeyKind, KeyPair
 from mlcloud.lattice import subjects
+from mlcloud.lattice.auth import Account, account_for, credentials_for
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.control import (
     DEFAULT_LINK_NAME, ActorReply, ComponentInfo, ComponentRefused, CtlReply, Empty, EventName, HealthReport,
@@ -100,6 +101,7 @@ class Host(Service):
         self.actors: dict[str, Component] = {}
         self.providers: dict[tuple[str, str], Component] = {}  # (key, link name)
         self.nc: NATS | None = None
+        self.account: Account | None = None  # mints each instance's NATS credentials
         self.links: LinkStore | LinkFeed | None = None
         self.events: EventPublisher | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -110,7 +112,9 @@ class Host(Service):
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         lattice = self.settings.lattice
-        self.nc = nc = await connect(self.settings.effective_nats_url, name=f"host/{self.id[:8]}")
+        self.account = account_for(self.settings)
+        self.nc = nc = await connect(self.settings.effective_nats_url, name=f"host/{self.id[:8]}",
+                                     credentials=credentials_for(self.settings, "host.creds"))
         stack.push_async_callback(self._leave_lattice, nc)
         self.links = await open_links(nc, lattice)
         self.events = events = EventPublisher(nc, lattice, self.id)
@@ -380,6 +384,9 @@ class Host(Service):
             link_name=component.link_name,
             config=component.config,
         )
+        assert self.account is not None
+        spec = msgspec.structs.replace(spec, nats_creds=self.account.user(spec.title).text,
+                                       account=self.account.public_key)
         return Instance(spec, self.settings, self._on_instance_change)
 
     def _all_instances(self) -> list[Instance]:

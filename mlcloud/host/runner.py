@@ -26,6 +26,7 @@ from nats.aio.client import Client as NATS
 from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, UnknownOperation
 from mlcloud.host.spec import SPEC_ENV, InstanceSpec
 from mlcloud.lattice import subjects
+from mlcloud.lattice.auth import Credentials
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.control import HealthReport
 from mlcloud.lattice.events import EventPublisher
@@ -127,7 +128,8 @@ class ComponentRuntime:
                                    invocation_id=invocation_id, forward=forward)
 
     async def run(self) -> None:
-        self.nc = await connect(self.settings.effective_nats_url, name=f"{self.spec.name}/{self.spec.instance_id[:8]}")
+        self.nc = await connect(self.settings.effective_nats_url, name=f"{self.spec.name}/{self.spec.instance_id[:8]}",
+                                credentials=Credentials.parse(self.spec.nats_creds))
         self.rpc = RpcClient(self.nc, origin=self.spec.key, timeout=self.settings.rpc_timeout)
         self.events = EventPublisher(self.nc, self.settings.lattice, self.spec.key)
         # Calls made outside any invocation (a provider serving HTTP) each get a fresh id.

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 
 from mlcloud.errors import LatticeUnavailable, MalformedMessage, MLCloudError
 from mlcloud.lattice import subjects
+from mlcloud.lattice.auth import credentials_for
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.control import (
     DEFAULT_LINK_NAME, ActorReply, CtlReply, Empty, HostInfo, HostInventory, LinkDefinition, LinkId, LinkList,
@@ -58,7 +59,8 @@ class CtlClient:
 
     @classmethod
     async def connect(cls, settings: Settings) -> CtlClient:
-        nc = await connect(settings.effective_nats_url, name="mlcloud-ctl", reconnect=False, timeout=3.0)
+        nc = await connect(settings.effective_nats_url, name="mlcloud-ctl", credentials=credentials_for(settings),
+                           reconnect=False, timeout=3.0)
         return cls(nc, settings.lattice, timeout=settings.ctl_timeout)
 
     async def close(self) -> None:

@@ -23,6 +23,7 @@ from nats.aio.msg import Msg
 from mlcloud.errors import ComponentNotFound, LatticeUnavailable, MLCloudError, RequestError
 from mlcloud.interfaces import MLINFERENCE, MODEL_STATUS, ModelInfo, ModelStatusRequest
 from mlcloud.lattice import subjects
+from mlcloud.lattice.auth import credentials_for
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.control import DEFAULT_LINK_NAME, ActorReply, HostInventory, LinkDefinition, ProviderReply
 from mlcloud.lattice.ctl_client import CtlClient
@@ -113,7 +114,7 @@ class LatticeWatcher(Service):
         while True:
             try:
                 nc = await connect(
-                    url, name="mlcloud-washboard", timeout=CONNECT_ATTEMPT, error_cb=self._on_nats_error,
+                    url, name="mlcloud-washboard", credentials=credentials_for(self.settings), timeout=CONNECT_ATTEMPT, error_cb=self._on_nats_error,
                     disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
                     closed_cb=self._on_closed,
                 )

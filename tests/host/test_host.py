@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 
-import nats
 import pytest
 from nats.aio.msg import Msg
 
@@ -19,7 +18,7 @@ from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.events import decode_event
 from mlcloud.lattice.lifecycle import State
 from mlcloud.lattice.rpc import RpcClient
-from tests.conftest import COMPONENTS
+from tests.conftest import COMPONENTS, host_connection
 
 CALLER = str(COMPONENTS / "caller")
 ECHO = str(COMPONENTS / "echo")
@@ -40,7 +39,7 @@ async def ctl(settings, host):
 
 @pytest.fixture
 async def rpc(settings):
-    nc = await nats.connect(settings.effective_nats_url)
+    nc = await host_connection(settings)
     yield RpcClient(nc, origin="test", timeout=5)
     await nc.close()
 
@@ -125,7 +124,7 @@ async def test_killed_instance_is_restarted_and_calls_succeed_again(ctl, host, r
 
 async def test_crashing_handler_restarts_instance_with_event(ctl, host, rpc, settings):
     actor, _ = await start_linked(ctl, host)
-    nc = await nats.connect(settings.effective_nats_url)
+    nc = await host_connection(settings)
     events: list[str] = []
 
     async def collect(msg: Msg) -> None:
@@ -215,7 +214,7 @@ async def test_crash_looping_actor_is_reported_and_stops_at_once(settings):
 async def test_a_host_whose_start_fails_part_way_closes_its_nats_connection(settings):
     # A JetStream stream squats the name of the lattice's link bucket: the host connects, then
     # cannot open its links, and must not leave that connection (or anything else) behind.
-    nc = await nats.connect(settings.effective_nats_url)
+    nc = await host_connection(settings)
     bucket = subjects.lattice_bucket(settings.lattice)
     await nc.jetstream().add_stream(name=f"KV_{bucket}", subjects=[f"squat.{settings.lattice}"])
     host = Host(settings)

@@ -7,28 +7,28 @@ import functools
 from typing import Any
 
 import msgspec
-import nats
 import pytest
 
 from mlcloud.errors import CorruptInputTensor, MalformedMessage, MLCloudError, NoResponders, RpcTimeout
 from mlcloud.interfaces import InferenceInput, Tensor
 from mlcloud.lattice import wire
+from mlcloud.lattice.connect import connect
 from mlcloud.lattice.rpc import RpcClient, RpcServer
 from mlcloud.lattice.wire import Forward, Invocation
 
 
 @pytest.fixture
-async def nc(nats_server):
-    client = await nats.connect(nats_server.url)
+async def nc(nats_server, host_creds):
+    client = await connect(nats_server.url, name="test", credentials=host_creds)
     yield client
     await client.close()
 
 
 @pytest.fixture
-async def stage_nc(nats_server):
+async def stage_nc(nats_server, host_creds):
     """A second connection, for a chain's stages: in a lattice they are not the caller's process
     (NATS tells only the requesting connection that nobody serves a subject)."""
-    client = await nats.connect(nats_server.url)
+    client = await connect(nats_server.url, name="stage", credentials=host_creds)
     yield client
     await client.close()
 
