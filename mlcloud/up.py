@@ -1,9 +1,10 @@
 """``mlcloud up``: the whole system in one foreground process tree.
 
 Starts, in order, the embedded NATS server (unless ``--nats-url``; in operator mode, its keys
-and the host's and ctl's credentials kept in ``state_dir/nats-auth``: :mod:`mlcloud.lattice.auth`), the Bindle server (unless
-``--bindle-url``), the OCI registry (unless ``--registry`` names another), a host, the
-washboard, then publishes the project's components and deploys the app manifest. Ctrl-C (or
+and the host's and ctl's credentials kept in ``state_dir/nats-auth``: :mod:`mlcloud.lattice.auth`),
+the Bindle server (unless ``--bindle-url``), the OCI registry (unless ``--registry`` names
+another), a host, the washboard, then publishes the project's components and deploys the app
+manifest. Ctrl-C (or
 SIGTERM) stops everything in reverse order; a second Ctrl-C exits at once.
 """
 

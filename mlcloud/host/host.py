@@ -27,20 +27,52 @@ from nats.aio.subscription import Subscription
 from mlcloud import __version__
 from mlcloud.component import ComponentKind
 from mlcloud.errors import (
-    ComponentNotFound, ConfigError, HostError, LatticeUnavailable, MalformedMessage, MLCloudError, RequestError,
+    ComponentNotFound,
+    ConfigError,
+    HostError,
+    LatticeUnavailable,
+    MalformedMessage,
+    MLCloudError,
+    RequestError,
 )
 from mlcloud.host.artifacts import ResolvedComponent, resolve
+from mlcloud.host.permissions import instance_permissions
 from mlcloud.host.spec import HEALTH_OP, InstanceSpec
 from mlcloud.host.supervisor import Instance
 from mlcloud.identity import KeyKind, KeyPair
+from mlcloud.interfaces import MLINFERENCE, MODEL_STATUS, ModelInfo, ModelStatusRequest
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Account, account_for, credentials_for
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.control import (
-    DEFAULT_LINK_NAME, ActorReply, ComponentInfo, ComponentRefused, CtlReply, Empty, EventName, HealthReport,
-    HostHeartbeat, HostInfo, HostInventory, HostStarted, HostStopped, InstanceChanged, InstanceStatus,
-    LinkDefinition, LinkId, LinkList, LinkPutReply, ProviderInfo, ProviderReply, ScaleActor, StartActor,
-    StartProvider, StopActor, StopProvider,
+    DEFAULT_LINK_NAME,
+    ActorReply,
+    ComponentInfo,
+    ComponentRefused,
+    CtlReply,
+    Empty,
+    EventName,
+    HealthReport,
+    HostHeartbeat,
+    HostInfo,
+    HostInventory,
+    HostStarted,
+    HostStopped,
+    InstanceChanged,
+    InstanceStatus,
+    LinkDefinition,
+    LinkId,
+    LinkList,
+    LinkModels,
+    LinkPutReply,
+    ModelList,
+    ProviderInfo,
+    ProviderReply,
+    ScaleActor,
+    StartActor,
+    StartProvider,
+    StopActor,
+    StopProvider,
 )
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.lifecycle import Service, cancel_and_wait
@@ -122,6 +154,7 @@ class Host(Service):
         handlers: dict[str, CtlHandler] = {
             subjects.ctl_ping_hosts(lattice): _handler(Empty, self.handle_host_ping),
             subjects.ctl_inventory(lattice, self.id): _handler(Empty, self.handle_inventory_get),
+            subjects.ctl_models(lattice, self.id): _handler(Empty, self.handle_models_get),
             subjects.ctl_command(lattice, self.id, "la"): _handler(StartActor, self.handle_actor_start),
             subjects.ctl_command(lattice, self.id, "sa"): _handler(StopActor, self.handle_actor_stop),
             subjects.ctl_command(lattice, self.id, "scale"): _handler(ScaleActor, self.handle_actor_scale),
@@ -206,6 +239,27 @@ class Host(Service):
 
     async def handle_inventory_get(self, request: Empty) -> HostInventory:
         return self.inventory()
+
+    async def handle_models_get(self, request: Empty) -> ModelList:
+        """Ask each mlinference provider here, as this host, for the models of each of its links."""
+        assert self.nc is not None and self.links is not None
+        rpc = RpcClient(self.nc, caller=self.id, timeout=self.settings.ctl_timeout)
+        links = await self.links.all()
+
+        async def status(component: Component, link: LinkDefinition) -> LinkModels:
+            entry = LinkModels(actor_id=link.actor_id, provider_id=link.provider_id, link_name=link.link_name)
+            target = subjects.provider_target(self.settings.lattice, MLINFERENCE, link.provider_id, link.link_name)
+            try:
+                entry.models = await rpc.call(target, MODEL_STATUS.name, ModelStatusRequest(actor=link.actor_id),
+                                              list[ModelInfo])
+            except MLCloudError as err:
+                entry.error = f"{err.kind}: {err.message}"
+            return entry
+
+        asked = [status(c, link) for (key, link_name), c in self.providers.items()
+                 if c.resolved.manifest.contract == MLINFERENCE
+                 for link in links if (link.provider_id, link.link_name) == (key, link_name)]
+        return ModelList(links=list(await asyncio.gather(*asked)))
 
     async def handle_host_stop(self, request: Empty) -> Empty:
         # Answer first, then stop.
@@ -385,8 +439,9 @@ class Host(Service):
             config=component.config,
         )
         assert self.account is not None
-        spec = msgspec.structs.replace(spec, nats_creds=self.account.user(spec.title).text,
-                                       account=self.account.public_key)
+        user = KeyPair.generate(KeyKind.USER)
+        creds = self.account.user(r.key, instance_permissions(self.settings.lattice, spec, user.public_key), key=user)
+        spec = msgspec.structs.replace(spec, nats_creds=creds.text, account=self.account.public_key)
         return Instance(spec, self.settings, self._on_instance_change)
 
     def _all_instances(self) -> list[Instance]:
@@ -433,7 +488,7 @@ class Host(Service):
     async def _health_checks(self) -> None:
         """Ask each provider instance for its health; events go out only on a change."""
         assert self.nc is not None
-        rpc = RpcClient(self.nc, origin=self.id, timeout=self.settings.ctl_timeout)
+        rpc = RpcClient(self.nc, caller=self.id, timeout=self.settings.ctl_timeout)
         while True:
             await asyncio.sleep(self.settings.health_interval)
             for component in list(self.providers.values()):
@@ -442,9 +497,10 @@ class Host(Service):
                         continue
                     if instance.process is None or instance.process.returncode is not None:
                         continue
-                    subject = subjects.provider_health(self.settings.lattice, component.resolved.key, component.link_name)
+                    target = subjects.provider_target(self.settings.lattice, component.resolved.manifest.contract,
+                                                      component.resolved.key, component.link_name)
                     try:
-                        report = await rpc.call(subject, HEALTH_OP, Empty(), HealthReport)
+                        report = await rpc.call(target, HEALTH_OP, Empty(), HealthReport)
                         healthy, message = report.healthy, report.message
                     except MLCloudError as err:
                         healthy, message = False, err.message

@@ -14,8 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
-from nats.aio.client import Client as NATS
-from nats.aio.client import RawCredentials
+from nats.aio.client import Client as NATS, RawCredentials
 
 from mlcloud.lattice.auth import Credentials, inbox_prefix
 from mlcloud.lattice.natserrors import connecting
@@ -27,7 +26,8 @@ ErrorCallback = Callable[[Exception], Awaitable[None]]
 
 
 async def connect(
-    url: str, *, name: str, credentials: Credentials | None = None, reconnect: bool = True, timeout: float = 30.0, error_cb: ErrorCallback | None = None,
+    url: str, *, name: str, credentials: Credentials | None = None, reconnect: bool = True, timeout: float = 30.0,
+    error_cb: ErrorCallback | None = None,
     disconnected_cb: Callback | None = None, reconnected_cb: Callback | None = None, closed_cb: Callback | None = None,
 ) -> NATS:
     """Connect to ``url`` within ``timeout`` seconds; keep reconnecting afterwards if ``reconnect``.

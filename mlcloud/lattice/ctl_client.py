@@ -21,7 +21,8 @@ from mlcloud.lattice.auth import credentials_for
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.control import (
     DEFAULT_LINK_NAME, ActorReply, CtlReply, Empty, HostInfo, HostInventory, LinkDefinition, LinkId, LinkList,
-    LinkPutReply, ProviderReply, ScaleActor, StartActor, StartProvider, StopActor, StopProvider,
+    LinkModels, LinkPutReply, ModelList, ProviderReply, ScaleActor, StartActor, StartProvider, StopActor,
+    StopProvider,
 )
 from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.settings import Settings
@@ -149,6 +150,10 @@ class CtlClient:
     async def delete_link(self, actor_id: str, contract_id: str, link_name: str = DEFAULT_LINK_NAME) -> None:
         body = LinkId(actor_id=actor_id, contract_id=contract_id, link_name=link_name)
         await self._request(subjects.ctl_links(self.lattice, "del"), body, Empty)
+
+    async def get_models(self, host_id: str) -> list[LinkModels]:
+        """The models of every mlinference link to a provider on ``host_id``."""
+        return (await self._request(subjects.ctl_models(self.lattice, host_id), Empty(), ModelList)).links
 
     async def get_links(self) -> list[LinkDefinition]:
         return (await self._request(subjects.ctl_links(self.lattice, "get"), Empty(), LinkList)).links

@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 
 from mlcloud.host.host import Host
-from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.auth import AUTH_DIR, NatsAuth
+from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.nats_server import NatsServer
 from mlcloud.servers import free_port, running_app
 from mlcloud.settings import Settings

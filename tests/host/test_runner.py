@@ -25,8 +25,8 @@ async def test_ps_names_each_instances_component(settings: Settings) -> None:
             provider = (await ctl.start_provider(host.id, str(COMPONENTS / "echo"))).provider_id
             actor = (await ctl.start_actor(host.id, str(COMPONENTS / "caller"))).actor_id
             await ctl.put_link(actor, provider, "test:echo")
-            rpc = RpcClient(nc, origin="test", timeout=2)
-            subject = subjects.actor_rpc(settings.lattice, actor)
+            rpc = RpcClient(nc, caller="test", timeout=2)
+            subject = subjects.actor_target(settings.lattice, actor)
             for attempt in range(50):  # until the link has reached both instances
                 try:
                     answer = await rpc.call(subject, "Caller.Relay", {})
