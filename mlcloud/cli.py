@@ -137,6 +137,16 @@ async def up(settings: Settings, nats_port: int | None, bindle_url: str | None, 
     await run_up(settings, options)
 
 
+@main.command("nats-config")
+@with_settings
+def nats_config(settings: Settings) -> None:
+    """Print the nats-server config lines that make a server of your own trust this state dir's
+    lattice account (operator mode; keys made on first use, as `mlcloud up` does)."""
+    from mlcloud.lattice.auth import NatsAuth, auth_dir
+
+    click.echo(NatsAuth.load_or_create(auth_dir(settings)).server_config(), nl=False)
+
+
 @main.command("host")
 @with_settings
 @click.option("--label", "labels", multiple=True, help="Host label key=value (repeatable).")

@@ -39,13 +39,15 @@ class UpOptions:
 async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] = print) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
-        host_settings = settings
+        auth = NatsAuth.load_or_create(auth_dir(settings))
+        host_creds, ctl_creds = auth.write_creds()
+        # The host connects as a host and signs its instances' credentials; the washboard and the
+        # deploy below connect as ctl. A server named by --nats-url must trust this state dir's
+        # operator (`mlcloud nats-config`, as deploy/run.sh's hub does) or take no credentials.
+        host_settings = settings.replace(nats_creds=settings.nats_creds or host_creds,
+                                         nats_account_seed=settings.nats_account_seed or auth.account_seed_path)
+        settings = settings.replace(nats_creds=settings.nats_creds or ctl_creds)
         if settings.nats_url is None:
-            auth = NatsAuth.load_or_create(auth_dir(settings))
-            host_creds, ctl_creds = auth.write_creds()
-            # The host connects as a host; the washboard and the deploy below as ctl.
-            host_settings = settings.replace(nats_creds=host_creds, nats_account_seed=auth.account_seed_path)
-            settings = settings.replace(nats_creds=ctl_creds)
             nats = NatsServer(
                 settings.state_dir / "nats", port=settings.nats_port, max_payload=settings.nats_max_payload,
                 auth=auth,
