@@ -128,6 +128,9 @@ write_hub_config() {
         if [ -n "${MLCLOUD_NATS_MONITOR_PORT}" ]; then
             printf 'http: "127.0.0.1:%s"\n' "${MLCLOUD_NATS_MONITOR_PORT}"
         fi
+        # Operator mode: only connections with credentials of the state dir's lattice account
+        # (which `mlcloud up` gives its host, the CLI and the washboard) get in.
+        mlcloud nats-config
     } >"${NATS_DIR}/hub.conf"
 }
 

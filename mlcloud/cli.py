@@ -77,6 +77,8 @@ def emit(data: Any, as_json: bool, table: Callable[[], None]) -> None:
 
 settings_options = [
     click.option("--nats-url", envvar="MLCLOUD_NATS_URL", help="Use this NATS server instead of the embedded one."),
+    click.option("--nats-creds", type=click.Path(dir_okay=False, path_type=Path), envvar="MLCLOUD_NATS_CREDS",
+                 help="NATS credentials (.creds) to connect with (default: the state dir's, from `mlcloud up`)."),
     click.option("--lattice", envvar="MLCLOUD_LATTICE", help="Lattice name (default: default)."),
     click.option("--rpc-timeout", type=float, envvar="MLCLOUD_RPC_TIMEOUT",
                  help="Seconds an RPC may take (default 8)."),
@@ -88,8 +90,9 @@ def with_settings(fn: Callable[..., Any]) -> Callable[..., Any]:
         fn = option(fn)
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, nats_url: str | None, lattice: str | None, rpc_timeout: float | None, **kwargs: Any) -> Any:
-        settings = Settings.from_env(nats_url=nats_url, lattice=lattice, rpc_timeout=rpc_timeout)
+    def wrapper(*args: Any, nats_url: str | None, nats_creds: Path | None, lattice: str | None,
+                rpc_timeout: float | None, **kwargs: Any) -> Any:
+        settings = Settings.from_env(nats_url=nats_url, nats_creds=nats_creds, lattice=lattice, rpc_timeout=rpc_timeout)
         return fn(*args, settings=settings, **kwargs)
 
     return wrapper
@@ -144,14 +147,29 @@ async def up(settings: Settings, nats_port: int | None, bindle_url: str | None, 
     await run_up(settings, options)
 
 
+@main.command("nats-config")
+@with_settings
+def nats_config(settings: Settings) -> None:
+    """Print the nats-server config lines that make a server of your own trust this state dir's
+    lattice account (operator mode; keys made on first use, as `mlcloud up` does)."""
+    from mlcloud.lattice.auth import NatsAuth, auth_dir
+
+    click.echo(NatsAuth.load_or_create(auth_dir(settings)).server_config(), nl=False)
+
+
 @main.command("host")
 @with_settings
 @click.option("--label", "labels", multiple=True, help="Host label key=value (repeatable).")
 @click.option("--key-file", type=click.Path(path_type=Path), help="Keep the host's nkey here (stable host id).")
 @dev_option
+@click.option("--nats-account-seed", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              envvar="MLCLOUD_NATS_ACCOUNT_SEED",
+              help="The lattice account's seed, to sign the instances' NATS credentials "
+                   "(default: the state dir's nats-auth/account.nk).")
 @run_async
-async def host_command(settings: Settings, labels: tuple[str, ...], key_file: Path | None, dev: bool) -> None:
-    """Run one host that joins an existing lattice (--nats-url), until Ctrl-C."""
+async def host_command(settings: Settings, labels: tuple[str, ...], key_file: Path | None, dev: bool,
+                       nats_account_seed: Path | None) -> None:
+    """Run one host that joins an existing lattice (--nats-url, --nats-creds with a host's rights), until Ctrl-C."""
     from mlcloud.host.host import Host
     from mlcloud.identity import KeyKind, load_or_create
     from mlcloud.servers import wait_for_stop_signal
@@ -159,6 +177,8 @@ async def host_command(settings: Settings, labels: tuple[str, ...], key_file: Pa
     if dev:
         settings = settings.replace(dev=True)
     key = load_or_create(key_file, KeyKind.HOST) if key_file else None
+    if nats_account_seed is not None:
+        settings = settings.replace(nats_account_seed=nats_account_seed)
     async with Host(settings, parse_pairs(labels, "--label"), key=key) as host:
         click.echo(f"host {host.id} joined lattice {settings.lattice!r} at {settings.effective_nats_url}")
         click.echo(f"labels {host.labels}")

@@ -31,6 +31,7 @@ class KeyKind(enum.Enum):
     ACTOR = 12 << 3  # 'M' (module)
     PROVIDER = 21 << 3  # 'V' (service)
     OPERATOR = 14 << 3  # 'O'
+    USER = 20 << 3  # 'U' (a NATS connection's identity)
 
     @property
     def letter(self) -> str:

@@ -179,6 +179,7 @@ class Match(_Wire):
 
 class ModelStatusRequest(_Wire):
     model: str = ""  # empty: every model linked to the caller
+    actor: str = ""  # whose link's models, when the provider's host asks (an actor asks for its own)
 
 
 class ModelState(enum.StrEnum):

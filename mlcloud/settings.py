@@ -98,6 +98,12 @@ class Settings:
     log_level: str = DEFAULT_LOG_LEVEL
     # Development: a host also runs unsigned local component folders (`--dev`, MLCLOUD_DEV=1).
     dev: bool = False
+    # The NATS credentials (.creds) this process connects with; None: state_dir/nats-auth's
+    # (mlcloud.lattice.auth.credentials_for).
+    nats_creds: Path | None = None
+    # The lattice account's seed, with which a host signs its instances' NATS credentials;
+    # None: state_dir/nats-auth/account.nk.
+    nats_account_seed: Path | None = None
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
@@ -111,7 +117,7 @@ class Settings:
                 except ValueError:
                     raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("state_dir", "keys_dir"):
+        for name in ("state_dir", "keys_dir", "nats_creds", "nats_account_seed"):
             if name in values:
                 values[name] = Path(values[name]).expanduser()
         return cls(**values)

@@ -1,8 +1,10 @@
 """``mlcloud up``: the whole system in one foreground process tree.
 
-Starts, in order, the embedded NATS server (unless ``--nats-url``), the Bindle server (unless
-``--bindle-url``), the OCI registry (unless ``--registry`` names another), a host, the
-washboard, then publishes the project's components and deploys the app manifest. Ctrl-C (or
+Starts, in order, the embedded NATS server (unless ``--nats-url``; in operator mode, its keys
+and the host's and ctl's credentials kept in ``state_dir/nats-auth``: :mod:`mlcloud.lattice.auth`),
+the Bindle server (unless ``--bindle-url``), the OCI registry (unless ``--registry`` names
+another), a host, the washboard, then publishes the project's components and deploys the app
+manifest. Ctrl-C (or
 SIGTERM) stops everything in reverse order; a second Ctrl-C exits at once.
 """
 
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from mlcloud.host.host import Host
 from mlcloud.identity import KeyKind, load_or_create
+from mlcloud.lattice.auth import NatsAuth, auth_dir
 from mlcloud.lattice.nats_server import NatsServer
 from mlcloud.servers import running_app, wait_for_stop_signal
 from mlcloud.settings import Settings
@@ -36,12 +39,21 @@ class UpOptions:
 async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] = print) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     async with contextlib.AsyncExitStack() as stack:
+        auth = NatsAuth.load_or_create(auth_dir(settings))
+        host_creds, ctl_creds = auth.write_creds()
+        # The host connects as a host and signs its instances' credentials; the washboard and the
+        # deploy below connect as ctl. A server named by --nats-url must trust this state dir's
+        # operator (`mlcloud nats-config`, as deploy/run.sh's hub does) or take no credentials.
+        host_settings = settings.replace(nats_creds=settings.nats_creds or host_creds,
+                                         nats_account_seed=settings.nats_account_seed or auth.account_seed_path)
+        settings = settings.replace(nats_creds=settings.nats_creds or ctl_creds)
         if settings.nats_url is None:
             nats = NatsServer(
-                settings.state_dir / "nats", port=settings.nats_port, max_payload=settings.nats_max_payload
+                settings.state_dir / "nats", port=settings.nats_port, max_payload=settings.nats_max_payload,
+                auth=auth,
             )
             await stack.enter_async_context(nats)
-            say(f"NATS (JetStream)   {nats.url}")
+            say(f"NATS (JetStream)   {nats.url}   (credentials in {auth.directory})")
         if settings.bindle_url is None:
             from mlcloud.bindle.server import create_app
 
@@ -56,7 +68,7 @@ async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] 
             registry = await stack.enter_async_context(EmbeddedRegistry.from_settings(settings))
             say(f"OCI registry       {registry.url}")
         host_key = load_or_create(settings.state_dir / "host.nk", KeyKind.HOST)
-        host = await stack.enter_async_context(Host(settings, options.labels, key=host_key))
+        host = await stack.enter_async_context(Host(host_settings, options.labels, key=host_key))
         say(f"host               {host.id}  labels {host.labels}")
         if options.start_washboard:
             from mlcloud.washboard.app import create_washboard

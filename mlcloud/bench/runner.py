@@ -371,7 +371,7 @@ class Bench:
                     original = await self._tract_runs(info, original)
             finally:
                 if original is not None:
-                    await stack_control.relink(info["nats_url"], info["lattice"], original)
+                    await stack_control.relink(info["nats_url"], info["lattice"], info["nats_creds"], original)
 
     def _start_other_mlcloud(self, checkout: Path) -> System:
         """mlcloud from another checkout (a git worktree of an older commit), for A/B figures."""
@@ -419,7 +419,7 @@ class Bench:
     async def _batching_runs(self, info: dict[str, Any]) -> dict[str, str]:
         bindle_id = await stack_control.push_dynamic_batch_model(
             info["bindle_url"], self.build_dir, self.work, Path(info["keys_dir"]))
-        link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"])
+        link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"], info["nats_creds"])
         await ctl.close()
         original = dict(link.values)
         base = {**original, BATCH_ROUTE: bindle_id}
@@ -444,7 +444,7 @@ class Bench:
             for r in range(rounds):
                 share = self._variant_requests() // rounds
                 for variant, values in settings:
-                    await stack_control.relink(info["nats_url"], info["lattice"], values)
+                    await stack_control.relink(info["nats_url"], info["lattice"], info["nats_creds"], values)
                     await stack_control.wait_route_ready(info["http_url"], BATCH_ROUTE, bindle_id=bindle_id)
                     await asyncio.sleep(0.3)  # the provider applies the link's batching
                     system = HttpSystem("mlcloud", variant, [pid], info["http_url"], f"/{BATCH_ROUTE}/matches",
@@ -459,12 +459,12 @@ class Bench:
 
     async def _tract_runs(self, info: dict[str, Any], original: dict[str, str] | None) -> dict[str, str]:
         if original is None:
-            link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"])
+            link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"], info["nats_creds"])
             await ctl.close()
             original = dict(link.values)
         values = {**original, f"engine.{TRACT_ROUTE}": "tract"}
         self.say(f"tract: limit in-process vs mlcloud route {TRACT_ROUTE} relinked with engine.{TRACT_ROUTE}=tract")
-        await stack_control.relink(info["nats_url"], info["lattice"], values)
+        await stack_control.relink(info["nats_url"], info["lattice"], info["nats_creds"], values)
         await stack_control.wait_route_ready(info["http_url"], TRACT_ROUTE, engine="tract")
         systems: list[System] = []
         if "limit" in self.config.systems:

@@ -63,6 +63,7 @@ async def _serve(state_dir: Path) -> None:
         print(json.dumps({
             "http_url": stack.http_url,
             "nats_url": stack.settings.effective_nats_url,
+            "nats_creds": str(stack.settings.nats_creds),  # the stack's ctl credentials
             "lattice": stack.settings.lattice,
             "bindle_url": stack.settings.effective_bindle_url,
             "keys_dir": str(stack.settings.keys_dir),
@@ -82,13 +83,13 @@ def main() -> None:
 # --------------------------------------------------------------------------- driving it
 
 
-async def mlinference_link(nats_url: str, lattice: str) -> tuple[LinkDefinition, CtlClient]:
+async def mlinference_link(nats_url: str, lattice: str, nats_creds: str) -> tuple[LinkDefinition, CtlClient]:
     """The api → mlinference link, and a connected control client (close it)."""
     from mlcloud.interfaces import MLINFERENCE
     from mlcloud.lattice.ctl_client import CtlClient
     from mlcloud.settings import Settings
 
-    ctl = await CtlClient.connect(Settings.from_env({}, nats_url=nats_url, lattice=lattice))
+    ctl = await CtlClient.connect(Settings.from_env({}, nats_url=nats_url, lattice=lattice, nats_creds=nats_creds))
     links = [link for link in await ctl.get_links() if link.contract_id == MLINFERENCE]
     if not links:
         await ctl.close()
@@ -96,9 +97,9 @@ async def mlinference_link(nats_url: str, lattice: str) -> tuple[LinkDefinition,
     return links[0], ctl
 
 
-async def relink(nats_url: str, lattice: str, values: dict[str, str]) -> dict[str, str]:
+async def relink(nats_url: str, lattice: str, nats_creds: str, values: dict[str, str]) -> dict[str, str]:
     """Replace the api → mlinference link's values; return the previous ones."""
-    link, ctl = await mlinference_link(nats_url, lattice)
+    link, ctl = await mlinference_link(nats_url, lattice, nats_creds)
     try:
         await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name, values)
     finally:

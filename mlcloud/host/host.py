@@ -36,10 +36,13 @@ from mlcloud.errors import (
     RequestError,
 )
 from mlcloud.host.artifacts import ResolvedComponent, resolve
+from mlcloud.host.permissions import instance_permissions
 from mlcloud.host.spec import HEALTH_OP, InstanceSpec
 from mlcloud.host.supervisor import Instance
 from mlcloud.identity import KeyKind, KeyPair
+from mlcloud.interfaces import MLINFERENCE, MODEL_STATUS, ModelInfo, ModelStatusRequest
 from mlcloud.lattice import subjects
+from mlcloud.lattice.auth import Account, account_for, credentials_for
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.control import (
     DEFAULT_LINK_NAME,
@@ -60,7 +63,9 @@ from mlcloud.lattice.control import (
     LinkDefinition,
     LinkId,
     LinkList,
+    LinkModels,
     LinkPutReply,
+    ModelList,
     ProviderInfo,
     ProviderReply,
     ScaleActor,
@@ -128,6 +133,7 @@ class Host(Service):
         self.actors: dict[str, Component] = {}
         self.providers: dict[tuple[str, str], Component] = {}  # (key, link name)
         self.nc: NATS | None = None
+        self.account: Account | None = None  # mints each instance's NATS credentials
         self.links: LinkStore | LinkFeed | None = None
         self.events: EventPublisher | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -138,7 +144,9 @@ class Host(Service):
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         lattice = self.settings.lattice
-        self.nc = nc = await connect(self.settings.effective_nats_url, name=f"host/{self.id[:8]}")
+        self.account = account_for(self.settings)
+        self.nc = nc = await connect(self.settings.effective_nats_url, name=f"host/{self.id[:8]}",
+                                     credentials=credentials_for(self.settings, "host.creds"))
         stack.push_async_callback(self._leave_lattice, nc)
         self.links = await open_links(nc, lattice)
         self.events = events = EventPublisher(nc, lattice, self.id)
@@ -146,6 +154,7 @@ class Host(Service):
         handlers: dict[str, CtlHandler] = {
             subjects.ctl_ping_hosts(lattice): _handler(Empty, self.handle_host_ping),
             subjects.ctl_inventory(lattice, self.id): _handler(Empty, self.handle_inventory_get),
+            subjects.ctl_models(lattice, self.id): _handler(Empty, self.handle_models_get),
             subjects.ctl_command(lattice, self.id, "la"): _handler(StartActor, self.handle_actor_start),
             subjects.ctl_command(lattice, self.id, "sa"): _handler(StopActor, self.handle_actor_stop),
             subjects.ctl_command(lattice, self.id, "scale"): _handler(ScaleActor, self.handle_actor_scale),
@@ -232,6 +241,27 @@ class Host(Service):
 
     async def handle_inventory_get(self, request: Empty) -> HostInventory:
         return self.inventory()
+
+    async def handle_models_get(self, request: Empty) -> ModelList:
+        """Ask each mlinference provider here, as this host, for the models of each of its links."""
+        assert self.nc is not None and self.links is not None
+        rpc = RpcClient(self.nc, caller=self.id, timeout=self.settings.ctl_timeout)
+        links = await self.links.all()
+
+        async def status(component: Component, link: LinkDefinition) -> LinkModels:
+            entry = LinkModels(actor_id=link.actor_id, provider_id=link.provider_id, link_name=link.link_name)
+            target = subjects.provider_target(self.settings.lattice, MLINFERENCE, link.provider_id, link.link_name)
+            try:
+                entry.models = await rpc.call(target, MODEL_STATUS.name, ModelStatusRequest(actor=link.actor_id),
+                                              list[ModelInfo])
+            except MLCloudError as err:
+                entry.error = f"{err.kind}: {err.message}"
+            return entry
+
+        asked = [status(c, link) for (key, link_name), c in self.providers.items()
+                 if c.resolved.manifest.contract == MLINFERENCE
+                 for link in links if (link.provider_id, link.link_name) == (key, link_name)]
+        return ModelList(links=list(await asyncio.gather(*asked)))
 
     async def handle_host_stop(self, request: Empty) -> Empty:
         # Answer first, then stop.
@@ -413,6 +443,10 @@ class Host(Service):
             link_name=component.link_name,
             config=component.config,
         )
+        assert self.account is not None
+        user = KeyPair.generate(KeyKind.USER)
+        creds = self.account.user(r.key, instance_permissions(self.settings.lattice, spec, user.public_key), key=user)
+        spec = msgspec.structs.replace(spec, nats_creds=creds.text, account=self.account.public_key)
         return Instance(spec, self.settings, self._on_instance_change)
 
     def _all_instances(self) -> list[Instance]:
@@ -459,7 +493,7 @@ class Host(Service):
     async def _health_checks(self) -> None:
         """Ask each provider instance for its health; events go out only on a change."""
         assert self.nc is not None
-        rpc = RpcClient(self.nc, origin=self.id, timeout=self.settings.ctl_timeout)
+        rpc = RpcClient(self.nc, caller=self.id, timeout=self.settings.ctl_timeout)
         while True:
             await asyncio.sleep(self.settings.health_interval)
             for component in list(self.providers.values()):
@@ -468,11 +502,12 @@ class Host(Service):
                         continue
                     if instance.process is None or instance.process.returncode is not None:
                         continue
-                    subject = subjects.provider_health(
-                        self.settings.lattice, component.resolved.key, component.link_name
+                    target = subjects.provider_target(
+                        self.settings.lattice, component.resolved.manifest.contract,
+                        component.resolved.key, component.link_name,
                     )
                     try:
-                        report = await rpc.call(subject, HEALTH_OP, Empty(), HealthReport)
+                        report = await rpc.call(target, HEALTH_OP, Empty(), HealthReport)
                         healthy, message = report.healthy, report.message
                     except MLCloudError as err:
                         healthy, message = False, err.message

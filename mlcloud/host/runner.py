@@ -1,9 +1,11 @@
 """The process of one actor or provider instance, started and supervised by a host.
 
 ``python -m mlcloud.host.runner`` reads its :class:`InstanceSpec` from the environment, imports
-the component's module from its (verified) folder, connects to NATS and serves. This is host
-code, not component code: it enforces the claims (an actor may call only the contracts it
-claims), resolves links, answers health checks and tells the host when it is ready.
+the component's module from its (verified) folder, connects to NATS with the credentials its
+host minted for it, and serves. This is host code, not component code: it resolves links,
+checks that a provider's caller has a link, signs the grants of the chains the component starts,
+answers its host's health checks and tells the host when it is ready. Its refusal of a call to
+an unclaimed contract is a clear early error; nats-server's permissions enforce the same claims.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import setproctitle
 from nats.aio.client import Client as NATS
 
 from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, UnknownOperation
-from mlcloud.host.spec import SPEC_ENV, InstanceSpec
+from mlcloud.host.spec import HEALTH_OP, SPEC_ENV, InstanceSpec
 from mlcloud.lattice import subjects
+from mlcloud.lattice.auth import Credentials
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.control import HealthReport, LinkDefinition
 from mlcloud.lattice.events import EventPublisher
+from mlcloud.lattice.grants import Signer, Verifier
 from mlcloud.lattice.links import LinkFeed, LinkStore, open_links
 from mlcloud.lattice.rpc import RpcClient, RpcServer
 from mlcloud.lattice.wire import Forward, Invocation
@@ -81,7 +85,7 @@ class ComponentRuntime:
         """The link from ``actor_id`` to this provider instance."""
         return self._links.get((actor_id, self.spec.contract, self.spec.link_name))
 
-    def provider_subject(self, contract: str, link_name: str) -> str:
+    def provider_target(self, contract: str, link_name: str) -> str:
         """Where this actor's calls for ``contract`` go, once its claims and links allow them."""
         if contract not in self.spec.capabilities:
             raise CapabilityNotClaimed(
@@ -91,7 +95,7 @@ class ComponentRuntime:
         link = self._links.get((self.spec.key, contract, link_name))
         if link is None:
             raise LinkNotFound(f"actor {self.spec.name} has no link for {contract} (link name {link_name!r})")
-        return subjects.provider_rpc(self.settings.lattice, link.provider_id, link_name)
+        return subjects.provider_target(self.settings.lattice, contract, link.provider_id, link_name)
 
     async def publish_event(self, name: str, /, **data: Any) -> None:
         assert self.events is not None
@@ -101,37 +105,40 @@ class ComponentRuntime:
         self, contract: str, op: str, message: Any, result_type: Any, *,
         link_name: str, timeout: float | None, invocation_id: str | None,
     ) -> Any:
-        subject = self.provider_subject(contract, link_name)
+        target = self.provider_target(contract, link_name)
         assert self.rpc is not None
-        return await self.rpc.call(subject, op, message, result_type, timeout=timeout, invocation_id=invocation_id)
+        return await self.rpc.call(target, op, message, result_type, timeout=timeout, invocation_id=invocation_id)
 
     def provider_forward(
         self, contract: str, op: str, msg: dict[str, Any], *, field: str, pick: str, link_name: str
     ) -> Forward:
         """A :class:`Forward` to this actor's linked provider, made as this actor's own call."""
-        subject = self.provider_subject(contract, link_name)
-        return Forward(subject=subject, op=op, origin=self.spec.key, field=field, msg=msg, pick=pick)
+        target = self.provider_target(contract, link_name)
+        return Forward(target=target, op=op, field=field, msg=msg, pick=pick)
 
     def actor_forward(self, actor: str, op: str, msg: dict[str, Any], *, field: str, pick: str) -> Forward:
         """A :class:`Forward` to another actor, made as this actor's own call."""
-        subject = subjects.actor_rpc(self.settings.lattice, actor)
-        return Forward(subject=subject, op=op, origin=self.spec.key, field=field, msg=msg, pick=pick)
+        target = subjects.actor_target(self.settings.lattice, actor)
+        return Forward(target=target, op=op, field=field, msg=msg, pick=pick)
 
     async def call_actor(
         self, actor: str, op: str, message: Any, result_type: Any, *,
         timeout: float | None, invocation_id: str | None, forward: Forward | None = None,
     ) -> Any:
         assert self.rpc is not None
-        subject = subjects.actor_rpc(self.settings.lattice, actor)
-        return await self.rpc.call(subject, op, message, result_type, timeout=timeout,
+        target = subjects.actor_target(self.settings.lattice, actor)
+        return await self.rpc.call(target, op, message, result_type, timeout=timeout,
                                    invocation_id=invocation_id, forward=forward)
 
     async def run(self) -> None:
-        self.nc = await connect(self.settings.effective_nats_url, name=f"{self.spec.name}/{self.spec.instance_id[:8]}")
-        self.rpc = RpcClient(self.nc, origin=self.spec.key, timeout=self.settings.rpc_timeout)
+        credentials = Credentials.parse(self.spec.nats_creds)
+        self.nc = await connect(self.settings.effective_nats_url, name=f"{self.spec.name}/{self.spec.instance_id[:8]}",
+                                credentials=credentials)
+        self.rpc = RpcClient(self.nc, caller=self.spec.key, timeout=self.settings.rpc_timeout,
+                             signer=Signer(credentials))
         self.events = EventPublisher(self.nc, self.settings.lattice, self.spec.key)
         # Calls made outside any invocation (a provider serving HTTP) each get a fresh id.
-        lifetime_ctx = Context(self, invocation_id="", origin=self.spec.key)
+        lifetime_ctx = Context(self, invocation_id="", caller=self.spec.key)
         try:
             if isinstance(self.component, Provider):
                 self.component.config = dict(self.spec.config)
@@ -164,30 +171,35 @@ class ComponentRuntime:
 
     async def _serve(self) -> None:
         assert self.nc is not None
-        lattice = self.settings.lattice
+        lattice, spec = self.settings.lattice, self.spec
         if self.is_provider:
-            queue = f"{self.spec.key}.{self.spec.link_name}"
-            rpc_subject = subjects.provider_rpc(lattice, self.spec.key, self.spec.link_name)
-            health_subject = subjects.provider_health(lattice, self.spec.key, self.spec.link_name)
-            self._servers.append(RpcServer(self.nc, rpc_subject, self._dispatch, queue=queue,
-                                           ack_timeout=self.settings.forward_ack_timeout))
-            self._servers.append(RpcServer(self.nc, health_subject, self._health))
+            served = {f"{spec.key}.{spec.link_name}": subjects.provider_target(lattice, spec.contract, spec.key,
+                                                                               spec.link_name)}
         else:
-            for name in (self.spec.key, self.spec.name):
-                self._servers.append(RpcServer(self.nc, subjects.actor_rpc(lattice, name), self._dispatch, queue=name,
-                                               ack_timeout=self.settings.forward_ack_timeout))
+            served = {name: subjects.actor_target(lattice, name) for name in (spec.key, spec.name)}
+        verifier = Verifier(spec.account)
+        for queue, target in served.items():
+            self._servers.append(RpcServer(self.nc, target, self._dispatch, identity=spec.key, queue=queue,
+                                           verifier=verifier, ack_timeout=self.settings.forward_ack_timeout))
         for server in self._servers:
             await server.start()
 
     async def _dispatch(self, invocation: Invocation) -> Any:
+        from_host = invocation.caller == self.spec.host_id
+        if self.is_provider:
+            if invocation.op == HEALTH_OP and from_host:
+                return await self._health()
+            if not from_host and self.link_for(invocation.caller) is None:
+                raise LinkNotFound(f"{invocation.caller} has no link to {self.spec.name} "
+                                   f"(link name {self.spec.link_name!r})")
         operation = self.component.operations.get(invocation.op)
         if operation is None:
             raise UnknownOperation(f"{self.spec.name} has no operation {invocation.op!r}")
         payload = invocation.payload(operation.op.request)
-        ctx = Context(self, invocation_id=invocation.id, origin=invocation.origin)
+        ctx = Context(self, invocation_id=invocation.id, caller=invocation.caller, from_host=from_host)
         return await operation.invoke(ctx, payload)
 
-    async def _health(self, invocation: Invocation) -> HealthReport:
+    async def _health(self) -> HealthReport:
         if isinstance(self.component, Provider):
             return await self.component.health()
         return HealthReport(healthy=True)

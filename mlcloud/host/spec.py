@@ -30,6 +30,10 @@ class InstanceSpec(msgspec.Struct, kw_only=True, frozen=True):
     contract: str = ""
     link_name: str = "default"
     config: dict[str, Any] = {}
+    # The instance's own NATS credentials (a .creds file's text), minted by its host, and the
+    # lattice account that signed them (and every other instance's).
+    nats_creds: str = ""
+    account: str = ""
 
     @property
     def title(self) -> str:

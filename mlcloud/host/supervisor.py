@@ -23,6 +23,7 @@ from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)
 
+_HOST_SECRETS = {"MLCLOUD_NATS_CREDS", "MLCLOUD_NATS_ACCOUNT_SEED"}
 HEALTHY_RESET_AFTER = 30.0  # seconds of uptime after which the back-off starts over
 
 
@@ -126,8 +127,10 @@ class Instance:
 
     async def _spawn(self) -> None:
         env = {
-            **os.environ,
-            **self.settings.to_env(),
+            # The host's own credentials and the account seed stay with the host: the instance
+            # connects with the credentials in its spec.
+            **{k: v for k, v in os.environ.items() if k not in _HOST_SECRETS},
+            **self.settings.replace(nats_creds=None, nats_account_seed=None).to_env(),
             SPEC_ENV: msgspec.json.encode(self.spec).decode(),
             # A verified artifact folder must stay exactly as it was verified.
             "PYTHONDONTWRITEBYTECODE": "1",

@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
-from nats.aio.client import Client as NATS
+from nats.aio.client import Client as NATS, RawCredentials
 
+from mlcloud.lattice.auth import Credentials, inbox_prefix
 from mlcloud.lattice.natserrors import connecting
 
 log = logging.getLogger(__name__)
@@ -25,18 +26,24 @@ ErrorCallback = Callable[[Exception], Awaitable[None]]
 
 
 async def connect(
-    url: str, *, name: str, reconnect: bool = True, timeout: float = 30.0, error_cb: ErrorCallback | None = None,
+    url: str, *, name: str, credentials: Credentials | None = None, reconnect: bool = True, timeout: float = 30.0,
+    error_cb: ErrorCallback | None = None,
     disconnected_cb: Callback | None = None, reconnected_cb: Callback | None = None, closed_cb: Callback | None = None,
 ) -> NATS:
     """Connect to ``url`` within ``timeout`` seconds; keep reconnecting afterwards if ``reconnect``.
 
-    The callbacks are nats-py's; without ``error_cb`` connection trouble is logged.
+    The callbacks are nats-py's; without ``error_cb`` connection trouble is logged. With
+    ``credentials`` (:mod:`mlcloud.lattice.auth`) the connection presents that user and takes its
+    replies on that user's own inbox prefix, the only one it may subscribe to.
     """
 
     async def on_error(exc: Exception) -> None:
         log.warning("NATS (%s): %s", name, exc or type(exc).__name__)
 
     options: dict[str, Any] = {"name": name, "error_cb": error_cb or on_error, "connect_timeout": min(timeout, 5.0)}
+    if credentials is not None:
+        options.update(user_credentials=RawCredentials(credentials.text),
+                       inbox_prefix=inbox_prefix(credentials.public_key))
     options.update({k: v for k, v in (("disconnected_cb", disconnected_cb), ("reconnected_cb", reconnected_cb),
                                       ("closed_cb", closed_cb)) if v is not None})
     if reconnect:

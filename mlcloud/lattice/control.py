@@ -31,6 +31,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from mlcloud.errors import MLCloudError, error_from_wire
+from mlcloud.interfaces import ModelInfo
 
 T = TypeVar("T")
 
@@ -229,6 +230,22 @@ class LinkPutReply(_Ctl):
 
 class LinkList(_Ctl):
     links: list[LinkDefinition] = []
+
+
+class LinkModels(_Ctl):
+    """The models of one mlinference link, as its provider reports them (or why it could not)."""
+
+    actor_id: str
+    provider_id: str
+    link_name: str
+    models: list[ModelInfo] | None = None
+    error: str = ""
+
+
+class ModelList(_Ctl):
+    """A host's answer for the mlinference providers it runs: every link's models."""
+
+    links: list[LinkModels] = []
 
 
 # ---- events -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NATS
 
 from mlcloud.errors import LatticeUnavailable, MalformedMessage, MLCloudError
 from mlcloud.lattice import subjects
+from mlcloud.lattice.auth import credentials_for
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.control import (
     DEFAULT_LINK_NAME,
@@ -28,7 +29,9 @@ from mlcloud.lattice.control import (
     LinkDefinition,
     LinkId,
     LinkList,
+    LinkModels,
     LinkPutReply,
+    ModelList,
     ProviderReply,
     ScaleActor,
     StartActor,
@@ -72,7 +75,8 @@ class CtlClient:
 
     @classmethod
     async def connect(cls, settings: Settings) -> CtlClient:
-        nc = await connect(settings.effective_nats_url, name="mlcloud-ctl", reconnect=False, timeout=3.0)
+        nc = await connect(settings.effective_nats_url, name="mlcloud-ctl", credentials=credentials_for(settings),
+                           reconnect=False, timeout=3.0)
         return cls(nc, settings.lattice, timeout=settings.ctl_timeout)
 
     async def close(self) -> None:
@@ -161,6 +165,10 @@ class CtlClient:
     async def delete_link(self, actor_id: str, contract_id: str, link_name: str = DEFAULT_LINK_NAME) -> None:
         body = LinkId(actor_id=actor_id, contract_id=contract_id, link_name=link_name)
         await self._request(subjects.ctl_links(self.lattice, "del"), body, Empty)
+
+    async def get_models(self, host_id: str) -> list[LinkModels]:
+        """The models of every mlinference link to a provider on ``host_id``."""
+        return (await self._request(subjects.ctl_models(self.lattice, host_id), Empty(), ModelList)).links
 
     async def get_links(self) -> list[LinkDefinition]:
         return (await self._request(subjects.ctl_links(self.lattice, "get"), Empty(), LinkList)).links

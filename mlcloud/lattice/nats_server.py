@@ -4,7 +4,8 @@ Started by ``mlcloud up`` (unless ``--nats-url`` names an existing server) and b
 pass ``port=0``: nats-server then picks a free port itself (``-1`` in its config) and writes it to
 its ports file (``ports_file_dir``), which :meth:`NatsServer.start` reads back, so no other process
 can take the port between a choice and the bind. Listens on loopback only; its JetStream data
-lives under the state dir.
+lives under the state dir. With a :class:`~mlcloud.lattice.auth.NatsAuth` it runs in operator mode:
+only connections with a user JWT of the lattice account get in.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sysconfig
 from pathlib import Path
 
 from mlcloud.errors import ConfigError, HostError, PortInUse
+from mlcloud.lattice.auth import NatsAuth
 from mlcloud.servers import port_is_free
 
 
@@ -43,12 +45,16 @@ class NatsServer:
         host: str = "127.0.0.1",
         max_payload: int = 64 * 1024 * 1024,
         startup_timeout: float = 15.0,
+        auth: NatsAuth | None = None,
+        extra_config: str = "",
     ) -> None:
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port
         self.max_payload = max_payload
         self.startup_timeout = startup_timeout
+        self.auth = auth
+        self.extra_config = extra_config  # more nats-server config lines (a leaf node listener, …)
         self.process: asyncio.subprocess.Process | None = None
         self._drain: asyncio.Task[None] | None = None
 
@@ -77,6 +83,8 @@ class NatsServer:
             f'ports_file_dir: "{self.store_dir}"\n'
             f"max_payload: {self.max_payload}\n"
             f'jetstream {{ store_dir: "{self.store_dir / "jetstream"}" }}\n'
+            + (self.auth.server_config() if self.auth else "")
+            + self.extra_config
         )
         self.process = await asyncio.create_subprocess_exec(
             find_nats_server(), "-c", str(config),

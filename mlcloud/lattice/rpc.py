@@ -5,6 +5,10 @@ Every call carries an invocation id for tracing and a deadline; nats-py's errors
 :class:`~mlcloud.errors.MLCloudError` travels back as ``{kind, message}``; any other exception is
 logged with its traceback on the serving side and travels as a generic ``MLCloudError`` naming
 the exception's type and text.
+
+Who called is what the subject says (``wasmbus.rpc.{target}.{caller}``, a token nats-server's
+permissions let only that caller publish), or for a chain's forwarded call the originator its
+verified grant names (:mod:`mlcloud.lattice.grants`): :attr:`Invocation.caller`.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from mlcloud.errors import LatticeUnavailable, MLCloudError, RpcTimeout
-from mlcloud.lattice import wire
+from mlcloud.errors import ClaimsError, LatticeUnavailable, MLCloudError, RpcTimeout
+from mlcloud.lattice import subjects, wire
+from mlcloud.lattice.grants import Signer, Verifier
 from mlcloud.lattice.lifecycle import Service
 from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.lattice.wire import Forward, Invocation
@@ -39,16 +44,18 @@ def new_invocation_id() -> str:
 
 
 class RpcClient:
-    """Makes calls on the lattice as ``origin`` (the caller's public key or name)."""
+    """Makes calls on the lattice as ``caller`` (a component's or host's public key), which the
+    connection's credentials must let it publish as; chains it starts carry ``signer``'s grant."""
 
-    def __init__(self, nc: NATS, *, origin: str, timeout: float) -> None:
+    def __init__(self, nc: NATS, *, caller: str, timeout: float, signer: Signer | None = None) -> None:
         self.nc = nc
-        self.origin = origin
+        self.caller = caller
         self.timeout = timeout
+        self.signer = signer
 
     async def call(
         self,
-        subject: str,
+        target: str,
         op: str,
         message: Any,
         result_type: type[T] | None = None,
@@ -57,10 +64,14 @@ class RpcClient:
         invocation_id: str | None = None,
         forward: Forward | None = None,
     ) -> T | Any:
-        """Call ``op`` on ``subject``; with ``forward``, the answer is the forwarded call's."""
+        """Call ``op`` on ``target``; with ``forward``, the answer is the forwarded call's."""
         invocation_id = invocation_id or new_invocation_id()
-        data = wire.encode_request(op, message, invocation_id=invocation_id, origin=self.origin, forward=forward)
         deadline = self.timeout if timeout is None else timeout
+        grant = None
+        if forward is not None and self.signer is not None:
+            grant = self.signer.grant(invocation_id, forward.stages(), deadline)
+        data = wire.encode_request(op, message, invocation_id=invocation_id, forward=forward, grant=grant)
+        subject = subjects.call(target, self.caller)
         reply = await request(self.nc, subject, op, data, timeout=deadline, invocation_id=invocation_id,
                               forward=forward)
         return wire.decode_reply(reply.data, result_type)
@@ -80,7 +91,11 @@ async def request(
 
 
 class RpcServer(Service):
-    """Serves one subject: decodes invocations, runs ``handler`` concurrently, replies.
+    """Serves one target: decodes invocations, runs ``handler`` concurrently, replies.
+
+    It takes the calls to ``target`` and the forwarded calls to it; a forwarded call is served
+    only with a grant ``verifier`` accepts. ``identity`` is the token its own forwarded calls
+    carry (the server's component key).
 
     nats-py runs a subscription's callback one message at a time, so each invocation gets its
     own task (bounded by ``max_in_flight``) to let independent requests proceed in parallel.
@@ -95,32 +110,36 @@ class RpcServer(Service):
     """
 
     def __init__(
-        self, nc: NATS, subject: str, handler: Handler, *, queue: str = "", max_in_flight: int = 256,
-        ack_timeout: float = DEFAULT_FORWARD_ACK_TIMEOUT,
+        self, nc: NATS, target: str, handler: Handler, *, identity: str, queue: str = "",
+        verifier: Verifier | None = None, max_in_flight: int = 256, ack_timeout: float = DEFAULT_FORWARD_ACK_TIMEOUT,
     ) -> None:
         super().__init__()
         self.nc = nc
-        self.subject = subject
+        self.target = target
+        self.subject = subjects.call(target, "*")  # for messages
+        self.identity = identity
+        self.verifier = verifier
         self.queue = queue
         self.handler = handler
         self.ack_timeout = ack_timeout
         self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sub: Subscription | None = None
+        self._subs: list[Subscription] = []
 
     async def _start(self, stack: contextlib.AsyncExitStack) -> None:
         """Subscribe; on return the NATS server knows the subscription (callers can reach it)."""
         with nats_errors(f"serving {self.subject}", self.subject):
-            self._sub = await self.nc.subscribe(self.subject, queue=self.queue, cb=self._on_message)
             stack.push_async_callback(self._finish)
+            for subject in subjects.served(self.target):
+                self._subs.append(await self.nc.subscribe(subject, queue=self.queue, cb=self._on_message))
             await self.nc.flush()
 
     async def _finish(self) -> None:
         """Stop taking new calls and let the ones in flight finish."""
-        if self._sub is not None:
+        for sub in self._subs:
             # A closed connection took the subscription with it already.
             with contextlib.suppress(LatticeUnavailable), nats_errors(f"leaving {self.subject}", self.subject):
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -164,18 +183,20 @@ class RpcServer(Service):
         """Send ``result`` on to the chain's next stage, which answers ``answer_to``."""
         forward = invocation.forward
         assert forward is not None
-        data = wire.encode_forwarded(forward, result, invocation_id=invocation.id, reply_to=answer_to)
+        data = wire.encode_forwarded(forward, result, invocation_id=invocation.id, reply_to=answer_to,
+                                     grant=invocation.grant)
+        subject = subjects.forwarded(forward.target, self.identity)
         if not answer_to:  # nobody waits for the answer, so nobody to tell that a stage is missing
-            await self.nc.publish(forward.subject, data)
+            await self.nc.publish(subject, data)
             return
         # No responders, too large, NATS away: raised as mlcloud errors, which _serve answers the
         # caller with (a small error still fits a reconnect buffer).
         try:
-            receipt = await request(self.nc, forward.subject, forward.op, data, timeout=self.ack_timeout,
+            receipt = await request(self.nc, subject, forward.op, data, timeout=self.ack_timeout,
                                     invocation_id=invocation.id)
         except RpcTimeout:  # taken but not confirmed in time: the caller's deadline decides
             log.warning("%s on %s did not confirm the forwarded call within %g s",
-                        forward.op, forward.subject, self.ack_timeout)
+                        forward.op, subject, self.ack_timeout)
             return
         if receipt.data:
             # A stage of an older mlcloud answers its request instead of reply_to: pass it on.
@@ -189,6 +210,16 @@ class RpcServer(Service):
         except MLCloudError as err:
             log.warning("%s on %s: could not confirm the forwarded call (%s)", op, self.subject, err.message)
 
+    def _caller(self, subject: str, invocation: Invocation) -> str:
+        """The subject's caller, or for a forwarded call the originator its grant names."""
+        sender, forwarded = subjects.sender(subject)
+        if not forwarded:
+            return sender
+        if self.verifier is None:
+            raise ClaimsError(f"{invocation.op}: {self.target} takes no forwarded calls")
+        return self.verifier.caller(invocation.grant, invocation_id=invocation.id, target=self.target,
+                                    op=invocation.op)
+
     async def _invoke(self, msg: Msg) -> tuple[Invocation | None, Any, MLCloudError | None]:
         """(invocation, result, None), or (…, None, the error to send back)."""
         invocation = None
@@ -196,6 +227,7 @@ class RpcServer(Service):
             invocation = wire.decode_request(msg.data)
             if invocation.reply_to and msg.reply and msg.reply != invocation.reply_to:
                 await self._receipt(msg.reply, invocation.op)
+            invocation.caller = self._caller(msg.subject, invocation)
             return invocation, await self.handler(invocation), None
         except MLCloudError as err:
             return invocation, None, err

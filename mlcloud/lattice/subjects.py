@@ -16,17 +16,47 @@ def check_token(value: str, what: str) -> str:
     return value
 
 
-def actor_rpc(lattice: str, actor: str) -> str:
-    """Calls to an actor, by public key or call alias; queue group = that name."""
-    return f"wasmbus.rpc.{lattice}.{actor}"
+# Calls carry their caller as the subject's last token, so nats-server's publish permissions say
+# who may call as whom (mlcloud/lattice/auth.py): ``wasmbus.rpc.{target}.{caller}``. A *target*
+# is where calls go, without the caller: ``{lattice}.{actor}`` (by public key or call alias) or
+# ``{lattice}.{contract token}.{provider key}.{link name}``. A chain's later stages are called on
+# ``wasmbus.fwd.{target}.{forwarding stage}`` with the originator's grant (mlcloud/lattice/grants.py).
+RPC = "wasmbus.rpc"
+FORWARD = "wasmbus.fwd"
 
 
-def provider_rpc(lattice: str, provider_key: str, link_name: str) -> str:
-    return f"wasmbus.rpc.{lattice}.{provider_key}.{link_name}"
+def contract_token(contract: str) -> str:
+    """A contract id as one subject token: ``wasmcloud:mlinference`` → ``wasmcloud_mlinference``."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", contract)
 
 
-def provider_health(lattice: str, provider_key: str, link_name: str) -> str:
-    return f"wasmbus.rpc.{lattice}.{provider_key}.{link_name}.health"
+def actor_target(lattice: str, actor: str) -> str:
+    """Calls to an actor, by public key or call alias; its instances share them (queue group)."""
+    return f"{lattice}.{actor}"
+
+
+def provider_target(lattice: str, contract: str, provider_key: str, link_name: str) -> str:
+    return f"{lattice}.{contract_token(contract)}.{provider_key}.{link_name}"
+
+
+def call(target: str, caller: str) -> str:
+    """The subject of a call to ``target`` made by ``caller`` (a component or host key)."""
+    return f"{RPC}.{target}.{caller}"
+
+
+def forwarded(target: str, stage: str) -> str:
+    """The subject of a chain's call to ``target``, sent on by the stage ``stage``."""
+    return f"{FORWARD}.{target}.{stage}"
+
+
+def served(target: str) -> tuple[str, str]:
+    """What the servers of ``target`` subscribe to: its calls and its forwarded calls."""
+    return f"{RPC}.{target}.*", f"{FORWARD}.{target}.*"
+
+
+def sender(subject: str) -> tuple[str, bool]:
+    """(the caller or forwarding stage a call's subject names, whether it is a forwarded call)."""
+    return subject.rpartition(".")[2], subject.startswith(FORWARD + ".")
 
 
 def events(lattice: str) -> str:
@@ -43,6 +73,11 @@ def ctl_ping_hosts(lattice: str) -> str:
 
 def ctl_inventory(lattice: str, host_id: str) -> str:
     return f"{ctl_prefix(lattice)}.get.{host_id}.inv"
+
+
+def ctl_models(lattice: str, host_id: str) -> str:
+    """The models of the mlinference providers a host runs, which it asks them for as itself."""
+    return f"{ctl_prefix(lattice)}.get.{host_id}.models"
 
 
 def ctl_command(lattice: str, host_id: str, command: str) -> str:

@@ -1,9 +1,11 @@
 """The RPC wire format: msgpack envelopes around every request and reply on the lattice.
 
-A request is ``{op, id, origin, msg, forward?}`` (``forward``: the chain of stages its result goes
-on to, see :class:`Forward`) and a reply is ``{ok}`` or ``{error: {kind,
+A request is ``{op, id, msg, forward?, grant?}`` (``forward``: the chain of stages its result goes
+on to, see :class:`Forward`; ``grant``: the originator's leave for those stages,
+:mod:`mlcloud.lattice.grants`) and a reply is ``{ok}`` or ``{error: {kind,
 message, details}}``. ``msg`` and ``ok`` are decoded lazily (``msgspec.Raw``), so a component decodes a
 payload straight into the type its handler wants, and large byte fields are not re-parsed.
+The caller is not in the envelope: the receiving server takes it from the subject (or the grant).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from mlcloud.errors import MalformedMessage, MLCloudError, error_from_wire
+from mlcloud.lattice.grants import Grant
 
 T = TypeVar("T")
 
@@ -23,14 +26,14 @@ _NIL = msgspec.Raw(b"\xc0")  # msgpack nil
 class Forward(msgspec.Struct, kw_only=True, frozen=True):
     """Where a server sends its result instead of answering: the next stage of a chain.
 
-    The result (or its field ``pick``) becomes field ``field`` of a request for ``op`` on
-    ``subject``, next to ``msg``; that request carries ``then``, the rest of the chain, and the
+    The result (or its field ``pick``) becomes field ``field`` of a request for ``op`` to
+    ``target`` (:mod:`mlcloud.lattice.subjects`), next to ``msg``; that request carries ``then``,
+    the rest of the chain, and the
     last stage answers the original caller.
     """
 
-    subject: str
+    target: str
     op: str
-    origin: str
     field: str
     msg: dict[str, Any] = {}  # the next request's other fields
     pick: str = ""  # forward only this attribute of the result (``tensor`` of an InferenceOutput)
@@ -40,16 +43,24 @@ class Forward(msgspec.Struct, kw_only=True, frozen=True):
         """This chain with ``stage`` appended as its last stage."""
         return msgspec.structs.replace(self, then=stage if self.then is None else self.then.followed_by(stage))
 
+    def stages(self) -> list[tuple[str, str]]:
+        """(target, op) of this stage and every one after it: what a grant for the chain names."""
+        stages = [(self.target, self.op)]
+        return stages if self.then is None else stages + self.then.stages()
+
 
 class Invocation(msgspec.Struct, kw_only=True):
     op: str
     id: str
-    origin: str = ""
     msg: msgspec.Raw = _NIL
     forward: Forward | None = None
     # Set on a chain's later stages: the original caller's inbox, where the answer (or the next
     # stage's) goes; the message's own reply subject then only takes the delivery receipt.
     reply_to: str = ""
+    grant: Grant | None = None
+    # Not read from the wire: set by the receiving server from the subject, or from a verified
+    # grant for a forwarded call (whatever a sender writes here is replaced).
+    caller: str = ""
 
     def payload(self, type_: type[T]) -> T:
         try:
@@ -68,23 +79,28 @@ _reply_decoder = msgspec.msgpack.Decoder(_Reply)
 
 
 def encode_request(
-    op: str, message: Any, *, invocation_id: str, origin: str, forward: Forward | None = None, reply_to: str = ""
+    op: str, message: Any, *, invocation_id: str, forward: Forward | None = None, reply_to: str = "",
+    grant: Grant | None = None,
 ) -> bytes:
-    request = {"op": op, "id": invocation_id, "origin": origin, "msg": message}
+    request = {"op": op, "id": invocation_id, "msg": message}
     if forward is not None:
         request["forward"] = forward
     if reply_to:
         request["reply_to"] = reply_to
+    if grant is not None:
+        request["grant"] = grant
     return _encoder.encode(request)
 
 
-def encode_forwarded(forward: Forward, result: Any, *, invocation_id: str, reply_to: str) -> bytes:
+def encode_forwarded(
+    forward: Forward, result: Any, *, invocation_id: str, reply_to: str, grant: Grant | None = None
+) -> bytes:
     """The next request of a chain, with ``result`` (or its ``pick``) as ``forward.field``, encoded
-    once; its answer goes to ``reply_to``, the original caller."""
+    once; its answer goes to ``reply_to``, the original caller; it carries on the chain's ``grant``."""
     value = _picked(result, forward) if forward.pick else result
     message = {**forward.msg, forward.field: value}
-    return encode_request(forward.op, message, invocation_id=invocation_id, origin=forward.origin,
-                          forward=forward.then, reply_to=reply_to)
+    return encode_request(forward.op, message, invocation_id=invocation_id, forward=forward.then,
+                          reply_to=reply_to, grant=grant)
 
 
 def describe_chain(op: str, forward: Forward | None) -> str:
@@ -106,7 +122,9 @@ def _picked(result: Any, forward: Forward) -> Any:
 
 def decode_request(data: bytes) -> Invocation:
     try:
-        return _invocation_decoder.decode(data)
+        invocation = _invocation_decoder.decode(data)
+        invocation.caller = ""
+        return invocation
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedMessage(f"not an RPC invocation: {exc}") from exc
 

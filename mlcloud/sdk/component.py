@@ -60,10 +60,13 @@ def _check_request(op: Op[Any, Any], message: object) -> None:
 class Context:
     """What a handler can reach: who called, the link that applies, and the lattice."""
 
-    def __init__(self, runtime: Runtime, *, invocation_id: str, origin: str) -> None:
+    def __init__(self, runtime: Runtime, *, invocation_id: str, caller: str, from_host: bool = False) -> None:
         self._runtime = runtime
         self.invocation_id = invocation_id
-        self.origin = origin
+        # The calling actor's (or host's) public key, as nats-server or the chain's grant vouches.
+        self.caller = caller
+        # The call comes from this instance's own host (trusted; it holds no link).
+        self.from_host = from_host
 
     @property
     def settings(self) -> Settings:
@@ -76,7 +79,11 @@ class Context:
     @property
     def link(self) -> LinkDefinition | None:
         """For providers: the link between the calling actor and this provider."""
-        return self._runtime.link_for(self.origin)
+        return self._runtime.link_for(self.caller)
+
+    def link_of(self, actor_id: str) -> LinkDefinition | None:
+        """For providers: the link of ``actor_id``, for a call from the host asking on its behalf."""
+        return self._runtime.link_for(actor_id)
 
     async def publish_event(self, name: str, /, **data: Any) -> None:
         """Publish a lattice event (past-tense name, e.g. ``model_loaded``) as this component."""

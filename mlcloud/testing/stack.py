@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from mlcloud.host.host import Host
+from mlcloud.lattice.auth import AUTH_DIR, NatsAuth
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.nats_server import NatsServer
 from mlcloud.servers import free_port, running_app
@@ -77,13 +78,17 @@ async def running_stack(state_dir: Path, *, manifest: Path = APP_MANIFEST, **ove
         **overrides,
     )
     async with contextlib.AsyncExitStack() as stack:
-        nats = await stack.enter_async_context(NatsServer(state_dir / "nats", port=0))
+        auth = NatsAuth.load_or_create(state_dir / AUTH_DIR)
+        host_creds, ctl_creds = auth.write_creds()
+        nats = await stack.enter_async_context(NatsServer(state_dir / "nats", port=0, auth=auth))
         bindle_address = await stack.enter_async_context(running_app(
             create_app(state_dir / "bindle"), "127.0.0.1:0", "the Bindle server", access_log=None))
         settings = settings.replace(nats_url=nats.url, bindle_address=bindle_address)
         registry = await stack.enter_async_context(EmbeddedRegistry.from_settings(settings))
         settings = settings.replace(registry=registry.address)
-        host = await stack.enter_async_context(Host(settings, {"stack": "test"}))
+        host = await stack.enter_async_context(Host(
+            settings.replace(nats_creds=host_creds, nats_account_seed=auth.account_seed_path), {"stack": "test"}))
+        settings = settings.replace(nats_creds=ctl_creds)
         ctl = await CtlClient.connect(settings)
         stack.push_async_callback(ctl.close)
         await deploy_app(settings, manifest, lambda line: None, models_build, PROJECT_DIR)

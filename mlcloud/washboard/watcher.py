@@ -21,15 +21,14 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from mlcloud.errors import ComponentNotFound, LatticeUnavailable, MLCloudError, RequestError
-from mlcloud.interfaces import MLINFERENCE, MODEL_STATUS, ModelInfo, ModelStatusRequest
 from mlcloud.lattice import subjects
+from mlcloud.lattice.auth import credentials_for
 from mlcloud.lattice.connect import connect
-from mlcloud.lattice.control import DEFAULT_LINK_NAME, ActorReply, HostInventory, LinkDefinition, ProviderReply
+from mlcloud.lattice.control import DEFAULT_LINK_NAME, ActorReply, HostInventory, ProviderReply
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.events import decode_event
 from mlcloud.lattice.lifecycle import Service, cancel_and_wait
 from mlcloud.lattice.natserrors import nats_errors
-from mlcloud.lattice.rpc import RpcClient
 from mlcloud.settings import Settings
 from mlcloud.washboard.state import LatticeState, Refresh, Section
 
@@ -113,7 +112,8 @@ class LatticeWatcher(Service):
         while True:
             try:
                 nc = await connect(
-                    url, name="mlcloud-washboard", timeout=CONNECT_ATTEMPT, error_cb=self._on_nats_error,
+                    url, name="mlcloud-washboard", credentials=credentials_for(self.settings), timeout=CONNECT_ATTEMPT,
+                    error_cb=self._on_nats_error,
                     disconnected_cb=self._on_disconnected, reconnected_cb=self._on_reconnected,
                     closed_cb=self._on_closed,
                 )
@@ -222,23 +222,18 @@ class LatticeWatcher(Service):
         self._schedule_flush()
 
     async def refresh_models(self) -> None:
-        """Ask the provider of every mlinference link for the status of that link's models."""
-        assert self.nc is not None
-        await asyncio.gather(*(self._model_status(link) for link in self.state.mlinference_links(MLINFERENCE)))
+        """Ask every host for the models of the mlinference providers it runs (the host asks them as
+        itself: the washboard has control rights only, and never calls as an actor)."""
+        assert self.ctl is not None
+        answers = await asyncio.gather(*(self.ctl.get_models(h) for h in list(self.state.hosts)),
+                                       return_exceptions=True)
+        for host_id, answer in zip(list(self.state.hosts), answers, strict=False):
+            if isinstance(answer, BaseException):
+                log.info("models of host %s unavailable: %s", host_id, answer)
+                continue
+            for entry in answer:
+                self.state.apply_models(entry.actor_id, entry.link_name, entry.provider_id, entry.models, entry.error)
         self._schedule_flush()
-
-    async def _model_status(self, link: LinkDefinition) -> None:
-        actor_id, provider_id, link_name = link.actor_id, link.provider_id, link.link_name
-        assert self.nc is not None
-        # The provider answers for the link of the calling actor, so the call is made as that actor.
-        rpc = RpcClient(self.nc, origin=actor_id, timeout=self.settings.ctl_timeout)
-        subject = subjects.provider_rpc(self.settings.lattice, provider_id, link_name)
-        try:
-            models: list[ModelInfo] = await rpc.call(subject, MODEL_STATUS.name, ModelStatusRequest(), list[ModelInfo])
-        except MLCloudError as err:  # a malformed reply is a MalformedMessage
-            self.state.apply_models(actor_id, link_name, provider_id, None, f"{err.kind}: {err.message}")
-        else:
-            self.state.apply_models(actor_id, link_name, provider_id, models)
 
     # ---- pushing to pages --------------------------------------------------------------
 

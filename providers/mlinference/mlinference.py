@@ -112,8 +112,8 @@ class MlInference(Provider):
 
     @operation(PREDICT)
     async def predict(self, ctx: Context, request: InferenceInput) -> InferenceOutput:
-        registry = self._registry(ctx.origin)
-        timer = self.metrics[ctx.origin].start(request.model)
+        registry = self._registry(ctx.caller)
+        timer = self.metrics[ctx.caller].start(request.model)
         try:
             tensor = await registry.predict(request.model, request.tensor, request.index)
         except MLCloudError:
@@ -124,9 +124,9 @@ class MlInference(Provider):
 
     @operation(MODEL_STATUS)
     async def status(self, ctx: Context, request: ModelStatusRequest) -> list[ModelInfo]:
-        registry = self._registry(ctx.origin)
-        infos = registry.status(request.model or None)
-        return [self.metrics[ctx.origin].annotate(info) for info in infos]
+        actor = request.actor if ctx.from_host and request.actor else ctx.caller
+        infos = self._registry(actor).status(request.model or None)
+        return [self.metrics[actor].annotate(info) for info in infos]
 
     def _event_hook(self, actor_id: str):
         def on_event(name: str, info: ModelInfo) -> None:

@@ -103,10 +103,10 @@ class FakeRuntime:
     def provider_forward(
         self, contract: str, op: str, msg: dict[str, Any], *, field: str, pick: str, link_name: str
     ) -> Forward:
-        return Forward(subject=f"provider:{contract}", op=op, origin="api", field=field, msg=msg, pick=pick)
+        return Forward(target=f"provider:{contract}", op=op, field=field, msg=msg, pick=pick)
 
     def actor_forward(self, actor: str, op: str, msg: dict[str, Any], *, field: str, pick: str) -> Forward:
-        return Forward(subject=f"actor:{actor}", op=op, origin="api", field=field, msg=msg, pick=pick)
+        return Forward(target=f"actor:{actor}", op=op, field=field, msg=msg, pick=pick)
 
     def serve(self, op: str, request: Any) -> Any:
         if op in self.failures:
@@ -158,7 +158,7 @@ def test_the_fake_runtime_is_a_runtime() -> None:
 
 async def send(api: ModuleType, runtime: FakeRuntime, method: str, path: str, *, body: bytes = b"",
                query: str = "", header: dict[str, str] | None = None) -> HttpResponse:
-    ctx = Context(runtime, invocation_id="t", origin="httpserver")
+    ctx = Context(runtime, invocation_id="t", caller="httpserver")
     request = HttpRequest(method=method, path=path, query_string=query, header=header or {}, body=body)
     response: HttpResponse = await api.handle_request(ctx, request)
     return response
@@ -250,10 +250,10 @@ async def test_matches_is_one_chain_preprocess_predict_postprocess(api: ModuleTy
     assert chain.message == PreprocessRequest(image=b"jpeg", dimensions=[1, 3, 8, 8], value_type=ValueType.ValueF32)
     predict = chain.forward
     assert predict is not None and predict.then is not None and predict.then.then is None
-    assert (predict.subject, predict.op, predict.field, predict.pick, predict.msg) == (
+    assert (predict.target, predict.op, predict.field, predict.pick, predict.msg) == (
         "provider:wasmcloud:mlinference", PREDICT.name, "tensor", "", {"model": "m"})
     top_k = predict.then
-    assert (top_k.subject, top_k.op, top_k.field, top_k.pick, top_k.msg) == (
+    assert (top_k.target, top_k.op, top_k.field, top_k.pick, top_k.msg) == (
         "actor:postprocess", POSTPROCESS.name, "tensor", "tensor", {"top": 3})
 
 

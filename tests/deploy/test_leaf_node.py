@@ -17,6 +17,7 @@ import pytest
 from mlcloud.errors import MLCloudError
 from mlcloud.host.host import Host
 from mlcloud.lattice import subjects
+from mlcloud.lattice.auth import NatsAuth
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.nats_server import find_nats_server
 from mlcloud.lattice.wire import decode_reply, encode_request
@@ -90,8 +91,11 @@ async def test_board_host_on_a_leaf_node_serves_a_link_set_on_the_hub(tmp_path: 
     hub, leaf, hub_url, leaf_url = await _hub_and_leaf(tmp_path)
     try:
         lattice = f"leaf-{uuid.uuid4().hex[:8]}"
+        # This hub and leaf take anonymous connections (deploy/coral's board configs do not yet
+        # carry credentials); the hosts still need the account seed to mint their instances'.
+        seed = NatsAuth.load_or_create(tmp_path / "nats-auth").account_seed_path
         dev = Settings.from_env({}, state_dir=tmp_path / "dev", lattice=lattice, nats_url=hub_url,
-                                heartbeat_interval=1.0, restart_backoff=0.2, dev=True)
+                                nats_account_seed=seed, heartbeat_interval=1.0, restart_backoff=0.2, dev=True)
         board = dev.replace(nats_url=leaf_url, state_dir=tmp_path / "board")
         async with Host(dev, {"arch": "x86_64"}) as dev_host, Host(board, {"arch": "aarch64"}) as board_host:
             async with await CtlClient.connect(dev) as ctl:
@@ -106,9 +110,9 @@ async def test_board_host_on_a_leaf_node_serves_a_link_set_on_the_hub(tmp_path: 
                     async with asyncio.timeout(20):
                         while True:
                             try:
-                                answer = await nc.request(subjects.actor_rpc(lattice, actor),
-                                                          encode_request("Caller.Relay", {"x": 1},
-                                                                         invocation_id="t", origin="test"), timeout=2)
+                                answer = await nc.request(
+                                    subjects.call(subjects.actor_target(lattice, actor), "test"),
+                                    encode_request("Caller.Relay", {"x": 1}, invocation_id="t"), timeout=2)
                                 answer = decode_reply(answer.data)
                                 break
                             except MLCloudError:  # the link is still on its way to the board

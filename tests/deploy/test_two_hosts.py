@@ -57,13 +57,17 @@ async def wait_for(predicate, timeout: float, what: str) -> None:
             await asyncio.sleep(0.2)
 
 
-async def test_labels_place_mlinference_on_the_board_and_matches_crosses_hosts(nats_server, tmp_path):
+async def test_labels_place_mlinference_on_the_board_and_matches_crosses_hosts(nats_server, nats_auth, tmp_path):
     models_build = await asyncio.to_thread(build_models)
     http_port = free_port()
     settings = Settings.from_env(
         {},
         state_dir=tmp_path / "state",
         nats_url=nats_server.url,
+        # Both hosts join with host credentials and the account seed (`mlcloud host --nats-creds
+        # … --nats-account-seed …`); the deploy below connects with them too.
+        nats_creds=nats_auth.directory / "host.creds",
+        nats_account_seed=nats_auth.account_seed_path,
         lattice=f"deploy-{uuid.uuid4().hex[:8]}",
         registry="127.0.0.1:0",
         http_address=f"127.0.0.1:{http_port}",

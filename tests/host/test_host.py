@@ -6,7 +6,6 @@ import asyncio
 import os
 import signal
 
-import nats
 import pytest
 from nats.aio.msg import Msg
 
@@ -27,7 +26,7 @@ from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.events import decode_event
 from mlcloud.lattice.lifecycle import State
 from mlcloud.lattice.rpc import RpcClient
-from tests.conftest import COMPONENTS
+from tests.conftest import COMPONENTS, host_connection
 
 CALLER = str(COMPONENTS / "caller")
 ECHO = str(COMPONENTS / "echo")
@@ -48,9 +47,14 @@ async def ctl(settings, host):
 
 @pytest.fixture
 async def rpc(settings):
-    nc = await nats.connect(settings.effective_nats_url)
-    yield RpcClient(nc, origin="test", timeout=5)
+    nc = await host_connection(settings)
+    yield RpcClient(nc, caller="test", timeout=5)
     await nc.close()
+
+
+def as_host(rpc: RpcClient, host: Host) -> RpcClient:
+    """Calls made as the host, which a provider serves without a link (its health checks, its models)."""
+    return RpcClient(rpc.nc, caller=host.id, timeout=rpc.timeout)
 
 
 async def start_linked(ctl: CtlClient, host: Host, values: dict | None = None) -> tuple[str, str]:
@@ -84,26 +88,26 @@ async def test_get_hosts_and_inventory_show_what_runs(ctl, host):
 
 async def test_actor_calls_provider_through_link(ctl, host, rpc, settings):
     actor, _ = await start_linked(ctl, host, values={"model": "m1"})
-    subject = subjects.actor_rpc(settings.lattice, actor)
+    subject = subjects.actor_target(settings.lattice, actor)
     answer = await call_until(rpc, subject, "Caller.Relay", {"x": 1})
     assert answer["provider"]["echo"] == {"x": 1}
     assert answer["provider"]["values"] == {"model": "m1"}
     assert answer["provider"]["greeting"] == "hi"
     # The call alias (component name) reaches the same actor.
-    by_alias = await rpc.call(subjects.actor_rpc(settings.lattice, "caller"), "Caller.Relay", {"y": 2})
+    by_alias = await rpc.call(subjects.actor_target(settings.lattice, "caller"), "Caller.Relay", {"y": 2})
     assert by_alias["provider"]["echo"] == {"y": 2}
 
 
 async def test_call_without_link_is_link_not_found(ctl, host, rpc, settings):
     actor = (await ctl.start_actor(host.id, CALLER)).actor_id
     with pytest.raises(LinkNotFound, match="test:echo"):
-        await rpc.call(subjects.actor_rpc(settings.lattice, actor), "Caller.Relay", {})
+        await rpc.call(subjects.actor_target(settings.lattice, actor), "Caller.Relay", {})
 
 
 async def test_unclaimed_capability_is_refused(ctl, host, rpc, settings):
     actor, _ = await start_linked(ctl, host)
     with pytest.raises(CapabilityNotClaimed, match="test:not-claimed"):
-        await rpc.call(subjects.actor_rpc(settings.lattice, actor), "Caller.Unclaimed", {})
+        await rpc.call(subjects.actor_target(settings.lattice, actor), "Caller.Unclaimed", {})
 
 
 async def test_scaling_to_three_spreads_calls(ctl, host, rpc, settings):
@@ -111,7 +115,7 @@ async def test_scaling_to_three_spreads_calls(ctl, host, rpc, settings):
     await ctl.scale_actor(host.id, actor, 3)
     inventory = await ctl.get_inventory(host.id)
     assert len(inventory.actors[0].instances) == 3
-    subject = subjects.actor_rpc(settings.lattice, actor)
+    subject = subjects.actor_target(settings.lattice, actor)
     pids = await asyncio.gather(*(rpc.call(subject, "Caller.Pid", None) for _ in range(90)))
     counts = {pid: pids.count(pid) for pid in set(pids)}
     assert len(counts) == 3, counts
@@ -122,7 +126,7 @@ async def test_scaling_to_three_spreads_calls(ctl, host, rpc, settings):
 
 async def test_killed_instance_is_restarted_and_calls_succeed_again(ctl, host, rpc, settings):
     actor, _ = await start_linked(ctl, host)
-    subject = subjects.actor_rpc(settings.lattice, actor)
+    subject = subjects.actor_target(settings.lattice, actor)
     first_pid = await rpc.call(subject, "Caller.Pid", None)
     os.kill(first_pid, signal.SIGKILL)
     second_pid = await call_until(rpc, subject, "Caller.Pid", None)
@@ -133,14 +137,14 @@ async def test_killed_instance_is_restarted_and_calls_succeed_again(ctl, host, r
 
 async def test_crashing_handler_restarts_instance_with_event(ctl, host, rpc, settings):
     actor, _ = await start_linked(ctl, host)
-    nc = await nats.connect(settings.effective_nats_url)
+    nc = await host_connection(settings)
     events: list[str] = []
 
     async def collect(msg: Msg) -> None:
         events.append(decode_event(msg.data).name)
 
     sub = await nc.subscribe(subjects.events(settings.lattice), cb=collect)
-    subject = subjects.actor_rpc(settings.lattice, actor)
+    subject = subjects.actor_target(settings.lattice, actor)
     with pytest.raises(RpcTimeout):  # the process dies mid-call, so no answer comes
         await rpc.call(subject, "Caller.Crash", None, timeout=1)
     assert await call_until(rpc, subject, "Caller.Pid", None)
@@ -153,7 +157,8 @@ async def test_crashing_handler_restarts_instance_with_event(ctl, host, rpc, set
 
 async def test_restarted_provider_gets_its_links_back(ctl, host, rpc, settings):
     actor, provider = await start_linked(ctl, host)
-    provider_subject = subjects.provider_rpc(settings.lattice, provider, "default")
+    provider_subject = subjects.provider_target(settings.lattice, "test:echo", provider, "default")
+    rpc = as_host(rpc, host)
     assert await call_until(rpc, provider_subject, "Echo.Links", None) == [actor]
     pid = (await ctl.get_inventory(host.id)).providers[0].instances[0].pid
     assert pid is not None
@@ -161,7 +166,7 @@ async def test_restarted_provider_gets_its_links_back(ctl, host, rpc, settings):
     await asyncio.sleep(0.3)
     links = await call_until(rpc, provider_subject, "Echo.Links", None)
     assert links == [actor]
-    answer = await call_until(rpc, subjects.actor_rpc(settings.lattice, actor), "Caller.Relay", {"after": "restart"})
+    answer = await call_until(rpc, subjects.actor_target(settings.lattice, actor), "Caller.Relay", {"after": "restart"})
     assert answer["provider"]["values"] == {"k": "v"}
 
 
@@ -175,7 +180,7 @@ async def test_links_survive_a_host_restart(settings, rpc):
         assert [(link.actor_id, link.provider_id) for link in await ctl.get_links()] == [(actor, provider)]
         await ctl.start_provider(second.id, ECHO, config={"greeting": "hi"})
         await ctl.start_actor(second.id, CALLER)
-        answer = await call_until(rpc, subjects.actor_rpc(settings.lattice, actor), "Caller.Relay", {})
+        answer = await call_until(rpc, subjects.actor_target(settings.lattice, actor), "Caller.Relay", {})
         assert answer["provider"]["values"] == {"k": "v"}
         await ctl.close()
 
@@ -184,7 +189,8 @@ async def test_link_delete_reaches_provider_and_put_is_idempotent(ctl, host, rpc
     actor, provider = await start_linked(ctl, host)
     assert (await ctl.put_link(actor, provider, "test:echo", values={"k": "v"})).changed is False
     await ctl.delete_link(actor, "test:echo")
-    provider_subject = subjects.provider_rpc(settings.lattice, provider, "default")
+    provider_subject = subjects.provider_target(settings.lattice, "test:echo", provider, "default")
+    rpc = as_host(rpc, host)
     for _ in range(50):
         if await rpc.call(provider_subject, "Echo.Links", None) == []:
             break
@@ -223,7 +229,7 @@ async def test_crash_looping_actor_is_reported_and_stops_at_once(settings):
 async def test_a_host_whose_start_fails_part_way_closes_its_nats_connection(settings):
     # A JetStream stream squats the name of the lattice's link bucket: the host connects, then
     # cannot open its links, and must not leave that connection (or anything else) behind.
-    nc = await nats.connect(settings.effective_nats_url)
+    nc = await host_connection(settings)
     bucket = subjects.lattice_bucket(settings.lattice)
     await nc.jetstream().add_stream(name=f"KV_{bucket}", subjects=[f"squat.{settings.lattice}"])
     host = Host(settings)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import nats
-
 from mlcloud.host.host import Host
 from mlcloud.lattice import subjects
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.rpc import RpcClient
 from mlcloud.settings import Settings
-from tests.conftest import COMPONENTS
+from tests.conftest import COMPONENTS, host_connection
 
 
 def cmdline(pid: int) -> str:
@@ -22,13 +20,13 @@ def cmdline(pid: int) -> str:
 async def test_ps_names_each_instances_component(settings: Settings) -> None:
     async with Host(settings) as host:
         ctl = await CtlClient.connect(settings)
-        nc = await nats.connect(settings.effective_nats_url)
+        nc = await host_connection(settings)
         try:
             provider = (await ctl.start_provider(host.id, str(COMPONENTS / "echo"))).provider_id
             actor = (await ctl.start_actor(host.id, str(COMPONENTS / "caller"))).actor_id
             await ctl.put_link(actor, provider, "test:echo")
-            rpc = RpcClient(nc, origin="test", timeout=2)
-            subject = subjects.actor_rpc(settings.lattice, actor)
+            rpc = RpcClient(nc, caller="test", timeout=2)
+            subject = subjects.actor_target(settings.lattice, actor)
             for attempt in range(50):  # until the link has reached both instances
                 try:
                     answer = await rpc.call(subject, "Caller.Relay", {})

@@ -10,6 +10,7 @@ import nats.errors
 import pytest
 
 from mlcloud.errors import LatticeUnavailable, NoResponders, PayloadTooLarge, RpcTimeout
+from mlcloud.lattice.auth import Credentials
 from mlcloud.lattice.connect import connect
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.nats_server import NatsServer
@@ -30,8 +31,8 @@ async def test_an_unreachable_server_is_lattice_unavailable_not_no_responders():
     assert info.value.http_status == 503 and info.value.__cause__ is not None
 
 
-async def test_request_errors_keep_their_cause(nats_server: NatsServer):
-    nc = await nats.connect(nats_server.url)
+async def test_request_errors_keep_their_cause(nats_server: NatsServer, host_creds: Credentials):
+    nc = await connect(nats_server.url, name="test", credentials=host_creds)
     try:
         with pytest.raises(NoResponders, match=r"nobody serves t\.none \(Op\.X\)") as nobody:
             with nats_errors("Op.X", "t.none", timeout=1):

@@ -25,7 +25,7 @@ from mlcloud.sdk import Chain, Context, Runtime
 
 def stage(op: Op[Any, Any], fields: dict[str, Any], *, into: str, pick: str = "") -> Chain[Any]:
     def route(name: str, msg: dict[str, Any], wire_field: str, pick: str) -> Forward:
-        return Forward(subject=f"to.{name}", op=name, origin="test", field=wire_field, msg=msg, pick=pick)
+        return Forward(target=f"to.{name}", op=name, field=wire_field, msg=msg, pick=pick)
 
     return Chain.build(op, fields, into=into, pick=pick, route=route)
 
@@ -35,8 +35,8 @@ def test_a_well_typed_chain_becomes_the_nested_forward_of_the_wire() -> None:
         stage(POSTPROCESS, {"top": 3}, into="tensor", pick="tensor")).after(PREPROCESS)
     assert chain.reply == POSTPROCESS.reply
     assert chain.to_wire() == Forward(
-        subject="to.MlInference.Predict", op="MlInference.Predict", origin="test", field="tensor", msg={"model": "m"},
-        then=Forward(subject="to.Postprocess.Matches", op="Postprocess.Matches", origin="test", field="tensor",
+        target="to.MlInference.Predict", op="MlInference.Predict", field="tensor", msg={"model": "m"},
+        then=Forward(target="to.Postprocess.Matches", op="Postprocess.Matches", field="tensor",
                      msg={"top": 3}, pick="tensor"))
 
 
@@ -102,7 +102,7 @@ def test_a_picked_field_must_fit_and_an_optional_one_fits_without_its_none() -> 
 
 async def test_a_call_is_checked_before_it_leaves() -> None:
     # Both mistakes are found before the runtime is asked for anything (it has nothing here).
-    ctx = Context(cast(Runtime, object()), invocation_id="i", origin="test")
+    ctx = Context(cast(Runtime, object()), invocation_id="i", caller="test")
     with pytest.raises(TypeError, match="MlInference.Predict takes a InferenceInput, not a dict"):
         await ctx.call("wasmcloud:mlinference", PREDICT, {"model": "m"})  # type: ignore[misc]  # the mistake mypy finds too
     top_k = stage(POSTPROCESS, {"top": 1}, into="tensor", pick="tensor")  # fits after Predict only

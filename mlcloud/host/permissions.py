@@ -1,0 +1,42 @@
+"""What an instance's NATS connection may do: the permissions of the user JWT its host mints.
+
+From the instance's signed claims and nothing else (nats-server enforces them, see
+:mod:`mlcloud.lattice.auth`):
+
+* publish calls as itself only (the caller is a call subject's last token): to any actor, and to
+  the providers of the contracts its claims name; the provider checks the link;
+* publish a chain's forwarded calls as itself (their receivers check the originator's grant),
+  answers to any inbox (a chain's last stage answers the originator), its events, and its
+  ready report to its host;
+* subscribe to its own calls and its own inbox only; read the lattice's link bucket;
+* no control interface (``wasmbus.ctl``), no events to follow, no other JetStream.
+"""
+
+from __future__ import annotations
+
+from mlcloud.component import ComponentKind
+from mlcloud.host.spec import InstanceSpec
+from mlcloud.lattice import subjects
+from mlcloud.lattice.auth import INBOX, Permissions, inbox_prefix
+
+
+def instance_permissions(lattice: str, spec: InstanceSpec, user_key: str) -> Permissions:
+    key = spec.key
+    calls = [subjects.call(subjects.actor_target(lattice, "*"), key)]
+    calls += [subjects.call(subjects.provider_target(lattice, c, "*", "*"), key) for c in spec.capabilities]
+    forwards = [subjects.forwarded(subjects.actor_target(lattice, "*"), key),
+                subjects.forwarded(f"{lattice}.*.*.*", key)]
+    if spec.kind is ComponentKind.PROVIDER:
+        targets = [subjects.provider_target(lattice, spec.contract, key, spec.link_name)]
+    else:
+        targets = [subjects.actor_target(lattice, key), subjects.actor_target(lattice, spec.name)]
+    bucket = f"KV_{subjects.lattice_bucket(lattice)}"
+    links = ("$JS.API.INFO", f"$JS.API.STREAM.INFO.{bucket}", f"$JS.API.CONSUMER.CREATE.{bucket}",
+             f"$JS.API.CONSUMER.CREATE.{bucket}.>", f"$JS.API.CONSUMER.INFO.{bucket}.>",
+             f"$JS.API.CONSUMER.DELETE.{bucket}.>")
+    return Permissions(
+        pub=(*calls, *forwards, f"{INBOX}.>", subjects.events(lattice),
+             subjects.instance_ready(lattice, spec.host_id), *links),
+        sub=(*[s for t in targets for s in subjects.served(t)], f"{inbox_prefix(user_key)}.>"),
+        responses=True,
+    )
