@@ -10,6 +10,7 @@ instance count, and the page says so when NATS goes away and recovers by itself.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -64,7 +65,7 @@ async def wait_text(locator, text: str) -> None:
 
 
 async def test_page_shows_hosts_actors_providers_links_and_models(page, washboard: Washboard, lattice: Lattice):
-    await page.goto(washboard.url)
+    await page.goto(washboard.page_url)
     await page.wait_for_selector("#conn.live")
     host_card = page.locator(f"#hosts [data-host='{lattice.host.id}']")
     await host_card.wait_for()
@@ -102,7 +103,7 @@ async def test_page_shows_hosts_actors_providers_links_and_models(page, washboar
 
 
 async def test_killed_provider_turns_unhealthy_then_healthy_again(page, washboard: Washboard, lattice: Lattice):
-    await page.goto(washboard.url)
+    await page.goto(washboard.page_url)
     echo = row(page, "providers", "echo")
     await echo.locator(".badge.healthy").wait_for()
     # Record every status the row shows: the unhealthy spell lasts only until the restart.
@@ -123,14 +124,15 @@ async def test_killed_provider_turns_unhealthy_then_healthy_again(page, washboar
     await page.wait_for_function("window.seenEchoStatus.includes('unhealthy')")
     await page.wait_for_function("""() => {
         const s = window.seenEchoStatus;
-        return s.indexOf('unhealthy') >= 0 && s[s.length - 1] === 'healthy' && s.lastIndexOf('healthy') > s.indexOf('unhealthy');
+        return s.indexOf('unhealthy') >= 0 && s[s.length - 1] === 'healthy'
+            && s.lastIndexOf('healthy') > s.indexOf('unhealthy');
     }""")
     await wait_text(echo.locator("td.restarts"), "1")
     await page.locator("#feed li[data-name='health_check_failed']").first.wait_for()
 
 
 async def test_scaling_an_actor_from_the_page(page, washboard: Washboard, lattice: Lattice):
-    await page.goto(washboard.url)
+    await page.goto(washboard.page_url)
     caller = row(page, "actors", "caller")
     await caller.locator(".badge.healthy").wait_for()
     await wait_text(caller.locator(".instances .count"), "1")
@@ -142,6 +144,7 @@ async def test_scaling_an_actor_from_the_page(page, washboard: Washboard, lattic
     await page.click("#dialog-confirm")
     await dialog.wait_for(state="hidden")
     await wait_text(caller.locator(".instances .count"), "3")
+    assert "token" not in page.url  # the page took the token out of the address bar
     await caller.locator(".badge.healthy").wait_for()
     inventory = await lattice.ctl.get_inventory(lattice.host.id)
     assert len(next(a for a in inventory.actors if a.name == "caller").instances) == 3
@@ -158,8 +161,35 @@ async def test_scaling_an_actor_from_the_page(page, washboard: Washboard, lattic
     await wait_text(caller.locator(".instances .count"), "3")
 
 
-async def test_stopping_and_starting_a_provider_from_the_page(page, washboard: Washboard, lattice: Lattice):
+async def test_without_the_token_the_page_says_where_to_get_it_and_the_log_never_shows_it(
+        page, washboard: Washboard, lattice: Lattice, caplog):
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
     await page.goto(washboard.url)
+    caller = row(page, "actors", "caller")
+    await caller.locator(".badge.healthy").wait_for()
+    await caller.get_by_role("button", name="Scale…").click()
+    await page.fill("#scale-count", "2")
+    await page.click("#dialog-confirm")
+    await page.locator("#dialog-error").wait_for(state="visible")
+    assert "Unauthorized" in await page.inner_text("#dialog-error")
+    assert "#token=" in await page.inner_text("#dialog-error")  # where the token is
+    await page.click("#dialog-cancel")
+
+    await page.goto(washboard.page_url)
+    await caller.get_by_role("button", name="Scale…").click()
+    await page.fill("#scale-count", "2")
+    await page.click("#dialog-confirm")
+    # By selector, not by handle: the row may be drawn anew while the action runs.
+    await page.wait_for_function(
+        "document.querySelector(\"#actors tr[data-name='caller'] .instances .count\")?.textContent.trim() === '2'")
+    await caller.locator(".badge.healthy").wait_for()
+    logged = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any("/scale" in line for line in logged)
+    assert not any(washboard.token in line for line in logged)
+
+
+async def test_stopping_and_starting_a_provider_from_the_page(page, washboard: Washboard, lattice: Lattice):
+    await page.goto(washboard.page_url)
     echo = row(page, "providers", "echo")
     await echo.locator(".badge.healthy").wait_for()
     await echo.get_by_role("button", name="Stop…").click()
@@ -180,13 +210,15 @@ async def test_page_says_nats_is_away_and_recovers_by_itself(page, tmp_path, set
     own = settings.replace(nats_url=server.url)
     await server.start()
     try:
-        async with running_app(create_washboard(own, poll_interval=0.5), "127.0.0.1:0", "washboard") as address:
+        app = create_washboard(own, token="unused", poll_interval=0.5)
+        async with running_app(app, "127.0.0.1:0", "washboard") as address:
             await page.goto(f"http://{address}/")
             await page.wait_for_selector("#conn.live")
             await server.stop()
             banner = page.locator("#banner")
             await banner.wait_for(state="visible")
-            await page.wait_for_function("/NATS is away.*data is [0-9]+ s stale/.test(document.getElementById('banner').textContent)")
+            await page.wait_for_function(
+                "/NATS is away.*data is [0-9]+ s stale/.test(document.getElementById('banner').textContent)")
             await server.start()
             await banner.wait_for(state="hidden")
             await page.wait_for_selector("#conn.live")
@@ -198,7 +230,7 @@ async def test_phone_layout_stacks_tables_into_cards(browser, washboard: Washboa
     context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     try:
         page = await context.new_page()
-        await page.goto(washboard.url)
+        await page.goto(washboard.page_url)
         caller = row(page, "actors", "caller")
         await caller.locator(".badge.healthy").wait_for()
         assert not await page.locator("#actors thead").is_visible()
