@@ -10,6 +10,7 @@ instance count, and the page says so when NATS goes away and recovers by itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -58,10 +59,11 @@ def row(page, table: str, name: str):
 
 
 async def wait_text(locator, text: str) -> None:
-    """Wait until ``locator`` shows exactly ``text`` (re-read on every animation frame)."""
-    handle = await locator.element_handle()
-    await locator.page.wait_for_function("([el, text]) => el.isConnected && el.textContent.trim() === text",
-                                         arg=[handle, text])
+    """Wait until ``locator`` shows exactly ``text``, found again on each read: a row drawn anew
+    while waiting would leave an element handle behind."""
+    async with asyncio.timeout(WAIT_MS / 1000):
+        while (await locator.inner_text()).strip() != text:
+            await asyncio.sleep(0.05)
 
 
 async def test_page_shows_hosts_actors_providers_links_and_models(page, washboard: Washboard, lattice: Lattice):
@@ -179,9 +181,7 @@ async def test_without_the_token_the_page_says_where_to_get_it_and_the_log_never
     await caller.get_by_role("button", name="Scale…").click()
     await page.fill("#scale-count", "2")
     await page.click("#dialog-confirm")
-    # By selector, not by handle: the row may be drawn anew while the action runs.
-    await page.wait_for_function(
-        "document.querySelector(\"#actors tr[data-name='caller'] .instances .count\")?.textContent.trim() === '2'")
+    await wait_text(caller.locator(".instances .count"), "2")
     await caller.locator(".badge.healthy").wait_for()
     logged = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
     assert any("/scale" in line for line in logged)
