@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,13 +60,13 @@ async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] 
         host = await stack.enter_async_context(Host(settings, options.labels, key=host_key))
         say(f"host               {host.id}  labels {host.labels}")
         if options.start_washboard:
-            from mlcloud.washboard.access import load_or_create_token, page_url
+            from mlcloud.washboard.access import announcement, load_or_create_token
             from mlcloud.washboard.app import create_washboard
 
             token = load_or_create_token(settings.state_dir)
             address = await stack.enter_async_context(running_app(
                 create_washboard(settings, token=token), settings.washboard_address, "the washboard", access_log=None))
-            say(f"washboard          {page_url(address, token)}   (its actions need the token)")
+            say(f"washboard          {announcement(address, token, settings.state_dir, terminal=sys.stdout.isatty())}")
         if options.app is not None:
             await deploy_app(settings, options.app, say, options.models_dir)
         say("mlcloud is up. Ctrl-C stops it.")

@@ -9,10 +9,10 @@ An action (any request but GET, HEAD, OPTIONS) must pass two checks, in this ord
    in the same browser is refused before anything else is looked at.
 2. **The token** (401): ``Authorization: Bearer TOKEN``, where TOKEN is ``state_dir/washboard.token``,
    made once (mode 0600) by the first ``mlcloud up`` or ``mlcloud washboard``. Both print the page's
-   address with the token in the fragment (``/#token=…``): a browser never sends a fragment to a
-   server, so the token is in no access log or ``Referer``. The page keeps it in its origin's
-   localStorage, takes it out of the address bar and sends it with each action. Only a SHA-256
-   digest is kept in the server, compared in constant time.
+   address with the token in the fragment (``/#token=…``) when their output is a terminal: a
+   browser never sends a fragment to a server, so the token is in no access log or ``Referer``.
+   The page keeps it in its origin's localStorage, takes it out of the address bar and sends it
+   with each action. Only a SHA-256 digest is kept in the server, compared in constant time.
 """
 
 from __future__ import annotations
@@ -58,8 +58,16 @@ def load_or_create_token(state_dir: Path) -> str:
 
 
 def page_url(address: str, token: str) -> str:
-    """The address ``mlcloud up`` prints: the page, with the token where only the browser sees it."""
+    """The page's address with the token where only the browser sees it."""
     return f"http://{address}/#token={token}"
+
+
+def announcement(address: str, token: str, state_dir: Path, *, terminal: bool) -> str:
+    """What ``mlcloud up`` says of the washboard: :func:`page_url` on a terminal; where the token
+    is when its output goes elsewhere (``deploy/run.sh``'s log file), so no log holds the token."""
+    if terminal:
+        return page_url(address, token)
+    return f"http://{address}/   (actions need the token in {state_dir / TOKEN_FILE}: open …/#token=TOKEN)"
 
 
 def token_digest(token: str) -> bytes:

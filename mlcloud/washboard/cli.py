@@ -9,6 +9,7 @@ address with the token of ``state_dir/washboard.token`` (:mod:`.access`), which 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 
 import click
@@ -19,14 +20,14 @@ from mlcloud.settings import DEFAULT_WASHBOARD_ADDRESS, Settings
 
 async def serve(settings: Settings, say: Callable[[str], None] = click.echo) -> None:
     from mlcloud.servers import running_app, wait_for_stop_signal
-    from mlcloud.washboard.access import load_or_create_token, page_url
+    from mlcloud.washboard.access import announcement, load_or_create_token
     from mlcloud.washboard.app import create_washboard
 
     token = load_or_create_token(settings.state_dir)
     app = create_washboard(settings, token=token)
     async with running_app(app, settings.washboard_address, "the washboard", access_log=None) as address:
-        say(f"washboard          {page_url(address, token)}   "
-            f"(lattice {settings.lattice!r} at {settings.effective_nats_url})")
+        say(f"washboard          {announcement(address, token, settings.state_dir, terminal=sys.stdout.isatty())}")
+        say(f"                   lattice {settings.lattice!r} at {settings.effective_nats_url}")
         await wait_for_stop_signal()
 
 
