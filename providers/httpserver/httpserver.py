@@ -110,7 +110,7 @@ class ServerConfig:
     timeout: float
     cors_origins: tuple[str, ...] = ()
     cors_methods: str = "GET, POST, PUT, DELETE, OPTIONS"
-    cors_headers: str = "*"
+    cors_headers: str = "*, Authorization"  # the wildcard does not cover Authorization (Fetch spec)
     cors_max_age: str = "600"
     tls_cert_file: str = ""
     tls_key_file: str = ""

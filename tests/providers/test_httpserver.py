@@ -91,6 +91,7 @@ async def test_cors_preflight_and_headers(lattice):
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "https://app.example"
     assert "PUT" in preflight.headers["access-control-allow-methods"]
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]  # for API keys
     simple = await client.get("/x", headers={"Origin": "https://app.example"})
     assert simple.headers["access-control-allow-origin"] == "https://app.example"
     other = await client.get("/x", headers={"Origin": "https://evil.example"})
