@@ -254,8 +254,12 @@ async def get_hosts(settings: Settings, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @run_async
 async def get_inventory(settings: Settings, host: str | None, as_json: bool) -> None:
+    from mlcloud.masking import mask_values
+
     async with await _connect(settings) as c:
         inventories = [await c.get_inventory(await _pick_host(c, host))] if host else await c.get_inventories()
+    inventories = [msgspec.structs.replace(inv, providers=[msgspec.structs.replace(p, config=mask_values(p.config))
+                                                           for p in inv.providers]) for inv in inventories]
 
     def table() -> None:
         for inv in inventories:
@@ -276,8 +280,10 @@ async def get_inventory(settings: Settings, host: str | None, as_json: bool) -> 
 @click.option("--json", "as_json", is_flag=True)
 @run_async
 async def get_links(settings: Settings, as_json: bool) -> None:
+    from mlcloud.masking import mask_values
+
     async with await _connect(settings) as c:
-        links = await c.get_links()
+        links = [msgspec.structs.replace(link, values=mask_values(link.values)) for link in await c.get_links()]
     rows = [{**msgspec.to_builtins(link), "values": joined(link.values)} for link in links]
     emit(links, as_json, lambda: print_table(rows, ["actor_id", "provider_id", "contract_id", "link_name", "values"]))
 

@@ -4,6 +4,7 @@
     ├── ConfigError                   500  bad settings, manifest or component folder
     ├── RequestError                  400  the caller sent something we cannot use
     │   ├── MalformedMessage          400  undecodable msgpack / missing fields on an RPC subject
+    │   ├── Unauthorized              401  a missing or wrong API key or token (WWW-Authenticate: Bearer)
     │   ├── NotFound                  404  unknown route or thing
     │   ├── MethodNotAllowed          405
     │   ├── PayloadTooLarge           413
@@ -61,8 +62,11 @@ class HttpErrorReply(NamedTuple):
     @classmethod
     def of(cls, status: int, kind: str, message: str, *, allow: str | None = None,
            retry_after: int = RETRY_AFTER_SECONDS) -> HttpErrorReply:
-        """``Retry-After`` on every 503 and ``Allow`` on a 405 that knows its methods."""
+        """``Retry-After`` on every 503, ``WWW-Authenticate`` on every 401 and ``Allow`` on a 405
+        that knows its methods."""
         headers: dict[str, str] = {}
+        if status == HTTPStatus.UNAUTHORIZED:
+            headers["WWW-Authenticate"] = "Bearer"
         if status == HTTPStatus.SERVICE_UNAVAILABLE:
             headers["Retry-After"] = str(retry_after)
         if status == HTTPStatus.METHOD_NOT_ALLOWED and allow:
@@ -128,6 +132,10 @@ class RequestError(MLCloudError):
 
 class MalformedMessage(RequestError):
     pass
+
+
+class Unauthorized(RequestError):
+    http_status = HTTPStatus.UNAUTHORIZED
 
 
 class NotFound(RequestError):

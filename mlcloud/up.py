@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,12 +72,13 @@ async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] 
         host = await stack.enter_async_context(Host(host_settings, options.labels, key=host_key))
         say(f"host               {host.id}  labels {host.labels}")
         if options.start_washboard:
+            from mlcloud.washboard.access import announcement, load_or_create_token
             from mlcloud.washboard.app import create_washboard
 
-            address = await stack.enter_async_context(
-                running_app(create_washboard(settings), settings.washboard_address, "the washboard", access_log=None)
-            )
-            say(f"washboard          http://{address}/")
+            token = load_or_create_token(settings.state_dir)
+            address = await stack.enter_async_context(running_app(
+                create_washboard(settings, token=token), settings.washboard_address, "the washboard", access_log=None))
+            say(f"washboard          {announcement(address, token, settings.state_dir, terminal=sys.stdout.isatty())}")
         if options.app is not None:
             await deploy_app(settings, options.app, say, options.models_dir)
         say("mlcloud is up. Ctrl-C stops it.")

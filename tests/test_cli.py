@@ -87,6 +87,11 @@ def test_up_then_inventory_shows_the_host_and_what_runs(env, up):
 
     links = json.loads(mlcloud(env, "ctl", "get", "links", "--json").stdout)
     assert links[0]["values"] == {"greeting": "hello"}
+    # Secrets in link values are masked in every ctl output, tables and --json alike.
+    mlcloud(env, "ctl", "link", "put", "caller", "echo", "test:echo", "greeting=hello", "api_keys=k-cli-secret")
+    links = json.loads(mlcloud(env, "ctl", "get", "links", "--json").stdout)
+    assert links[0]["values"] == {"greeting": "hello", "api_keys": "••••••"}
+    assert "k-cli-secret" not in mlcloud(env, "ctl", "get", "links").stdout
     mlcloud(env, "ctl", "scale", "actor", "caller", "1")
     inventory = json.loads(mlcloud(env, "ctl", "get", "inventory", "--json").stdout)
     assert len(inventory[0]["actors"][0]["instances"]) == 1

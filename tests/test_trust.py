@@ -215,7 +215,7 @@ async def test_a_local_folder_is_refused_without_the_dev_flag_and_starts_with_it
 
 
 async def test_the_washboard_shows_which_hosts_run_in_development_mode(settings: Settings) -> None:
-    app = create_washboard(settings, poll_interval=0.3)
+    app = create_washboard(settings, token="unused", poll_interval=0.3)
     async with (
         Host(settings, labels={"role": "dev"}) as dev,
         Host(settings.replace(dev=False), labels={"role": "prod"}) as prod,

@@ -14,8 +14,9 @@ Routes::
 
 An ``update`` carries only the sections that changed plus new feed entries. Errors are
 ``{"error": {"kind", "message"}}`` with the status of the :mod:`mlcloud.errors` class. Actions
-accept only JSON bodies from the page's own origin, so another web site open in the same
-browser cannot drive the lattice through a form post.
+need the washboard's token and come from the page's own origin (:mod:`.access`: 403 for another
+site, 401 without the token), and take only JSON bodies (415), so another web site open in the
+same browser cannot drive the lattice through a form post.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from aiohttp import web
 
 from mlcloud.errors import HttpErrorReply, MLCloudError, RequestError
 from mlcloud.settings import Settings
+from mlcloud.washboard.access import TOKEN_DIGEST, guard_actions, token_digest
 from mlcloud.washboard.state import Section
 from mlcloud.washboard.watcher import DEFAULT_POLL_INTERVAL, LatticeWatcher
 
@@ -47,9 +49,12 @@ SSE_RETRY_MS = 1000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_washboard(settings: Settings, *, poll_interval: float = DEFAULT_POLL_INTERVAL) -> web.Application:
-    """The washboard for ``settings.lattice``; it opens its own NATS connection on startup."""
-    app = web.Application(middlewares=[error_middleware])
+def create_washboard(settings: Settings, *, token: str,
+                     poll_interval: float = DEFAULT_POLL_INTERVAL) -> web.Application:
+    """The washboard for ``settings.lattice``, acting for whoever holds ``token`` (see
+    :func:`.access.load_or_create_token`); it opens its own NATS connection on startup."""
+    app = web.Application(middlewares=[error_middleware, guard_actions])
+    app[TOKEN_DIGEST] = token_digest(token)
     app[WATCHER] = LatticeWatcher(settings, poll_interval=poll_interval)
     app.cleanup_ctx.append(_watching)
     app.on_shutdown.append(_end_streams)
@@ -165,10 +170,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def action_body(request: web.Request) -> dict[str, Any]:
-    """The JSON body of an action, from this page's origin only."""
-    origin = request.headers.get("Origin")
-    if origin and origin.split("://", 1)[-1] != request.host:
-        raise web.HTTPForbidden(reason="Forbidden", text=f"actions are accepted from {request.host} only, not {origin}")
+    """The JSON body of an action (whose origin and token :func:`.access.guard_actions` checked)."""
     if request.content_type != "application/json":
         raise web.HTTPUnsupportedMediaType(reason="UnsupportedMediaType", text="actions take a JSON body")
     try:

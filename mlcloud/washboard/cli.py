@@ -1,13 +1,15 @@
 """``mlcloud washboard``: serve the washboard for a lattice that runs elsewhere, until Ctrl-C.
 
 ``mlcloud up`` serves the washboard itself; this command is for watching a lattice from another
-machine or process (``mlcloud washboard --nats-url nats://lattice:4222``). The lead registers
+machine or process (``mlcloud washboard --nats-url nats://lattice:4222``). It prints the page's
+address with the token of ``state_dir/washboard.token`` (:mod:`.access`), which its actions need. The lead registers
 ``washboard_command`` in :mod:`mlcloud.cli`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
 
 import click
@@ -18,11 +20,14 @@ from mlcloud.settings import DEFAULT_WASHBOARD_ADDRESS, Settings
 
 async def serve(settings: Settings, say: Callable[[str], object] = click.echo) -> None:
     from mlcloud.servers import running_app, wait_for_stop_signal
+    from mlcloud.washboard.access import announcement, load_or_create_token
     from mlcloud.washboard.app import create_washboard
 
-    app = create_washboard(settings)
+    token = load_or_create_token(settings.state_dir)
+    app = create_washboard(settings, token=token)
     async with running_app(app, settings.washboard_address, "the washboard", access_log=None) as address:
-        say(f"washboard          http://{address}/   (lattice {settings.lattice!r} at {settings.effective_nats_url})")
+        say(f"washboard          {announcement(address, token, settings.state_dir, terminal=sys.stdout.isatty())}")
+        say(f"                   lattice {settings.lattice!r} at {settings.effective_nats_url}")
         await wait_for_stop_signal()
 
 

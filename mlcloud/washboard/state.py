@@ -41,7 +41,7 @@ from mlcloud.lattice.control import (
     ProviderInfo,
 )
 from mlcloud.lattice.events import Event
-from mlcloud.washboard.masking import mask_event_data, mask_values
+from mlcloud.masking import mask_event_data, mask_values
 
 FEED_SIZE = 200
 # A host that stops answering pings is shown as missing, then forgotten after this long.

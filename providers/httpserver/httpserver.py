@@ -7,7 +7,18 @@ Link values (all optional):
 * ``timeout`` — seconds to wait for the actor before answering 504 (default: the RPC timeout);
 * ``cors_allowed_origins`` — comma-separated origins, or ``*``; adds CORS headers and answers
   preflight requests (``cors_allowed_methods``/``cors_allowed_headers``/``cors_max_age`` too);
-* ``tls_cert_file`` / ``tls_priv_key_file`` — serve HTTPS with that PEM certificate and key.
+* ``tls_cert_file`` / ``tls_priv_key_file`` — serve HTTPS with that PEM certificate and key;
+* ``api_keys`` — comma-separated API keys that every path needs (``Authorization: Bearer KEY``);
+* ``api_keys./some/path`` — the keys of that path and every path under it, instead of
+  ``api_keys``: ``api_keys./plus3=k1,k2`` guards ``/plus3`` and ``/plus3/…``. The longest
+  configured path wins, matched segment by segment as the api actor routes (``//plus3`` is
+  ``/plus3``); an empty value leaves a path open (``api_keys./identity=``). The health probes
+  under ``/v2/health`` stay open unless a link sets ``api_keys./v2/health`` itself.
+
+A request without a key its path needs, or with a wrong one, gets 401 and
+``WWW-Authenticate: Bearer``; a request that passes has its ``Authorization`` header removed
+before the actor sees it (the key is the server's, not the actor's). Only SHA-256 digests of the
+keys are kept, compared in constant time, and no key is ever logged.
 
 Errors of the lattice (timeout, nobody serving, a crashed call) become the JSON error body of
 the HTTP API with the right status; nothing a client sends can crash the server.
@@ -15,14 +26,17 @@ the HTTP API with the right status; nothing a client sends can crash the server.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from aiohttp import web
 
-from mlcloud.errors import MLCloudError, PayloadTooLarge
+from mlcloud.errors import ConfigError, MLCloudError, PayloadTooLarge, Unauthorized
 from mlcloud.interfaces import HANDLE_REQUEST, HttpRequest
 from mlcloud.lattice.control import LinkDefinition
 from mlcloud.sdk import Context, HealthReport, Provider
@@ -30,6 +44,63 @@ from mlcloud.settings import split_address
 
 log = logging.getLogger("mlcloud.httpserver")
 access_log = logging.getLogger("mlcloud.httpserver.access")
+
+API_KEYS = "api_keys"
+OPEN_BY_DEFAULT = ("/v2/health",)  # liveness and readiness probes (load balancers, k8s) carry no key
+
+
+def _segments(path: str) -> tuple[str, ...]:
+    return tuple(part for part in path.split("/") if part)
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+@dataclass(frozen=True)
+class ApiKeys:
+    """Which API keys each path needs, from the link's ``api_keys`` values; no rules: all open."""
+
+    # (path segments, digests of the keys), most segments first, so the longest path wins.
+    rules: tuple[tuple[tuple[str, ...], frozenset[bytes]], ...] = ()
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, str]) -> ApiKeys:
+        rules: dict[tuple[str, ...], frozenset[bytes]] = {_segments(p): frozenset() for p in OPEN_BY_DEFAULT}
+        for name, value in values.items():
+            if name != API_KEYS and not name.startswith(API_KEYS + "."):
+                continue
+            path = name.removeprefix(API_KEYS).removeprefix(".") or "/"
+            if not path.startswith("/"):
+                raise ConfigError(f"link value {name!r}: the path after {API_KEYS}. must start with /")
+            rules[_segments(path)] = frozenset(_digest(k.strip()) for k in value.split(",") if k.strip())
+        if not any(rules.values()):
+            return cls()
+        return cls(tuple(sorted(rules.items(), key=lambda rule: len(rule[0]), reverse=True)))
+
+    def needed(self, path: str) -> frozenset[bytes]:
+        """The digests of the keys ``path`` accepts; empty when it is open."""
+        segments = _segments(path)
+        for prefix, keys in self.rules:
+            if segments[:len(prefix)] == prefix:
+                return keys
+        return frozenset()
+
+    def check(self, path: str, authorization: str) -> bool:
+        """True when ``path`` needs a key and ``authorization`` carries one of them; raises
+        :class:`Unauthorized` when it needs one and does not; False when the path is open."""
+        keys = self.needed(path)
+        if not keys:
+            return False
+        scheme, _, presented = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            raise Unauthorized(f"{path} needs an API key: send the header Authorization: Bearer KEY")
+        digest = _digest(presented.strip())
+        # Every key is compared, so the time taken says nothing about which one came close.
+        matched = [hmac.compare_digest(digest, key) for key in keys]
+        if not any(matched):
+            raise Unauthorized(f"the API key is not valid for {path}")
+        return True
 
 
 @dataclass(frozen=True)
@@ -39,11 +110,11 @@ class ServerConfig:
     timeout: float
     cors_origins: tuple[str, ...] = ()
     cors_methods: str = "GET, POST, PUT, DELETE, OPTIONS"
-    cors_headers: str = "*"
+    cors_headers: str = "*, Authorization"  # the wildcard does not cover Authorization (Fetch spec)
     cors_max_age: str = "600"
     tls_cert_file: str = ""
     tls_key_file: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
+    api_keys: ApiKeys = ApiKeys()
 
     @classmethod
     def from_link(cls, link: LinkDefinition, ctx: Context) -> ServerConfig:
@@ -59,6 +130,7 @@ class ServerConfig:
             cors_max_age=v.get("cors_max_age", cls.cors_max_age),
             tls_cert_file=v.get("tls_cert_file", ""),
             tls_key_file=v.get("tls_priv_key_file", ""),
+            api_keys=ApiKeys.from_values(v),
         )
 
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -134,6 +206,12 @@ class LinkedServer:
         return response
 
     async def _forward(self, request: web.Request) -> web.Response:
+        header = {k.lower(): v for k, v in request.headers.items()}
+        try:
+            if self.config.api_keys.check(request.path, header.get("authorization", "")):
+                del header["authorization"]
+        except Unauthorized as err:
+            return error_response(err)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
@@ -143,7 +221,7 @@ class LinkedServer:
             method=request.method,
             path=request.path,
             query_string=request.query_string,
-            header={k.lower(): v for k, v in request.headers.items()},
+            header=header,
             body=body,
         )
         try:
@@ -158,6 +236,7 @@ class HttpServer(Provider):
     def __init__(self) -> None:
         super().__init__()
         self.servers: dict[str, LinkedServer] = {}  # by actor id
+        self.refused: dict[str, str] = {}  # actor id → why its link's values cannot be served
         self.ctx: Context | None = None
 
     async def on_start(self, ctx: Context) -> None:
@@ -165,8 +244,17 @@ class HttpServer(Provider):
 
     async def on_link_put(self, link: LinkDefinition) -> None:
         assert self.ctx is not None
-        config = ServerConfig.from_link(link, self.ctx)
         current = self.servers.get(link.actor_id)
+        try:
+            config = ServerConfig.from_link(link, self.ctx)
+        except (ConfigError, ValueError) as exc:
+            # Fail closed: a link whose keys cannot be read must not leave the old, maybe open, server up.
+            self.refused[link.actor_id] = f"link from {link.actor_id[:8]}: {exc}"
+            log.error("%s", self.refused[link.actor_id])
+            if current is not None:
+                await self.servers.pop(link.actor_id).stop()
+            return
+        self.refused.pop(link.actor_id, None)
         if current is not None and current.config == config and not current.error:
             current.link = link
             return
@@ -179,6 +267,7 @@ class HttpServer(Provider):
             log.error("link from %s: %s", link.actor_id[:8], server.error)
 
     async def on_link_del(self, link: LinkDefinition) -> None:
+        self.refused.pop(link.actor_id, None)
         server = self.servers.pop(link.actor_id, None)
         if server is not None:
             await server.stop()
@@ -188,7 +277,7 @@ class HttpServer(Provider):
             await server.stop()
 
     async def health(self) -> HealthReport:
-        failed = [s.error for s in self.servers.values() if s.error]
+        failed = [s.error for s in self.servers.values() if s.error] + list(self.refused.values())
         return HealthReport(healthy=not failed, message="; ".join(failed))
 
 

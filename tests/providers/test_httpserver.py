@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import httpx
@@ -14,26 +16,35 @@ from mlcloud.host.host import Host
 from mlcloud.interfaces import HTTPSERVER
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.servers import free_port
+from mlcloud.settings import Settings
 from tests.conftest import COMPONENTS, PROJECT
 
 HTTPSERVER_DIR = str(PROJECT / "providers" / "httpserver")
 ECHO_ACTOR = str(COMPONENTS / "httpecho")
 
 
-@pytest.fixture
-async def lattice(settings):
+@contextlib.asynccontextmanager
+async def echo_behind_httpserver(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """A host running the httpserver and the echo actor; yields a function that links them."""
     async with Host(settings) as host:
         ctl = await CtlClient.connect(settings)
         provider = (await ctl.start_provider(host.id, HTTPSERVER_DIR)).provider_id
         actor = (await ctl.start_actor(host.id, ECHO_ACTOR)).actor_id
 
-        async def link(**values: str) -> str:
-            port = free_port()
-            await ctl.put_link(actor, provider, HTTPSERVER, values={"address": f"127.0.0.1:{port}", **values})
-            return f"127.0.0.1:{port}"
+        async def link(address: str = "", **values: str) -> str:
+            """Link the echo actor (again, when ``address`` is given) and return where it listens."""
+            address = address or f"127.0.0.1:{free_port()}"
+            await ctl.put_link(actor, provider, HTTPSERVER, values={"address": address, **values})
+            return address
 
         yield link
         await ctl.close()
+
+
+@pytest.fixture
+async def lattice(settings):
+    async with echo_behind_httpserver(settings) as link:
+        yield link
 
 
 async def wait_listening(url: str, **client_options) -> httpx.AsyncClient:
@@ -80,6 +91,7 @@ async def test_cors_preflight_and_headers(lattice):
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "https://app.example"
     assert "PUT" in preflight.headers["access-control-allow-methods"]
+    assert "Authorization" in preflight.headers["access-control-allow-headers"]  # for API keys
     simple = await client.get("/x", headers={"Origin": "https://app.example"})
     assert simple.headers["access-control-allow-origin"] == "https://app.example"
     other = await client.get("/x", headers={"Origin": "https://evil.example"})
@@ -97,3 +109,69 @@ async def test_tls_from_the_link(lattice, tmp_path: Path):
     response = await client.get("/secure")
     assert response.status_code == 201 and response.json()["path"] == "/secure"
     await client.aclose()
+
+
+KEYS = {"api_keys": "k-every-path", "api_keys./plus3": "k-plus3, k-plus3-spare", "api_keys./identity": ""}
+
+
+async def test_a_guarded_path_needs_its_api_key_and_the_actor_never_sees_it(lattice):
+    client = await wait_listening(f"http://{await lattice(**KEYS)}")
+
+    def bearer(key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"}
+
+    missing = await client.put("/mobilenetv27/matches", content=b"image")
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert missing.json()["error"]["kind"] == "Unauthorized"
+    wrong = await client.put("/mobilenetv27/matches", content=b"image", headers=bearer("k-guess"))
+    assert wrong.status_code == 401 and "k-guess" not in wrong.text
+    assert (await client.get("/x", headers={"Authorization": "Basic k-every-path"})).status_code == 401
+    right = await client.put("/mobilenetv27/matches", content=b"image", headers=bearer("k-every-path"))
+    assert right.status_code == 201 and "authorization" not in right.json()["header"]
+
+    # A path's own keys replace the keys of every path, matched by segment as the api routes.
+    assert (await client.post("/plus3", headers=bearer("k-every-path"))).status_code == 401
+    for key in ("k-plus3", "k-plus3-spare"):
+        assert (await client.post("/plus3", headers=bearer(key))).status_code == 201
+    assert (await client.post("/plus3//more", headers=bearer("k-every-path"))).status_code == 401
+    assert (await client.post("/plus3x", headers=bearer("k-every-path"))).status_code == 201
+    # An empty value leaves a path open; health probes are open unless a link guards them.
+    assert (await client.post("/identity")).status_code == 201
+    assert (await client.get("/v2/health/ready")).status_code == 201
+    await client.aclose()
+
+
+async def test_health_probes_are_guarded_when_the_link_says_so(lattice):
+    address = await lattice(**{"api_keys./v2/health": "k-probe"})
+    client = await wait_listening(f"http://{address}")
+    assert (await client.get("/v2/health/live")).status_code == 401
+    assert (await client.get("/v2/health/live", headers={"Authorization": "bearer k-probe"})).status_code == 201
+    assert (await client.get("/v2/models")).status_code == 201  # no api_keys: every other path open
+    await client.aclose()
+
+
+async def test_unreadable_keys_close_the_server_instead_of_leaving_it_open(lattice):
+    address = await lattice()
+    client = await wait_listening(f"http://{address}")
+    assert (await client.get("/plus3")).status_code == 201
+    await lattice(address, **{"api_keys.plus3": "k"})  # the path must start with /
+    async with asyncio.timeout(15):
+        while True:
+            try:
+                await client.get("/plus3")
+            except httpx.TransportError:
+                break
+            await asyncio.sleep(0.1)
+    await client.aclose()
+
+
+async def test_api_keys_never_reach_the_logs(capfd, settings):
+    # The instances start inside the test, so their stderr (every log line) is what capfd reads.
+    async with echo_behind_httpserver(settings.replace(log_level="DEBUG")) as link:
+        client = await wait_listening(f"http://{await link(api_keys='k-not-for-logs')}")
+        for key in ("k-not-for-logs", "k-wrong-not-for-logs"):
+            await client.get("/logged", headers={"Authorization": f"Bearer {key}"})
+        await client.aclose()
+    logs = capfd.readouterr().err
+    assert '"GET /logged" 201' in logs and '"GET /logged" 401' in logs  # the access log was captured
+    assert "not-for-logs" not in logs

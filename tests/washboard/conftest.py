@@ -11,6 +11,7 @@ from mlcloud.host.host import Host
 from mlcloud.interfaces import MLINFERENCE
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.servers import running_app
+from mlcloud.washboard.access import load_or_create_token
 from mlcloud.washboard.app import WATCHER, create_washboard
 from mlcloud.washboard.watcher import LatticeWatcher
 from tests.conftest import COMPONENTS
@@ -43,6 +44,12 @@ class Lattice:
 class Washboard:
     url: str
     watcher: LatticeWatcher
+    token: str
+
+    @property
+    def page_url(self) -> str:
+        """The address `mlcloud up` prints: the page with the token in its fragment."""
+        return f"{self.url}#token={self.token}"
 
 
 @pytest.fixture
@@ -51,12 +58,13 @@ async def lattice(settings):
     async with Host(settings, labels={"zone": "lab", "coral": "false"}) as host:
         ctl = await CtlClient.connect(settings)
         try:
-            config = {"greeting": "hi", "db_password": "hunter2"}
-            echo = (await ctl.start_provider(host.id, ECHO, config=config)).provider_id
+            echo_config = {"greeting": "hi", "db_password": "hunter2"}
+            echo = (await ctl.start_provider(host.id, ECHO, config=echo_config)).provider_id
             inference = (await ctl.start_provider(host.id, INFERENCE, config={"engine": "onnxruntime"})).provider_id
             caller = (await ctl.start_actor(host.id, CALLER)).actor_id
             router = (await ctl.start_actor(host.id, ROUTER)).actor_id
-            await ctl.put_link(caller, echo, "test:echo", values={"greeting": "hello", "secret_key": "abc123"})
+            await ctl.put_link(caller, echo, "test:echo",
+                               values={"greeting": "hello", "secret_key": "abc123", "api_keys./plus3": "k-plus3"})
             await ctl.put_link(router, inference, MLINFERENCE, values=MODEL_LINK)
             yield Lattice(host, ctl, caller, echo, router, inference)
         finally:
@@ -66,6 +74,8 @@ async def lattice(settings):
 @pytest.fixture
 async def washboard(settings):
     """Started before ``lattice`` when a test names it first, so the feed sees the lattice start up."""
-    app = create_washboard(settings, poll_interval=0.5)
-    async with running_app(app, "127.0.0.1:0", "the washboard", access_log=None) as address:
-        yield Washboard(f"http://{address}/", app[WATCHER])
+    token = load_or_create_token(settings.state_dir)
+    app = create_washboard(settings, token=token, poll_interval=0.5)
+    # With aiohttp's access log on, so a test can show that the token never reaches it.
+    async with running_app(app, "127.0.0.1:0", "the washboard") as address:
+        yield Washboard(f"http://{address}/", app[WATCHER], token)

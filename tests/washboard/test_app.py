@@ -73,12 +73,13 @@ async def test_json_views_show_the_lattice(washboard: Washboard, lattice: Lattic
 async def test_secrets_never_reach_the_page(washboard: Washboard, lattice: Lattice, http):
     await until(lambda: len(washboard.watcher.state.links) == 2)
     links = {link["contract_id"]: link for link in await get_json(http, washboard.url + "api/links")}
-    assert links["test:echo"]["values"] == {"greeting": "hello", "secret_key": "••••••"}
+    assert links["test:echo"]["values"] == {"greeting": "hello", "secret_key": "••••••",
+                                            "api_keys./plus3": "••••••"}
     assert links["wasmcloud:mlinference"]["values"]["api_token"] == "••••••"
     assert links["wasmcloud:mlinference"]["values"]["plus3"] == "plus3/0.1.0"
     async with http.get(washboard.url + "api/state") as response:
         text = await response.text()
-    for secret in ("abc123", "s3cret-token", "hunter2"):
+    for secret in ("abc123", "s3cret-token", "hunter2", "k-plus3", washboard.token):
         assert secret not in text
 
 
@@ -101,6 +102,8 @@ async def test_stream_starts_with_a_snapshot_then_sends_changes(washboard: Washb
             actors = update["sections"].get("actors")
             if actors and next(a for a in actors if a["name"] == "caller")["instances"] == 2:
                 break
+        else:
+            raise AssertionError("the stream ended before the scaled actor showed")
 
 
 async def _sse(response: aiohttp.ClientResponse):
@@ -116,20 +119,27 @@ async def _sse(response: aiohttp.ClientResponse):
             name, data = "message", []
 
 
-async def post(http: aiohttp.ClientSession, url: str, body: Any, **kwargs: Any) -> tuple[int, Any]:
-    async with http.post(url, json=body, **kwargs) as response:
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: Any, token: str | None,
+               **kwargs: Any) -> tuple[int, Any]:
+    headers = {**(bearer(token) if token else {}), **kwargs.pop("headers", {})}
+    async with http.post(url, json=body, headers=headers, **kwargs) as response:
         return response.status, await response.json()
 
 
 async def test_actions_scale_stop_and_start_again_with_the_last_config(washboard: Washboard, lattice: Lattice, http):
     await until(lambda: washboard.watcher.state.inventories)
-    status, reply = await post(http, f"{washboard.url}api/actors/{lattice.caller}/scale", {"count": 2})
+    scale = f"{washboard.url}api/actors/{lattice.caller}/scale"
+    status, reply = await post(http, scale, {"count": 2}, washboard.token)
     assert status == 200 and reply["result"]["instances"] == 2
     inventory = await lattice.ctl.get_inventory(lattice.host.id)
     assert len(next(a for a in inventory.actors if a.name == "caller").instances) == 2
 
     body = {"host_id": lattice.host.id, "link_name": "default"}
-    status, _ = await post(http, f"{washboard.url}api/providers/{lattice.echo}/stop", body)
+    status, _ = await post(http, f"{washboard.url}api/providers/{lattice.echo}/stop", body, washboard.token)
     assert status == 200
 
     async def echo_listed_as_stopped():
@@ -137,7 +147,7 @@ async def test_actions_scale_stop_and_start_again_with_the_last_config(washboard
         return any(p["name"] == "echo" and p["status"] == "stopped" for p in providers)
 
     await until(echo_listed_as_stopped)
-    status, reply = await post(http, f"{washboard.url}api/providers/{lattice.echo}/start", body)
+    status, reply = await post(http, f"{washboard.url}api/providers/{lattice.echo}/start", body, washboard.token)
     assert status == 200, reply
     inventory = await lattice.ctl.get_inventory(lattice.host.id)
     assert "echo" in [p.name for p in inventory.providers]
@@ -146,26 +156,52 @@ async def test_actions_scale_stop_and_start_again_with_the_last_config(washboard
 async def test_action_errors_are_clear(washboard: Washboard, lattice: Lattice, http):
     await until(lambda: washboard.watcher.state.inventories)
     scale = f"{washboard.url}api/actors/{lattice.caller}/scale"
-    status, reply = await post(http, scale, {"count": "many"})
+    status, reply = await post(http, scale, {"count": "many"}, washboard.token)
     assert status == 400 and "whole number" in reply["error"]["message"]
-    status, reply = await post(http, scale, {"count": 1000})
+    status, reply = await post(http, scale, {"count": 1000}, washboard.token)
     assert status == 400 and "between 0 and" in reply["error"]["message"]
-    status, reply = await post(http, scale, {})
+    status, reply = await post(http, scale, {}, washboard.token)
     assert status == 400 and "count" in reply["error"]["message"]
     status, reply = await post(http, f"{washboard.url}api/actors/MNOSUCHACTOR/scale",
-                               {"count": 1, "host_id": lattice.host.id})
+                               {"count": 1, "host_id": lattice.host.id}, washboard.token)
     assert status == 404 and reply["error"]["kind"] == "ComponentNotFound"
-    status, reply = await post(http, f"{washboard.url}api/providers/VNOSUCH/start", {"host_id": lattice.host.id})
+    status, reply = await post(http, f"{washboard.url}api/providers/VNOSUCH/start",
+                               {"host_id": lattice.host.id}, washboard.token)
     assert status == 404 and "has not seen provider" in reply["error"]["message"]
-    status, reply = await post(http, f"{washboard.url}api/providers/{lattice.echo}/stop", {})
+    status, reply = await post(http, f"{washboard.url}api/providers/{lattice.echo}/stop", {}, washboard.token)
     assert status == 400 and "host_id" in reply["error"]["message"]
     # Another site's page must not drive the lattice: wrong origin, or a form post instead of JSON.
-    status, reply = await post(http, scale, {"count": 1}, headers={"Origin": "http://evil.example"})
-    assert status == 403
-    async with http.post(scale, data={"count": "1"}) as response:
-        assert response.status == 415
+    async with http.post(scale, data={"count": "1"}, headers=bearer(washboard.token)) as response:
+        assert response.status == 415  # actions take JSON only
     async with http.get(washboard.url + "api/nothing") as response:
         assert response.status == 404 and "error" in await response.json()
+
+
+async def test_actions_need_the_token(washboard: Washboard, lattice: Lattice, http):
+    await until(lambda: washboard.watcher.state.inventories)
+    scale = f"{washboard.url}api/actors/{lattice.caller}/scale"
+    for token in (None, "not-the-token"):
+        status, reply = await post(http, scale, {"count": 2}, token)
+        assert status == 401 and reply["error"]["kind"] == "Unauthorized"
+    inventory = await lattice.ctl.get_inventory(lattice.host.id)
+    assert len(next(a for a in inventory.actors if a.name == "caller").instances) == 1
+    status, reply = await post(http, scale, {"count": 2}, washboard.token)
+    assert status == 200 and reply["result"]["instances"] == 2
+
+
+async def test_cross_site_requests_are_refused_even_with_the_token(washboard: Washboard, lattice: Lattice, http):
+    await until(lambda: washboard.watcher.state.inventories)
+    scale = f"{washboard.url}api/actors/{lattice.caller}/scale"
+    # What a browser sends for a form on another site: refused before the token or the body is read.
+    form = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}
+    async with http.post(scale, data={"count": "3"}, headers={**form, **bearer(washboard.token)}) as response:
+        assert response.status == 403 and (await response.json())["error"]["kind"] == "Forbidden"
+    for headers in ({"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "same-site"}):
+        status, _ = await post(http, scale, {"count": 3}, washboard.token, headers=headers)
+        assert status == 403, headers
+    page = {"Origin": washboard.url.rstrip("/"), "Sec-Fetch-Site": "same-origin"}
+    status, reply = await post(http, scale, {"count": 3}, washboard.token, headers=page)
+    assert status == 200 and reply["result"]["instances"] == 3
 
 
 async def test_index_page_and_assets_are_served(washboard: Washboard, http):

@@ -10,6 +10,8 @@ instance count, and the page says so when NATS goes away and recovers by itself.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import signal
 from pathlib import Path
@@ -57,14 +59,15 @@ def row(page, table: str, name: str):
 
 
 async def wait_text(locator, text: str) -> None:
-    """Wait until ``locator`` shows exactly ``text`` (re-read on every animation frame)."""
-    handle = await locator.element_handle()
-    await locator.page.wait_for_function("([el, text]) => el.isConnected && el.textContent.trim() === text",
-                                         arg=[handle, text])
+    """Wait until ``locator`` shows exactly ``text``, found again on each read: a row drawn anew
+    while waiting would leave an element handle behind."""
+    async with asyncio.timeout(WAIT_MS / 1000):
+        while (await locator.inner_text()).strip() != text:
+            await asyncio.sleep(0.05)
 
 
 async def test_page_shows_hosts_actors_providers_links_and_models(page, washboard: Washboard, lattice: Lattice):
-    await page.goto(washboard.url)
+    await page.goto(washboard.page_url)
     await page.wait_for_selector("#conn.live")
     host_card = page.locator(f"#hosts [data-host='{lattice.host.id}']")
     await host_card.wait_for()
@@ -104,7 +107,7 @@ async def test_page_shows_hosts_actors_providers_links_and_models(page, washboar
 
 
 async def test_killed_provider_turns_unhealthy_then_healthy_again(page, washboard: Washboard, lattice: Lattice):
-    await page.goto(washboard.url)
+    await page.goto(washboard.page_url)
     echo = row(page, "providers", "echo")
     await echo.locator(".badge.healthy").wait_for()
     # Record every status the row shows: the unhealthy spell lasts only until the restart.
@@ -133,7 +136,7 @@ async def test_killed_provider_turns_unhealthy_then_healthy_again(page, washboar
 
 
 async def test_scaling_an_actor_from_the_page(page, washboard: Washboard, lattice: Lattice):
-    await page.goto(washboard.url)
+    await page.goto(washboard.page_url)
     caller = row(page, "actors", "caller")
     await caller.locator(".badge.healthy").wait_for()
     await wait_text(caller.locator(".instances .count"), "1")
@@ -145,6 +148,7 @@ async def test_scaling_an_actor_from_the_page(page, washboard: Washboard, lattic
     await page.click("#dialog-confirm")
     await dialog.wait_for(state="hidden")
     await wait_text(caller.locator(".instances .count"), "3")
+    assert "token" not in page.url  # the page took the token out of the address bar
     await caller.locator(".badge.healthy").wait_for()
     inventory = await lattice.ctl.get_inventory(lattice.host.id)
     assert len(next(a for a in inventory.actors if a.name == "caller").instances) == 3
@@ -161,8 +165,33 @@ async def test_scaling_an_actor_from_the_page(page, washboard: Washboard, lattic
     await wait_text(caller.locator(".instances .count"), "3")
 
 
-async def test_stopping_and_starting_a_provider_from_the_page(page, washboard: Washboard, lattice: Lattice):
+async def test_without_the_token_the_page_says_where_to_get_it_and_the_log_never_shows_it(
+        page, washboard: Washboard, lattice: Lattice, caplog):
+    caplog.set_level(logging.INFO, logger="aiohttp.access")
     await page.goto(washboard.url)
+    caller = row(page, "actors", "caller")
+    await caller.locator(".badge.healthy").wait_for()
+    await caller.get_by_role("button", name="Scale…").click()
+    await page.fill("#scale-count", "2")
+    await page.click("#dialog-confirm")
+    await page.locator("#dialog-error").wait_for(state="visible")
+    assert "Unauthorized" in await page.inner_text("#dialog-error")
+    assert "#token=" in await page.inner_text("#dialog-error")  # where the token is
+    await page.click("#dialog-cancel")
+
+    await page.goto(washboard.page_url)
+    await caller.get_by_role("button", name="Scale…").click()
+    await page.fill("#scale-count", "2")
+    await page.click("#dialog-confirm")
+    await wait_text(caller.locator(".instances .count"), "2")
+    await caller.locator(".badge.healthy").wait_for()
+    logged = [r.getMessage() for r in caplog.records if r.name == "aiohttp.access"]
+    assert any("/scale" in line for line in logged)
+    assert not any(washboard.token in line for line in logged)
+
+
+async def test_stopping_and_starting_a_provider_from_the_page(page, washboard: Washboard, lattice: Lattice):
+    await page.goto(washboard.page_url)
     echo = row(page, "providers", "echo")
     await echo.locator(".badge.healthy").wait_for()
     await echo.get_by_role("button", name="Stop…").click()
@@ -183,7 +212,8 @@ async def test_page_says_nats_is_away_and_recovers_by_itself(page, tmp_path, set
     own = settings.replace(nats_url=server.url)
     await server.start()
     try:
-        async with running_app(create_washboard(own, poll_interval=0.5), "127.0.0.1:0", "washboard") as address:
+        app = create_washboard(own, token="unused", poll_interval=0.5)
+        async with running_app(app, "127.0.0.1:0", "washboard") as address:
             await page.goto(f"http://{address}/")
             await page.wait_for_selector("#conn.live")
             await server.stop()
@@ -203,7 +233,7 @@ async def test_phone_layout_stacks_tables_into_cards(browser, washboard: Washboa
     context = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     try:
         page = await context.new_page()
-        await page.goto(washboard.url)
+        await page.goto(washboard.page_url)
         caller = row(page, "actors", "caller")
         await caller.locator(".badge.healthy").wait_for()
         assert not await page.locator("#actors thead").is_visible()

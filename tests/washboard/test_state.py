@@ -11,7 +11,7 @@ import pytest
 from mlcloud.interfaces import ModelInfo
 from mlcloud.lattice.control import ComponentInfo, HostInfo, HostInventory, LinkDefinition, ProviderInfo
 from mlcloud.lattice.events import EVENT_TYPE_PREFIX, Event, decode_event
-from mlcloud.washboard.masking import MASK
+from mlcloud.masking import MASK
 from mlcloud.washboard.state import LatticeState, Refresh, Section
 
 

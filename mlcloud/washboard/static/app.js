@@ -389,10 +389,22 @@ function connect() {
 
 // ---- actions -------------------------------------------------------------------------------
 
+// Actions need the token `mlcloud up` prints in the page's address as #token=…: a fragment never
+// reaches a server (no log, no Referer). Keep it for this origin and clear the address bar.
+const TOKEN_KEY = "mlcloud-washboard-token";
+
+function takeToken() {
+  const token = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (!token) return;
+  localStorage.setItem(TOKEN_KEY, token);
+  history.replaceState(null, "", location.pathname + location.search);
+}
+
 async function post(url, body) {
-  const response = await fetch(url, {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  });
+  const headers = { "Content-Type": "application/json" };
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const response = await fetch(url, { method: "POST", headers, body: JSON.stringify(body) });
   let data = {};
   try { data = await response.json(); } catch { /* not JSON: reported below */ }
   if (!response.ok) {
@@ -502,6 +514,8 @@ function toast(text, cls = "") {
 // ---- start ---------------------------------------------------------------------------------
 
 document.addEventListener("DOMContentLoaded", () => {
+  takeToken();
+  window.addEventListener("hashchange", takeToken); // the printed address pasted into an open page
   $("dialog-form").addEventListener("submit", runDialogAction);
   $("dialog-cancel").addEventListener("click", () => $("dialog").close());
   $("filter").addEventListener("input", (e) => { state.filter = e.target.value.trim().toLowerCase(); renderAll(); });

@@ -1,8 +1,8 @@
-"""Secrets in link values, provider config and events are masked before anything reaches the page."""
+"""Secrets in link values, provider config and events are masked before the washboard or the CLI shows them."""
 
 from __future__ import annotations
 
-from mlcloud.washboard.masking import MASK, is_sensitive, mask_event_data, mask_values
+from mlcloud.masking import MASK, is_sensitive, mask_event_data, mask_values
 
 
 def test_keys_naming_secrets_are_masked_whatever_their_case():

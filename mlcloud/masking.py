@@ -1,9 +1,11 @@
-"""Keeping secrets out of the browser: link values and provider config are masked here, server side.
+"""Keeping secrets out of sight: link values and provider config are masked here before the
+washboard or the CLI shows them.
 
 A value is masked when its key names a secret (``secret``, ``password``, ``token``, ``key``,
 case-insensitive, anywhere in the key: ``api_key``, ``NATS_PASSWORD``). Credentials written into
-URLs (``nats://user:pass@host``) are masked whatever their key. Masking happens before anything
-reaches the page or the JSON endpoints, so a secret never leaves the washboard process.
+URLs (``nats://user:pass@host``) are masked whatever their key. The washboard masks before
+anything reaches the page or its JSON endpoints, so a secret never leaves its process; ``mlcloud
+ctl get links`` and ``ctl get inventory`` mask their tables and ``--json`` alike.
 """
 
 from __future__ import annotations
