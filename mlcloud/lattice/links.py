@@ -21,7 +21,9 @@ import msgspec
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js import JetStreamContext
+from nats.js.api import DeliverPolicy
+from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
 from mlcloud.errors import ConfigError, MLCloudError, NotFound
 from mlcloud.lattice import subjects
@@ -31,6 +33,10 @@ from mlcloud.lattice.events import decode_event
 from mlcloud.lattice.natserrors import nats_errors
 
 log = logging.getLogger(__name__)
+
+# A watch's consumer is removed by the server this long (s) after its connection is gone (nats-py's value).
+WATCH_INACTIVE_THRESHOLD = 5 * 60.0
+
 
 def link_key(actor_id: str, contract_id: str, link_name: str) -> str:
     contract = hashlib.sha256(contract_id.encode()).hexdigest()[:16]
@@ -51,8 +57,11 @@ class LinkStore:
 
     writable = True
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, js: JetStreamContext, kv: KeyValue, bucket: str) -> None:
+        self.js = js
         self.kv = kv
+        self.bucket = bucket
+        self.prefix = f"$KV.{bucket}."  # the subject of key k is prefix + k
 
     @classmethod
     async def open(cls, nc: NATS, lattice: str) -> LinkStore | None:
@@ -70,7 +79,7 @@ class LinkStore:
             except nats.js.errors.BadBucketError as exc:
                 raise ConfigError(f"the JetStream stream of bucket {bucket} is not a key-value bucket; "
                                   "remove that stream or use another lattice name") from exc
-        return cls(kv)
+        return cls(js, kv, bucket)
 
     async def put(self, link: LinkDefinition) -> None:
         with nats_errors("putting a link", key_of(link)):
@@ -101,28 +110,49 @@ class LinkStore:
         return sorted(links, key=lambda link: (link.actor_id, link.contract_id, link.link_name))
 
     async def watch(self, *, follow: bool = True) -> AsyncIterator[LinkEvent | None]:
-        """Every current link, then (when ``follow``) ``None`` once, then each put and delete."""
+        """Every current link, then (when ``follow``) ``None`` once, then each put and delete.
+
+        Reads the bucket's stream with an ordered consumer rather than nats-py's ``KeyValue.watch``,
+        whose end-of-current-values marker can come before the values: it is sent when the consumer's
+        info shows nothing pending and the client has *received* nothing yet, which is also the case
+        when the server has sent every value and the messages are still on their way (seen under load
+        as an empty link list). Here, as in the Go client, the current values end with the first
+        message the server sent with nothing pending after it, or at once if the consumer's info shows
+        nothing delivered and nothing pending.
+        """
         with nats_errors("watching the links", "linkdefs.>"):
-            watcher = await self.kv.watch("linkdefs.>")
+            sub = await self.js.subscribe(
+                f"{self.prefix}linkdefs.>", stream=f"KV_{self.bucket}", ordered_consumer=True,
+                deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, inactive_threshold=WATCH_INACTIVE_THRESHOLD,
+            )
         known: dict[str, LinkDefinition] = {}
         try:
-            async for entry in watcher:
-                if entry is None:  # end of the initial values
+            with nats_errors("watching the links", "linkdefs.>"):
+                info = await sub.consumer_info()
+            current = bool(info.num_pending or (info.delivered and info.delivered.consumer_seq))
+            if not current:
+                if not follow:
+                    return
+                yield None
+            while True:
+                msg = await sub.next_msg(timeout=None)
+                key = msg.subject[len(self.prefix):]
+                if (msg.headers or {}).get(KV_OP) in (KV_DEL, KV_PURGE):
+                    gone = known.pop(key, None)
+                    if gone is not None:
+                        yield LinkEvent(gone, deleted=True)
+                else:
+                    link = msgspec.json.decode(msg.data, type=LinkDefinition)
+                    known[key] = link
+                    yield LinkEvent(link)
+                if current and msg.metadata.num_pending == 0:  # the last of the current values
+                    current = False
                     if not follow:
                         return
                     yield None
-                    continue
-                if entry.operation in (KV_DEL, KV_PURGE):
-                    gone = known.pop(entry.key, None)
-                    if gone is not None:
-                        yield LinkEvent(gone, deleted=True)
-                    continue
-                link = msgspec.json.decode(entry.value, type=LinkDefinition)
-                known[entry.key] = link
-                yield LinkEvent(link)
         finally:
             with nats_errors("ending the watch of the links", "linkdefs.>"):
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves KeyWatcher.stop unannotated
+                await sub.unsubscribe()
 
 
 class LinkFeed:
