@@ -10,7 +10,8 @@ operator's server config uses the MEMORY resolver, preloaded with both account J
 
 Files (``state_dir/nats-auth``, mode 0700; every file 0600): ``operator.nk``, ``system.nk`` and
 ``account.nk`` (seeds, made on the first ``mlcloud up`` and kept), ``host.creds`` and
-``ctl.creds`` (rewritten by each ``mlcloud up`` from the kept account key).
+``ctl.creds`` (rewritten by each ``mlcloud up`` from the kept account key). ``mlcloud nats-creds``
+writes a board's own folder of the same shape (:meth:`NatsAuth.write_board`).
 
 Every connection's replies come to ``_INBOX.{its user key}.…`` (:func:`inbox_prefix`), the only
 inbox it may subscribe to.
