@@ -157,6 +157,25 @@ def nats_config(settings: Settings) -> None:
     click.echo(NatsAuth.load_or_create(auth_dir(settings)).server_config(), nl=False)
 
 
+@main.command("nats-creds")
+@with_settings
+@click.argument("board")
+@click.option("-o", "--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder to write (default ./BOARD-nats-auth); made 0700, each file 0600.")
+def nats_creds(settings: Settings, board: str, out: Path | None) -> None:
+    """Write BOARD's NATS secrets for `deploy/coral/install.sh --nats-auth FOLDER`: its host's
+    credentials, the lattice account seed (to mint its instances'), its leaf node's credentials and
+    the leaf server's operator-mode lines. Copy the folder to the board privately, then delete it."""
+    from mlcloud.lattice.auth import NatsAuth, auth_dir
+
+    try:
+        paths = NatsAuth.load_or_create(auth_dir(settings)).write_board(board, out or Path(f"{board}-nats-auth"))
+    except MLCloudError as err:
+        raise click.ClickException(f"{err.kind}: {err.message}") from err
+    for path in paths:
+        click.echo(path)
+
+
 @main.command("host")
 @with_settings
 @click.option("--label", "labels", multiple=True, help="Host label key=value (repeatable).")

@@ -2,12 +2,15 @@
 # Bring up an mlcloud host on an aarch64 board (Coral Dev Board, Raspberry Pi 4/5, any arm64
 # Debian with Python 3.11+). Run it as root from a copy of the mlcloud checkout on the board:
 #
-#   sudo deploy/coral/install.sh --dev 192.168.1.10 --trust AB…         # host on the dev machine's NATS
+#   sudo deploy/coral/install.sh --dev 192.168.1.10 --trust AB… --nats-auth rpi5-nats-auth
+#                                                   # host on the dev machine's NATS, with the folder
+#                                                   # `mlcloud nats-creds rpi5` wrote there
 #   sudo deploy/coral/install.sh --dev 192.168.1.10 --nats standalone   # the board is its own lattice
 #
 # It creates the venv PREFIX/venv with the aarch64 dependency set (requirements-aarch64*.txt:
 # onnxruntime and ai-edge-litert, no tract), installs mlcloud into it, writes /etc/mlcloud/
-# (host.env, and nats.conf unless --nats direct) and the systemd units mlcloud-host (and
+# (host.env, and nats.conf unless --nats direct), the board's NATS secrets (--nats-auth, into
+# /var/lib/mlcloud/nats-auth, 0600 for the mlcloud user) and the systemd units mlcloud-host (and
 # mlcloud-nats), and starts them.
 # Running it again upgrades the venv and keeps an edited /etc/mlcloud/host.env.
 set -euo pipefail
@@ -20,6 +23,9 @@ ETC=/etc/mlcloud
 UNIT_DIR=/etc/systemd/system
 DEV=""
 TRUST=""
+NATS_AUTH=""
+STATE=/var/lib/mlcloud
+AUTH_DIR="${STATE}/nats-auth"
 NATS_MODE=direct
 CORAL=auto
 SYSTEMD=1
@@ -35,6 +41,10 @@ usage: deploy/coral/install.sh --dev ADDRESS [options]
   --trust KEY       the account key (A…) that signs the development machine's components
                     (\`mlcloud trust list\` there prints it): the board's host runs only
                     artifacts signed by it (MLCLOUD_TRUSTED_ISSUERS in host.env)
+  --nats-auth DIR   the folder \`mlcloud nats-creds BOARD\` wrote on the development machine:
+                    the host's credentials and the lattice account seed (to mint its instances'),
+                    the leaf node's credentials and operator-mode lines; installed 0600 for the
+                    mlcloud user in ${AUTH_DIR} (the hub refuses connections without them)
   --nats MODE       direct (default): the host connects to the development machine's NATS;
                     standalone: a NATS server with JetStream here, the board its own lattice;
                     leaf: a leaf node of the development machine's hub (the host follows the
@@ -60,6 +70,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --dev) DEV="${2:?--dev needs an address}"; shift 2 ;;
         --trust) TRUST="${2:?--trust needs an account key}"; shift 2 ;;
+        --nats-auth) NATS_AUTH="${2:?--nats-auth needs the folder \`mlcloud nats-creds\` wrote}"; shift 2 ;;
         --nats) NATS_MODE="${2:?--nats needs direct, standalone or leaf}"; shift 2 ;;
         --standalone) NATS_MODE=standalone; shift ;;
         --coral) CORAL="${2:?--coral needs auto, true or false}"; shift 2 ;;
@@ -81,6 +92,16 @@ case "${NATS_MODE}" in
     *) die "--nats must be direct, standalone or leaf" ;;
 esac
 [ "$(id -u)" -eq 0 ] || die "run as root (it writes ${PREFIX}, ${ETC} and systemd units)"
+# The NATS secrets: from --nats-auth, or kept from an earlier run.
+auth_files=(host.creds account.nk)
+if [ "${NATS_MODE}" = leaf ]; then auth_files+=(leaf.creds server.conf); fi
+missing=()
+for file in "${auth_files[@]}"; do [ -f "${NATS_AUTH:-${AUTH_DIR}}/${file}" ] || missing+=("${file}"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    [ -z "${NATS_AUTH}" ] || die "--nats-auth ${NATS_AUTH} has no ${missing[*]}: \`mlcloud nats-creds BOARD\` on the development machine writes them"
+    [ "${NATS_MODE}" != leaf ] || die "--nats leaf needs --nats-auth (${AUTH_DIR} has no ${missing[*]})"
+    say "warning: no --nats-auth: the host cannot join a hub that requires credentials (every hub deploy/run.sh starts)"
+fi
 
 arch="$(uname -m)"
 if [ "${arch}" != aarch64 ]; then
@@ -123,9 +144,19 @@ fi
 for group in plugdev apex; do
     if getent group "${group}" >/dev/null; then usermod -a -G "${group}" mlcloud; fi
 done
-install -d -o mlcloud -g mlcloud /var/lib/mlcloud
+install -d -o mlcloud -g mlcloud "${STATE}"
 
-# 3. /etc/mlcloud: host settings (kept when edited) and the NATS configuration.
+# 3. the board's NATS secrets, where the host looks by default (state_dir/nats-auth); readable by
+# the mlcloud user only (both the host and nats-server run as it).
+if [ -n "${NATS_AUTH}" ]; then
+    install -d -m 0700 -o mlcloud -g mlcloud "${AUTH_DIR}"
+    for file in "${auth_files[@]}"; do
+        install -m 0600 -o mlcloud -g mlcloud "${NATS_AUTH}/${file}" "${AUTH_DIR}/${file}"
+    done
+    say "installed the NATS secrets ${auth_files[*]} in ${AUTH_DIR} (0600): delete ${NATS_AUTH} once copied"
+fi
+
+# 4. /etc/mlcloud: host settings (kept when edited) and the NATS configuration.
 install -d "${ETC}"
 if [ ! -f "${ETC}/host.env" ]; then
     sed -e "s/@DEV@/${DEV}/g" -e "s|@NATS_URL@|${NATS_URL}|g" -e "s/@TRUST@/${TRUST}/g" \
@@ -136,13 +167,22 @@ else
     say "kept ${ETC}/host.env (delete it to start from deploy/coral/host.env again)"
 fi
 if [ "${NATS_MODE}" != direct ]; then
-    sed -e "s/@DEV@/${DEV}/g" -e "s/@HOSTNAME@/$(hostname -s)/g" "${HERE}/nats-${NATS_MODE}.conf" >"${ETC}/nats.conf"
+    account=""
+    if [ "${NATS_MODE}" = leaf ]; then
+        # The operator-mode lines nats-leaf.conf includes (JWTs: public, but no one else's business).
+        install -m 0640 -g mlcloud "${AUTH_DIR}/server.conf" "${ETC}/nats-auth.conf"
+        account="$("${PREFIX}/venv/bin/python" -c 'import sys
+from mlcloud.identity import KeyPair
+print(KeyPair.from_seed(open(sys.argv[1]).read()).public_key)' "${AUTH_DIR}/account.nk")"
+    fi
+    sed -e "s/@DEV@/${DEV}/g" -e "s/@HOSTNAME@/$(hostname -s)/g" -e "s|@AUTH_DIR@|${AUTH_DIR}|g" \
+        -e "s/@ACCOUNT@/${account}/g" "${HERE}/nats-${NATS_MODE}.conf" >"${ETC}/nats.conf"
     "${PREFIX}/venv/bin/nats-server" -t -c "${ETC}/nats.conf" >/dev/null || die "${ETC}/nats.conf does not parse"
     say "wrote ${ETC}/nats.conf (${NATS_MODE})"
 fi
 say "the host connects to ${NATS_URL}"
 
-# 4. the LiteRT engine and the Edge TPU delegate.
+# 5. the LiteRT engine and the Edge TPU delegate.
 if "${PREFIX}/venv/bin/python" -c 'import ai_edge_litert.interpreter' 2>/dev/null; then
     say "LiteRT (ai-edge-litert) installed"
 else
@@ -155,7 +195,7 @@ else
     say "  For the Edge TPU install libedgetpu1-std from Coral's apt repository (docs/deploy.md)."
 fi
 
-# 5. systemd units.
+# 6. systemd units.
 if [ "${SYSTEMD}" = 0 ]; then
     [ "${NATS_MODE}" = direct ] || say "done (--no-systemd): start ${PREFIX}/venv/bin/nats-server -c ${ETC}/nats.conf, then"
     say "  env \$(grep -v '^#' ${ETC}/host.env | xargs) ${PREFIX}/venv/bin/mlcloud host --label arch=aarch64 --label coral=${CORAL}"

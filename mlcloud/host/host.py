@@ -76,7 +76,7 @@ from mlcloud.lattice.control import (
 )
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.lifecycle import Service, cancel_and_wait
-from mlcloud.lattice.links import LinkFeed, LinkStore, key_of, open_links
+from mlcloud.lattice.links import LinkFeed, LinkRelay, LinkStore, key_of, open_links
 from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.lattice.rpc import RpcClient
 from mlcloud.settings import Settings
@@ -149,6 +149,8 @@ class Host(Service):
                                      credentials=credentials_for(self.settings, "host.creds"))
         stack.push_async_callback(self._leave_lattice, nc)
         self.links = await open_links(nc, lattice)
+        if isinstance(self.links, LinkFeed):  # its instances may not follow the hub's hosts themselves
+            await stack.enter_async_context(LinkRelay(nc, lattice, self.id, self.links))
         self.events = events = EventPublisher(nc, lattice, self.id)
         stack.push_async_callback(self._stop_all_components)
         handlers: dict[str, CtlHandler] = {

@@ -8,7 +8,9 @@ From the instance's signed claims and nothing else (nats-server enforces them, s
 * publish a chain's forwarded calls as itself (their receivers check the originator's grant),
   answers to any inbox (a chain's last stage answers the originator), its events, and its
   ready report to its host;
-* subscribe to its own calls and its own inbox only; read the lattice's link bucket;
+* subscribe to its own calls and its own inbox only; read the lattice's link bucket, or where its
+  host has no JetStream (a board's leaf node) ask its host for the links and follow its host's link
+  relay (:class:`mlcloud.lattice.links.LinkRelay`: link definitions, nothing else);
 * no control interface (``wasmbus.ctl``), no events to follow, no other JetStream.
 """
 
@@ -34,9 +36,10 @@ def instance_permissions(lattice: str, spec: InstanceSpec, user_key: str) -> Per
     links = ("$JS.API.INFO", f"$JS.API.STREAM.INFO.{bucket}", f"$JS.API.CONSUMER.CREATE.{bucket}",
              f"$JS.API.CONSUMER.CREATE.{bucket}.>", f"$JS.API.CONSUMER.INFO.{bucket}.>",
              f"$JS.API.CONSUMER.DELETE.{bucket}.>")
+    relay = subjects.host_links(lattice, spec.host_id)
     return Permissions(
         pub=(*calls, *forwards, f"{INBOX}.>", subjects.events(lattice),
-             subjects.instance_ready(lattice, spec.host_id), *links),
-        sub=(*[s for t in targets for s in subjects.served(t)], f"{inbox_prefix(user_key)}.>"),
+             subjects.instance_ready(lattice, spec.host_id), *links, f"{relay}.get"),
+        sub=(*[s for t in targets for s in subjects.served(t)], f"{inbox_prefix(user_key)}.>", relay),
         responses=True,
     )

@@ -143,7 +143,7 @@ class ComponentRuntime:
             if isinstance(self.component, Provider):
                 self.component.config = dict(self.spec.config)
                 await self.component.on_start(lifetime_ctx)
-            links = await open_links(self.nc, self.settings.lattice)
+            links = await open_links(self.nc, self.settings.lattice, host_id=self.spec.host_id)
             self._tasks.append(asyncio.create_task(self._follow_links(links), name="links"))
             if not await self._ready_or_stopping(self._links_ready):
                 return  # asked to stop before the links could be read

@@ -10,7 +10,8 @@ operator's server config uses the MEMORY resolver, preloaded with both account J
 
 Files (``state_dir/nats-auth``, mode 0700; every file 0600): ``operator.nk``, ``system.nk`` and
 ``account.nk`` (seeds, made on the first ``mlcloud up`` and kept), ``host.creds`` and
-``ctl.creds`` (rewritten by each ``mlcloud up`` from the kept account key).
+``ctl.creds`` (rewritten by each ``mlcloud up`` from the kept account key). ``mlcloud nats-creds``
+writes a board's own folder of the same shape (:meth:`NatsAuth.write_board`).
 
 Every connection's replies come to ``_INBOX.{its user key}.…`` (:func:`inbox_prefix`), the only
 inbox it may subscribe to.
@@ -30,9 +31,11 @@ from typing import Any
 
 from mlcloud.errors import ClaimsError, ConfigError
 from mlcloud.identity import KeyKind, KeyPair, load_or_create, verify
+from mlcloud.lattice import subjects
 from mlcloud.settings import Settings
 
 AUTH_DIR = "nats-auth"
+BOARD_SERVER_CONFIG = "server.conf"
 INBOX = "_INBOX"
 _HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 _UNLIMITED = {"subs": -1, "data": -1, "payload": -1}
@@ -187,10 +190,14 @@ class Account:
         except OSError as exc:
             raise ConfigError(f"cannot read the lattice account seed {path}: {exc.strerror}") from exc
 
-    def user(self, name: str, permissions: Permissions = ALL, *, key: KeyPair | None = None) -> Credentials:
-        """Credentials for a new user (or ``key``) named ``name``; ``ctl`` and the like see ``name`` in logs."""
+    def user(self, name: str, permissions: Permissions = ALL, *, key: KeyPair | None = None,
+             connection_types: tuple[str, ...] = ()) -> Credentials:
+        """Credentials for a new user (or ``key``) named ``name``; ``ctl`` and the like see ``name`` in logs.
+        ``connection_types`` (e.g. ``LEAFNODE``) limits how the user may connect (empty: any way)."""
         key = key or KeyPair.generate(KeyKind.USER)
         nats = {**_UNLIMITED, **permissions.claims(), "type": "user"}
+        if connection_types:
+            nats["allowed_connection_types"] = list(connection_types)
         return Credentials(encode_jwt(self.key, key.public_key, name, nats), key.seed)
 
     def jwt(self, operator: KeyPair, name: str = "lattice", *, jetstream: bool = True) -> str:
@@ -239,6 +246,25 @@ class NatsAuth:
         ctl_key = KeyPair.generate(KeyKind.USER)
         ctl = self.account.user("ctl", ctl_permissions(ctl_key.public_key), key=ctl_key)
         return host, ctl.write(self.directory / "ctl.creds")
+
+
+    def write_board(self, board: str, directory: Path) -> list[Path]:
+        """A board's NATS secrets in ``directory`` (0700, files 0600), as its ``state_dir/nats-auth``:
+        ``host.creds`` for its host, ``account.nk`` to mint its instances' credentials, ``leaf.creds``
+        for its leaf node's connection to the hub (usable only as a leaf connection), and
+        ``server.conf`` with the operator-mode lines of :meth:`server_config` for the leaf server."""
+        subjects.check_token(board, "board name")
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        files = [
+            self.account.user(f"host-{board}").write(directory / "host.creds"),
+            self.account.user(f"leaf-{board}", connection_types=("LEAFNODE",)).write(directory / "leaf.creds"),
+            directory / "account.nk",
+            directory / BOARD_SERVER_CONFIG,
+        ]
+        write_secret(directory / "account.nk", self.account.key.seed + "\n")
+        write_secret(directory / BOARD_SERVER_CONFIG, self.server_config())
+        return files
 
 
 def ctl_permissions(user_key: str) -> Permissions:

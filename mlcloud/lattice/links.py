@@ -5,14 +5,19 @@ contract and link name. Because links live in JetStream, a provider or host that
 reads every link back; :meth:`LinkStore.watch` yields the existing links, then each change.
 
 A process whose NATS server has no JetStream (a board's leaf node, whose hub holds the lattice's
-JetStream) follows the links read-only through core NATS instead (:class:`LinkFeed`): the control
-interface's ``linkdefs.get``, answered by a host that has JetStream, then the ``linkdef_set`` and
-``linkdef_deleted`` events. :func:`open_links` picks whichever is reachable.
+JetStream) follows the links read-only through core NATS instead (:class:`LinkFeed`). A board's
+host reads them from the hub's hosts: the control interface's ``linkdefs.get``, then the
+``linkdef_set`` and ``linkdef_deleted`` events. Its instances may neither send control requests nor
+follow the lattice's events (mlcloud/host/permissions.py), so the host relays the links to them
+(:class:`LinkRelay`) on its own subject, as wasmCloud's host puts links to its providers; they
+get link definitions and nothing else, and an instance starting while the hub is out of reach
+still gets the links its host knows. :func:`open_links` picks whichever is reachable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -21,15 +26,17 @@ import msgspec
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
 from nats.js.kv import KV_DEL, KV_OP, KV_PURGE, KeyValue
 
-from mlcloud.errors import ConfigError, MLCloudError, NotFound
+from mlcloud.errors import ConfigError, LatticeUnavailable, MLCloudError, NotFound
 from mlcloud.lattice import subjects
-from mlcloud.lattice.control import DEFAULT_LINK_NAME, EventName, LinkDefinition, LinkList
+from mlcloud.lattice.auth import INBOX
+from mlcloud.lattice.control import DEFAULT_LINK_NAME, CtlReply, EventName, LinkDefinition, LinkList
 from mlcloud.lattice.ctl_client import Empty, ctl_request
-from mlcloud.lattice.events import decode_event
+from mlcloud.lattice.events import cloud_event, decode_event
 from mlcloud.lattice.natserrors import nats_errors
 
 log = logging.getLogger(__name__)
@@ -156,22 +163,33 @@ class LinkStore:
 
 
 class LinkFeed:
-    """Links followed read-only over core NATS, for processes without JetStream."""
+    """Links followed read-only over core NATS, for processes without JetStream: from the lattice's
+    hosts (the control interface and the events), or with ``host_id`` from that host's :class:`LinkRelay`."""
 
     writable = False
 
-    def __init__(self, nc: NATS, lattice: str, timeout: float = 5.0) -> None:
+    def __init__(self, nc: NATS, lattice: str, timeout: float = 5.0, *, host_id: str | None = None) -> None:
         self.nc = nc
         self.lattice = lattice
         self.timeout = timeout
+        if host_id is None:
+            self.get_subject, self.events_subject = subjects.ctl_links(lattice, "get"), subjects.events(lattice)
+        else:
+            self.events_subject = subjects.host_links(lattice, host_id)
+            self.get_subject = f"{self.events_subject}.get"
 
     async def all(self) -> list[LinkDefinition]:
-        reply = await ctl_request(self.nc, subjects.ctl_links(self.lattice, "get"), Empty(), LinkList,
-                                  timeout=self.timeout)
+        reply = await ctl_request(self.nc, self.get_subject, Empty(), LinkList, timeout=self.timeout)
         return reply.links
 
     async def watch(self, *, follow: bool = True) -> AsyncIterator[LinkEvent | None]:
-        """As :meth:`LinkStore.watch`; events that race the first read are applied after it."""
+        """As :meth:`LinkStore.watch`; events that race the first read are applied after it.
+
+        Any instance may publish a lattice event, so a link event there is only a hint: the links
+        are read again from a host (instances cannot answer control requests). Only hosts may
+        publish on a relay's subject, so its events are applied as they come.
+        """
+        trusted = self.events_subject != subjects.events(self.lattice)
         queue: asyncio.Queue[LinkEvent] = asyncio.Queue()
 
         async def on_event(msg: Msg) -> None:
@@ -185,26 +203,120 @@ class LinkFeed:
 
         sub = None
         if follow:
-            with nats_errors("following link events", subjects.events(self.lattice)):
-                sub = await self.nc.subscribe(subjects.events(self.lattice), cb=on_event)
+            with nats_errors("following link events", self.events_subject):
+                sub = await self.nc.subscribe(self.events_subject, cb=on_event)
         try:
-            for link in await self.all():
+            known = {key_of(link): link for link in await self.all()}
+            for link in known.values():
                 yield LinkEvent(link)
             if not follow:
                 return
             yield None
             while True:
-                yield await queue.get()
+                event = await queue.get()
+                if trusted:
+                    yield event
+                    continue
+                while not queue.empty():  # one read answers every hint so far
+                    queue.get_nowait()
+                fresh = {key_of(link): link for link in await self.all()}
+                for key in known.keys() - fresh.keys():
+                    yield LinkEvent(known[key], deleted=True)
+                for key, link in fresh.items():
+                    if known.get(key) != link:
+                        yield LinkEvent(link)
+                known = fresh
         finally:
             if sub is not None:
-                with nats_errors("leaving link events", subjects.events(self.lattice)):
+                with nats_errors("leaving link events", self.events_subject):
                     await sub.unsubscribe()
 
 
-async def open_links(nc: NATS, lattice: str) -> LinkStore | LinkFeed:
-    """The JetStream link store, or a read-only :class:`LinkFeed` where JetStream is not reachable."""
+class LinkRelay:
+    """A board host's links, passed on to its instances: every link on request (to an inbox only,
+    so the host never publishes where an instance points it), then each change as a link event."""
+
+    def __init__(self, nc: NATS, lattice: str, host_id: str, feed: LinkFeed) -> None:
+        self.nc = nc
+        self.host_id = host_id
+        self.feed = feed
+        self.subject = subjects.host_links(lattice, host_id)
+        self._links: dict[str, LinkDefinition] = {}
+        self._ready = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sub: Subscription | None = None
+
+    async def __aenter__(self) -> LinkRelay:
+        self._task = asyncio.create_task(self._follow(), name="link-relay")
+        with nats_errors("serving the links to this host's instances", self.subject):
+            self._sub = await self.nc.subscribe(f"{self.subject}.get", cb=self._answer)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(MLCloudError), nats_errors("ending the link relay", self.subject):
+                await self._sub.unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _answer(self, msg: Msg) -> None:
+        if not msg.reply.startswith(f"{INBOX}."):
+            log.warning("link request with reply subject %r ignored: links go to inboxes only", msg.reply)
+            return
+        reply: CtlReply[LinkList]
+        try:
+            async with asyncio.timeout(self.feed.timeout):
+                await self._ready.wait()
+            reply = CtlReply(response=LinkList(links=list(self._links.values())))
+        except TimeoutError:
+            reply = CtlReply.failed(LatticeUnavailable("this host has not read the lattice's links yet"))
+        with contextlib.suppress(MLCloudError), nats_errors("a link reply", msg.reply):
+            await msg.respond(msgspec.json.encode(reply))
+
+    async def _publish(self, link: LinkDefinition, deleted: bool) -> None:
+        name = EventName.LINKDEF_DELETED if deleted else EventName.LINKDEF_SET
+        with contextlib.suppress(MLCloudError), nats_errors("relaying a link", self.subject):
+            await self.nc.publish(self.subject, msgspec.json.encode(cloud_event(name, self.host_id, link)))
+
+    async def _follow(self) -> None:
+        """Keep ``_links`` current; after a re-watch (NATS reconnected) relay what changed meanwhile."""
+        while True:
+            replayed: dict[str, LinkDefinition] | None = {}
+            try:
+                async for event in self.feed.watch(follow=True):
+                    if event is None:
+                        assert replayed is not None
+                        for key in self._links.keys() - replayed.keys():
+                            await self._publish(self._links.pop(key), deleted=True)
+                        for key, link in replayed.items():
+                            if self._links.get(key) != link:
+                                self._links[key] = link
+                                await self._publish(link, deleted=False)
+                        replayed = None
+                        self._ready.set()
+                    elif replayed is not None:
+                        replayed[key_of(event.link)] = event.link
+                    else:
+                        if event.deleted:
+                            self._links.pop(key_of(event.link), None)
+                        else:
+                            self._links[key_of(event.link)] = event.link
+                        await self._publish(event.link, event.deleted)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # NATS reconnecting: re-watch; the watch replays current links
+                log.warning("link relay interrupted; retrying", exc_info=True)
+                await asyncio.sleep(1)
+
+
+async def open_links(nc: NATS, lattice: str, host_id: str | None = None) -> LinkStore | LinkFeed:
+    """The JetStream link store, or a read-only :class:`LinkFeed` where JetStream is not reachable:
+    from the lattice's hosts, or for an instance (``host_id``: its host's) from its host's relay."""
     store = await LinkStore.open(nc, lattice)
     if store is None:
-        log.info("no JetStream on this NATS server: following links through the control interface")
-        return LinkFeed(nc, lattice)
+        log.info("no JetStream on this NATS server: following links %s",
+                 "through the control interface" if host_id is None else "through this instance's host")
+        return LinkFeed(nc, lattice, host_id=host_id)
     return store

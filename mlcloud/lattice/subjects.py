@@ -95,6 +95,11 @@ def instance_ready(lattice: str, host_id: str) -> str:
     return f"wasmbus.hostinternal.{lattice}.{host_id}.ready"
 
 
+def host_links(lattice: str, host_id: str) -> str:
+    """A board host's link relay: each link change, for its instances (``.get``: every link)."""
+    return f"wasmbus.hostinternal.{lattice}.{host_id}.links"
+
+
 def lattice_bucket(lattice: str) -> str:
     """The JetStream key-value bucket holding the lattice's link definitions."""
     return f"LATTICEDATA_{lattice}"
