@@ -43,7 +43,7 @@ from mlcloud.identity import KeyKind, KeyPair
 from mlcloud.interfaces import MLINFERENCE, MODEL_STATUS, ModelInfo, ModelStatusRequest
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Account, account_for, credentials_for
-from mlcloud.lattice.connect import connect
+from mlcloud.lattice.connect import connect, leave
 from mlcloud.lattice.control import (
     DEFAULT_LINK_NAME,
     ActorReply,
@@ -204,8 +204,7 @@ class Host(Service):
         """Say ``host_stopped`` (when the publisher was made), then drain the connection."""
         if self.events is not None:
             await self.events.publish(EventName.HOST_STOPPED, HostStopped(host_id=self.id))
-        with contextlib.suppress(LatticeUnavailable), nats_errors("leaving the lattice"):
-            await nc.drain()
+        await leave(nc, f"host {self.id[:8]}")
         log.info("host %s stopped", self.id)
 
     # ---- control interface -------------------------------------------------------------
