@@ -173,14 +173,15 @@ class Host(Service):
             for verb, handler in link_handlers.items():
                 handlers[subjects.ctl_links(lattice, verb)] = handler
                 queues[subjects.ctl_links(lattice, verb)] = "mlcloud.links"
+        # Control requests in flight end before the components stop (they may be starting some),
+        # and after the subscriptions are gone, so that no new one starts an instance nobody stops.
+        stack.push_async_callback(lambda: cancel_and_wait(list(self._background)))
         with nats_errors("subscribing to the control interface", subjects.ctl_prefix(lattice)):
             for subject, handler in handlers.items():
                 sub = await nc.subscribe(subject, queue=queues[subject], cb=self._ctl_callback(handler))
                 stack.push_async_callback(_unsubscribe, sub)
             sub = await nc.subscribe(subjects.instance_ready(lattice, self.id), cb=self._on_instance_ready)
             stack.push_async_callback(_unsubscribe, sub)
-        # Control requests in flight end before the components stop (they may be starting some).
-        stack.push_async_callback(lambda: cancel_and_wait(list(self._background)))
         self._tasks = [
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._health_checks(), name="health-checks"),
@@ -410,9 +411,9 @@ class Host(Service):
             component.instances.append(instance)
             new.append(instance)
             instance.start()
-        surplus = component.instances[count:]
+        # Surplus instances leave the list once stopped: a scale-down cut short leaves them to the host's stop.
+        await asyncio.gather(*(i.stop() for i in component.instances[count:]))
         del component.instances[count:]
-        await asyncio.gather(*(i.stop() for i in surplus))
         ready = await asyncio.gather(*(i.wait_ready(self.settings.ready_timeout) for i in new))
         if not all(ready):
             exits = sorted({i.last_exit for i in new if i.last_exit is not None})
