@@ -9,6 +9,7 @@ and becomes one clear :class:`~mlcloud.errors.LatticeUnavailable` error (see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,5 +68,8 @@ async def leave(nc: NATS, name: str) -> None:
         with nats_errors(f"draining {name}'s connection"):
             await nc.drain()
     except LatticeUnavailable as err:
-        log.info("%s: %s; closing the connection instead", name, err.message)
-        await nc.close()
+        log.info("%s; closing it instead", err.message)
+        # Messages buffered meanwhile go out on close; a socket the server reset raises then, and
+        # the connection is closed all the same (no more reconnecting).
+        with contextlib.suppress(OSError):
+            await nc.close()

@@ -13,6 +13,7 @@ interface's ``linkdefs.get``, answered by a host that has JetStream, then the ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator
@@ -23,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
-from mlcloud.errors import ConfigError, MLCloudError, NotFound
+from mlcloud.errors import ConfigError, LatticeUnavailable, MLCloudError, NotFound
 from mlcloud.lattice import subjects
 from mlcloud.lattice.control import DEFAULT_LINK_NAME, EventName, LinkDefinition, LinkList
 from mlcloud.lattice.ctl_client import Empty, ctl_request
@@ -121,7 +122,9 @@ class LinkStore:
                 known[entry.key] = link
                 yield LinkEvent(link)
         finally:
-            with nats_errors("ending the watch of the links", "linkdefs.>"):
+            # A connection that closed under the watch took its subscription with it; raising here
+            # would replace the error (or cancellation) that ended the watch.
+            with contextlib.suppress(LatticeUnavailable), nats_errors("ending the watch of the links", "linkdefs.>"):
                 await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves KeyWatcher.stop unannotated
 
 
