@@ -23,5 +23,6 @@ async def test_leaving_while_nats_is_away_closes_the_connection_instead_of_raisi
     async with asyncio.timeout(10):
         while not nc.is_reconnecting:
             await asyncio.sleep(0.05)
+    await nc.publish("test.buffered", b"kept until NATS is back")  # as a host says host_stopped
     await leave(nc, "test")
     assert nc.is_closed
