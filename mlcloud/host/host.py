@@ -202,7 +202,7 @@ class Host(Service):
             self.providers.clear()
 
     async def _leave_lattice(self, nc: NATS) -> None:
-        """Say ``host_stopped`` (when the publisher was made), then drain the connection."""
+        """Say ``host_stopped`` (when the publisher was made), then leave: drain, or close while NATS is away."""
         if self.events is not None:
             await self.events.publish(EventName.HOST_STOPPED, HostStopped(host_id=self.id))
         await leave(nc, f"host {self.id[:8]}")
