@@ -43,7 +43,7 @@ from mlcloud.identity import KeyKind, KeyPair
 from mlcloud.interfaces import MLINFERENCE, MODEL_STATUS, ModelInfo, ModelStatusRequest
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Account, account_for, credentials_for
-from mlcloud.lattice.connect import connect
+from mlcloud.lattice.connect import connect, leave
 from mlcloud.lattice.control import (
     DEFAULT_LINK_NAME,
     ActorReply,
@@ -175,14 +175,15 @@ class Host(Service):
             for verb, handler in link_handlers.items():
                 handlers[subjects.ctl_links(lattice, verb)] = handler
                 queues[subjects.ctl_links(lattice, verb)] = "mlcloud.links"
+        # Control requests in flight end before the components stop (they may be starting some),
+        # and after the subscriptions are gone, so that no new one starts an instance nobody stops.
+        stack.push_async_callback(lambda: cancel_and_wait(list(self._background)))
         with nats_errors("subscribing to the control interface", subjects.ctl_prefix(lattice)):
             for subject, handler in handlers.items():
                 sub = await nc.subscribe(subject, queue=queues[subject], cb=self._ctl_callback(handler))
                 stack.push_async_callback(_unsubscribe, sub)
             sub = await nc.subscribe(subjects.instance_ready(lattice, self.id), cb=self._on_instance_ready)
             stack.push_async_callback(_unsubscribe, sub)
-        # Control requests in flight end before the components stop (they may be starting some).
-        stack.push_async_callback(lambda: cancel_and_wait(list(self._background)))
         self._tasks = [
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._health_checks(), name="health-checks"),
@@ -203,11 +204,10 @@ class Host(Service):
             self.providers.clear()
 
     async def _leave_lattice(self, nc: NATS) -> None:
-        """Say ``host_stopped`` (when the publisher was made), then drain the connection."""
+        """Say ``host_stopped`` (when the publisher was made), then leave: drain, or close while NATS is away."""
         if self.events is not None:
             await self.events.publish(EventName.HOST_STOPPED, HostStopped(host_id=self.id))
-        with contextlib.suppress(LatticeUnavailable), nats_errors("leaving the lattice"):
-            await nc.drain()
+        await leave(nc, f"host {self.id[:8]}")
         log.info("host %s stopped", self.id)
 
     # ---- control interface -------------------------------------------------------------
@@ -413,9 +413,9 @@ class Host(Service):
             component.instances.append(instance)
             new.append(instance)
             instance.start()
-        surplus = component.instances[count:]
+        # Surplus instances leave the list once stopped: a scale-down cut short leaves them to the host's stop.
+        await asyncio.gather(*(i.stop() for i in component.instances[count:]))
         del component.instances[count:]
-        await asyncio.gather(*(i.stop() for i in surplus))
         ready = await asyncio.gather(*(i.wait_ready(self.settings.ready_timeout) for i in new))
         if not all(ready):
             exits = sorted({i.last_exit for i in new if i.last_exit is not None})

@@ -29,7 +29,7 @@ from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, Unkn
 from mlcloud.host.spec import HEALTH_OP, SPEC_ENV, InstanceSpec
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Credentials
-from mlcloud.lattice.connect import connect
+from mlcloud.lattice.connect import connect, leave
 from mlcloud.lattice.control import HealthReport, LinkDefinition
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.grants import Signer, Verifier
@@ -252,8 +252,8 @@ class ComponentRuntime:
                 await self.component.on_stop()
             except Exception:
                 self.log.exception("on_stop failed")
-        if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
+        if self.nc is not None:
+            await leave(self.nc, self.spec.name)
 
 
 def _die_with_parent() -> None:

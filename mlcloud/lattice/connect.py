@@ -1,4 +1,4 @@
-"""Opening NATS connections the same way everywhere, with an explicit time limit.
+"""Opening and leaving NATS connections the same way everywhere; the first connection has a time limit.
 
 nats-py retries the first connection for ever when the server is not there (even with
 reconnecting off) and logs a traceback per attempt; here the first connection has a deadline
@@ -9,6 +9,7 @@ and becomes one clear :class:`~mlcloud.errors.LatticeUnavailable` error (see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS, RawCredentials
 
+from mlcloud.errors import LatticeUnavailable
 from mlcloud.lattice.auth import Credentials, inbox_prefix
-from mlcloud.lattice.natserrors import connecting
+from mlcloud.lattice.natserrors import connecting, nats_errors
 
 log = logging.getLogger(__name__)
 
@@ -52,3 +54,22 @@ async def connect(
         options.update(allow_reconnect=False, max_reconnect_attempts=0)
     with connecting(url, timeout):
         return await asyncio.wait_for(nats.connect(url, **options), timeout)
+
+
+async def leave(nc: NATS, name: str) -> None:
+    """Drain ``nc`` (subscriptions finish what they took, then it closes); while NATS is away, close it.
+
+    nats-py refuses to drain a connection that is reconnecting and leaves it reconnecting; a
+    process on its way out then keeps trying for ever, or ends with a traceback.
+    """
+    if nc.is_closed:
+        return
+    try:
+        with nats_errors(f"draining {name}'s connection"):
+            await nc.drain()
+    except LatticeUnavailable as err:
+        log.info("%s; closing it instead", err.message)
+        # Messages buffered meanwhile go out on close; a socket the server reset raises then, and
+        # the connection is closed all the same (no more reconnecting).
+        with contextlib.suppress(OSError):
+            await nc.close()

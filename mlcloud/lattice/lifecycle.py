@@ -16,6 +16,8 @@ from typing import Self
 
 from mlcloud.errors import HostError
 
+RECANCEL_AFTER = 1.0  # seconds a cancelled task may take to end before it is cancelled again
+
 
 class State(enum.StrEnum):
     """Where a :class:`Service` is in its life (its ``lifecycle`` attribute)."""
@@ -77,9 +79,19 @@ class Service:
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[object]]) -> None:
-    """Cancel ``tasks`` (except the caller's own) and wait until each has ended."""
+    """Cancel ``tasks`` (except the caller's own) and wait until each has ended.
+
+    A task still running :data:`RECANCEL_AFTER` seconds later is cancelled again: on Python 3.11
+    ``asyncio.wait_for`` (which nats-py's requests use) returns instead of raising
+    ``CancelledError`` when what it waits for completes in the same turn of the loop as the
+    cancellation (CPython gh-86296, fixed in 3.12), and a loop that lost its one cancellation
+    would keep its owner's stop waiting for ever.
+    """
     current = asyncio.current_task()
-    pending = [task for task in tasks if task is not current]
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    ending = [task for task in tasks if task is not current]
+    pending = {task for task in ending if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=RECANCEL_AFTER)
+    await asyncio.gather(*ending, return_exceptions=True)  # all ended: this only collects their errors

@@ -158,7 +158,9 @@ class LinkStore:
                         return
                     yield None
         finally:
-            with nats_errors("ending the watch of the links", "linkdefs.>"):
+            # A connection that closed under the watch took its subscription with it; raising here
+            # would replace the error (or cancellation) that ended the watch.
+            with contextlib.suppress(LatticeUnavailable), nats_errors("ending the watch of the links", "linkdefs.>"):
                 await sub.unsubscribe()
 
 

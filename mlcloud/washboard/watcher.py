@@ -173,8 +173,10 @@ class LatticeWatcher(Service):
             self._wake_models.set()
 
     async def _sleep_or_wake(self, event: asyncio.Event, interval: float) -> None:
+        # Not wait_for: on Python 3.11 it can swallow the cancellation that ends this loop (see cancel_and_wait).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), interval)
+            async with asyncio.timeout(interval):
+                await event.wait()
         # Events come in bursts (stopped, started, linked): one refresh answers them all.
         await asyncio.sleep(0.05)
         event.clear()
