@@ -1,4 +1,4 @@
-"""Opening and leaving NATS connections the same way everywhere; the first connection has a time limit.
+"""Opening, flushing and leaving NATS connections the same way everywhere; the first connection has a time limit.
 
 nats-py retries the first connection for ever when the server is not there (even with
 reconnecting off) and logs a traceback per attempt; here the first connection has a deadline
@@ -73,3 +73,15 @@ async def leave(nc: NATS, name: str) -> None:
         # the connection is closed all the same (no more reconnecting).
         with contextlib.suppress(OSError):
             await nc.close()
+
+
+async def flush(nc: NATS) -> None:
+    """Return once nats-server has processed everything sent on ``nc`` so far: a SUB's interest is live.
+
+    nats-py's ``flush()`` writes its PING straight to the socket, ahead of the commands (SUB, PUB)
+    still in its buffer for its flusher task, so the PONG can come back before the server has
+    read a SUB made just before; a request from another connection then meets "no responders".
+    Waiting for that PONG lets the flusher write the buffer; the second PING goes out behind it.
+    """
+    await nc.flush()
+    await nc.flush()

@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 
 from mlcloud.errors import ClaimsError, LatticeUnavailable, MLCloudError, RpcTimeout
 from mlcloud.lattice import subjects, wire
+from mlcloud.lattice.connect import flush
 from mlcloud.lattice.grants import Signer, Verifier
 from mlcloud.lattice.lifecycle import Service
 from mlcloud.lattice.natserrors import nats_errors
@@ -132,7 +133,7 @@ class RpcServer(Service):
             stack.push_async_callback(self._finish)
             for subject in subjects.served(self.target):
                 self._subs.append(await self.nc.subscribe(subject, queue=self.queue, cb=self._on_message))
-            await self.nc.flush()
+            await flush(self.nc)
 
     async def _finish(self) -> None:
         """Stop taking new calls and let the ones in flight finish."""
