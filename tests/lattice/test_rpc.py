@@ -15,7 +15,7 @@ from mlcloud.identity import KeyKind, KeyPair
 from mlcloud.interfaces import InferenceInput, Tensor
 from mlcloud.lattice import subjects, wire
 from mlcloud.lattice.auth import Account
-from mlcloud.lattice.connect import connect
+from mlcloud.lattice.connect import connect, flush
 from mlcloud.lattice.grants import Grant, Signer, Verifier
 from mlcloud.lattice.rpc import Handler, RpcClient, RpcServer
 from mlcloud.lattice.wire import Forward, Invocation
@@ -307,7 +307,7 @@ async def test_a_stage_that_answers_its_request_instead_of_reply_to_still_reache
 
     server = await serve(stage_nc, "t.o1", first)
     await stage_nc.subscribe(subjects.forwarded("t.o2", "*"), cb=old_stage)
-    await stage_nc.flush()
+    await flush(stage_nc)
     chain = Forward(target="t.o2", op="Op.Old", field="x", pick="tensor")
     assert await rpc_client(nc, caller="caller", timeout=2).call("t.o1", "Op.New", {}, forward=chain) == {"got": 7}
     await server.stop()
