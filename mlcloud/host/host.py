@@ -43,7 +43,7 @@ from mlcloud.identity import KeyKind, KeyPair
 from mlcloud.interfaces import MLINFERENCE, MODEL_STATUS, ModelInfo, ModelStatusRequest
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Account, account_for, credentials_for
-from mlcloud.lattice.connect import connect, leave
+from mlcloud.lattice.connect import connect, flush, leave
 from mlcloud.lattice.control import (
     DEFAULT_LINK_NAME,
     ActorReply,
@@ -184,6 +184,7 @@ class Host(Service):
                 stack.push_async_callback(_unsubscribe, sub)
             sub = await nc.subscribe(subjects.instance_ready(lattice, self.id), cb=self._on_instance_ready)
             stack.push_async_callback(_unsubscribe, sub)
+            await flush(nc)  # a started host answers control requests from any connection at once
         self._tasks = [
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
             asyncio.create_task(self._health_checks(), name="health-checks"),
