@@ -4,6 +4,10 @@ nats-py retries the first connection for ever when the server is not there (even
 reconnecting off) and logs a traceback per attempt; here the first connection has a deadline
 and becomes one clear :class:`~mlcloud.errors.LatticeUnavailable` error (see
 :mod:`mlcloud.lattice.natserrors`), and later connection trouble is logged as one line.
+
+While a connection is down (nats-py reconnecting), a request waiting for its answer would wait
+its whole deadline, and a new one would sit in nats-py's reconnect buffer: :func:`while_connected`
+fails both at once instead, woken by the connection's ``disconnected`` callback.
 """
 
 from __future__ import annotations
@@ -11,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS, RawCredentials
 
 from mlcloud.errors import LatticeUnavailable
@@ -46,14 +50,67 @@ async def connect(
     if credentials is not None:
         options.update(user_credentials=RawCredentials(credentials.text),
                        inbox_prefix=inbox_prefix(credentials.public_key))
-    options.update({k: v for k, v in (("disconnected_cb", disconnected_cb), ("reconnected_cb", reconnected_cb),
-                                      ("closed_cb", closed_cb)) if v is not None})
+    nc = NATS()
+    waiting: set[asyncio.Timeout] = set()
+
+    async def on_disconnected() -> None:
+        _wake(waiting)
+        if disconnected_cb is not None:
+            await disconnected_cb()
+
+    options["disconnected_cb"] = on_disconnected
+    options.update({k: v for k, v in (("reconnected_cb", reconnected_cb), ("closed_cb", closed_cb)) if v is not None})
     if reconnect:
         options.update(max_reconnect_attempts=-1, reconnect_time_wait=0.5)
     else:
         options.update(allow_reconnect=False, max_reconnect_attempts=0)
     with connecting(url, timeout):
-        return await asyncio.wait_for(nats.connect(url, **options), timeout)
+        await asyncio.wait_for(nc.connect(url, **options), timeout)
+    _waiting[nc] = waiting
+    return nc
+
+
+# The requests waiting on each connection that connect() opened; its disconnected callback wakes them.
+_waiting: weakref.WeakKeyDictionary[NATS, set[asyncio.Timeout]] = weakref.WeakKeyDictionary()
+
+
+def _wake(waiting: set[asyncio.Timeout]) -> None:
+    now = asyncio.get_running_loop().time()
+    for scope in waiting:
+        scope.reschedule(now)
+
+
+@contextlib.asynccontextmanager
+async def while_connected(nc: NATS, what: str) -> AsyncIterator[None]:
+    """Run the block (a request) only while ``nc`` is connected; else :class:`LatticeUnavailable` at once.
+
+    Fails before the block when the connection is down, so nothing goes into nats-py's reconnect
+    buffer: a request buffered there would reach its handler after reconnecting, when its caller
+    was already told 503 and may have retried it (the work done twice, the answer going nowhere).
+    When the connection drops during the block, the block is cancelled and fails the same way
+    (for a connection :func:`connect` opened; others are only checked at the start).
+    """
+    scope = asyncio.timeout(None)
+    waiting = _waiting.get(nc)
+    try:
+        async with scope:
+            if not nc.is_connected:
+                raise _unavailable(nc, what)
+            if waiting is not None:
+                waiting.add(scope)
+            yield
+    except TimeoutError as exc:
+        if scope.expired():
+            raise _unavailable(nc, what) from exc
+        raise
+    finally:
+        if waiting is not None:
+            waiting.discard(scope)
+
+
+def _unavailable(nc: NATS, what: str) -> LatticeUnavailable:
+    state = "closed" if nc.is_closed else "reconnecting" if nc.is_reconnecting else "not connected"
+    return LatticeUnavailable(f"{what}: the connection to NATS is {state}; try again shortly")
 
 
 async def leave(nc: NATS, name: str) -> None:

@@ -10,6 +10,9 @@
       handle itself)
     NoServersError, OSError, TimeoutError       connecting   LatticeUnavailable    503
 
+A request made or waiting while the connection is down fails as ``LatticeUnavailable`` before
+nats-py has a say (:func:`mlcloud.lattice.connect.while_connected`).
+
 Wrap every use of a NATS connection in :func:`nats_errors` (and opening one in :func:`connecting`,
 which :func:`mlcloud.lattice.connect.connect` does); code that expects a particular nats-py error
 (a missing key, a bucket to create) catches it inside the block.

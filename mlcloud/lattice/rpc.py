@@ -1,7 +1,8 @@
 """Request/reply over NATS: the client side (:class:`RpcClient`) and the server side (:class:`RpcServer`).
 
 Every call carries an invocation id for tracing and a deadline; nats-py's errors become
-:mod:`mlcloud.errors` (``RpcTimeout``, ``NoResponders``) through :mod:`mlcloud.lattice.natserrors`. A handler's
+:mod:`mlcloud.errors` (``RpcTimeout``, ``NoResponders``) through :mod:`mlcloud.lattice.natserrors`,
+and a call while the connection to NATS is down fails at once with ``LatticeUnavailable``. A handler's
 :class:`~mlcloud.errors.MLCloudError` travels back as ``{kind, message}``; any other exception is
 logged with its traceback on the serving side and travels as a generic ``MLCloudError`` naming
 the exception's type and text.
@@ -27,7 +28,7 @@ from nats.aio.subscription import Subscription
 
 from mlcloud.errors import ClaimsError, LatticeUnavailable, MLCloudError, RpcTimeout
 from mlcloud.lattice import subjects, wire
-from mlcloud.lattice.connect import flush
+from mlcloud.lattice.connect import flush, while_connected
 from mlcloud.lattice.grants import Signer, Verifier
 from mlcloud.lattice.lifecycle import Service
 from mlcloud.lattice.natserrors import nats_errors
@@ -84,11 +85,16 @@ async def request(
 ) -> Msg:
     """``nc.request`` with nats-py's errors converted into :mod:`mlcloud.errors` (by :func:`nats_errors`).
 
-    ``forward`` (the rest of a chain) only names the chain's stages in a timeout's message.
+    While the connection is down it fails at once, and when it drops during the wait it fails
+    then, with :class:`LatticeUnavailable` (503) rather than an :class:`RpcTimeout` (504) at the
+    deadline (:func:`while_connected`). ``forward`` (the rest of a chain) only names the chain's
+    stages in a timeout's message.
     """
-    with nats_errors(wire.describe_chain(op, forward), subject, timeout=timeout, size=len(data),
-                     limit=nc.max_payload, invocation_id=invocation_id):
-        return await nc.request(subject, data, timeout=timeout)
+    what = wire.describe_chain(op, forward)
+    with nats_errors(what, subject, timeout=timeout, size=len(data), limit=nc.max_payload,
+                     invocation_id=invocation_id):
+        async with while_connected(nc, f"{what} on {subject}"):
+            return await nc.request(subject, data, timeout=timeout)
 
 
 class RpcServer(Service):
