@@ -18,7 +18,7 @@ from nats.aio.client import Client as NATS
 from mlcloud.errors import LatticeUnavailable, MalformedMessage, MLCloudError
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import credentials_for
-from mlcloud.lattice.connect import connect
+from mlcloud.lattice.connect import connect, while_connected
 from mlcloud.lattice.control import (
     DEFAULT_LINK_NAME,
     ActorReply,
@@ -61,9 +61,10 @@ def decode_reply(data: bytes, reply_type: type[R], subject: str) -> R:
 
 
 async def ctl_request(nc: NATS, subject: str, body: msgspec.Struct, reply_type: type[R], *, timeout: float) -> R:
-    """One control request, one reply."""
+    """One control request, one reply; while NATS is away it fails at once (:func:`while_connected`)."""
     with nats_errors("the control request", subject, timeout=timeout):
-        msg = await nc.request(subject, msgspec.json.encode(body), timeout=timeout)
+        async with while_connected(nc, f"the control request on {subject}"):
+            msg = await nc.request(subject, msgspec.json.encode(body), timeout=timeout)
     return decode_reply(msg.data, reply_type, subject)
 
 
