@@ -6,6 +6,7 @@ The bounds asserted are issue 15's: a server back within 2 s of its kill, servin
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -119,6 +120,11 @@ async def test_killed_servers_come_back_and_serving_resumes(env: dict[str, str],
         assert (event.server, event.url, event.exit_code) == (
             "nats-server", f"nats://127.0.0.1:{env['MLCLOUD_NATS_PORT']}", -signal.SIGKILL)
         assert child(up, "nats-server").pid == event.pid != nats_server.pid
+        # The links in JetStream are still there: the host reads them back for ctl.
+        links = subprocess.run(
+            [*MLCLOUD, "ctl", "get", "links", "--json"], env={**env, "MLCLOUD_NATS_URL": event.url}, check=True,
+            capture_output=True, text=True, timeout=60)
+        assert [link["values"] for link in json.loads(links.stdout)] == [{"greeting": "hello"}]
 
         registry = child(up, "docker-registry")
         killed = time.monotonic()
