@@ -65,6 +65,9 @@ class ServerSupervisor:
         self.backoff_max = backoff_max
         self.restarts = 0
         self._task: asyncio.Task[None] | None = None
+        # Held while the server starts again: a start cancelled half-way (the registry's runs in a
+        # thread, which a cancellation does not stop) could race the owner's stop that follows.
+        self._restarting = asyncio.Lock()
 
     async def __aenter__(self) -> ServerSupervisor:
         self._task = asyncio.create_task(self._supervise(), name=f"supervise:{self.name}")
@@ -72,7 +75,8 @@ class ServerSupervisor:
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._task is not None:
-            await cancel_and_wait([self._task])
+            async with self._restarting:
+                await cancel_and_wait([self._task])
 
     async def _supervise(self) -> None:
         backoff = self.backoff
@@ -87,7 +91,8 @@ class ServerSupervisor:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.backoff_max)
                 try:
-                    await self.server.restart()
+                    async with self._restarting:
+                        await self.server.restart()
                     break
                 except (MLCloudError, OSError) as exc:
                     log.error("%s: restart failed (%s); trying again in %.1f s", self.name, exc, backoff)

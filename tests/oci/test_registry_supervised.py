@@ -13,12 +13,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import psutil
+
 from mlcloud.lattice.control import ServerRestarted
 from mlcloud.oci.build import build
 from mlcloud.oci.pull import ArtifactStore
 from mlcloud.oci.push import push
 from mlcloud.oci.registry import EmbeddedRegistry
 from mlcloud.server_supervisor import ServerSupervisor
+from mlcloud.servers import port_is_free
 from mlcloud.settings import Settings
 
 
@@ -58,3 +61,13 @@ async def test_a_killed_registry_is_back_on_its_port_with_its_artifacts(tmp_path
         fresh = settings.replace(state_dir=tmp_path / "other-state")
         verified = await ArtifactStore(fresh).pull_and_verify_async(f"{registry.address}/mlcloud/kept:1")
         assert (verified.path / "component.toml").read_bytes() == (component / "component.toml").read_bytes()
+
+
+async def test_stopping_during_a_restart_leaves_no_registry_running(tmp_path: Path) -> None:
+    async with EmbeddedRegistry(tmp_path / "registry", "127.0.0.1:0") as registry:
+        async with ServerSupervisor("registry", registry, backoff=0.0):
+            assert registry.pid is not None
+            os.kill(registry.pid, signal.SIGKILL)
+            await asyncio.sleep(0.03)  # the supervisor is starting it again
+    assert registry.pid is None and registry.port and port_is_free("127.0.0.1", registry.port)
+    assert not [p for p in psutil.Process().children(recursive=True) if p.name() == "docker-registry"]
