@@ -6,10 +6,16 @@ the Bindle server (unless ``--bindle-url``), the OCI registry (unless ``--regist
 another), a host, the washboard, then publishes the project's components and deploys the app
 manifest. Ctrl-C (or
 SIGTERM) stops everything in reverse order; a second Ctrl-C exits at once.
+
+nats-server and the registry are child processes, supervised (:mod:`mlcloud.server_supervisor`):
+one that dies is started again on the same port and data dir, its clients reconnect, and the host
+publishes a ``server_restarted`` event once its NATS connection is back. The Bindle server runs
+inside this process, so it ends only with ``mlcloud up`` itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -21,11 +27,15 @@ from pathlib import Path
 from mlcloud.host.host import Host
 from mlcloud.identity import KeyKind, load_or_create
 from mlcloud.lattice.auth import NatsAuth, auth_dir
+from mlcloud.lattice.control import EventName, ServerRestarted
 from mlcloud.lattice.nats_server import NatsServer
+from mlcloud.server_supervisor import ServerSupervisor
 from mlcloud.servers import running_app, wait_for_stop_signal
 from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)
+
+EVENT_AFTER_RESTART_WITHIN = 10.0  # seconds the host's connection has to come back to publish server_restarted
 
 
 @dataclass
@@ -39,6 +49,12 @@ class UpOptions:
 
 async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] = print) -> None:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    hosts: list[Host] = []  # the host, once started: it publishes the restarts of the servers
+
+    async def announce(restart: ServerRestarted) -> None:
+        if hosts:
+            await publish_restart(hosts[0], restart)
+
     async with contextlib.AsyncExitStack() as stack:
         auth = NatsAuth.load_or_create(auth_dir(settings))
         host_creds, ctl_creds = auth.write_creds()
@@ -54,6 +70,7 @@ async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] 
                 auth=auth,
             )
             await stack.enter_async_context(nats)
+            await stack.enter_async_context(ServerSupervisor("nats-server", nats, announce))
             say(f"NATS (JetStream)   {nats.url}   (credentials in {auth.directory})")
         if settings.bindle_url is None:
             from mlcloud.bindle.server import create_app
@@ -67,9 +84,11 @@ async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] 
             from mlcloud.oci import EmbeddedRegistry
 
             registry = await stack.enter_async_context(EmbeddedRegistry.from_settings(settings))
+            await stack.enter_async_context(ServerSupervisor("registry", registry, announce))
             say(f"OCI registry       {registry.url}")
         host_key = load_or_create(settings.state_dir / "host.nk", KeyKind.HOST)
         host = await stack.enter_async_context(Host(host_settings, options.labels, key=host_key))
+        hosts.append(host)
         say(f"host               {host.id}  labels {host.labels}")
         if options.start_washboard:
             from mlcloud.washboard.access import announcement, load_or_create_token
@@ -83,6 +102,19 @@ async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] 
             await deploy_app(settings, options.app, say, options.models_dir)
         say("mlcloud is up. Ctrl-C stops it.")
         await wait_for_stop_signal()
+
+
+async def publish_restart(host: Host, restart: ServerRestarted) -> None:
+    """Publish ``server_restarted`` as ``host`` once its NATS connection is back (after a while, give up)."""
+    try:
+        async with asyncio.timeout(EVENT_AFTER_RESTART_WITHIN):
+            while host.nc is None or not host.nc.is_connected:
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        log.warning("%s restarted, but the host's NATS connection is not back: no event", restart.server)
+        return
+    if host.events is not None:
+        await host.events.publish(EventName.SERVER_RESTARTED, restart)
 
 
 async def deploy_app(

@@ -272,6 +272,7 @@ class EventName(enum.StrEnum):
     MODEL_LOAD_FAILED = "model_load_failed"
     MODEL_SWAPPED = "model_swapped"
     MODEL_UNLOADED = "model_unloaded"
+    SERVER_RESTARTED = "server_restarted"
 
 
 class HostStarted(_Ctl):
@@ -324,8 +325,19 @@ class ModelChanged(_Ctl):
     reason: str = ""
 
 
+class ServerRestarted(_Ctl):
+    """A server ``mlcloud up`` supervises (nats-server, the registry) died and was started again in its place."""
+
+    server: str  # "nats-server", "registry"
+    url: str
+    pid: int | None
+    exit_code: int | None  # negative: killed by that signal
+    restarts: int
+
+
 EventData = (
     HostStarted | HostStopped | HostHeartbeat | ComponentRefused | InstanceChanged | LinkDefinition | ModelChanged
+    | ServerRestarted
 )
 
 _INSTANCE_EVENTS = (
@@ -344,5 +356,6 @@ EVENT_TYPES: dict[EventName, type[EventData]] = {
     EventName.LINKDEF_SET: LinkDefinition,
     EventName.LINKDEF_DELETED: LinkDefinition,
     **{name: ModelChanged for name in _MODEL_EVENTS},
+    EventName.SERVER_RESTARTED: ServerRestarted,
 }
 """The payload type of each event: the one place a producer and a reader agree on it."""

@@ -5,7 +5,9 @@ pass ``port=0``: nats-server then picks a free port itself (``-1`` in its config
 its ports file (``ports_file_dir``), which :meth:`NatsServer.start` reads back, so no other process
 can take the port between a choice and the bind. Listens on loopback only; its JetStream data
 lives under the state dir. With a :class:`~mlcloud.lattice.auth.NatsAuth` it runs in operator mode:
-only connections with a user JWT of the lattice account get in.
+only connections with a user JWT of the lattice account get in. ``mlcloud up`` supervises it
+(:mod:`mlcloud.server_supervisor`): :meth:`NatsServer.restart` starts it again on the port it got
+first, with the same config and JetStream data.
 """
 
 from __future__ import annotations
@@ -62,6 +64,10 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
     async def __aenter__(self) -> NatsServer:
         await self.start()
         return self
@@ -99,6 +105,17 @@ class NatsServer:
             await self.stop()
             raise
 
+    async def wait_exit(self) -> int | None:
+        assert self.process is not None
+        return await self.process.wait()
+
+    async def restart(self) -> None:
+        """Start again after the process died: ``self.port`` already holds the port it got first."""
+        await self.stop()  # collects the log drain
+        for stale in self.store_dir.glob("*.ports"):  # left by a killed server
+            stale.unlink(missing_ok=True)
+        await self.start()
+
     async def _wait_ready(self) -> None:
         assert self.process and self.process.stderr
         lines: list[str] = []
@@ -129,14 +146,16 @@ class NatsServer:
             pass
 
     async def stop(self) -> None:
-        if self.process is None or self.process.returncode is not None:
+        if self.process is None:
             return
-        self.process.terminate()
-        try:
-            await asyncio.wait_for(self.process.wait(), 10)
-        except TimeoutError:
-            self.process.kill()
-            await self.process.wait()
+        if self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
         if self._drain is not None:
             with contextlib.suppress(Exception):
                 await self._drain
+            self._drain = None

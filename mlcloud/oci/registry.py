@@ -11,6 +11,8 @@ interface and turns on htpasswd auth); it writes its own config under the state 
 ``async with`` for the host (start and stop then run in a worker thread). Port 0 (tests) lets the
 registry bind a free port itself; it is read back from the registry's ``listening on`` log line
 (logged at level info, so that level is used then), so nothing can take it between choice and bind.
+``mlcloud up`` supervises it (:mod:`mlcloud.server_supervisor`): :meth:`EmbeddedRegistry.restart`
+starts a dead registry again on the same port and storage.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from mlcloud.settings import Settings, split_address
 BINARY_NAME = "docker-registry"
 _FALLBACK_PATHS = ("/usr/bin/docker-registry", "/usr/sbin/docker-registry")
 DEFAULT_START_TIMEOUT = 15.0
+EXIT_POLL_INTERVAL = 0.1  # seconds between looks at whether a supervised registry still runs
 _LISTENING = re.compile(rb'msg="listening on [^"]*:(\d+)"')
 
 
@@ -195,6 +198,22 @@ class EmbeddedRegistry:
                 )
             time.sleep(0.05)
         self.state = RegistryState.RUNNING
+
+    async def wait_exit(self) -> int | None:
+        """The exit code once the child ends (polled: a Popen has nothing to await)."""
+        proc = self._proc
+        assert proc is not None
+        while (code := proc.poll()) is None:
+            await asyncio.sleep(EXIT_POLL_INTERVAL)
+        return code
+
+    async def restart(self) -> None:
+        """Start again after the child died; ``self.port`` already holds the port it got first."""
+        await asyncio.to_thread(self._restart)
+
+    def _restart(self) -> None:
+        self.stop()
+        self.start()
 
     def stop(self) -> None:
         """Ask the child to stop (SIGTERM), then kill it after ``stop_grace`` seconds."""
