@@ -23,6 +23,7 @@ import logging
 from collections.abc import AsyncIterator
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -43,6 +44,10 @@ log = logging.getLogger(__name__)
 
 # A watch's consumer is removed by the server this long (s) after its connection is gone (nats-py's value).
 WATCH_INACTIVE_THRESHOLD = 5 * 60.0
+# How long a following watch waits in silence before it asks whether its consumer still exists: a
+# restarted nats-server has forgotten it (ordered consumers live in memory), and nats-py does not
+# notice, so without the check a watch would miss every later change without a word.
+WATCH_CHECK_INTERVAL = 2.0
 
 
 def link_key(actor_id: str, contract_id: str, link_name: str) -> str:
@@ -142,7 +147,12 @@ class LinkStore:
                     return
                 yield None
             while True:
-                msg = await sub.next_msg(timeout=None)
+                try:
+                    msg = await sub.next_msg(timeout=WATCH_CHECK_INTERVAL)
+                except nats.errors.TimeoutError:
+                    with nats_errors("checking the watch of the links", "linkdefs.>"):
+                        await sub.consumer_info()  # gone after a server restart: raised, so the caller re-watches
+                    continue
                 key = msg.subject[len(self.prefix):]
                 if (msg.headers or {}).get(KV_OP) in (KV_DEL, KV_PURGE):
                     gone = known.pop(key, None)

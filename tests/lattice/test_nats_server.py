@@ -12,8 +12,10 @@ import time
 from pathlib import Path
 
 import nats.errors
+import pytest
 from nats.aio.msg import Msg
 
+from mlcloud.errors import MLCloudError
 from mlcloud.lattice.auth import Credentials, NatsAuth
 from mlcloud.lattice.connect import connect, leave
 from mlcloud.lattice.control import LinkDefinition, ServerRestarted
@@ -85,3 +87,38 @@ async def test_a_stopped_supervisor_restarts_nothing(tmp_path: Path, nats_auth: 
         await server.process.wait()
         await asyncio.sleep(0.3)  # three times the first back-off
         assert server.process.returncode == -signal.SIGKILL and port_is_free("127.0.0.1", server.port)
+
+
+async def test_a_following_link_watch_fails_after_a_restart_so_its_caller_watches_again(
+    tmp_path: Path, nats_auth: NatsAuth, host_creds: Credentials
+) -> None:
+    """A restarted server has forgotten the watch's (in-memory) consumer and nats-py does not notice:
+    the watch must say so rather than miss every later link in silence; a new watch sees them."""
+    async with NatsServer(tmp_path / "nats", port=0, auth=nats_auth) as server:
+        nc = await connect(server.url, name="test", credentials=host_creds)
+        try:
+            store = await LinkStore.open(nc, "restarted")
+            assert store is not None
+            watch = store.watch(follow=True)
+            assert await anext(watch) is None  # no links yet
+            following = asyncio.ensure_future(anext(watch))
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGKILL)
+            await server.wait_exit()
+            await server.restart()
+            with pytest.raises(MLCloudError):
+                await asyncio.wait_for(following, 15)
+            link = LinkDefinition(actor_id="MACTOR", provider_id="VPROVIDER", contract_id="wasmcloud:httpserver")
+            while True:  # the client reconnects by itself
+                try:
+                    await store.put(link)
+                    break
+                except MLCloudError:
+                    await asyncio.sleep(0.1)
+            again = store.watch(follow=True)
+            first = await asyncio.wait_for(anext(again), 10)
+            assert first is not None and first.link == link
+            await again.aclose()
+            await watch.aclose()
+        finally:
+            await leave(nc, "test")
