@@ -95,6 +95,11 @@ def instance_ready(lattice: str, host_id: str) -> str:
     return f"wasmbus.hostinternal.{lattice}.{host_id}.ready"
 
 
+def instance_died(lattice: str) -> str:
+    """A host says one of its instances died, naming the targets it served (callers listen)."""
+    return f"wasmbus.hostinternal.{lattice}.died"
+
+
 def host_links(lattice: str, host_id: str) -> str:
     """A board host's link relay: each link change, for its instances (``.get``: every link)."""
     return f"wasmbus.hostinternal.{lattice}.{host_id}.links"
