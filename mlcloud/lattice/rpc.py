@@ -69,8 +69,9 @@ class RpcClient:
     costs nothing per call on the wire (no receipt naming the instance), and an idempotent call
     loses nothing by it: within its deadline, it is made again up to ``retries`` times after
     :class:`InstanceDied` (the budget guards against a request that kills each instance it
-    reaches), and tried again while :class:`NoResponders` says nobody serves it (a lone instance
-    restarting), which costs no work.
+    reaches), and tried again while :class:`NoResponders` says nobody serves it if an instance
+    serving it died within the call's deadline (a lone instance restarting; a component stopped on
+    purpose still fails at once).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class RpcClient:
         self.signer = signer
         self.retries = retries
         self._in_flight: dict[str, set[asyncio.Future[str]]] = {}  # target → calls to fail if it dies
+        self._died_at: dict[str, float] = {}  # target → when an instance serving it last died (loop time)
 
     async def follow_deaths(self, lattice: str) -> None:
         """Hear from now on of the instances of ``lattice`` that die (see the class)."""
@@ -96,7 +98,9 @@ class RpcClient:
         except msgspec.DecodeError:
             log.warning("ignoring a malformed instance death notice on %s", msg.subject)
             return
+        now = asyncio.get_running_loop().time()
         for target in died.targets:
+            self._died_at[target] = now
             for call in self._in_flight.get(target, ()):
                 if not call.done():
                     call.set_result(died.instance_id)
@@ -133,10 +137,18 @@ class RpcClient:
                 retries -= 1
                 log.info("%s on %s: %s; making it again", op, target, err.message)
             except NoResponders:
-                if not idempotent or loop.time() + pause >= end:
+                # A death up to a deadline before the call began may still be restarting.
+                if not idempotent or loop.time() + pause >= end or not self._restarting(
+                        target, forward, since=end - 2 * deadline):
                     raise
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_PAUSE_MAX)
+
+    def _restarting(self, target: str, forward: Forward | None, *, since: float) -> bool:
+        """Whether an instance serving the call's target or a stage of its chain died after ``since``:
+        then nobody serving it means a restart to wait for, not a component stopped on purpose."""
+        targets = [target, *(t for t, _ in (forward.stages() if forward else ()))]
+        return any(self._died_at.get(t, -1.0) >= since for t in targets)
 
     async def _attempt(
         self, target: str, op: str, message: Any, result_type: type[T] | None, deadline: float,
