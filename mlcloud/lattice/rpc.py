@@ -127,28 +127,26 @@ class RpcClient:
         end = loop.time() + deadline
         retries = self.retries if idempotent else 0
         pause = RETRY_PAUSE
+        left = deadline
         while True:
             try:
-                return await self._attempt(target, op, message, result_type, end - loop.time(),
-                                           invocation_id, forward)
+                return await self._attempt(target, op, message, result_type, left, invocation_id, forward)
             except InstanceDied as err:
                 if retries <= 0 or loop.time() >= end:
                     raise
                 retries -= 1
                 log.info("%s on %s: %s; making it again", op, target, err.message)
-            except NoResponders:
-                # A death up to a deadline before the call began may still be restarting.
-                if not idempotent or loop.time() + pause >= end or not self._restarting(
-                        target, forward, since=end - 2 * deadline):
+            except NoResponders as err:
+                # Whom nobody serves: this call's target, or a stage of its chain. A death up to a
+                # deadline before the call began may still be restarting.
+                subject = err.details.get("subject")
+                unserved = subjects.target_of(subject) if isinstance(subject, str) else target
+                died_lately = self._died_at.get(unserved, -1.0) >= end - 2 * deadline
+                if not (idempotent and died_lately) or loop.time() + pause >= end:
                     raise
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_PAUSE_MAX)
-
-    def _restarting(self, target: str, forward: Forward | None, *, since: float) -> bool:
-        """Whether an instance serving the call's target or a stage of its chain died after ``since``:
-        then nobody serving it means a restart to wait for, not a component stopped on purpose."""
-        targets = [target, *(t for t, _ in (forward.stages() if forward else ()))]
-        return any(self._died_at.get(t, -1.0) >= since for t in targets)
+            left = end - loop.time()
 
     async def _attempt(
         self, target: str, op: str, message: Any, result_type: type[T] | None, deadline: float,

@@ -59,6 +59,14 @@ def sender(subject: str) -> tuple[str, bool]:
     return subject.rpartition(".")[2], subject.startswith(FORWARD + ".")
 
 
+def target_of(subject: str) -> str:
+    """The target a call's or forwarded call's subject goes to (without its caller or stage)."""
+    for prefix in (RPC + ".", FORWARD + "."):
+        if subject.startswith(prefix):
+            return subject[len(prefix):].rpartition(".")[0]
+    return subject
+
+
 def events(lattice: str) -> str:
     return f"wasmbus.evt.{lattice}"
 
