@@ -13,6 +13,7 @@
     │   ├── RpcTimeout                504  (also a builtin TimeoutError)
     │   ├── NoResponders              503  nobody subscribes to the subject
     │   ├── LatticeUnavailable        503  the NATS connection cannot carry the call now
+    │   │   └── InstanceDied          503  the instance serving the call died under it (retryable)
     │   ├── RemoteError               502  an error of a kind this side does not know
     │   ├── UnknownOperation          404  the component has no handler for the operation
     │   ├── LinkNotFound              503  the actor has no link for that contract/link name
@@ -168,6 +169,10 @@ class NoResponders(LatticeError):
 
 class LatticeUnavailable(LatticeError):
     http_status = HTTPStatus.SERVICE_UNAVAILABLE
+
+
+class InstanceDied(LatticeUnavailable):
+    """A call's server (or a stage of its chain) died while it was in flight; made again, it may succeed."""
 
 
 class RemoteError(LatticeError):

@@ -232,18 +232,21 @@ class Op(Generic[Req, Rep]):
     """An operation: its name on the wire, the type of its request and of its reply.
 
     ``object`` as a type means plain msgpack values (test components, health checks).
+    ``idempotent``: running it twice gives the same answer and changes nothing, so a call that
+    failed because its server died or was restarting is made again (:class:`~mlcloud.lattice.rpc.RpcClient`).
     """
 
     name: str
     request: type[Req]
     reply: type[Rep]
+    idempotent: bool = False
 
 
 HANDLE_REQUEST = Op("HttpServer.HandleRequest", HttpRequest, HttpResponse)
-PREDICT = Op("MlInference.Predict", InferenceInput, InferenceOutput)
+PREDICT = Op("MlInference.Predict", InferenceInput, InferenceOutput, idempotent=True)
 MODEL_STATUS = Op("MlInference.Status", ModelStatusRequest, list[ModelInfo])
-PREPROCESS = Op("Preprocess.Convert", PreprocessRequest, Tensor)
-POSTPROCESS = Op("Postprocess.Matches", PostprocessRequest, list[Match])
+PREPROCESS = Op("Preprocess.Convert", PreprocessRequest, Tensor, idempotent=True)
+POSTPROCESS = Op("Postprocess.Matches", PostprocessRequest, list[Match], idempotent=True)
 
 T = TypeVar("T")
 

@@ -36,6 +36,7 @@ DEFAULT_RESTART_BACKOFF = 0.5
 DEFAULT_RESTART_BACKOFF_MAX = 30.0
 DEFAULT_STOP_GRACE = 5.0
 DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_RPC_RETRIES = 3
 
 
 def _default_state_dir() -> Path:
@@ -104,6 +105,10 @@ class Settings:
     # The lattice account's seed, with which a host signs its instances' NATS credentials;
     # None: state_dir/nats-auth/account.nk.
     nats_account_seed: Path | None = None
+    # How many times an idempotent call (Op.idempotent) is made again, within its deadline, after
+    # its server died under it (mlcloud.lattice.rpc.RpcClient); while nobody serves it (a restart)
+    # it is tried again until its deadline whatever this says.
+    rpc_retries: int = DEFAULT_RPC_RETRIES
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:

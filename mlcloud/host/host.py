@@ -36,7 +36,7 @@ from mlcloud.errors import (
     RequestError,
 )
 from mlcloud.host.artifacts import ResolvedComponent, resolve
-from mlcloud.host.permissions import instance_permissions
+from mlcloud.host.permissions import instance_permissions, served_targets
 from mlcloud.host.spec import HEALTH_OP, InstanceSpec
 from mlcloud.host.supervisor import Instance
 from mlcloud.identity import KeyKind, KeyPair
@@ -78,7 +78,7 @@ from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.lifecycle import Service, cancel_and_wait
 from mlcloud.lattice.links import LinkFeed, LinkRelay, LinkStore, key_of, open_links
 from mlcloud.lattice.natserrors import nats_errors
-from mlcloud.lattice.rpc import RpcClient
+from mlcloud.lattice.rpc import Died, RpcClient
 from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -450,7 +450,7 @@ class Host(Service):
         user = KeyPair.generate(KeyKind.USER)
         creds = self.account.user(r.key, instance_permissions(self.settings.lattice, spec, user.public_key), key=user)
         spec = msgspec.structs.replace(spec, nats_creds=creds.text, account=self.account.public_key)
-        return Instance(spec, self.settings, self._on_instance_change)
+        return Instance(spec, self.settings, self._on_instance_change, self._on_instance_exit)
 
     def _all_instances(self) -> list[Instance]:
         return [i for c in (*self.actors.values(), *self.providers.values()) for i in c.instances]
@@ -460,6 +460,16 @@ class Host(Service):
         for instance in self._all_instances():
             if instance.instance_id == instance_id:
                 await instance.mark_ready()
+
+    async def _on_instance_exit(self, instance: Instance) -> None:
+        """Tell the callers whose calls the instance held that it died (RpcClient.follow_deaths)."""
+        assert self.nc is not None
+        died = Died(instance_id=instance.instance_id, targets=served_targets(self.settings.lattice, instance.spec))
+        try:
+            with nats_errors("the instance death notice", subjects.instance_died(self.settings.lattice)):
+                await self.nc.publish(subjects.instance_died(self.settings.lattice), msgspec.json.encode(died))
+        except MLCloudError as err:  # NATS away: the callers' calls fail by themselves (while_connected)
+            log.warning("could not tell of %s's death: %s", instance.spec.name, err.message)
 
     async def _on_instance_change(self, instance: Instance, reason: str) -> None:
         spec = instance.spec

@@ -22,16 +22,20 @@ from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import INBOX, Permissions, inbox_prefix
 
 
+def served_targets(lattice: str, spec: InstanceSpec) -> list[str]:
+    """The targets an instance serves: its provider link, or the actor's key and call alias."""
+    if spec.kind is ComponentKind.PROVIDER:
+        return [subjects.provider_target(lattice, spec.contract, spec.key, spec.link_name)]
+    return [subjects.actor_target(lattice, spec.key), subjects.actor_target(lattice, spec.name)]
+
+
 def instance_permissions(lattice: str, spec: InstanceSpec, user_key: str) -> Permissions:
     key = spec.key
     calls = [subjects.call(subjects.actor_target(lattice, "*"), key)]
     calls += [subjects.call(subjects.provider_target(lattice, c, "*", "*"), key) for c in spec.capabilities]
     forwards = [subjects.forwarded(subjects.actor_target(lattice, "*"), key),
                 subjects.forwarded(f"{lattice}.*.*.*", key)]
-    if spec.kind is ComponentKind.PROVIDER:
-        targets = [subjects.provider_target(lattice, spec.contract, key, spec.link_name)]
-    else:
-        targets = [subjects.actor_target(lattice, key), subjects.actor_target(lattice, spec.name)]
+    targets = served_targets(lattice, spec)
     bucket = f"KV_{subjects.lattice_bucket(lattice)}"
     links = ("$JS.API.INFO", f"$JS.API.STREAM.INFO.{bucket}", f"$JS.API.CONSUMER.CREATE.{bucket}",
              f"$JS.API.CONSUMER.CREATE.{bucket}.>", f"$JS.API.CONSUMER.INFO.{bucket}.>",
@@ -40,6 +44,7 @@ def instance_permissions(lattice: str, spec: InstanceSpec, user_key: str) -> Per
     return Permissions(
         pub=(*calls, *forwards, f"{INBOX}.>", subjects.events(lattice),
              subjects.instance_ready(lattice, spec.host_id), *links, f"{relay}.get"),
-        sub=(*[s for t in targets for s in subjects.served(t)], f"{inbox_prefix(user_key)}.>", relay),
+        sub=(*[s for t in targets for s in subjects.served(t)], f"{inbox_prefix(user_key)}.>", relay,
+             subjects.instance_died(lattice)),
         responses=True,
     )

@@ -103,11 +103,12 @@ class ComponentRuntime:
 
     async def call_provider(
         self, contract: str, op: str, message: Any, result_type: Any, *,
-        link_name: str, timeout: float | None, invocation_id: str | None,
+        link_name: str, timeout: float | None, invocation_id: str | None, idempotent: bool = False,
     ) -> Any:
         target = self.provider_target(contract, link_name)
         assert self.rpc is not None
-        return await self.rpc.call(target, op, message, result_type, timeout=timeout, invocation_id=invocation_id)
+        return await self.rpc.call(target, op, message, result_type, timeout=timeout, invocation_id=invocation_id,
+                                   idempotent=idempotent)
 
     def provider_forward(
         self, contract: str, op: str, msg: dict[str, Any], *, field: str, pick: str, link_name: str
@@ -124,18 +125,20 @@ class ComponentRuntime:
     async def call_actor(
         self, actor: str, op: str, message: Any, result_type: Any, *,
         timeout: float | None, invocation_id: str | None, forward: Forward | None = None,
+        idempotent: bool = False,
     ) -> Any:
         assert self.rpc is not None
         target = subjects.actor_target(self.settings.lattice, actor)
         return await self.rpc.call(target, op, message, result_type, timeout=timeout,
-                                   invocation_id=invocation_id, forward=forward)
+                                   invocation_id=invocation_id, forward=forward, idempotent=idempotent)
 
     async def run(self) -> None:
         credentials = Credentials.parse(self.spec.nats_creds)
         self.nc = await connect(self.settings.effective_nats_url, name=f"{self.spec.name}/{self.spec.instance_id[:8]}",
                                 credentials=credentials)
         self.rpc = RpcClient(self.nc, caller=self.spec.key, timeout=self.settings.rpc_timeout,
-                             signer=Signer(credentials))
+                             signer=Signer(credentials), retries=self.settings.rpc_retries)
+        await self.rpc.follow_deaths(self.settings.lattice)
         self.events = EventPublisher(self.nc, self.settings.lattice, self.spec.key)
         # Calls made outside any invocation (a provider serving HTTP) each get a fresh id.
         lifetime_ctx = Context(self, invocation_id="", caller=self.spec.key)

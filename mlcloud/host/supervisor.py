@@ -3,7 +3,9 @@
 An :class:`Instance` starts ``python -m mlcloud.host.runner``, watches it, and when it dies
 unasked restarts it with exponential back-off (reset after it has run healthily for a while).
 Stopping asks with SIGTERM, waits ``stop_grace`` seconds, then kills. Every change of status is
-reported through ``on_change`` so the host can publish events.
+reported through ``on_change`` so the host can publish events, and an unasked exit first
+through ``on_exit`` so the host can tell the callers holding calls to it (at once, before any
+back-off).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ class Instance:
         spec: InstanceSpec,
         settings: Settings,
         on_change: Callable[[Instance, str], Awaitable[None]],
+        on_exit: Callable[[Instance], Awaitable[None]],
     ) -> None:
         self.spec = spec
         self.settings = settings
         self.on_change = on_change
+        self.on_exit = on_exit
         self.status = InstanceStatus.AWAITING
         self.status_since = time.time()
         self.restarts = 0
@@ -114,6 +118,7 @@ class Instance:
                 if not await self._until_stopped(self.process.wait()):
                     return
                 self.last_exit = self.process.returncode
+                await self.on_exit(self)
                 await self._set_status(InstanceStatus.UNHEALTHY, f"process exited with code {self.last_exit}")
             if time.monotonic() - started > HEALTHY_RESET_AFTER:
                 backoff = self.settings.restart_backoff

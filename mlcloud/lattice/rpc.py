@@ -26,7 +26,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from mlcloud.errors import ClaimsError, LatticeUnavailable, MLCloudError, RpcTimeout
+from mlcloud.errors import ClaimsError, InstanceDied, LatticeUnavailable, MLCloudError, NoResponders, RpcTimeout
 from mlcloud.lattice import subjects, wire
 from mlcloud.lattice.connect import flush, while_connected
 from mlcloud.lattice.grants import Signer, Verifier
@@ -45,15 +45,65 @@ def new_invocation_id() -> str:
     return uuid.uuid4().hex
 
 
+class Died(msgspec.Struct, frozen=True):
+    """What a host publishes on :func:`subjects.instance_died` when an instance's process exits unasked."""
+
+    instance_id: str
+    targets: list[str]  # every target the instance served (its key and call alias, or its provider link)
+
+
+# While nobody serves an idempotent call (its lone instance restarts), it is tried again after
+# these many seconds, doubling up to the maximum, until its deadline.
+RETRY_PAUSE = 0.05
+RETRY_PAUSE_MAX = 0.5
+
+
 class RpcClient:
     """Makes calls on the lattice as ``caller`` (a component's or host's public key), which the
-    connection's credentials must let it publish as; chains it starts carry ``signer``'s grant."""
+    connection's credentials must let it publish as; chains it starts carry ``signer``'s grant.
 
-    def __init__(self, nc: NATS, *, caller: str, timeout: float, signer: Signer | None = None) -> None:
+    After :meth:`follow_deaths`, a call in flight to a target (or to any stage of its chain) fails
+    with :class:`InstanceDied` as soon as a host says an instance serving that target died, rather
+    than at its deadline. A call goes to a queue group, so the caller does not know which instance
+    took it: every call in flight to that target fails, also one a surviving replica holds. That
+    costs nothing per call on the wire (no receipt naming the instance), and an idempotent call
+    loses nothing by it: within its deadline, it is made again up to ``retries`` times after
+    :class:`InstanceDied` (the budget guards against a request that kills each instance it
+    reaches), and tried again while :class:`NoResponders` says nobody serves it if an instance
+    serving it died within the call's deadline (a lone instance restarting; a component stopped on
+    purpose still fails at once).
+    """
+
+    def __init__(
+        self, nc: NATS, *, caller: str, timeout: float, signer: Signer | None = None, retries: int = 0,
+    ) -> None:
         self.nc = nc
         self.caller = caller
         self.timeout = timeout
         self.signer = signer
+        self.retries = retries
+        self._in_flight: dict[str, set[asyncio.Future[str]]] = {}  # target → calls to fail if it dies
+        self._died_at: dict[str, float] = {}  # target → when an instance serving it last died (loop time)
+
+    async def follow_deaths(self, lattice: str) -> None:
+        """Hear from now on of the instances of ``lattice`` that die (see the class)."""
+        subject = subjects.instance_died(lattice)
+        with nats_errors("following instance deaths", subject):
+            await self.nc.subscribe(subject, cb=self._on_died)
+            await flush(self.nc)
+
+    async def _on_died(self, msg: Msg) -> None:
+        try:
+            died = msgspec.json.decode(msg.data, type=Died)
+        except msgspec.DecodeError:
+            log.warning("ignoring a malformed instance death notice on %s", msg.subject)
+            return
+        now = asyncio.get_running_loop().time()
+        for target in died.targets:
+            self._died_at[target] = now
+            for call in self._in_flight.get(target, ()):
+                if not call.done():
+                    call.set_result(died.instance_id)
 
     async def call(
         self,
@@ -65,18 +115,69 @@ class RpcClient:
         timeout: float | None = None,
         invocation_id: str | None = None,
         forward: Forward | None = None,
+        idempotent: bool = False,
     ) -> T | Any:
-        """Call ``op`` on ``target``; with ``forward``, the answer is the forwarded call's."""
+        """Call ``op`` on ``target``; with ``forward``, the answer is the forwarded call's.
+
+        ``idempotent`` (the call and every stage of ``forward`` are): retry as the class says.
+        """
         invocation_id = invocation_id or new_invocation_id()
         deadline = self.timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline
+        retries = self.retries if idempotent else 0
+        pause = RETRY_PAUSE
+        left = deadline
+        while True:
+            try:
+                return await self._attempt(target, op, message, result_type, left, invocation_id, forward)
+            except InstanceDied as err:
+                if retries <= 0 or loop.time() >= end:
+                    raise
+                retries -= 1
+                log.info("%s on %s: %s; making it again", op, target, err.message)
+            except NoResponders as err:
+                # Whom nobody serves: this call's target, or a stage of its chain. A death up to a
+                # deadline before the call began may still be restarting.
+                subject = err.details.get("subject")
+                unserved = subjects.target_of(subject) if isinstance(subject, str) else target
+                died_lately = self._died_at.get(unserved, -1.0) >= end - 2 * deadline
+                if not (idempotent and died_lately) or loop.time() + pause >= end:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_PAUSE_MAX)
+            left = end - loop.time()
+
+    async def _attempt(
+        self, target: str, op: str, message: Any, result_type: type[T] | None, deadline: float,
+        invocation_id: str, forward: Forward | None,
+    ) -> T | Any:
         grant = None
         if forward is not None and self.signer is not None:
             grant = self.signer.grant(invocation_id, forward.stages(), deadline)
         data = wire.encode_request(op, message, invocation_id=invocation_id, forward=forward, grant=grant)
         subject = subjects.call(target, self.caller)
-        reply = await request(self.nc, subject, op, data, timeout=deadline, invocation_id=invocation_id,
-                              forward=forward)
-        return wire.decode_reply(reply.data, result_type)
+        targets = {target, *(t for t, _ in (forward.stages() if forward else ()))}
+        died: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        for t in targets:
+            self._in_flight.setdefault(t, set()).add(died)
+        answer = asyncio.ensure_future(request(self.nc, subject, op, data, timeout=deadline,
+                                               invocation_id=invocation_id, forward=forward))
+        try:
+            await asyncio.wait((answer, died), return_when=asyncio.FIRST_COMPLETED)
+            answered = answer.done()
+        finally:
+            for t in targets:
+                calls = self._in_flight[t]
+                calls.discard(died)
+                if not calls:
+                    del self._in_flight[t]
+            if not answer.done():
+                answer.cancel()
+        if not answered:
+            raise InstanceDied(f"{wire.describe_chain(op, forward)} on {subject}: instance "
+                               f"{died.result()[:8]} serving it died", subject=subject, invocation_id=invocation_id)
+        return wire.decode_reply(answer.result().data, result_type)
 
 
 async def request(

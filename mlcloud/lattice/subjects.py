@@ -59,6 +59,14 @@ def sender(subject: str) -> tuple[str, bool]:
     return subject.rpartition(".")[2], subject.startswith(FORWARD + ".")
 
 
+def target_of(subject: str) -> str:
+    """The target a call's or forwarded call's subject goes to (without its caller or stage)."""
+    for prefix in (RPC + ".", FORWARD + "."):
+        if subject.startswith(prefix):
+            return subject[len(prefix):].rpartition(".")[0]
+    return subject
+
+
 def events(lattice: str) -> str:
     return f"wasmbus.evt.{lattice}"
 
@@ -93,6 +101,11 @@ def ctl_links(lattice: str, verb: str) -> str:
 def instance_ready(lattice: str, host_id: str) -> str:
     """A child process tells its host it has subscribed and is ready to serve."""
     return f"wasmbus.hostinternal.{lattice}.{host_id}.ready"
+
+
+def instance_died(lattice: str) -> str:
+    """A host says one of its instances died, naming the targets it served (callers listen)."""
+    return f"wasmbus.hostinternal.{lattice}.died"
 
 
 def host_links(lattice: str, host_id: str) -> str:

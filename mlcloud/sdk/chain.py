@@ -79,6 +79,11 @@ class Chain(Generic[Rep]):
         """What the last stage answers: the type the caller decodes the chain's answer into."""
         return self.stages[-1].op.reply
 
+    @property
+    def idempotent(self) -> bool:
+        """Every stage may be made again (:attr:`Op.idempotent`): so may the chain."""
+        return all(stage.op.idempotent for stage in self.stages)
+
     def after(self, op: Op[Any, Any]) -> Chain[Rep]:
         """This chain, checked to take ``op``'s reply as its first stage's input."""
         _check_fits(op, self.stages[0])

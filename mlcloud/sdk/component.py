@@ -97,7 +97,7 @@ class Context:
         _check_request(op, message)
         result: Rep = await self._runtime.call_provider(
             contract, op.name, message, op.reply, link_name=link_name, timeout=timeout,
-            invocation_id=self.invocation_id or None,
+            invocation_id=self.invocation_id or None, idempotent=op.idempotent,
         )
         return result
 
@@ -123,11 +123,13 @@ class Context:
         if then is None:
             return await self._runtime.call_actor(
                 actor, op.name, message, op.reply, timeout=timeout, invocation_id=self.invocation_id or None,
+                idempotent=op.idempotent,
             )
         chain = then.after(op)
         return await self._runtime.call_actor(
             actor, op.name, message, chain.reply, timeout=timeout,
             invocation_id=self.invocation_id or None, forward=chain.to_wire(),
+            idempotent=op.idempotent and chain.idempotent,
         )
 
     def forward_to(

@@ -32,15 +32,20 @@ class Runtime(Protocol):
 
     async def call_provider(
         self, contract: str, op: str, message: Any, result_type: Any, *,
-        link_name: str, timeout: float | None, invocation_id: str | None,
+        link_name: str, timeout: float | None, invocation_id: str | None, idempotent: bool = False,
     ) -> Any:
-        """Call the provider linked to this actor for ``contract``; the reply as ``result_type``."""
+        """Call the provider linked to this actor for ``contract``; the reply as ``result_type``.
+
+        ``idempotent``: the operation may be made again after its server died (``Op.idempotent``)."""
 
     async def call_actor(
         self, actor: str, op: str, message: Any, result_type: Any, *,
         timeout: float | None, invocation_id: str | None, forward: Forward | None = None,
+        idempotent: bool = False,
     ) -> Any:
-        """Call an actor by key or call alias; with ``forward``, the answer of the chain's last stage."""
+        """Call an actor by key or call alias; with ``forward``, the answer of the chain's last stage.
+
+        ``idempotent``: the call and every stage of the chain may be made again (``Op.idempotent``)."""
 
     def provider_forward(
         self, contract: str, op: str, msg: dict[str, Any], *, field: str, pick: str, link_name: str

@@ -83,7 +83,7 @@ class FakeRuntime:
 
     async def call_provider(
         self, contract: str, op: str, message: Any, result_type: Any, *,
-        link_name: str, timeout: float | None, invocation_id: str | None,
+        link_name: str, timeout: float | None, invocation_id: str | None, idempotent: bool = False,
     ) -> Any:
         self.calls.append(Call(contract, op, message))
         return over_the_wire(self.serve(op, over_the_wire(message, OPS[op].request)), result_type)
@@ -91,6 +91,7 @@ class FakeRuntime:
     async def call_actor(
         self, actor: str, op: str, message: Any, result_type: Any, *,
         timeout: float | None, invocation_id: str | None, forward: Forward | None = None,
+        idempotent: bool = False,
     ) -> Any:
         self.calls.append(Call(actor, op, message, forward))
         result = self.serve(op, over_the_wire(message, OPS[op].request))

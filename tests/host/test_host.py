@@ -14,6 +14,7 @@ from mlcloud.errors import (
     ComponentNotFound,
     ConfigError,
     HostError,
+    InstanceDied,
     LinkNotFound,
     NotFound,
     RpcTimeout,
@@ -250,3 +251,70 @@ async def test_a_stopped_host_has_ended_its_background_tasks_and_left_the_lattic
     assert host.nc is not None and host.nc.is_closed
     assert await ctl.get_hosts(wait=0.3) == []
     await host.stop()  # a second stop is a no-op
+
+
+async def instance_pids(ctl: CtlClient, host: Host) -> list[int]:
+    inventory = await ctl.get_inventory(host.id)
+    return [i.pid for c in (*inventory.actors, *inventory.providers) for i in c.instances if i.pid]
+
+
+async def kill_after(pid: int, delay: float) -> float:
+    """SIGKILL ``pid`` after ``delay`` seconds; when it was killed (loop time)."""
+    await asyncio.sleep(delay)
+    os.kill(pid, signal.SIGKILL)
+    return asyncio.get_running_loop().time()
+
+
+@pytest.fixture
+async def watching(settings, rpc):
+    """The test's RpcClient, hearing of instance deaths, with a retry budget of 3."""
+    watching = RpcClient(rpc.nc, caller="test", timeout=8, retries=3)
+    await watching.follow_deaths(settings.lattice)
+    return watching
+
+
+async def test_a_call_in_flight_to_a_killed_instance_fails_within_a_second(ctl, host, watching, settings):
+    actor, _ = await start_linked(ctl, host)
+    subject = subjects.actor_target(settings.lattice, actor)
+    pid = await call_until(watching, subject, "Caller.Pid", None)
+    call = asyncio.create_task(watching.call(subject, "Caller.Slow", 5.0))  # not idempotent: not made again
+    killed = await kill_after(pid, 0.5)
+    with pytest.raises(InstanceDied, match="died") as caught:
+        await call
+    assert caught.value.http_status == 503
+    assert asyncio.get_running_loop().time() - killed < 1.0
+
+
+async def test_an_idempotent_call_to_a_lone_killed_instance_succeeds_after_its_restart(ctl, host, watching, settings):
+    actor, _ = await start_linked(ctl, host)
+    subject = subjects.actor_target(settings.lattice, actor)
+    pid = await call_until(watching, subject, "Caller.Pid", None)
+    started = asyncio.get_running_loop().time()
+    call = asyncio.create_task(watching.call(subject, "Caller.Slow", 1.0, idempotent=True))
+    await kill_after(pid, 0.5)
+    assert await call not in (pid, None)  # served by the restarted instance
+    assert asyncio.get_running_loop().time() - started < 8
+
+
+async def test_killing_one_of_two_replicas_fails_no_idempotent_call(ctl, host, watching, settings):
+    actor, _ = await start_linked(ctl, host)
+    await ctl.scale_actor(host.id, actor, 2)
+    subject = subjects.actor_target(settings.lattice, actor)
+    await call_until(watching, subject, "Caller.Pid", None)
+    victim = (await instance_pids(ctl, host))[0]  # the actor's instances come first
+    calls = [asyncio.create_task(watching.call(subject, "Caller.Slow", 1.0, idempotent=True)) for _ in range(16)]
+    await kill_after(victim, 0.3)
+    pids = await asyncio.gather(*calls)  # none raises
+    assert victim not in pids
+
+
+async def test_an_actor_makes_its_idempotent_call_again_after_the_provider_died_under_it(ctl, host, rpc, settings):
+    """The instance's own RpcClient hears of the death (its permissions let it) and retries."""
+    actor, _ = await start_linked(ctl, host)
+    subject = subjects.actor_target(settings.lattice, actor)
+    provider_pid = await call_until(rpc, subject, "Caller.SlowRelay", 0.0)
+    started = asyncio.get_running_loop().time()
+    call = asyncio.create_task(rpc.call(subject, "Caller.SlowRelay", 1.0, timeout=8))
+    await kill_after(provider_pid, 0.5)
+    assert await call != provider_pid
+    assert asyncio.get_running_loop().time() - started < 8
