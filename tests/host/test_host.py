@@ -76,6 +76,16 @@ async def call_until(rpc: RpcClient, subject: str, op: str, message: object, att
             await asyncio.sleep(0.2)
 
 
+async def links_until(rpc: RpcClient, subject: str, expected: list[str], timeout: float = 10.0) -> list[str]:
+    """The provider's links once they are ``expected``: the host may ask before a link has arrived
+    (it is served without a link of its own), and gets the links known so far."""
+    async with asyncio.timeout(timeout):
+        while (links := await call_until(rpc, subject, "Echo.Links", None)) != expected:
+            await asyncio.sleep(0.1)
+    assert isinstance(links, list)
+    return links
+
+
 async def test_get_hosts_and_inventory_show_what_runs(ctl, host):
     await start_linked(ctl, host)
     hosts = await ctl.get_hosts()
@@ -160,13 +170,12 @@ async def test_restarted_provider_gets_its_links_back(ctl, host, rpc, settings):
     actor, provider = await start_linked(ctl, host)
     provider_subject = subjects.provider_target(settings.lattice, "test:echo", provider, "default")
     rpc = as_host(rpc, host)
-    assert await call_until(rpc, provider_subject, "Echo.Links", None) == [actor]
+    await links_until(rpc, provider_subject, [actor])
     pid = (await ctl.get_inventory(host.id)).providers[0].instances[0].pid
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
     await asyncio.sleep(0.3)
-    links = await call_until(rpc, provider_subject, "Echo.Links", None)
-    assert links == [actor]
+    await links_until(rpc, provider_subject, [actor])  # the restarted instance replays the links
     answer = await call_until(rpc, subjects.actor_target(settings.lattice, actor), "Caller.Relay", {"after": "restart"})
     assert answer["provider"]["values"] == {"k": "v"}
 
@@ -189,14 +198,11 @@ async def test_links_survive_a_host_restart(settings, rpc):
 async def test_link_delete_reaches_provider_and_put_is_idempotent(ctl, host, rpc, settings):
     actor, provider = await start_linked(ctl, host)
     assert (await ctl.put_link(actor, provider, "test:echo", values={"k": "v"})).changed is False
-    await ctl.delete_link(actor, "test:echo")
     provider_subject = subjects.provider_target(settings.lattice, "test:echo", provider, "default")
     rpc = as_host(rpc, host)
-    for _ in range(50):
-        if await rpc.call(provider_subject, "Echo.Links", None) == []:
-            break
-        await asyncio.sleep(0.1)
-    assert await rpc.call(provider_subject, "Echo.Links", None) == []
+    await links_until(rpc, provider_subject, [actor])  # so that the delete is what empties it
+    await ctl.delete_link(actor, "test:echo")
+    await links_until(rpc, provider_subject, [])
     with pytest.raises(NotFound):
         await ctl.delete_link(actor, "test:echo")
 
