@@ -21,6 +21,7 @@ import msgspec
 
 from mlcloud.host.spec import SPEC_ENV, InstanceSpec
 from mlcloud.lattice.control import InstanceInfo, InstanceStatus
+from mlcloud.listeners import ListenerBroker
 from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class Instance:
         self._stopping = asyncio.Event()
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The instance's listening sockets, held across its restarts (mlcloud.listeners).
+        self.listeners: ListenerBroker | None = None
 
     @property
     def instance_id(self) -> str:
@@ -59,6 +62,8 @@ class Instance:
         return self.process.pid if self.process else None
 
     def start(self) -> None:
+        self.listeners = ListenerBroker(self.spec.name)
+        self.listeners.attach()
         self._task = asyncio.create_task(self._supervise(), name=f"instance:{self.spec.name}:{self.instance_id[:8]}")
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -91,6 +96,8 @@ class Instance:
                 log.warning("%s did not stop in %.0f s; killing it", self.spec.name, self.settings.stop_grace)
                 process.kill()
                 await process.wait()
+        if self.listeners is not None:
+            self.listeners.close()
         await self._set_status(InstanceStatus.STOPPED, "stopped")
 
     async def _until_stopped(self, awaitable: Awaitable[object]) -> bool:
@@ -140,8 +147,11 @@ class Instance:
             # A verified artifact folder must stay exactly as it was verified.
             "PYTHONDONTWRITEBYTECODE": "1",
         }
+        assert self.listeners is not None
+        env.update(self.listeners.child_env())
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "mlcloud.host.runner", env=env, cwd=self.spec.folder,
+            pass_fds=[self.listeners.child_end.fileno()],
         )
         await self._set_status(InstanceStatus.AWAITING, f"started pid {self.process.pid}")
 

@@ -38,11 +38,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from mlcloud import listeners
 from mlcloud.errors import ConfigError, MLCloudError, PayloadTooLarge, Unauthorized
 from mlcloud.interfaces import HANDLE_REQUEST, HttpRequest
 from mlcloud.lattice.control import LinkDefinition
 from mlcloud.sdk import Context, HealthReport, Provider
-from mlcloud.settings import split_address
 
 log = logging.getLogger("mlcloud.httpserver")
 access_log = logging.getLogger("mlcloud.httpserver.access")
@@ -163,10 +163,12 @@ class LinkedServer:
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
-        host, port = split_address(self.config.address)
-        site = web.TCPSite(self.runner, host, port, ssl_context=self.config.ssl_context())
+        ssl_context = self.config.ssl_context()
         try:
-            await site.start()
+            # The host's socket (mlcloud.listeners): it stays open, queueing connections, while
+            # this process restarts.
+            sock = await listeners.listen(self.config.address)
+            await web.SockSite(self.runner, sock, ssl_context=ssl_context).start()
         except OSError as exc:
             await self.runner.cleanup()
             self.runner = None
@@ -255,6 +257,7 @@ class HttpServer(Provider):
             log.error("%s", self.refused[link.actor_id])
             if current is not None:
                 await self.servers.pop(link.actor_id).stop()
+                listeners.release(current.config.address)
             return
         self.refused.pop(link.actor_id, None)
         if current is not None and current.config == config and not current.error:
@@ -262,6 +265,8 @@ class HttpServer(Provider):
             return
         if current is not None:
             await current.stop()
+            if current.config.address != config.address:
+                listeners.release(current.config.address)
         server = self.servers[link.actor_id] = LinkedServer(link, config, self.ctx)
         try:
             await server.start()
@@ -273,6 +278,7 @@ class HttpServer(Provider):
         server = self.servers.pop(link.actor_id, None)
         if server is not None:
             await server.stop()
+            listeners.release(server.config.address)
 
     async def on_stop(self) -> None:
         for server in self.servers.values():
