@@ -49,10 +49,20 @@ def mlcloud(env: dict[str, str], *args: str, check: bool = True) -> subprocess.C
 @pytest.fixture
 def up(env: dict[str, str]):
     """`mlcloud up --no-washboard --dev` in the foreground of its own process group (the echo app is local folders)."""
-    process = subprocess.Popen([*MLCLOUD, "up", "--no-washboard", "--dev", "--label", "zone=test"], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    process, lines = start_up(["--no-washboard", "--dev", "--label", "zone=test"], env, timeout=60)
+    yield process, lines
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def start_up(args: list[str], env: dict[str, str], *, timeout: float, cwd: Path | None = None,
+             ) -> tuple[subprocess.Popen[str], list[str]]:
+    """`mlcloud up ARGS` in its own process group, once it says it is up; (process, lines so far)."""
+    process = subprocess.Popen([*MLCLOUD, "up", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines = []
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     assert process.stdout is not None
     while time.monotonic() < deadline:
         line = process.stdout.readline()
@@ -61,10 +71,7 @@ def up(env: dict[str, str]):
             break
         if not line and process.poll() is not None:
             raise AssertionError("mlcloud up exited:\n" + "".join(lines))
-    yield process, lines
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    return process, lines
 
 
 def test_up_then_inventory_shows_the_host_and_what_runs(env, up):

@@ -30,7 +30,7 @@ from mlcloud.lattice.events import decode_event
 from mlcloud.lattice.rpc import RpcClient
 from mlcloud.servers import free_port
 from tests.conftest import FIXTURES
-from tests.test_cli import MLCLOUD
+from tests.test_cli import MLCLOUD, start_up
 
 pytestmark = pytest.mark.slow
 
@@ -52,19 +52,8 @@ def env(tmp_path: Path) -> dict[str, str]:
 def up(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     """`mlcloud up` with the echo app deployed, in its own process group."""
     app = FIXTURES / "apps" / "echo.yaml"
-    process = subprocess.Popen(
-        [*MLCLOUD, "up", "--no-washboard", "--dev", "--label", "zone=test", "--app", str(app)],
-        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    lines = []
-    assert process.stdout is not None
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        lines.append(line)
-        if "mlcloud is up" in line:
-            break
-        if not line and process.poll() is not None:
-            raise AssertionError("mlcloud up exited:\n" + "".join(lines))
+    process, _ = start_up(["--no-washboard", "--dev", "--label", "zone=test", "--app", str(app)], env,
+                          timeout=90, cwd=tmp_path)
     yield process
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
