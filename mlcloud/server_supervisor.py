@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from mlcloud.errors import MLCloudError
+from mlcloud.host.supervisor import HEALTHY_RESET_AFTER  # one rule for when a back-off starts over
 from mlcloud.lattice.control import ServerRestarted
 from mlcloud.lattice.lifecycle import cancel_and_wait
 
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 FIRST_BACKOFF = 0.1  # seconds before the first restart: a killed server is back well within 2 s
 MAX_BACKOFF = 5.0
-HEALTHY_RESET_AFTER = 30.0  # seconds of uptime after which the back-off starts over
 
 
 class ChildServer(Protocol):
