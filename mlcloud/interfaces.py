@@ -223,6 +223,29 @@ class ModelInfo(_Wire):
     p99_ms: float = 0.0
 
 
+class RepositoryRequest(_Wire):
+    """A model repository operation (``/v2/repository/…``, ``mlcloud models load``): the route,
+    and for a load the bindle to serve it with (empty: the route's own, or a bindle of that name)."""
+
+    model: str = ""
+    bindle_id: str = ""
+    actor: str = ""  # whose link, when the provider's host asks (an actor asks for its own)
+
+
+class RepositoryModel(_Wire):
+    """One entry of the repository index: a route and the bindle it serves, or a bindle that no
+    route serves (``name`` is then the bindle's name). ``state`` None: not loaded."""
+
+    name: str
+    bindle_id: str
+    state: ModelState | None = None
+    reason: str = ""
+
+
+class LabelsRequest(_Wire):
+    """The class labels the postprocess actor ranks with (no fields: it has one set)."""
+
+
 Req = TypeVar("Req")
 Rep = TypeVar("Rep")
 
@@ -247,6 +270,10 @@ PREDICT = Op("MlInference.Predict", InferenceInput, InferenceOutput, idempotent=
 MODEL_STATUS = Op("MlInference.Status", ModelStatusRequest, list[ModelInfo])
 PREPROCESS = Op("Preprocess.Convert", PreprocessRequest, Tensor, idempotent=True)
 POSTPROCESS = Op("Postprocess.Matches", PostprocessRequest, list[Match], idempotent=True)
+LABELS = Op("Postprocess.Labels", LabelsRequest, list[str], idempotent=True)
+REPOSITORY_INDEX = Op("MlInference.RepositoryIndex", RepositoryRequest, list[RepositoryModel])
+LOAD_MODEL = Op("MlInference.Load", RepositoryRequest, RepositoryModel)
+UNLOAD_MODEL = Op("MlInference.Unload", RepositoryRequest, RepositoryModel)
 
 T = TypeVar("T")
 
