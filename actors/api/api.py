@@ -391,7 +391,7 @@ def image_input(model: str, info: ModelInfo) -> tuple[list[int], ValueType]:
 
 def predict(ctx: Context, model: str, index: int = 0) -> Chain[InferenceOutput]:
     """The model's Predict (of output ``index``), as the stage after the preprocess actor."""
-    return ctx.forward_to(MLINFERENCE, PREDICT, {"model": model, "index": index}, into="tensor")
+    return ctx.forward_to(MLINFERENCE, PREDICT, {"model": model, **({"index": index} if index else {})}, into="tensor")
 
 
 async def image_chain(ctx: Context, model: str, image: bytes, info: ModelInfo, then: Chain[T]) -> T:
