@@ -191,7 +191,7 @@ class ModelState(enum.StrEnum):
 
 
 class TensorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One declared input or output of a model, as ``GET /v2/models/{m}`` shows it.
+    """One declared input or output of a model, as ``GET /models/{m}`` shows it.
 
     Named as the HTTP API's JSON names it (snake_case, on the wire too, as when it was a dict).
     ``shape`` is None when the rank is unknown, and -1 marks a symbolic dimension; ``datatype``
@@ -207,7 +207,7 @@ class TensorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ModelInfo(_Wire):
-    """What the api actor reports on ``GET /v2/models/{m}`` and the washboard shows."""
+    """What the api actor reports on ``GET /models/{m}`` and the washboard shows."""
 
     name: str
     bindle_id: str

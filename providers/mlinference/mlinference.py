@@ -6,7 +6,7 @@ a :class:`~mlcloud.inference.ModelRegistry` loads the models in the background: 
 first parcel of group ``model`` and of group ``metadata`` are downloaded once into a
 sha256-verified disk cache shared by every link. ``MlInference.Predict`` runs a route's model;
 ``MlInference.Status`` reports each route's bindle, engine, state, tensors and the last minute's
-request figures (for ``/v2/models`` and the washboard). Changing a link's values swaps models
+request figures (for ``/models`` and the washboard). Changing a link's values swaps models
 live; model events (``model_loaded``, ``model_load_failed``, …) go out on the lattice.
 
 The model repository operations (``MlInference.RepositoryIndex``, ``Load``, ``Unload``: the Open
