@@ -232,9 +232,10 @@ class RepositoryRequest(_Wire):
     actor: str = ""  # whose link, when the provider's host asks (an actor asks for its own)
 
 
-class RepositoryModel(_Wire):
+class RepositoryModel(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One entry of the repository index: a route and the bindle it serves, or a bindle that no
-    route serves (``name`` is then the bindle's name). ``state`` None: not loaded."""
+    route serves (``name`` is then the bindle's name). ``state`` None: not loaded. Snake_case on
+    the wire too, as the CLI's and the washboard's JSON show it."""
 
     name: str
     bindle_id: str

@@ -8,6 +8,9 @@ the event loop.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -19,7 +22,11 @@ import pytest_asyncio
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
+from mlcloud.interfaces import MLINFERENCE
+from mlcloud.servers import running_app
 from mlcloud.testing.stack import PROJECT_DIR, running_stack
+from mlcloud.washboard.access import load_or_create_token
+from mlcloud.washboard.app import WATCHER, create_washboard
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
@@ -176,3 +183,41 @@ async def test_repository_index_unload_and_load(client, http):
 
     response = await http.post("/v2/repository/models/no-such-bindle/load")
     assert response.status_code == 404 and isinstance(response.json()["error"], str)
+
+
+async def mlcloud_ctl(stack, *args: str) -> str:
+    """``mlcloud ctl ARGS`` as a user runs it, against the stack (in a subprocess: the host answers here)."""
+    env = {**os.environ, "MLCLOUD_NATS_URL": stack.settings.nats_url, "MLCLOUD_LATTICE": stack.settings.lattice,
+           "MLCLOUD_NATS_CREDS": str(stack.settings.nats_creds), "MLCLOUD_STATE_DIR": str(stack.settings.state_dir)}
+    process = await asyncio.create_subprocess_exec(sys.executable, "-m", "mlcloud.cli", "ctl", *args, env=env,
+                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_the_cli_uses_the_same_repository_operations(stack, client):
+    index = {m["name"]: m for m in json.loads(await mlcloud_ctl(stack, "model", "index", "--json"))}
+    assert index["identity"]["state"] == "READY" and index["plus3-tflite"]["bindle_id"] == "plus3-tflite/0.1.0"
+    assert "identity (identity_model/0.2.0) unloaded" in await mlcloud_ctl(stack, "model", "unload", "identity")
+    assert not await call(client.is_model_ready, "identity")
+    assert "identity serves identity_model/0.2.0" in await mlcloud_ctl(stack, "model", "load", "identity")
+    assert await call(client.is_model_ready, "identity")
+
+
+async def test_the_washboard_uses_the_same_repository_operations(stack, client, http):
+    link = next(link for link in await stack.ctl.get_links() if link.contract_id == MLINFERENCE)
+    token = load_or_create_token(stack.settings.state_dir)
+    app = create_washboard(stack.settings, token=token, poll_interval=0.5)
+    async with running_app(app, "127.0.0.1:0", "the washboard", access_log=None) as address:
+        async with asyncio.timeout(15):
+            while not app[WATCHER].state.inventories:
+                await asyncio.sleep(0.1)
+        body = {"actor_id": link.actor_id, "provider_id": link.provider_id, "link_name": link.link_name}
+        headers = {"Authorization": f"Bearer {token}"}
+        response = await http.post(f"http://{address}/api/models/plus3/unload", json=body, headers=headers)
+        assert response.status_code == 200, response.text
+        assert not await call(client.is_model_ready, "plus3")
+        response = await http.post(f"http://{address}/api/models/plus3/load", json=body, headers=headers)
+        assert response.status_code == 200 and response.json()["result"][0]["bindle_id"] == "plus3/0.1.0"
+        assert await call(client.is_model_ready, "plus3")
