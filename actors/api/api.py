@@ -257,8 +257,12 @@ def served(model: str, version: str, models: dict[str, ModelInfo]) -> ModelInfo:
     info = models.get(model)
     if info is None:
         raise ContextNotFound(f"no model {model!r} is linked; known: {', '.join(sorted(models)) or 'none'}")
+    return check_version(info, version)
+
+
+def check_version(info: ModelInfo, version: str) -> ModelInfo:
     if version and version != oip.version_of(info.bindle_id):
-        raise NotFound(f"model {model!r} has no version {version!r}; it serves {info.bindle_id}")
+        raise NotFound(f"model {info.name!r} has no version {version!r}; it serves {info.bindle_id}")
     return info
 
 
@@ -314,9 +318,7 @@ async def infer_v2(ctx: Context, model: str, version: str, request: HttpRequest)
     """One inference: the input as a tensor (Predict) or as images (preprocess → Predict), each
     asked-for output by its index, then the protocol's answer (binary and classification too)."""
     infer, inputs = oip.parse_infer_request(request.body, request.header.get(oip.HEADER_LENGTH))
-    info = served(model, version, await catalog.all(ctx))
-    if info.state is not ModelState.READY:
-        info = await catalog.ready(ctx, model)
+    info = check_version(await catalog.ready(ctx, model), version)
     names = [t.name for t in info.inputs]
     if len(inputs) != 1 or (names and inputs[0].name != names[0]):
         given = ", ".join(repr(i.name) for i in inputs)
