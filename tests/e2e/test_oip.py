@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -22,11 +23,11 @@ import pytest_asyncio
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from mlcloud.interfaces import MLINFERENCE
 from mlcloud.servers import running_app
+from mlcloud.testing.screenshot import CHROMIUM, launch_chromium
 from mlcloud.testing.stack import PROJECT_DIR, running_stack
 from mlcloud.washboard.access import load_or_create_token
-from mlcloud.washboard.app import WATCHER, create_washboard
+from mlcloud.washboard.app import create_washboard
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
@@ -205,19 +206,29 @@ async def test_the_cli_uses_the_same_repository_operations(stack, client):
     assert await call(client.is_model_ready, "identity")
 
 
-async def test_the_washboard_uses_the_same_repository_operations(stack, client, http):
-    link = next(link for link in await stack.ctl.get_links() if link.contract_id == MLINFERENCE)
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium")
+async def test_the_washboard_unloads_and_loads_from_the_page(stack, client):
+    playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright package is not installed")
     token = load_or_create_token(stack.settings.state_dir)
     app = create_washboard(stack.settings, token=token, poll_interval=0.5)
-    async with running_app(app, "127.0.0.1:0", "the washboard", access_log=None) as address:
-        async with asyncio.timeout(15):
-            while not app[WATCHER].state.inventories:
-                await asyncio.sleep(0.1)
-        body = {"actor_id": link.actor_id, "provider_id": link.provider_id, "link_name": link.link_name}
-        headers = {"Authorization": f"Bearer {token}"}
-        response = await http.post(f"http://{address}/api/models/plus3/unload", json=body, headers=headers)
-        assert response.status_code == 200, response.text
-        assert not await call(client.is_model_ready, "plus3")
-        response = await http.post(f"http://{address}/api/models/plus3/load", json=body, headers=headers)
-        assert response.status_code == 200 and response.json()["result"][0]["bindle_id"] == "plus3/0.1.0"
-        assert await call(client.is_model_ready, "plus3")
+    async with running_app(app, "127.0.0.1:0", "the washboard", access_log=None) as address, \
+            playwright_api.async_playwright() as playwright:
+        browser = await launch_chromium(playwright)
+        try:
+            page = await browser.new_page()
+            page.set_default_timeout(30_000)
+            await page.goto(f"http://{address}/#token={token}")
+            plus3 = page.locator("#models tbody tr[data-route='plus3']")
+            await plus3.get_by_role("button", name="Unload…", exact=True).click()
+            await page.click("#dialog-confirm")
+            await plus3.wait_for(state="detached")
+            assert not await call(client.is_model_ready, "plus3")
+
+            await page.locator("#models tbody tr[data-route='identity']").get_by_role("button", name="Load…", exact=True).click()
+            await page.fill("#load-route", "plus3")  # the route's own bindle, from its link
+            await page.click("#dialog-confirm")
+            await plus3.locator(".badge").wait_for()
+            assert await call(client.is_model_ready, "plus3")
+        finally:
+            await browser.close()
