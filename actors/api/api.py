@@ -18,8 +18,9 @@
 mlcloud's routes answer errors as ``{"error": {"kind", "message"}}``, protocol routes as
 ``{"error": "message"}``, each with the status its class names; the response header ``X-Model``
 says which bindle served the route. A version is the bindle's version: a version other than the
-one served is a 404. The shape of a model's input (for the preprocess actor) comes from the
-mlinference provider's status, cached briefly. Tested without NATS against a fake runtime
+one served is a 404, unless another route serves that version of the same bindle (it answers
+then). The shape of a model's input (for the preprocess actor) comes from the mlinference
+provider's status, cached briefly. Tested without NATS against a fake runtime
 (tests/actors/test_api.py) and with tritonclient against the real stack (tests/e2e/test_oip.py).
 """
 
@@ -237,7 +238,8 @@ async def route_v2(ctx: Context, method: str, parts: list[str], request: HttpReq
             version, rest = rest[1], rest[2:]
         if rest == []:
             require(method, ("GET", "HEAD"))
-            return json_response(model_metadata(served(model, version, await catalog.all(ctx, fresh=True))))
+            models = await catalog.all(ctx, fresh=True)
+            return json_response(model_metadata(model, served(model, version, models), models))
         if rest == ["ready"]:
             require(method, ("GET", "HEAD"))
             info = served(model, version, await catalog.all(ctx, fresh=True))
@@ -253,25 +255,34 @@ NOT_READY = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
 
 def served(model: str, version: str, models: dict[str, ModelInfo]) -> ModelInfo:
-    """The model's info, when it is linked and serves ``version`` (any, when empty)."""
+    """The route that serves ``model`` at ``version``: its own (any version, when empty), or
+    another route that serves that version of the same bindle (a loaded version is served)."""
     info = models.get(model)
     if info is None:
         raise ContextNotFound(f"no model {model!r} is linked; known: {', '.join(sorted(models)) or 'none'}")
-    return check_version(info, version)
+    if not version or version == oip.version_of(info.bindle_id):
+        return info
+    wanted = f"{bindle_name(info)}/{version}"
+    for other in models.values():
+        if other.bindle_id == wanted:
+            return other
+    raise NotFound(f"model {model!r} has no version {version!r} loaded; it serves {info.bindle_id}")
 
 
-def check_version(info: ModelInfo, version: str) -> ModelInfo:
-    if version and version != oip.version_of(info.bindle_id):
-        raise NotFound(f"model {info.name!r} has no version {version!r}; it serves {info.bindle_id}")
-    return info
+def bindle_name(info: ModelInfo) -> str:
+    return info.bindle_id.rpartition("/")[0]
 
 
-def model_metadata(info: ModelInfo) -> dict[str, Any]:
-    """The protocol's model metadata; mlcloud's own facts in ``parameters``."""
+def model_metadata(model: str, info: ModelInfo, models: dict[str, ModelInfo]) -> dict[str, Any]:
+    """The protocol's model metadata; mlcloud's own facts in ``parameters``. The versions are every
+    version of the model's bindle that a route serves, the one asked for first."""
     def tensors(infos: list[TensorInfo]) -> list[dict[str, Any]]:
         return [{"name": t.name, "datatype": oip.datatype(t.datatype), "shape": t.shape or []} for t in infos]
 
-    return {"name": info.name, "versions": [oip.version_of(info.bindle_id)], "platform": info.engine,
+    versions = [oip.version_of(info.bindle_id)]
+    versions += sorted({oip.version_of(i.bindle_id) for i in models.values() if bindle_name(i) == bindle_name(info)}
+                       - set(versions))
+    return {"name": model, "versions": versions, "platform": info.engine,
             "inputs": tensors(info.inputs), "outputs": tensors(info.outputs),
             "parameters": {"bindle_id": info.bindle_id, "state": str(info.state), "reason": info.reason}}
 
@@ -318,7 +329,10 @@ async def infer_v2(ctx: Context, model: str, version: str, request: HttpRequest)
     """One inference: the input as a tensor (Predict) or as images (preprocess → Predict), each
     asked-for output by its index, then the protocol's answer (binary and classification too)."""
     infer, inputs = oip.parse_infer_request(request.body, request.header.get(oip.HEADER_LENGTH))
-    info = check_version(await catalog.ready(ctx, model), version)
+    info = await catalog.ready(ctx, model)
+    if version:
+        route = served(model, version, await catalog.all(ctx)).name
+        info = info if route == model else await catalog.ready(ctx, route)
     names = [t.name for t in info.inputs]
     if len(inputs) != 1 or (names and inputs[0].name != names[0]):
         given = ", ".join(repr(i.name) for i in inputs)
@@ -328,7 +342,7 @@ async def infer_v2(ctx: Context, model: str, version: str, request: HttpRequest)
     unknown = [o.name for o in wanted if o.name not in outputs]
     if unknown:
         raise RequestError(f"model {model!r} has no output {unknown[0]!r}; its outputs: {', '.join(outputs)}")
-    tensors = await asyncio.gather(*(run(ctx, model, info, inputs[0], outputs.index(o.name)) for o in wanted))
+    tensors = await asyncio.gather(*(run(ctx, info, inputs[0], outputs.index(o.name)) for o in wanted))
     answers = []
     for output, tensor in zip(wanted, tensors, strict=True):
         binary = infer.binary_output(output if infer.outputs else None)
@@ -341,8 +355,9 @@ async def infer_v2(ctx: Context, model: str, version: str, request: HttpRequest)
     return HttpResponse(status_code=200, header={**header, "x-model": info.bindle_id}, body=body)
 
 
-async def run(ctx: Context, model: str, info: ModelInfo, given: oip.Input, index: int) -> Tensor:
-    """Output ``index`` of the model on the input: a tensor as it is, BYTES as one image each."""
+async def run(ctx: Context, info: ModelInfo, given: oip.Input, index: int) -> Tensor:
+    """Output ``index`` of the route's model on the input: a tensor as it is, BYTES as one image each."""
+    model = info.name
     if given.tensor is not None:
         answer = await ctx.call(MLINFERENCE, PREDICT, InferenceInput(model=model, tensor=given.tensor, index=index))
         return output_tensor(answer)

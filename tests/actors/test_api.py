@@ -423,6 +423,19 @@ async def test_model_metadata_in_the_protocols_shape(api: ModuleType, runtime: F
     assert response.status_code == 404 and "serves m/1.0.0" in oip_error(response)
 
 
+async def test_another_version_is_served_by_the_route_that_has_it_loaded(api: ModuleType, runtime: FakeRuntime) -> None:
+    runtime.models = [model("m"), ModelInfo(name="m-next", bindle_id="m/2.0.0", engine="onnxruntime",
+                                            state=ModelState.READY, inputs=[IMAGE_INPUT])]
+    response = await send(api, runtime, "GET", "/v2/models/m/versions/2.0.0")
+    assert body(response)["name"] == "m" and body(response)["versions"] == ["2.0.0", "1.0.0"]
+    assert (await send(api, runtime, "GET", "/v2/models/m/versions/2.0.0/ready")).status_code == 200
+    request = {"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]}
+    response = await send(api, runtime, "POST", "/v2/models/m/versions/2.0.0/infer", body=json.dumps(request).encode())
+    assert response.status_code == 200 and headers(response)["x-model"] == "m/2.0.0"
+    assert body(response)["model_name"] == "m" and body(response)["model_version"] == "2.0.0"
+    assert [c.message.model for c in runtime.calls if c.op == PREDICT.name] == ["m-next"]
+
+
 async def test_model_ready_is_200_only_when_ready(api: ModuleType, runtime: FakeRuntime) -> None:
     assert (await send(api, runtime, "GET", "/v2/models/m/ready")).status_code == 200
     assert (await send(api, runtime, "GET", "/v2/models/m/versions/1.0.0/ready")).status_code == 200
