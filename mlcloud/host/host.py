@@ -176,7 +176,7 @@ class Host(Service):
             subjects.ctl_command(lattice, self.id, "lp"): _handler(StartProvider, self.handle_provider_start),
             subjects.ctl_command(lattice, self.id, "sp"): _handler(StopProvider, self.handle_provider_stop),
             subjects.ctl_command(lattice, self.id, "stop"): _handler(Empty, self.handle_host_stop),
-            subjects.ctl_command(lattice, self.id, "repo"): _handler(RepositoryCommand, self.handle_repository),
+            subjects.ctl_command(lattice, self.id, "repo"): _handler(RepositoryCommand, self.handle_model_repository),
         }
         queues = dict.fromkeys(handlers, "")
         # Without JetStream (a board's leaf node) the hub's hosts answer for the links.
@@ -280,7 +280,7 @@ class Host(Service):
                  for link in links if (link.provider_id, link.link_name) == (key, link_name)]
         return ModelList(links=list(await asyncio.gather(*asked)))
 
-    async def handle_repository(self, request: RepositoryCommand) -> RepositoryReply:
+    async def handle_model_repository(self, request: RepositoryCommand) -> RepositoryReply:
         """A model repository operation on a provider here, asked as this host for the link's actor:
         the CLI and the washboard reach the same provider operations as ``/v2/repository``."""
         assert self.nc is not None

@@ -225,7 +225,8 @@ async def test_the_washboard_unloads_and_loads_from_the_page(stack, client):
             await plus3.wait_for(state="detached")
             assert not await call(client.is_model_ready, "plus3")
 
-            await page.locator("#models tbody tr[data-route='identity']").get_by_role("button", name="Load…", exact=True).click()
+            identity = page.locator("#models tbody tr[data-route='identity']")
+            await identity.get_by_role("button", name="Load…", exact=True).click()
             await page.fill("#load-route", "plus3")  # the route's own bindle, from its link
             await page.click("#dialog-confirm")
             await plus3.locator(".badge").wait_for()
