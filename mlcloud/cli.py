@@ -24,6 +24,7 @@ from mlcloud.errors import MLCloudError, RequestError
 from mlcloud.settings import Settings
 
 if TYPE_CHECKING:
+    from mlcloud.interfaces import RepositoryModel
     from mlcloud.lattice.control import ComponentInfo
     from mlcloud.lattice.ctl_client import CtlClient
 
@@ -411,6 +412,77 @@ async def link_del(settings: Settings, actor: str, contract: str, link_name: str
         actor_id = await _component_id(c, actor, "actors")
         await c.delete_link(actor_id, contract, link_name)
     click.echo("link deleted")
+
+
+@ctl.group("model")
+def ctl_model() -> None:
+    """The model repository: what the mlinference provider can serve; load and unload routes.
+
+    The same operations as the Open Inference Protocol's /v2/repository, asked by the host that runs
+    the provider. A load or unload holds until the link's value for that route changes.
+    """
+
+
+actor_option = click.option("--actor", help="The linked actor (key or name); needed when several link to mlinference.")
+
+
+async def _repository(settings: Settings, actor: str | None, op: str, model: str = "",
+                      bindle_id: str = "") -> list[RepositoryModel]:
+    from mlcloud.interfaces import MLINFERENCE
+    from mlcloud.lattice.control import RepositoryCommand, RepositoryOp
+
+    async with await _connect(settings) as c:
+        links = [link for link in await c.get_links() if link.contract_id == MLINFERENCE]
+        if actor:
+            actor_id = await _component_id(c, actor, "actors")
+            links = [link for link in links if link.actor_id == actor_id]
+        if len(links) != 1:
+            which = f" of {actor}" if actor else ""
+            raise RequestError(f"{len(links)} mlinference links{which}: choose one with --actor")
+        link = links[0]
+        host_id, _ = await _find_component(c, link.provider_id, "providers")
+        command = RepositoryCommand(op=RepositoryOp(op), actor_id=link.actor_id, provider_id=link.provider_id,
+                                    link_name=link.link_name, model=model, bindle_id=bindle_id)
+        return await c.model_repository(host_id, command)
+
+
+def _repository_rows(models: list[RepositoryModel]) -> list[dict[str, Any]]:
+    return [{"name": m.name, "bindle": m.bindle_id, "state": m.state or "UNAVAILABLE", "reason": m.reason}
+            for m in models]
+
+
+@ctl_model.command("index")
+@with_settings
+@actor_option
+@click.option("--json", "as_json", is_flag=True)
+@run_async
+async def model_index(settings: Settings, actor: str | None, as_json: bool) -> None:
+    """Every route with its bindle and state, then every bindle no route serves."""
+    models = await _repository(settings, actor, "index")
+    emit(models, as_json, lambda: print_table(_repository_rows(models), ["name", "bindle", "state", "reason"]))
+
+
+@ctl_model.command("load")
+@with_settings
+@actor_option
+@click.argument("model")
+@click.option("--bindle", "bindle_id", default="", help="Serve MODEL with this bindle (name/version), swapped in live.")
+@run_async
+async def model_load(settings: Settings, actor: str | None, model: str, bindle_id: str) -> None:
+    """Serve the route MODEL (its link's bindle, --bindle, or the newest bindle named MODEL) once it is READY."""
+    [done] = await _repository(settings, actor, "load", model, bindle_id)
+    click.echo(f"{done.name} serves {done.bindle_id}")
+
+
+@ctl_model.command("unload")
+@with_settings
+@actor_option
+@click.argument("model")
+@run_async
+async def model_unload(settings: Settings, actor: str | None, model: str) -> None:
+    """Stop serving the route MODEL."""
+    [done] = await _repository(settings, actor, "unload", model)
+    click.echo(f"{done.name} ({done.bindle_id}) unloaded")
 
 
 # ---- app -----------------------------------------------------------------------------------

@@ -191,7 +191,7 @@ class ModelState(enum.StrEnum):
 
 
 class TensorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One declared input or output of a model, as ``GET /v2/models/{m}`` shows it.
+    """One declared input or output of a model, as ``GET /models/{m}`` shows it.
 
     Named as the HTTP API's JSON names it (snake_case, on the wire too, as when it was a dict).
     ``shape`` is None when the rank is unknown, and -1 marks a symbolic dimension; ``datatype``
@@ -207,7 +207,7 @@ class TensorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ModelInfo(_Wire):
-    """What the api actor reports on ``GET /v2/models/{m}`` and the washboard shows."""
+    """What the api actor reports on ``GET /models/{m}`` and the washboard shows."""
 
     name: str
     bindle_id: str
@@ -221,6 +221,30 @@ class ModelInfo(_Wire):
     errors: int = 0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+
+
+class RepositoryRequest(_Wire):
+    """A model repository operation (``/v2/repository/…``, ``mlcloud models load``): the route,
+    and for a load the bindle to serve it with (empty: the route's own, or a bindle of that name)."""
+
+    model: str = ""
+    bindle_id: str = ""
+    actor: str = ""  # whose link, when the provider's host asks (an actor asks for its own)
+
+
+class RepositoryModel(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One entry of the repository index: a route and the bindle it serves, or a bindle that no
+    route serves (``name`` is then the bindle's name). ``state`` None: not loaded. Snake_case on
+    the wire too, as the CLI's and the washboard's JSON show it."""
+
+    name: str
+    bindle_id: str
+    state: ModelState | None = None
+    reason: str = ""
+
+
+class LabelsRequest(_Wire):
+    """The class labels the postprocess actor ranks with (no fields: it has one set)."""
 
 
 Req = TypeVar("Req")
@@ -247,6 +271,10 @@ PREDICT = Op("MlInference.Predict", InferenceInput, InferenceOutput, idempotent=
 MODEL_STATUS = Op("MlInference.Status", ModelStatusRequest, list[ModelInfo])
 PREPROCESS = Op("Preprocess.Convert", PreprocessRequest, Tensor, idempotent=True)
 POSTPROCESS = Op("Postprocess.Matches", PostprocessRequest, list[Match], idempotent=True)
+LABELS = Op("Postprocess.Labels", LabelsRequest, list[str], idempotent=True)
+REPOSITORY_INDEX = Op("MlInference.RepositoryIndex", RepositoryRequest, list[RepositoryModel])
+LOAD_MODEL = Op("MlInference.Load", RepositoryRequest, RepositoryModel)
+UNLOAD_MODEL = Op("MlInference.Unload", RepositoryRequest, RepositoryModel)
 
 T = TypeVar("T")
 

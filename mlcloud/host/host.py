@@ -40,7 +40,17 @@ from mlcloud.host.permissions import instance_permissions, served_targets
 from mlcloud.host.spec import HEALTH_OP, InstanceSpec
 from mlcloud.host.supervisor import Instance
 from mlcloud.identity import KeyKind, KeyPair
-from mlcloud.interfaces import MLINFERENCE, MODEL_STATUS, ModelInfo, ModelStatusRequest
+from mlcloud.interfaces import (
+    LOAD_MODEL,
+    MLINFERENCE,
+    MODEL_STATUS,
+    REPOSITORY_INDEX,
+    UNLOAD_MODEL,
+    ModelInfo,
+    ModelStatusRequest,
+    RepositoryModel,
+    RepositoryRequest,
+)
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Account, account_for, credentials_for
 from mlcloud.lattice.connect import connect, flush, leave
@@ -68,6 +78,9 @@ from mlcloud.lattice.control import (
     ModelList,
     ProviderInfo,
     ProviderReply,
+    RepositoryCommand,
+    RepositoryOp,
+    RepositoryReply,
     ScaleActor,
     StartActor,
     StartProvider,
@@ -163,6 +176,7 @@ class Host(Service):
             subjects.ctl_command(lattice, self.id, "lp"): _handler(StartProvider, self.handle_provider_start),
             subjects.ctl_command(lattice, self.id, "sp"): _handler(StopProvider, self.handle_provider_stop),
             subjects.ctl_command(lattice, self.id, "stop"): _handler(Empty, self.handle_host_stop),
+            subjects.ctl_command(lattice, self.id, "repo"): _handler(RepositoryCommand, self.handle_model_repository),
         }
         queues = dict.fromkeys(handlers, "")
         # Without JetStream (a board's leaf node) the hub's hosts answer for the links.
@@ -265,6 +279,20 @@ class Host(Service):
                  if c.resolved.manifest.contract == MLINFERENCE
                  for link in links if (link.provider_id, link.link_name) == (key, link_name)]
         return ModelList(links=list(await asyncio.gather(*asked)))
+
+    async def handle_model_repository(self, request: RepositoryCommand) -> RepositoryReply:
+        """A model repository operation on a provider here, asked as this host for the link's actor:
+        the CLI and the washboard reach the same provider operations as ``/v2/repository``."""
+        assert self.nc is not None
+        if (request.provider_id, request.link_name) not in self.providers:
+            raise ComponentNotFound(f"provider {request.provider_id} ({request.link_name}) does not run on this host")
+        target = subjects.provider_target(self.settings.lattice, MLINFERENCE, request.provider_id, request.link_name)
+        rpc = RpcClient(self.nc, caller=self.id, timeout=self.settings.rpc_timeout)
+        asked = RepositoryRequest(model=request.model, bindle_id=request.bindle_id, actor=request.actor_id)
+        if request.op is RepositoryOp.INDEX:
+            return RepositoryReply(models=await rpc.call(target, REPOSITORY_INDEX.name, asked, list[RepositoryModel]))
+        op = LOAD_MODEL if request.op is RepositoryOp.LOAD else UNLOAD_MODEL
+        return RepositoryReply(models=[await rpc.call(target, op.name, asked, RepositoryModel)])
 
     async def handle_host_stop(self, request: Empty) -> Empty:
         # Answer first, then stop.

@@ -261,7 +261,7 @@ class ModelRegistry:
         return all(r.active.state is ModelState.READY for r in self._routes.values())
 
     def status(self, route: str | None = None) -> list[ModelInfo]:
-        """What ``GET /v2/models/{m}`` and the washboard show, for one route or all."""
+        """What ``GET /models/{m}`` and the washboard show, for one route or all."""
         if route is not None and route not in self._routes:
             raise ContextNotFound(f"no model is linked as {route!r}")
         names = [route] if route is not None else sorted(self._routes)

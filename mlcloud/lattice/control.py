@@ -31,7 +31,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from mlcloud.errors import MLCloudError, error_from_wire
-from mlcloud.interfaces import ModelInfo
+from mlcloud.interfaces import ModelInfo, RepositoryModel
 
 T = TypeVar("T")
 
@@ -246,6 +246,28 @@ class ModelList(_Ctl):
     """A host's answer for the mlinference providers it runs: every link's models."""
 
     links: list[LinkModels] = []
+
+
+class RepositoryOp(enum.StrEnum):
+    INDEX = "index"
+    LOAD = "load"
+    UNLOAD = "unload"
+
+
+class RepositoryCommand(_Ctl):
+    """A model repository operation (as ``/v2/repository`` offers it) on one mlinference link,
+    which the host running the link's provider makes as itself for the link's actor."""
+
+    op: RepositoryOp
+    actor_id: str
+    provider_id: str
+    link_name: str = DEFAULT_LINK_NAME
+    model: str = ""
+    bindle_id: str = ""
+
+
+class RepositoryReply(_Ctl):
+    models: list[RepositoryModel] = []
 
 
 # ---- events -----------------------------------------------------------------------------------

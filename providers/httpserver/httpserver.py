@@ -38,7 +38,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from mlcloud import listeners
+from mlcloud import listeners, oip
 from mlcloud.errors import ConfigError, MLCloudError, PayloadTooLarge, Unauthorized
 from mlcloud.interfaces import HANDLE_REQUEST, HttpRequest
 from mlcloud.lattice.control import LinkDefinition
@@ -143,8 +143,9 @@ class ServerConfig:
         return context
 
 
-def error_response(err: MLCloudError) -> web.Response:
-    status, headers, body = err.to_http()
+def error_response(err: MLCloudError, path: str) -> web.Response:
+    """The error in the body of the path's protocol (mlcloud's, or the Open Inference Protocol's)."""
+    status, headers, body = oip.error_reply(err) if oip.is_oip_path(path) else err.to_http()
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -215,12 +216,12 @@ class LinkedServer:
             if self.config.api_keys.check(request.path, header.get("authorization", "")):
                 del header["authorization"]
         except Unauthorized as err:
-            return error_response(err)
+            return error_response(err, request.path)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return error_response(PayloadTooLarge(
-                f"request body is larger than the limit of {self.config.max_body_bytes} bytes"))
+                f"request body is larger than the limit of {self.config.max_body_bytes} bytes"), request.path)
         message = HttpRequest(
             method=request.method,
             path=request.path,
@@ -232,7 +233,7 @@ class LinkedServer:
             reply = await self.ctx.call_actor(self.link.actor_id, HANDLE_REQUEST, message, timeout=self.config.timeout)
         except MLCloudError as err:
             log.warning("%s %s: %s: %s", request.method, request.path, err.kind, err.message)
-            return error_response(err)
+            return error_response(err, request.path)
         return web.Response(status=reply.status_code, headers=reply.header, body=reply.body)
 
 
