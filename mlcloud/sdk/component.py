@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
@@ -11,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
+from mlcloud import tracing
 from mlcloud.interfaces import Op
 from mlcloud.lattice.control import DEFAULT_LINK_NAME, HealthReport, LinkDefinition
 from mlcloud.lattice.wire import Forward
@@ -47,7 +49,9 @@ class Operation:
             return await self.handler(*args)
         if self.inline:
             return self.handler(*args)
-        return await asyncio.get_running_loop().run_in_executor(None, self.handler, *args)
+        # In the pool thread too, log lines carry the request's id (mlcloud.tracing).
+        run = functools.partial(contextvars.copy_context().run, self.handler, *args)
+        return await asyncio.get_running_loop().run_in_executor(None, run)
 
 
 def _check_request(op: Op[Any, Any], message: object) -> None:
@@ -67,6 +71,17 @@ class Context:
         self.caller = caller
         # The call comes from this instance's own host (trusted; it holds no link).
         self.from_host = from_host
+
+    @property
+    def request_id(self) -> str:
+        """The id of the request this call serves: its invocation id, which every hop keeps (the
+        HTTP request's ``X-Request-Id``, or its traceparent's trace id; :mod:`mlcloud.tracing`)."""
+        return self.invocation_id
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C traceparent of this stage (its span's when spans are exported, else its caller's)."""
+        return tracing.current().traceparent
 
     @property
     def settings(self) -> Settings:
