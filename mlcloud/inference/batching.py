@@ -154,7 +154,8 @@ class AdaptiveBatcher:
             return
         loop = asyncio.get_running_loop()
         if len(batch) > 1:
-            log.info("%s: a batch of %d requests: %s", self.name, len(batch), " ".join(r.request_id or tracing.NO_REQUEST for r in batch))
+            ids = " ".join(r.request_id or tracing.NO_REQUEST for r in batch)
+            log.info("%s: a batch of %d requests: %s", self.name, len(batch), ids)
         try:
             stacked = batch[0].array if len(batch) == 1 else np.concatenate([r.array for r in batch])
             outputs = await loop.run_in_executor(self._executor, self._run, stacked)
