@@ -214,14 +214,14 @@ def otel_configured(environ: Mapping[str, str] = os.environ) -> bool:
     return bool(endpoint) and environ.get("OTEL_SDK_DISABLED", "").lower() != "true"
 
 
-def setup(service: str, instance_id: str, **exporter: Any) -> bool:
+def setup(service: str, instance_id: str, exporter: Any = None) -> bool:
     """Export this process's spans as ``service`` when :func:`otel_configured`, and the
     ``otel`` extra is installed (else say so once and go on without); True when exporting.
 
-    ``exporter``: for tests, :class:`mlcloud.otel.OtelTracer`'s ``exporter`` (a span exporter).
+    ``exporter``: an OpenTelemetry span exporter to use instead (a test's in-memory one).
     """
     global _tracer
-    if not exporter and not otel_configured():
+    if exporter is None and not otel_configured():
         return False
     try:
         from mlcloud.otel import OtelTracer
@@ -229,7 +229,7 @@ def setup(service: str, instance_id: str, **exporter: Any) -> bool:
         log.warning("OTEL_EXPORTER_OTLP_ENDPOINT is set, but OpenTelemetry is not installed (%s): "
                     "no spans are exported; pip install 'mlcloud[otel]'", exc)
         return False
-    _tracer = OtelTracer(service, instance_id, **exporter)
+    _tracer = OtelTracer(service, instance_id, exporter)
     return True
 
 

@@ -113,7 +113,7 @@ async def test_concurrent_tasks_each_log_their_own_request_id():
     finally:
         logger.removeHandler(handler)
         logger.propagate = True
-    assert {(r.getMessage(), r.request_id) for r in records} == {  # type: ignore[attr-defined]
+    assert {(r.getMessage(), r.request_id) for r in records} == {
         *((f"in r{i}", f"r{i}") for i in range(5)), *((f"thread of r{i}", f"r{i}") for i in range(5)),
         ("outside", tracing.NO_REQUEST),
     }

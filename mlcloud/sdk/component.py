@@ -62,7 +62,7 @@ def _check_request(op: Op[Any, Any], message: object) -> None:
 
 
 class Context:
-    """What a handler can reach: who called, the link that applies, and the lattice."""
+    """What a handler can reach: who called, the request it serves, the link that applies, and the lattice."""
 
     def __init__(self, runtime: Runtime, *, invocation_id: str, caller: str, from_host: bool = False) -> None:
         self._runtime = runtime

@@ -147,6 +147,6 @@ async def test_a_batch_is_logged_with_the_request_ids_it_carried(pool: ThreadPoo
         await asyncio.gather(first, *(submit(f"req-{i}") for i in range(3)))
     [record] = caplog.records
     assert record.getMessage() == "m: a batch of 3 requests: req-0 req-1 req-2"
-    assert record.request_id == tracing.NO_REQUEST  # type: ignore[attr-defined]  # not the creator's
+    assert record.request_id == tracing.NO_REQUEST  # the batcher's own context, not its creator's
     assert model.sizes == [1, 3]
     await batcher.aclose()
