@@ -4,6 +4,9 @@ span per stage, each the child of the stage that called it."""
 
 from __future__ import annotations
 
+import asyncio
+
+import msgspec
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
@@ -12,7 +15,7 @@ from mlcloud import tracing
 from mlcloud.errors import CorruptInputTensor, MalformedMessage
 from mlcloud.lattice import subjects, wire
 from mlcloud.lattice.connect import connect
-from mlcloud.lattice.rpc import RpcClient
+from mlcloud.lattice.rpc import Died, RpcClient
 from mlcloud.lattice.wire import Forward, Invocation
 from tests.lattice.test_rpc import rpc_client, serve
 
@@ -129,3 +132,26 @@ async def test_an_invocation_id_that_could_forge_a_log_line_is_refused(nc, stage
     assert seen == []
     for server in servers:
         await server.stop()
+
+
+async def test_a_call_made_again_after_its_server_died_keeps_its_request_id(nc, stage_nc):
+    seen: list[tuple[str, str]] = []
+
+    async def handler(invocation: Invocation) -> int:
+        seen.append((invocation.id, invocation.trace))
+        return 1
+
+    client = RpcClient(nc, caller="caller", timeout=5)
+    await client.follow_deaths("t")
+    # The lone instance of t.back died: the call is tried again until it is back.
+    await nc.publish(subjects.instance_died("t"), msgspec.json.encode(Died("i1", ["t.back"])))
+    await nc.flush()
+    sent = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
+    with tracing.serving("GET", "req-again", sent):
+        call = asyncio.ensure_future(client.call("t.back", "Op.Back", {}, idempotent=True))
+        await asyncio.sleep(0.2)
+        assert not call.done()
+        server = await serve(stage_nc, "t.back", handler)
+        assert await call == 1
+    assert seen == [("req-again", sent)]
+    await server.stop()
