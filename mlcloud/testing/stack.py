@@ -3,10 +3,9 @@
 :func:`running_stack` starts the real parts, as ``mlcloud up --app deploy/app.yaml`` does, but
 with every port free and every file under one directory (instances' logs too, in ``logs/``, one
 file each, unless ``log_dir=None``: :func:`mlcloud.host.runner.instance_log_file`): nats-server,
-the Bindle server, the
-docker-registry, one host, then builds the models (idempotent, into the project's
-``models/build``), pushes them, publishes the components as signed OCI artifacts, deploys the app
-manifest and waits until ``/v2/health/ready`` answers 200.
+the Bindle server, the docker-registry, one host, then builds the models (idempotent, into the
+project's ``models/build``), pushes them, publishes the components as signed OCI artifacts,
+deploys the app manifest and waits until ``/v2/health/ready`` answers 200.
 """
 
 from __future__ import annotations
