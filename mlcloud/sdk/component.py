@@ -75,8 +75,9 @@ class Context:
     @property
     def request_id(self) -> str:
         """The id of the request this call serves: its invocation id, which every hop keeps (the
-        HTTP request's ``X-Request-Id``, or its traceparent's trace id; :mod:`mlcloud.tracing`)."""
-        return self.invocation_id
+        HTTP request's ``X-Request-Id``, or its traceparent's trace id; :mod:`mlcloud.tracing`).
+        A provider's lifetime context (``on_start``'s) answers for the request being served."""
+        return self.invocation_id or tracing.current().request_id
 
     @property
     def traceparent(self) -> str:

@@ -22,3 +22,10 @@ async def test_a_plain_handler_in_the_pool_sees_the_request_it_serves():
     with tracing.serving(PREPROCESS.name, "req-7", TRACEPARENT):
         request_id, traceparent, current, in_main = await Operation(PREPROCESS, handler).invoke(ctx, None)
     assert (request_id, traceparent, current, in_main) == ("req-7", TRACEPARENT, "req-7", False)
+
+
+def test_a_providers_lifetime_context_names_the_request_being_served():
+    lifetime = Context(cast(Runtime, object()), invocation_id="", caller="VHTTP")
+    assert lifetime.request_id == ""
+    with tracing.serving("PUT", "req-8"):
+        assert (lifetime.request_id, lifetime.traceparent) == ("req-8", "")
