@@ -67,15 +67,14 @@ class OtelTracer:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
         self.tracer = self.provider.get_tracer(INSTRUMENTATION)
 
-    def start(self, name: str, traceparent: str, *, server: bool, attributes: dict[str, str]) -> OtelSpan:
+    def start(self, name: str, traceparent: str, attributes: dict[str, str]) -> OtelSpan:
         parent = TraceParent.parse(traceparent) if traceparent else None
         context = None
         if parent is not None:
             remote = SpanContext(int(parent.trace_id, 16), int(parent.span_id, 16), is_remote=True,
                                  trace_flags=TraceFlags(parent.flags))
             context = trace.set_span_in_context(NonRecordingSpan(remote))
-        kind = SpanKind.SERVER if server else SpanKind.INTERNAL
-        return OtelSpan(self.tracer.start_span(name, context, kind, attributes))
+        return OtelSpan(self.tracer.start_span(name, context, SpanKind.SERVER, attributes))
 
     def shutdown(self) -> None:
         self.provider.shutdown()

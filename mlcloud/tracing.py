@@ -97,7 +97,8 @@ def current() -> Trace:
 def from_headers(headers: Mapping[str, str]) -> tuple[str, TraceParent | None]:
     """The request id of an HTTP request, and its valid incoming traceparent if any.
 
-    ``X-Request-Id`` when valid, else the traceparent's trace id, else a new trace id.
+    ``X-Request-Id`` when valid, else the traceparent's trace id, else "" (:class:`serving` then
+    makes a new trace id).
     """
     raw = headers.get(TRACEPARENT_HEADER)
     parent = TraceParent.parse(raw) if raw else None
@@ -119,8 +120,8 @@ class Span(Protocol):
 
 
 class Tracer(Protocol):
-    def start(self, name: str, traceparent: str, *, server: bool, attributes: dict[str, str]) -> Span:
-        """A span named ``name``, child of ``traceparent`` (a root span when empty)."""
+    def start(self, name: str, traceparent: str, attributes: dict[str, str]) -> Span:
+        """A SERVER span named ``name``, child of ``traceparent`` (a root span when empty)."""
 
     def shutdown(self) -> None:
         """Export what is left; called once when the process ends."""
@@ -134,17 +135,16 @@ class serving:
     current :class:`Trace`, and start a span when spans are exported (:func:`setup`).
 
     An empty ``request_id`` (an HTTP request without one) becomes the span's trace id, or a new
-    trace id. ``server``: the span is an OpenTelemetry SERVER span (else INTERNAL).
+    trace id.
     """
 
-    __slots__ = ("attributes", "name", "parent", "request_id", "server", "span", "trace", "_token")
+    __slots__ = ("attributes", "name", "parent", "request_id", "span", "trace", "_token")
 
-    def __init__(self, name: str, request_id: str, traceparent: str = "", *, server: bool = True,
+    def __init__(self, name: str, request_id: str, traceparent: str = "", *,
                  attributes: dict[str, str] | None = None) -> None:
         self.name = name
         self.request_id = request_id
         self.parent = traceparent
-        self.server = server
         self.attributes = attributes
         self.span: Span | None = None
         self.trace = _NO_TRACE
@@ -155,8 +155,7 @@ class serving:
         request_id = self.request_id
         if _tracer is not None:
             attributes = {"mlcloud.request_id": request_id} if request_id else {}
-            self.span = _tracer.start(self.name, traceparent, server=self.server,
-                                      attributes={**attributes, **(self.attributes or {})})
+            self.span = _tracer.start(self.name, traceparent, {**attributes, **(self.attributes or {})})
             traceparent = self.span.traceparent
             if not request_id:
                 request_id = traceparent[3:35]  # the root span's trace id
@@ -201,11 +200,6 @@ class RequestIdFilter(logging.Filter):
 def add_request_ids(handler: logging.Handler) -> logging.Handler:
     handler.addFilter(RequestIdFilter())
     return handler
-
-
-def exporting() -> bool:
-    """True when spans are exported in this process."""
-    return _tracer is not None
 
 
 def otel_configured(environ: Mapping[str, str] = os.environ) -> bool:
