@@ -8,10 +8,10 @@ reaches a log line unchecked. The id is the request's invocation id on the latti
 envelope's ``id``, which every call made while serving it and every forwarded chain stage keeps)
 and the envelope's ``trace`` is the W3C traceparent of the sending stage.
 
-While a call or request is served, :func:`serving` holds both in a context variable, which
+While a call or request is served, :class:`serving` holds both in a context variable, which
 :class:`RequestIdFilter` puts on every log record (``%(request_id)s``) and the RPC client puts on
 every call. With OpenTelemetry configured (:func:`setup`; the ``otel`` extra and the standard
-``OTEL_EXPORTER_OTLP_ENDPOINT``) each :func:`serving` is also a span, child of the caller's:
+``OTEL_EXPORTER_OTLP_ENDPOINT``) each :class:`serving` is also a span, child of the caller's:
 :mod:`mlcloud.otel`. Without it nothing of OpenTelemetry is imported, and a hop costs a context
 variable.
 """
