@@ -97,6 +97,9 @@ class Settings:
     registry_insecure: bool = True
     # The level of the instance processes' logs (a `logging` level name).
     log_level: str = DEFAULT_LOG_LEVEL
+    # When set, each instance also appends its log to a file of its own here
+    # ({component}-{instance}.log, mlcloud.host.runner.instance_log_file); stderr always has it.
+    log_dir: Path | None = None
     # Development: a host also runs unsigned local component folders (`--dev`, MLCLOUD_DEV=1).
     dev: bool = False
     # The NATS credentials (.creds) this process connects with; None: state_dir/nats-auth's
@@ -122,7 +125,7 @@ class Settings:
                 except ValueError:
                     raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("state_dir", "keys_dir", "nats_creds", "nats_account_seed"):
+        for name in ("state_dir", "keys_dir", "nats_creds", "nats_account_seed", "log_dir"):
             if name in values:
                 values[name] = Path(values[name]).expanduser()
         return cls(**values)

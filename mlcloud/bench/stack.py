@@ -59,7 +59,8 @@ async def _serve(state_dir: Path) -> None:
         stdin = sys.stdin.fileno()
         loop.add_reader(stdin, lambda: stop.set() if not os.read(stdin, 1024) else None)
         watching = True
-    async with running_stack(state_dir) as stack:
+    # Instances log to stderr only, as under `mlcloud up`: no log files beside (the tests' default).
+    async with running_stack(state_dir, log_dir=None) as stack:
         print(json.dumps({
             "http_url": stack.http_url,
             "nats_url": stack.settings.effective_nats_url,

@@ -14,9 +14,11 @@ import asyncio
 import ctypes
 import importlib.util
 import logging
+import logging.handlers
 import os
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,8 @@ import msgspec
 import setproctitle
 from nats.aio.client import Client as NATS
 
-from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, UnknownOperation
+from mlcloud import tracing
+from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, MLCloudError, UnknownOperation
 from mlcloud.host.spec import HEALTH_OP, SPEC_ENV, InstanceSpec
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Credentials
@@ -200,7 +203,19 @@ class ComponentRuntime:
             raise UnknownOperation(f"{self.spec.name} has no operation {invocation.op!r}")
         payload = invocation.payload(operation.op.request)
         ctx = Context(self, invocation_id=invocation.id, caller=invocation.caller, from_host=from_host)
-        return await operation.invoke(ctx, payload)
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            result = await operation.invoke(ctx, payload)
+            outcome = "ok"
+            return result
+        except MLCloudError as err:
+            outcome = err.kind
+            raise
+        finally:
+            # The stage's line of the request (its id comes from mlcloud.tracing's log filter).
+            self.log.log(logging.DEBUG if from_host else logging.INFO, "%s %s %.1f ms (caller %s)",
+                         invocation.op, outcome, (time.perf_counter() - started) * 1000, invocation.caller[:8])
 
     async def _health(self) -> HealthReport:
         if isinstance(self.component, Provider):
@@ -299,11 +314,9 @@ def main() -> None:
     spec = msgspec.json.decode(os.environ[SPEC_ENV], type=InstanceSpec)
     # ps shows which component this is, not `python -m mlcloud.host.runner` for every instance.
     setproctitle.setproctitle(spec.title)
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s [{spec.name}] %(message)s",
-    )
+    configure_logging(spec, settings)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Bindle request is noise
+    tracing.setup(spec.name, spec.instance_id)
     component = load_component(Path(spec.folder), spec.module)
     runtime = ComponentRuntime(spec, settings, component)
 
@@ -314,7 +327,31 @@ def main() -> None:
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         await runtime.run()
 
-    run_event_loop(run())
+    try:
+        run_event_loop(run())
+    finally:
+        tracing.shutdown()
+
+
+def instance_log_file(log_dir: Path, spec: InstanceSpec) -> Path:
+    """Where an instance appends its log besides stderr when ``log_dir`` is set: one file per
+    instance, kept across its restarts."""
+    return log_dir / f"{spec.name}-{spec.instance_id[:8]}.log"
+
+
+def configure_logging(spec: InstanceSpec, settings: Settings) -> None:
+    """Log to stderr (the host's), and to :func:`instance_log_file` when ``settings.log_dir`` is
+    set; every line names the component and the request being served (``-`` outside one)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if settings.log_dir is not None:
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        # Watched: a file logrotate moved away is reopened.
+        handlers.append(logging.handlers.WatchedFileHandler(instance_log_file(settings.log_dir, spec)))
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s [{spec.name} %(request_id)s] %(message)s",
+        handlers=[tracing.add_request_ids(handler) for handler in handlers],
+    )
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:

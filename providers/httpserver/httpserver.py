@@ -20,6 +20,11 @@ A request without a key its path needs, or with a wrong one, gets 401 and
 before the actor sees it (the key is the server's, not the actor's). Only SHA-256 digests of the
 keys are kept, compared in constant time, and no key is ever logged.
 
+Every request gets an id (:mod:`mlcloud.tracing`): its ``X-Request-Id`` when that is a plain
+token, else its W3C ``traceparent``'s trace id, else a new trace id. The id travels with every
+call made for the request, is in every stage's log lines (here the access log's) and comes back
+as ``X-Request-Id``; a request that brought a traceparent gets one back too (this stage's).
+
 Errors of the lattice (timeout, nobody serving, a crashed call) become the JSON error body of
 the HTTP API with the right status; nothing a client sends can crash the server. While this
 process's connection to NATS is down the listener stays up and each request gets a 503
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from mlcloud import listeners, oip
+from mlcloud import listeners, oip, tracing
 from mlcloud.errors import ConfigError, MLCloudError, PayloadTooLarge, Unauthorized
 from mlcloud.interfaces import HANDLE_REQUEST, HttpRequest
 from mlcloud.lattice.control import LinkDefinition
@@ -202,12 +207,21 @@ class LinkedServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        response = await self._forward(request)
-        access_log.info(
-            '%s "%s %s" %d %d %.1fms', request.remote, request.method, request.path_qs,
-            response.status, response.body_length if hasattr(response, "body_length") else 0,
-            (time.perf_counter() - started) * 1000,
-        )
+        request_id, parent = tracing.from_headers(request.headers)
+        with tracing.serving(request.method, request_id, str(parent) if parent else "",
+                             attributes={"http.request.method": request.method, "url.path": request.path}) as served:
+            response = await self._forward(request)
+            response.headers[tracing.REQUEST_ID_HEADER] = served.trace.request_id
+            if parent is not None:
+                response.headers[tracing.TRACEPARENT_HEADER] = served.trace.traceparent
+            served.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                served.failed(str(response.status), response.reason or "")
+            access_log.info(
+                '%s "%s %s" %d %d %.1fms', request.remote, request.method, request.path_qs,
+                response.status, response.body_length if hasattr(response, "body_length") else 0,
+                (time.perf_counter() - started) * 1000,
+            )
         return response
 
     async def _forward(self, request: web.Request) -> web.Response:
