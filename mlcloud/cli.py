@@ -126,6 +126,9 @@ dev_option = click.option(
 @main.command()
 @with_settings
 @click.option("--nats-port", type=int, help="Port of the embedded NATS server (default 4222).")
+@click.option("--nats-cluster", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the embedded NATS as a JetStream cluster of this many nodes on loopback "
+                   "(ports --nats-port and up); any one node may die.")
 @click.option("--bindle-url", help="Use this Bindle server instead of the embedded one.")
 @click.option("--registry", help="Use this OCI registry (host:port) instead of the embedded one.")
 @click.option("--label", "labels", multiple=True, help="Host label key=value (repeatable).")
@@ -134,16 +137,19 @@ dev_option = click.option(
 @click.option("--no-washboard", is_flag=True, help="Do not serve the washboard.")
 @dev_option
 @run_async
-async def up(settings: Settings, nats_port: int | None, bindle_url: str | None, registry: str | None,
-             labels: tuple[str, ...], app_path: Path | None, no_washboard: bool, dev: bool) -> None:
+async def up(settings: Settings, nats_port: int | None, nats_cluster: int, bindle_url: str | None,
+             registry: str | None, labels: tuple[str, ...], app_path: Path | None, no_washboard: bool,
+             dev: bool) -> None:
     """Start NATS, Bindle, the registry, a host and the washboard; deploy --app; run until Ctrl-C."""
     from mlcloud.up import UpOptions, up as run_up
 
+    if nats_cluster > 1 and settings.nats_url is not None:
+        raise click.UsageError("--nats-cluster starts an embedded NATS cluster; --nats-url names one to use instead")
     settings = settings.replace(**{k: v for k, v in {"nats_port": nats_port, "bindle_url": bindle_url,
                                                      "registry": registry, "dev": dev or None}.items()
                                    if v is not None})
     options = UpOptions(labels=parse_pairs(labels, "--label"), app=app_path,
-                        start_registry=registry is None, start_washboard=not no_washboard)
+                        start_registry=registry is None, start_washboard=not no_washboard, nats_cluster=nats_cluster)
     await run_up(settings, options)
 
 
