@@ -155,12 +155,22 @@ async def up(settings: Settings, nats_port: int | None, nats_cluster: int, bindl
 
 @main.command("nats-config")
 @with_settings
-def nats_config(settings: Settings) -> None:
+@click.option("--route", "routes", multiple=True, metavar="nats-route://HOST:PORT",
+              help="Make the server a node of a JetStream cluster named after the lattice, routed to this "
+                   "node (repeatable: every node, this one included; each node gets the same list).")
+@click.option("--cluster-listen", default="0.0.0.0:6222", show_default=True, metavar="HOST:PORT",
+              help="With --route: where the node takes the other nodes' routes.")
+def nats_config(settings: Settings, routes: tuple[str, ...], cluster_listen: str) -> None:
     """Print the nats-server config lines that make a server of your own trust this state dir's
-    lattice account (operator mode; keys made on first use, as `mlcloud up` does)."""
+    lattice account (operator mode; keys made on first use, as `mlcloud up` does), and with
+    --route join a cluster of such servers (docs/deploy.md). Each server also needs its own
+    server_name, listen and jetstream lines."""
     from mlcloud.lattice.auth import NatsAuth, auth_dir
+    from mlcloud.lattice.nats_server import cluster_config
 
     click.echo(NatsAuth.load_or_create(auth_dir(settings)).server_config(), nl=False)
+    if routes:
+        click.echo(cluster_config(settings.lattice, cluster_listen, routes), nl=False)
 
 
 @main.command("nats-creds")

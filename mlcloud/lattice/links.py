@@ -59,10 +59,12 @@ WATCH_CHECK_INTERVAL = 2.0
 # Copies of the links bucket on a NATS cluster of at least this many nodes: one node may die (three
 # keep a quorum of two), as a JetStream R3 stream.
 LINK_REPLICAS = 3
-# JetStream's err_codes: a stream of that name exists with another config; JetStream cannot place
-# that many replicas now (a node is down, or the meta leader has not heard from it yet).
+# JetStream's err_codes: a stream of that name exists with another config; it cannot place that
+# many replicas now (a node is down, or the meta leader has not heard from it yet); a node could not
+# make the stream's store (it had not loaded the account yet, in operator mode: it has now).
 STREAM_NAME_IN_USE = 10058
 NO_SUITABLE_PEERS = 10005
+STORE_FAILED = 10049
 PLACEMENT_WAIT = 3.0  # seconds a new bucket waits for its replicas' nodes before it takes fewer
 
 
@@ -123,12 +125,14 @@ class LinkStore:
                 # Two hosts may race to create it; creating an identical bucket is idempotent.
                 return await js.create_key_value(bucket=bucket, history=1, replicas=replicas,
                                                  description="mlcloud lattice data")
-            except nats.js.errors.BadRequestError as exc:
+            except nats.js.errors.APIError as exc:
                 if exc.err_code == STREAM_NAME_IN_USE:
                     return await js.key_value(bucket)  # another host made it, with other replicas: see replicate()
-                if exc.err_code != NO_SUITABLE_PEERS or replicas == 1:
+                if exc.err_code not in (NO_SUITABLE_PEERS, STORE_FAILED):
                     raise
                 if time.monotonic() > deadline:
+                    if replicas == 1:
+                        raise
                     log.warning("JetStream cannot place %d replicas of the links bucket %s now (%s); "
                                 "making it with %d (a host raises them later)", replicas, bucket, exc.description,
                                 replicas - 1)

@@ -278,9 +278,10 @@ class NatsCluster:
         await asyncio.gather(*(node.stop() for node in self.nodes))
 
     async def _wait_settled(self, auth: NatsAuth) -> None:
-        """Until the JetStream meta leader sees every other node current: until then a new
-        replicated stream (the links bucket) may meet "no suitable peers" or no answer. Asked over
-        the system account, which operator mode has (without it, the meta leader alone is waited for)."""
+        """Until the JetStream meta leader sees every other node current (until then a new
+        replicated stream, the links bucket, may meet "no suitable peers" or no answer) and every
+        node has loaded the lattice account. Asked over the system account, which operator mode has
+        (without it, the meta leader alone is waited for)."""
         nc = await connect(self.url, name="cluster-check", credentials=auth.system.user("cluster-check"),
                            reconnect=False)
         try:
@@ -288,8 +289,8 @@ class NatsCluster:
                 await asyncio.sleep(0.05)
         finally:
             await nc.close()
-        # A node loads an account (and makes its JetStream dir) when a client of it first comes; a
-        # stream placed on a node before that fails ("could not create storage directory").
+        # A node loads the lattice account (and makes its JetStream dir) when a client of it first
+        # comes; a stream placed on the node before that fails once ("error creating store").
         for node in self.nodes:
             nc = await connect(node.url, name="cluster-check", credentials=auth.account.user("cluster-check"),
                                reconnect=False)
