@@ -128,7 +128,7 @@ dev_option = click.option(
 @click.option("--nats-port", type=int, help="Port of the embedded NATS server (default 4222).")
 @click.option("--nats-cluster", type=click.IntRange(min=1), default=1, show_default=True,
               help="Run the embedded NATS as a JetStream cluster of this many nodes on loopback "
-                   "(ports --nats-port and up); any one node may die.")
+                   "(ports --nats-port and up); with 3 or more, any one node may die.")
 @click.option("--bindle-url", help="Use this Bindle server instead of the embedded one.")
 @click.option("--registry", help="Use this OCI registry (host:port) instead of the embedded one.")
 @click.option("--label", "labels", multiple=True, help="Host label key=value (repeatable).")

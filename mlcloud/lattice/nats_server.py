@@ -199,8 +199,8 @@ class NatsCluster:
 
     Node ``i`` is ``{name}-{i}``, keeps its data in ``store_dir/node-{i}`` and listens for clients
     on ``port + i`` (every node picks its own when ``port`` is 0) and for routes on a port chosen
-    here (only the nodes use it). :meth:`start` returns once every node knows the JetStream meta
-    leader, so the JetStream API answers. Each node is restarted on its own (``mlcloud up``
+    here (only the nodes use it). :meth:`start` returns once JetStream answers on every node and
+    can place a stream on all of them (:meth:`_wait_settled`). Each node is restarted on its own (``mlcloud up``
     supervises each), with the same ports and data; the others meanwhile go on serving.
     """
 
@@ -268,8 +268,8 @@ class NatsCluster:
                     if self.auth is not None:
                         await self._wait_settled(self.auth)
             except TimeoutError:
-                raise HostError(f"the NATS cluster {self.name} elected no JetStream meta leader within "
-                                f"{self.startup_timeout:g} s") from None
+                raise HostError(f"the NATS cluster {self.name} was not ready within {self.startup_timeout:g} s "
+                                "(no JetStream meta leader, or not every node in its group)") from None
         except BaseException:
             await self.stop()
             raise
