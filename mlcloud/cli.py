@@ -76,7 +76,8 @@ def emit(data: Any, as_json: bool, table: Callable[[], None]) -> None:
 
 
 settings_options = [
-    click.option("--nats-url", envvar="MLCLOUD_NATS_URL", help="Use this NATS server instead of the embedded one."),
+    click.option("--nats-url", envvar="MLCLOUD_NATS_URL",
+                 help="Use this NATS server instead of the embedded one (a cluster's nodes: comma-separated URLs)."),
     click.option("--nats-creds", type=click.Path(dir_okay=False, path_type=Path), envvar="MLCLOUD_NATS_CREDS",
                  help="NATS credentials (.creds) to connect with (default: the state dir's, from `mlcloud up`)."),
     click.option("--lattice", envvar="MLCLOUD_LATTICE", help="Lattice name (default: default)."),
