@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from mlcloud.errors import ConfigError, HostError, PortInUse
@@ -290,12 +291,18 @@ class NatsCluster:
         finally:
             await nc.close()
         # A node loads the lattice account (and makes its JetStream dir) when a client of it first
-        # comes; a stream placed on the node before that fails once ("error creating store").
+        # comes; a stream placed on the node before that fails once ("error creating store"). Just
+        # after the load, JetStream may still answer "not enabled for account" for a moment.
         for node in self.nodes:
             nc = await connect(node.url, name="cluster-check", credentials=auth.account.user("cluster-check"),
                                reconnect=False)
             try:
-                await nc.jetstream().account_info()
+                while True:
+                    try:
+                        await nc.jetstream().account_info()
+                        break
+                    except nats.js.errors.ServiceUnavailableError:
+                        await asyncio.sleep(0.05)
             finally:
                 await nc.close()
 
