@@ -145,7 +145,11 @@ async def test_a_call_made_again_after_its_server_died_keeps_its_request_id(nc, 
     await client.follow_deaths("t")
     # The lone instance of t.back died: the call is tried again until it is back.
     await nc.publish(subjects.instance_died("t"), msgspec.json.encode(Died("i1", ["t.back"])))
-    await nc.flush()
+    # flush() returns once the server has the notice, not once the client's subscription task has
+    # handled it: until then the call would be a plain NoResponders.
+    async with asyncio.timeout(5):
+        while "t.back" not in client._died_at:
+            await asyncio.sleep(0.01)
     sent = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
     with tracing.serving("GET", "req-again", sent):
         call = asyncio.ensure_future(client.call("t.back", "Op.Back", {}, idempotent=True))
