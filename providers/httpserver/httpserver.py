@@ -21,7 +21,11 @@ before the actor sees it (the key is the server's, not the actor's). Only SHA-25
 keys are kept, compared in constant time, and no key is ever logged.
 
 Errors of the lattice (timeout, nobody serving, a crashed call) become the JSON error body of
-the HTTP API with the right status; nothing a client sends can crash the server. While this
+the HTTP API with the right status; nothing a client sends can crash the server.
+
+``GET /metrics`` answers with the Prometheus figures of every host and instance of the lattice,
+gathered over NATS (:mod:`mlcloud.lattice.scrape`; docs/metrics.md); the ``api_keys`` rules apply
+to it as to any path. Each forwarded request is counted and timed here (:class:`HttpFigures`). While this
 process's connection to NATS is down the listener stays up and each request gets a 503
 ``LatticeUnavailable`` with ``Retry-After`` at once (:mod:`mlcloud.lattice.rpc` fails the call).
 """
@@ -42,6 +46,7 @@ from mlcloud import listeners
 from mlcloud.errors import ConfigError, MLCloudError, PayloadTooLarge, Unauthorized
 from mlcloud.interfaces import HANDLE_REQUEST, HttpRequest
 from mlcloud.lattice.control import LinkDefinition
+from mlcloud.metrics import CONTENT_TYPE, HttpFigures
 from mlcloud.sdk import Context, HealthReport, Provider
 
 log = logging.getLogger("mlcloud.httpserver")
@@ -157,9 +162,11 @@ class LinkedServer:
         self.ctx = ctx
         self.runner: web.AppRunner | None = None
         self.error = ""
+        self.figures = HttpFigures()
 
     async def start(self) -> None:
         app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._cors])
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -202,12 +209,21 @@ class LinkedServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         response = await self._forward(request)
+        elapsed = time.perf_counter() - started
+        self.figures.observe(request.path, response.status, response.headers.get("x-model", ""), elapsed)
         access_log.info(
             '%s "%s %s" %d %d %.1fms', request.remote, request.method, request.path_qs,
-            response.status, response.body_length if hasattr(response, "body_length") else 0,
-            (time.perf_counter() - started) * 1000,
+            response.status, response.body_length if hasattr(response, "body_length") else 0, elapsed * 1000,
         )
         return response
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        try:
+            self.config.api_keys.check(request.path, request.headers.get("Authorization", ""))
+            body = await self.ctx.gather_metrics()
+        except MLCloudError as err:
+            return error_response(err)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _forward(self, request: web.Request) -> web.Response:
         header = {k.lower(): v for k, v in request.headers.items()}
