@@ -16,10 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from mlcloud.interfaces import ModelInfo, ModelState
 from mlcloud.lattice.control import HostInventory, InstanceStatus, MetricFamily, MetricSample, MetricsReport
 
 # Seconds: from the ~1 ms of a small tensor to the RPC timeout's order.
@@ -58,9 +59,6 @@ STAGE_DURATION = Histogram(
 BATCH_SIZE = Histogram(
     "mlcloud_inference_batch_size", "Rows per model execution (1 when a request runs alone).",
     ["model", "version"], buckets=BATCH_BUCKETS, registry=REGISTRY)
-MODEL_LOAD_DURATION = Gauge(
-    "mlcloud_model_load_duration_seconds", "Seconds the model's last successful load took (fetch, load, warm-up).",
-    ["model", "version", "engine"], registry=REGISTRY)
 
 
 def version_of(bindle_id: str) -> str:
@@ -125,6 +123,30 @@ class HttpFigures:
         version = version_of(bindle)
         HTTP_REQUESTS.labels(route, model, version, str(status)).inc()
         HTTP_DURATION.labels(route, model, version).observe(seconds)
+
+
+class ModelFigures(Collector):
+    """An mlinference provider's models, read from its registries at each scrape: each route's
+    state (1 for the state it is in, 0 for the others, as prometheus_client's ``Enum``) and the
+    load time of the model serving it. A route that is relinked or unlinked leaves no stale series."""
+
+    def __init__(self, status: Callable[[], Iterable[ModelInfo]]) -> None:
+        self.status = status
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily("mlcloud_model_state", "1 for the state the route's model is in, 0 for the others.",
+                                  labels=("model", "version", "state"))
+        load = GaugeMetricFamily(
+            "mlcloud_model_load_duration_seconds", "Seconds the load of the route's model took (fetch, load, warm-up).",
+            labels=("model", "version", "engine"))
+        for info in self.status():
+            version = version_of(info.bindle_id)
+            for each in ModelState:
+                state.add_metric([info.name, version, each.value], float(info.state is each))
+            if info.state is ModelState.READY:
+                load.add_metric([info.name, version, info.engine], info.load_seconds)
+        yield state
+        yield load
 
 
 # ---- a host's --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from mlcloud.errors import InferenceRuntimeError
+from mlcloud.metrics import observe_execution
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,9 @@ RunBatch = Callable[[np.ndarray], list[np.ndarray]]
 class _Request:
     array: np.ndarray
     future: asyncio.Future[list[np.ndarray]]
-    arrived: float
+    arrived: float  # the event loop's clock, for the batch's deadline
+    labels: tuple[str, str]  # (model, version) of its figures
+    queued: float = field(default_factory=time.perf_counter)  # uvloop's clock has 1 ms steps
     key: tuple[np.dtype[Any], tuple[int, ...]] = field(init=False)  # what may share a batch
 
     def __post_init__(self) -> None:
@@ -73,11 +77,12 @@ class AdaptiveBatcher:
     def alive(self) -> bool:
         return self._dead is None and not self._task.done()
 
-    async def submit(self, array: np.ndarray) -> list[np.ndarray]:
+    async def submit(self, array: np.ndarray, labels: tuple[str, str] = ("", "")) -> list[np.ndarray]:
+        """``array``'s rows of the outputs; ``labels`` (model, version) name it in the figures."""
         if not self.alive:
             raise InferenceRuntimeError(f"the batcher of {self.name} has stopped: {self._dead!r}")
         loop = asyncio.get_running_loop()
-        request = _Request(array, loop.create_future(), loop.time())
+        request = _Request(array, loop.create_future(), loop.time(), labels)
         self._queue.append(request)
         self._arrived.set()
         return await request.future
@@ -147,7 +152,10 @@ class AdaptiveBatcher:
         loop = asyncio.get_running_loop()
         try:
             stacked = batch[0].array if len(batch) == 1 else np.concatenate([r.array for r in batch])
+            started = time.perf_counter()
             outputs = await loop.run_in_executor(self._executor, self._run, stacked)
+            observe_execution([(*r.labels, started - r.queued) for r in batch], time.perf_counter() - started,
+                              len(stacked))
             self.batches += 1
             results = self._split(outputs, [len(r.array) for r in batch])
         except Exception as exc:

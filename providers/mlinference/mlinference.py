@@ -6,7 +6,9 @@ a :class:`~mlcloud.inference.ModelRegistry` loads the models in the background: 
 first parcel of group ``model`` and of group ``metadata`` are downloaded once into a
 sha256-verified disk cache shared by every link. ``MlInference.Predict`` runs a route's model;
 ``MlInference.Status`` reports each route's bindle, engine, state, tensors and the last minute's
-request figures (for ``/v2/models`` and the washboard). Changing a link's values swaps models
+request figures (for ``/v2/models`` and the washboard, read from the Prometheus metrics this
+process keeps: Predict calls, queue and compute times, batch sizes, model states and load times;
+docs/metrics.md). Changing a link's values swaps models
 live; model events (``model_loaded``, ``model_load_failed``, …) go out on the lattice.
 
 A model loads only if its invoice is signed as creator by a trusted account key
@@ -18,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
-from metrics import RouteMetrics
+from metrics import SUCCESS, RouteFigures
 
 from mlcloud.bindle import AsyncClient
 from mlcloud.errors import ContextNotFound, MLCloudError
@@ -43,6 +46,7 @@ from mlcloud.interfaces import (
     ModelStatusRequest,
 )
 from mlcloud.lattice.control import LinkDefinition
+from mlcloud.metrics import INFERENCE_DURATION, INFERENCE_REQUESTS, REGISTRY, ModelFigures, version_of
 from mlcloud.sdk import Context, HealthReport, Provider, operation
 
 log = logging.getLogger("mlcloud.mlinference")
@@ -52,7 +56,7 @@ class MlInference(Provider):
     def __init__(self) -> None:
         super().__init__()
         self.registries: dict[str, ModelRegistry] = {}  # by linked actor id
-        self.metrics: dict[str, RouteMetrics] = {}  # by linked actor id
+        self.figures = RouteFigures()
         self.ctx: Context | None = None
         self.bindle: AsyncClient | None = None
         self.fetch: Fetch | None = None
@@ -61,6 +65,7 @@ class MlInference(Provider):
 
     async def on_start(self, ctx: Context) -> None:
         self.ctx = ctx
+        REGISTRY.register(ModelFigures(lambda: [i for r in self.registries.values() for i in r.status()]))
         bindle_url = self.config.get("bindle_url") or ctx.settings.effective_bindle_url
         self.bindle = AsyncClient(bindle_url)
         cache = ParcelCache(Path(self.config.get("cache_dir") or ctx.settings.state_dir / "parcels"))
@@ -81,7 +86,6 @@ class MlInference(Provider):
             assert self.fetch is not None
             registry = ModelRegistry(self.fetch, config, on_event=self._event_hook(link.actor_id))
             self.registries[link.actor_id] = registry
-            self.metrics[link.actor_id] = RouteMetrics()
         elif models.batching is not None:
             await registry.set_batching(models.batching)
         await registry.apply(models.routes, models.engines)
@@ -89,7 +93,6 @@ class MlInference(Provider):
 
     async def on_link_del(self, link: LinkDefinition) -> None:
         registry = self.registries.pop(link.actor_id, None)
-        self.metrics.pop(link.actor_id, None)
         if registry is not None:
             await registry.aclose()
 
@@ -112,21 +115,24 @@ class MlInference(Provider):
 
     @operation(PREDICT)
     async def predict(self, ctx: Context, request: InferenceInput) -> InferenceOutput:
+        started = time.perf_counter()
         registry = self._registry(ctx.caller)
-        timer = self.metrics[ctx.caller].start(request.model)
+        bindle = registry.bindle_of(request.model)
+        # Only a linked route is a label: a caller's made-up names do not grow the label set.
+        labels = (request.model, version_of(bindle)) if bindle else ("", "")
         try:
             tensor = await registry.predict(request.model, request.tensor, request.index)
-        except MLCloudError:
-            timer.failed()
+        except MLCloudError as err:
+            INFERENCE_REQUESTS.labels(*labels, err.kind).inc()
             raise
-        timer.succeeded()
-        return InferenceOutput(result="Success", tensor=tensor)
+        INFERENCE_REQUESTS.labels(*labels, SUCCESS).inc()
+        INFERENCE_DURATION.labels(*labels).observe(time.perf_counter() - started)
+        return InferenceOutput(result=SUCCESS, tensor=tensor)
 
     @operation(MODEL_STATUS)
     async def status(self, ctx: Context, request: ModelStatusRequest) -> list[ModelInfo]:
         actor = request.actor if ctx.from_host and request.actor else ctx.caller
-        infos = self._registry(actor).status(request.model or None)
-        return [self.metrics[actor].annotate(info) for info in infos]
+        return self.figures.annotate(self._registry(actor).status(request.model or None))
 
     def _event_hook(self, actor_id: str):
         def on_event(name: str, info: ModelInfo) -> None:
