@@ -196,9 +196,13 @@ def expected_instances(inventory: HostInventory) -> list[str]:
 
 
 def families(registry: CollectorRegistry) -> list[MetricFamily]:
-    """``registry``'s figures now, as they travel in a :class:`MetricsReport`."""
+    """``registry``'s figures now, as they travel in a :class:`MetricsReport`.
+
+    Without the ``_created`` samples of counters and histograms: the text format has no place for
+    them, so Prometheus would read each as a gauge family of its own."""
     return [MetricFamily(name=m.name, type=m.type, help=m.documentation,
-                         samples=[MetricSample(s.name, s.labels, s.value) for s in m.samples])
+                         samples=[MetricSample(s.name, s.labels, s.value) for s in m.samples
+                                  if s.name != f"{m.name}_created"])
             for m in registry.collect()]
 
 
