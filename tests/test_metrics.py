@@ -43,9 +43,13 @@ def instance_registry(requests: int) -> CollectorRegistry:
 
 
 def test_reports_merge_into_one_exposition_labelled_by_reporter_and_never_summed() -> None:
+    def api(instance_id: str, requests: int) -> MetricsReport:
+        return MetricsReport(host_id="NHOST", component="api", instance_id=instance_id,
+                             families=metrics.families(instance_registry(requests)))
+
     reports = [
-        MetricsReport(host_id="NHOST", component="api", instance_id="i1", families=metrics.families(instance_registry(3))),
-        MetricsReport(host_id="NHOST", component="api", instance_id="i2", families=metrics.families(instance_registry(4))),
+        api("i1", 3),
+        api("i2", 4),
         MetricsReport(host_id="NHOST", families=[MetricFamily(name="up", type="gauge", help="Up.",
                                                               samples=[MetricSample("up", {}, 1.0)])]),
     ]
