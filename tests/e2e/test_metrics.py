@@ -49,7 +49,8 @@ async def scrape(http: httpx.AsyncClient) -> Samples:
 
 def total(samples: Samples, name: str, **labels: str) -> float:
     """The sum of the ``name`` samples with these labels (over instances, and any label not named)."""
-    return sum(v for n, l, v in samples if n == name and all(l.get(k) == want for k, want in labels.items()))
+    return sum(value for n, found, value in samples
+               if n == name and all(found.get(k) == want for k, want in labels.items()))
 
 
 def f32_tensor(values: list[float]) -> dict:
