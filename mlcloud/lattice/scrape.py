@@ -22,6 +22,7 @@ from nats.aio.subscription import Subscription
 
 from mlcloud.errors import LatticeUnavailable
 from mlcloud.lattice import subjects
+from mlcloud.lattice.connect import while_connected
 from mlcloud.lattice.control import MetricsReport
 from mlcloud.lattice.natserrors import nats_errors
 
@@ -46,43 +47,49 @@ async def answer_scrapes(nc: NATS, lattice: str, report: Callable[[], MetricsRep
 
 
 async def gather(nc: NATS, lattice: str, *, timeout: float) -> list[MetricsReport]:
-    """Every report that answers a scrape of ``lattice`` within ``timeout`` seconds (see the module)."""
+    """Every report that answers a scrape of ``lattice`` within ``timeout`` seconds (see the module).
+
+    While NATS is away: :class:`LatticeUnavailable` at once (a failed scrape, 503), not an empty
+    answer that would make every series look gone."""
     subject = subjects.metrics(lattice)
-    inbox = nc.new_inbox()
+    async with while_connected(nc, "gathering metrics"):
+        with nats_errors("gathering metrics", subject, timeout=timeout):
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox)
+            try:
+                await nc.publish(subject, b"", reply=inbox)
+                return await _answers(sub, timeout)
+            finally:
+                with contextlib.suppress(LatticeUnavailable), nats_errors("ending a scrape", inbox):
+                    await sub.unsubscribe()
+
+
+async def _answers(sub: Subscription, timeout: float) -> list[MetricsReport]:
     reports: list[MetricsReport] = []
-    expected: set[str] = set()
+    expected: set[str] = set()  # the instances the hosts that answered named
     heard: set[str] = set()
     loop = asyncio.get_running_loop()
-    with nats_errors("gathering metrics", subject, timeout=timeout):
-        sub = await nc.subscribe(inbox)
+    started = loop.time()
+    while True:
+        until = started + (SETTLE if expected <= heard else timeout)
+        if (remaining := until - loop.time()) <= 0:
+            break
         try:
-            await nc.publish(subject, b"", reply=inbox)
-            started = loop.time()
-            while True:
-                complete = expected <= heard
-                until = started + (SETTLE if complete else timeout)
-                if (remaining := until - loop.time()) <= 0:
-                    break
-                try:
-                    msg = await sub.next_msg(timeout=remaining)
-                except TimeoutError:
-                    continue  # the loop ends at once, or waits on for the instances still expected
-                if not msg.data:
-                    if (msg.headers or {}).get("Status") == "503":
-                        break  # nobody subscribes: no process answers
-                    continue
-                try:
-                    report = _decode(msg.data)
-                except msgspec.DecodeError as exc:  # one odd answer must not hide the others
-                    log.warning("ignored a metrics report: %s", exc)
-                    continue
-                reports.append(report)
-                expected.update(report.expect)
-                heard.add(report.instance_id)
-            missing = expected - heard
-            if missing:
-                log.warning("metrics: %d instance(s) did not answer within %g s", len(missing), timeout)
-        finally:
-            with contextlib.suppress(LatticeUnavailable), nats_errors("ending a scrape", inbox):
-                await sub.unsubscribe()
+            msg = await sub.next_msg(timeout=remaining)
+        except TimeoutError:
+            continue  # the loop ends at once, or waits on for the instances still expected
+        if not msg.data:
+            if (msg.headers or {}).get("Status") == "503":
+                break  # nobody subscribes: no process answers
+            continue
+        try:
+            report = _decode(msg.data)
+        except msgspec.DecodeError as exc:  # one odd answer must not hide the others
+            log.warning("ignored a metrics report: %s", exc)
+            continue
+        reports.append(report)
+        expected.update(report.expect)
+        heard.add(report.instance_id)
+    if missing := expected - heard:
+        log.warning("metrics: %d instance(s) did not answer within %g s", len(missing), timeout)
     return reports
