@@ -218,7 +218,8 @@ class ModelInfo(_Wire):
     reason: str = ""
     inputs: list[TensorInfo] = []
     outputs: list[TensorInfo] = []
-    # Serving figures over the last minute, filled in by the mlinference provider.
+    # Serving figures over the last minute, filled in by the mlinference provider from its
+    # Prometheus metrics (providers/mlinference/metrics.py).
     requests: int = 0
     errors: int = 0
     p50_ms: float = 0.0

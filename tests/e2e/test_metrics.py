@@ -30,6 +30,7 @@ Samples = list[tuple[str, dict[str, str], float]]
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(tmp_path_factory):
     async with running_stack(tmp_path_factory.mktemp("stack")) as running:
+        running.ready_at = time.monotonic()
         yield running
 
 
@@ -101,6 +102,19 @@ async def test_the_figures_count_the_requests_sent_and_time_every_stage(http, st
     spent = sum(sent("mlcloud_stage_duration_seconds_sum", stage=name, model="mobilenetv27")
                 for name in ("preprocess", "queue", "inference", "postprocess"))
     assert 0 < spent < sent("mlcloud_http_request_duration_seconds_sum", **matches)  # the rest is the lattice's
+
+
+async def test_the_washboard_reads_the_same_figures(http, stack):
+    assert (await http.put("/mobilenetv27/matches", content=CAT)).status_code == 200
+    samples = await scrape(http)
+    infos = {m.name: m for link in await stack.ctl.get_models(stack.host.id) for m in link.models}
+    for route in ("mobilenetv27", "plus3"):
+        requests = total(samples, "mlcloud_inference_requests_total", model=route)
+        if time.monotonic() - stack.ready_at < 50:  # the washboard's minute holds every request yet
+            assert infos[route].requests == requests, route
+        else:
+            assert 0 < infos[route].requests <= requests, route
+    assert infos["mobilenetv27"].p50_ms > 0 and infos["mobilenetv27"].load_seconds > 0
 
 
 async def test_every_process_reports_labelled_with_its_host_and_instance(http, stack):
