@@ -21,13 +21,13 @@ before the actor sees it (the key is the server's, not the actor's). Only SHA-25
 keys are kept, compared in constant time, and no key is ever logged.
 
 Errors of the lattice (timeout, nobody serving, a crashed call) become the JSON error body of
-the HTTP API with the right status; nothing a client sends can crash the server.
+the HTTP API with the right status; nothing a client sends can crash the server. While this
+process's connection to NATS is down the listener stays up and each request gets a 503
+``LatticeUnavailable`` with ``Retry-After`` at once (:mod:`mlcloud.lattice.rpc` fails the call).
 
 ``GET /metrics`` answers with the Prometheus figures of every host and instance of the lattice,
 gathered over NATS (:mod:`mlcloud.lattice.scrape`; docs/metrics.md); the ``api_keys`` rules apply
-to it as to any path. Each forwarded request is counted and timed here (:class:`HttpFigures`). While this
-process's connection to NATS is down the listener stays up and each request gets a 503
-``LatticeUnavailable`` with ``Retry-After`` at once (:mod:`mlcloud.lattice.rpc` fails the call).
+to it as to any path. Each forwarded request is counted and timed here (:class:`HttpFigures`).
 """
 
 from __future__ import annotations
