@@ -187,7 +187,7 @@ class Host(Service):
                 stack.push_async_callback(_unsubscribe, sub)
             sub = await nc.subscribe(subjects.instance_ready(lattice, self.id), cb=self._on_instance_ready)
             stack.push_async_callback(_unsubscribe, sub)
-            stack.push_async_callback(_unsubscribe, await answer_scrapes(nc, lattice, self.metrics_report))
+            stack.push_async_callback((await answer_scrapes(nc, lattice, self.metrics_report)).stop)
             await flush(nc)  # a started host answers control requests from any connection at once
         self._tasks = [
             asyncio.create_task(self._heartbeat(), name="heartbeat"),

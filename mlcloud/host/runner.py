@@ -11,7 +11,6 @@ an unclaimed contract is a clear early error; nats-server's permissions enforce 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import importlib.util
 import logging
@@ -25,10 +24,8 @@ from typing import Any
 import msgspec
 import setproctitle
 from nats.aio.client import Client as NATS
-from nats.aio.subscription import Subscription
 
-from mlcloud import metrics
-from mlcloud.errors import CapabilityNotClaimed, ConfigError, LatticeUnavailable, LinkNotFound, UnknownOperation
+from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, UnknownOperation
 from mlcloud.host.spec import HEALTH_OP, SPEC_ENV, InstanceSpec
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Credentials
@@ -37,10 +34,10 @@ from mlcloud.lattice.control import HealthReport, LinkDefinition, MetricsReport
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.grants import Signer, Verifier
 from mlcloud.lattice.links import LinkFeed, LinkStore, open_links
-from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.lattice.rpc import RpcClient, RpcServer
-from mlcloud.lattice.scrape import answer_scrapes, gather
+from mlcloud.lattice.scrape import Answering, answer_scrapes, gather
 from mlcloud.lattice.wire import Forward, Invocation
+from mlcloud.metrics import REGISTRY, families, render
 from mlcloud.sdk import Actor, Context, Provider
 from mlcloud.settings import Settings
 
@@ -77,7 +74,7 @@ class ComponentRuntime:
         self.rpc: RpcClient | None = None
         self.events: EventPublisher | None = None
         self._servers: list[RpcServer] = []
-        self._scrapes: Subscription | None = None
+        self._scrapes: Answering | None = None
         self._links: dict[tuple[str, str, str], LinkDefinition] = {}  # (actor, contract, link name)
         self._links_ready = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -109,12 +106,12 @@ class ComponentRuntime:
 
     async def gather_metrics(self) -> bytes:
         assert self.nc is not None
-        return metrics.render(await gather(self.nc, self.settings.lattice, timeout=self.settings.ctl_timeout))
+        return render(await gather(self.nc, self.settings.lattice, timeout=self.settings.ctl_timeout))
 
     def metrics_report(self) -> MetricsReport:
         """This process's figures, as it answers a scrape."""
         return MetricsReport(host_id=self.spec.host_id, component=self.spec.name, instance_id=self.spec.instance_id,
-                             families=metrics.families(metrics.REGISTRY))
+                             families=families(REGISTRY))
 
     async def call_provider(
         self, contract: str, op: str, message: Any, result_type: Any, *,
@@ -265,8 +262,7 @@ class ComponentRuntime:
         for server in self._servers:
             await server.stop()
         if self._scrapes is not None:
-            with contextlib.suppress(LatticeUnavailable), nats_errors("ending scrapes"):
-                await self._scrapes.unsubscribe()
+            await self._scrapes.stop()
         for task in self._tasks:
             task.cancel()
         if isinstance(self.component, Provider):

@@ -40,10 +40,10 @@ RunBatch = Callable[[np.ndarray], list[np.ndarray]]
 class _Request:
     array: np.ndarray
     future: asyncio.Future[list[np.ndarray]]
-    arrived: float  # the event loop's clock, for the batch's deadline
-    labels: tuple[str, str]  # (model, version) of its figures
-    queued: float = field(default_factory=time.perf_counter)  # uvloop's clock has 1 ms steps
+    arrived: float
     key: tuple[np.dtype[Any], tuple[int, ...]] = field(init=False)  # what may share a batch
+    labels: tuple[str, str] = ("", "")  # (model, version) of its figures
+    queued: float = field(default_factory=time.perf_counter)  # not ``arrived``: uvloop's clock has 1 ms steps
 
     def __post_init__(self) -> None:
         self.key = (self.array.dtype, self.array.shape[1:])
@@ -82,7 +82,7 @@ class AdaptiveBatcher:
         if not self.alive:
             raise InferenceRuntimeError(f"the batcher of {self.name} has stopped: {self._dead!r}")
         loop = asyncio.get_running_loop()
-        request = _Request(array, loop.create_future(), loop.time(), labels)
+        request = _Request(array, loop.create_future(), loop.time(), labels=labels)
         self._queue.append(request)
         self._arrived.set()
         return await request.future

@@ -2,9 +2,9 @@
 
 A scrape is a NATS request on ``wasmbus.metrics.{lattice}`` that every host and every instance
 subscribes to (no queue group), each answering with its own :class:`MetricsReport` (msgpack).
-The gatherer, the httpserver for ``GET /metrics``, takes answers until every instance the hosts
-named (``MetricsReport.expect``) has answered and ``SETTLE`` seconds have passed (time for other
-hosts to answer), or until its deadline. No figure travels on the request path: a scrape costs
+The gatherer, the httpserver for ``GET /metrics``, takes answers until a host has answered, every
+instance the hosts named (``MetricsReport.expect``) has answered and ``SETTLE`` seconds have
+passed (time for other hosts to answer), or until its deadline. No figure travels on the request path: a scrape costs
 one message per process, when Prometheus asks.
 """
 
@@ -28,13 +28,25 @@ from mlcloud.lattice.natserrors import nats_errors
 
 log = logging.getLogger(__name__)
 
-SETTLE = 0.1  # seconds every scrape waits for hosts it has not heard from yet
+SETTLE = 0.25  # seconds every scrape waits for hosts it has not heard from yet
 
 _decode = msgspec.msgpack.Decoder(MetricsReport).decode
 
 
-async def answer_scrapes(nc: NATS, lattice: str, report: Callable[[], MetricsReport]) -> Subscription:
-    """Answer every scrape of ``lattice`` with ``report()`` until the subscription ends."""
+class Answering:
+    """A process answering scrapes, until :meth:`stop`."""
+
+    def __init__(self, sub: Subscription) -> None:
+        self._sub = sub
+
+    async def stop(self) -> None:
+        # A connection that closed under us took its subscription with it.
+        with contextlib.suppress(LatticeUnavailable), nats_errors("ending scrapes", self._sub.subject):
+            await self._sub.unsubscribe()
+
+
+async def answer_scrapes(nc: NATS, lattice: str, report: Callable[[], MetricsReport]) -> Answering:
+    """Answer every scrape of ``lattice`` with ``report()`` until stopped."""
     async def on_scrape(msg: Msg) -> None:
         if not msg.reply:
             return
@@ -43,7 +55,7 @@ async def answer_scrapes(nc: NATS, lattice: str, report: Callable[[], MetricsRep
 
     subject = subjects.metrics(lattice)
     with nats_errors("subscribing to scrapes", subject):
-        return await nc.subscribe(subject, cb=on_scrape)
+        return Answering(await nc.subscribe(subject, cb=on_scrape))
 
 
 async def gather(nc: NATS, lattice: str, *, timeout: float) -> list[MetricsReport]:
@@ -67,11 +79,12 @@ async def gather(nc: NATS, lattice: str, *, timeout: float) -> list[MetricsRepor
 async def _answers(sub: Subscription, timeout: float) -> list[MetricsReport]:
     reports: list[MetricsReport] = []
     expected: set[str] = set()  # the instances the hosts that answered named
-    heard: set[str] = set()
+    heard: set[str] = set()  # instance ids; "" for a host
     loop = asyncio.get_running_loop()
     started = loop.time()
     while True:
-        until = started + (SETTLE if expected <= heard else timeout)
+        complete = "" in heard and expected <= heard
+        until = started + (SETTLE if complete else timeout)
         if (remaining := until - loop.time()) <= 0:
             break
         try:

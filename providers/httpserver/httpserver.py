@@ -15,6 +15,10 @@ Link values (all optional):
   ``/plus3``); an empty value leaves a path open (``api_keys./identity=``). The health probes
   under ``/v2/health`` stay open unless a link sets ``api_keys./v2/health`` itself.
 
+``GET /metrics`` answers with the Prometheus figures of every host and instance of the lattice,
+gathered over NATS (:mod:`mlcloud.lattice.scrape`; docs/metrics.md); the ``api_keys`` rules apply
+to it as to any path. Each forwarded request is counted and timed here (:class:`HttpFigures`).
+
 A request without a key its path needs, or with a wrong one, gets 401 and
 ``WWW-Authenticate: Bearer``; a request that passes has its ``Authorization`` header removed
 before the actor sees it (the key is the server's, not the actor's). Only SHA-256 digests of the
@@ -24,10 +28,6 @@ Errors of the lattice (timeout, nobody serving, a crashed call) become the JSON 
 the HTTP API with the right status; nothing a client sends can crash the server. While this
 process's connection to NATS is down the listener stays up and each request gets a 503
 ``LatticeUnavailable`` with ``Retry-After`` at once (:mod:`mlcloud.lattice.rpc` fails the call).
-
-``GET /metrics`` answers with the Prometheus figures of every host and instance of the lattice,
-gathered over NATS (:mod:`mlcloud.lattice.scrape`; docs/metrics.md); the ``api_keys`` rules apply
-to it as to any path. Each forwarded request is counted and timed here (:class:`HttpFigures`).
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ class LinkedServer:
         self.figures = HttpFigures()
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._cors])
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._cors, self._count])
         app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -209,12 +209,21 @@ class LinkedServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
         response = await self._forward(request)
-        elapsed = time.perf_counter() - started
-        self.figures.observe(request.path, response.status, response.headers.get("x-model", ""), elapsed)
         access_log.info(
             '%s "%s %s" %d %d %.1fms', request.remote, request.method, request.path_qs,
-            response.status, response.body_length if hasattr(response, "body_length") else 0, elapsed * 1000,
+            response.status, response.body_length if hasattr(response, "body_length") else 0,
+            (time.perf_counter() - started) * 1000,
         )
+        return response
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler) -> web.StreamResponse:
+        """Count and time each request forwarded to the actor (not the scrapes of ``/metrics``)."""
+        started = time.perf_counter()
+        response: web.StreamResponse = await handler(request)
+        if request.match_info.handler == self._handle:
+            self.figures.observe(request.path, response.status, response.headers.get("x-model", ""),
+                                 time.perf_counter() - started)
         return response
 
     async def _metrics(self, request: web.Request) -> web.Response:

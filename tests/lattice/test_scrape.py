@@ -57,6 +57,15 @@ async def test_an_instance_that_does_not_answer_is_waited_for_until_the_deadline
     assert sorted(r.instance_id for r in reports) == ["", "i1"]  # what came is kept
 
 
+async def test_without_a_host_the_gather_waits_for_one_until_the_deadline(nc, answerers) -> None:
+    """A slow host is waited for: its instances are not left out of the scrape."""
+    await answerers(MetricsReport(host_id="N1", component="api", instance_id="i1"))
+    started = time.monotonic()
+    reports = await scrape.gather(nc, LATTICE, timeout=0.5)
+    assert time.monotonic() - started >= 0.5
+    assert [r.instance_id for r in reports] == ["i1"]
+
+
 async def test_a_lattice_where_nobody_answers_gives_no_reports_at_once(nc) -> None:
     started = time.monotonic()
     assert await scrape.gather(nc, LATTICE, timeout=5) == []
