@@ -6,14 +6,15 @@ a :class:`~mlcloud.inference.ModelRegistry` loads the models in the background: 
 first parcel of group ``model`` and of group ``metadata`` are downloaded once into a
 sha256-verified disk cache shared by every link. ``MlInference.Predict`` runs a route's model;
 ``MlInference.Status`` reports each route's bindle, engine, state, tensors and the last minute's
-request figures (for ``/v2/models`` and the washboard, read from the Prometheus metrics this
-process keeps: Predict calls, queue and compute times, batch sizes, model states and load times;
-docs/metrics.md). Changing a link's values swaps models
+request figures (for ``/v2/models`` and the washboard). Changing a link's values swaps models
 live; model events (``model_loaded``, ``model_load_failed``, …) go out on the lattice.
 
 A model loads only if its invoice is signed as creator by a trusted account key
 (:func:`~mlcloud.inference.creator_keyring`) and no signature on it is broken; otherwise it is
 FAILED with the reason and no parcel is fetched.
+
+Predict calls, queue and compute times, batch sizes, model states and load times are Prometheus
+metrics of this process (docs/metrics.md); the last minute's figures are read from them.
 """
 
 from __future__ import annotations
