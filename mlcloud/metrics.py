@@ -97,6 +97,8 @@ def route_of(path: str) -> tuple[str, str]:
         return "other", ""
     if parts[:3] == ("v2", "repository", "models") and len(parts) == 5 and parts[4] in ("load", "unload"):
         return f"/v2/repository/models/{{model}}/{parts[4]}", parts[3]
+    if parts[:1] == ("models",) and len(parts) <= 2:  # mlcloud's own view of the models
+        return ("/models/{model}", parts[1]) if len(parts) == 2 else ("/models", "")
     if len(parts) == 1 and parts[0] != "v2":
         return "/{model}", parts[0]
     if len(parts) == 2 and parts[1] in ("matches", "preprocess"):

@@ -88,6 +88,8 @@ def test_reports_survive_the_wire_with_infinities() -> None:
     ("/mobilenetv27/matches", ("/{model}/matches", "mobilenetv27")),
     ("//plus3/preprocess", ("/{model}/preprocess", "plus3")),
     ("/plus3", ("/{model}", "plus3")),
+    ("/models", ("/models", "")),
+    ("/models/plus3", ("/models/{model}", "plus3")),
     ("/v2", ("/v2", "")),
     ("/v2/health/ready", ("/v2/health/ready", "")),
     ("/v2/models/plus3", ("/v2/models/{model}", "plus3")),
