@@ -220,9 +220,15 @@ def merge(reports: Iterable[MetricsReport]) -> list[Metric]:
     """The families of every report, each sample labelled with its reporter, sorted by name.
 
     A family that two reporters give different types (versions of mlcloud side by side) keeps the
-    first type it was seen with; the other reporter's samples of it are left out."""
+    first type it was seen with; the other reporter's samples of it are left out. A second report
+    in the name of the same host and instance is left out too: its samples would repeat series,
+    which Prometheus refuses for the whole scrape."""
     merged: dict[str, Metric] = {}
+    seen: set[tuple[str, str]] = set()
     for report in reports:
+        if (report.host_id, report.instance_id) in seen:
+            continue
+        seen.add((report.host_id, report.instance_id))
         reporter = {"host": report.host_id}
         if report.instance_id:
             reporter |= {"component": report.component, "instance_id": report.instance_id}

@@ -75,6 +75,13 @@ def test_a_family_of_another_type_from_another_reporter_is_left_out() -> None:
     assert [labels["instance_id"] for _, labels, _ in parse(metrics.render(reports))["things"]] == ["i1"]
 
 
+def test_a_second_report_in_the_same_name_is_left_out() -> None:
+    """Two reports claiming one instance would repeat its series, failing the whole scrape."""
+    reports = [MetricsReport(host_id="N", component="api", instance_id="i1",
+                             families=metrics.families(instance_registry(n))) for n in (1, 7)]
+    assert [v for n, _, v in parse(metrics.render(reports))["things"] if n == "things_total"] == [1.0]
+
+
 def test_reports_survive_the_wire_with_infinities() -> None:
     import msgspec
 
