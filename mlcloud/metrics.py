@@ -5,8 +5,8 @@ registry: :data:`REGISTRY` for a component's process, a host's own for the host.
 on the httpserver gathers them over the lattice (:mod:`mlcloud.lattice.scrape`) and
 :func:`render` merges them into one exposition, each sample labelled with the ``host`` and, for an
 instance, the ``component`` and ``instance_id`` that reported it. Nothing is summed across
-processes: a restarted instance starts its counters from 0 under a new ``instance_id``, which
-Prometheus treats as a new series (docs/metrics.md lists every metric and its labels).
+processes: a restarted instance keeps its ``instance_id`` and starts its counters from 0, which
+Prometheus reads as a counter reset (docs/metrics.md lists every metric and its labels).
 
 Observing is cheap (a dict lookup and a few additions under a lock, ~1-2 µs); nothing here sends a
 message per request.
