@@ -165,11 +165,13 @@ class PreprocessRequest(_Wire):
     image: bytes
     dimensions: list[int] = msgspec.field(default_factory=lambda: [1, 3, 224, 224])
     value_type: ValueType = ValueType.ValueF32
+    model: str = ""  # the route it is for: the ``model`` label of the stage's figures
 
 
 class PostprocessRequest(_Wire):
     tensor: Tensor
     top: int = 5
+    model: str = ""  # the route it is for: the ``model`` label of the stage's figures
 
 
 class Match(_Wire):
@@ -216,11 +218,13 @@ class ModelInfo(_Wire):
     reason: str = ""
     inputs: list[TensorInfo] = []
     outputs: list[TensorInfo] = []
-    # Serving figures over the last minute, filled in by the mlinference provider.
+    # Serving figures over the last minute, filled in by the mlinference provider from its
+    # Prometheus metrics (providers/mlinference/metrics.py).
     requests: int = 0
     errors: int = 0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    load_seconds: float = 0.0  # how long the serving model's load took (fetch, load, warm-up)
 
 
 class RepositoryRequest(_Wire):

@@ -74,6 +74,7 @@ from mlcloud.interfaces import (
     TensorInfo,
     ValueType,
 )
+from mlcloud.metrics import route_of
 from mlcloud.sdk import Actor, Chain, Context
 
 T = TypeVar("T")
@@ -147,6 +148,10 @@ class Catalog:
             raise InvalidModel(f"model {model!r} ({info.bindle_id}) failed to load: {info.reason}")
         return info
 
+    def known(self, model: str) -> ModelInfo | None:
+        """The model's info as last fetched, without asking."""
+        return self._models.get(model)
+
 
 def _consume_error(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
@@ -159,9 +164,19 @@ catalog = Catalog()
 @component.operation(HANDLE_REQUEST)
 async def handle_request(ctx: Context, request: HttpRequest) -> HttpResponse:
     try:
-        return await route(ctx, request)
+        response = await route(ctx, request)
     except MLCloudError as err:
-        return error_response(err, request.path)
+        response = error_response(err, request.path)
+    return name_model(response, request.path)
+
+
+def name_model(response: HttpResponse, path: str) -> HttpResponse:
+    """Every answer about a linked model, an error too, names its bindle in ``X-Model``: the
+    httpserver labels its figures with it (mlcloud.metrics.HttpFigures)."""
+    info = catalog.known(route_of(path)[1])
+    if info is not None and "x-model" not in response.header:
+        response.header["x-model"] = info.bindle_id
+    return response
 
 
 async def route(ctx: Context, request: HttpRequest) -> HttpResponse:
@@ -416,14 +431,15 @@ async def image_chain(ctx: Context, model: str, image: bytes, info: ModelInfo, t
     straight to the next (the input tensor never travels through this actor) and the last
     stage's answer comes back here."""
     dims, value_type = image_input(model, info)
-    wanted = PreprocessRequest(image=image, dimensions=dims, value_type=value_type)
+    wanted = PreprocessRequest(image=image, dimensions=dims, value_type=value_type, model=model)
     return await ctx.call_actor("preprocess", PREPROCESS, wanted, then=then)
 
 
 async def classify(ctx: Context, model: str, request: HttpRequest, top: int) -> HttpResponse:
     image = check_image_body(request)
     info = await catalog.ready(ctx, model)
-    top_k = ctx.forward_to_actor("postprocess", POSTPROCESS, {"top": top}, into="tensor", pick="tensor")
+    top_k = ctx.forward_to_actor("postprocess", POSTPROCESS, {"top": top, "model": model}, into="tensor",
+                                 pick="tensor")
     found = await image_chain(ctx, model, image, info, predict(ctx, model).followed_by(top_k))
     body = [{"label": m.label, "probability": m.probability} for m in found]
     return json_response(body, header={"x-model": info.bindle_id})

@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from mlcloud import __version__
+from mlcloud import __version__, metrics
 from mlcloud.component import ComponentKind
 from mlcloud.errors import (
     ComponentNotFound,
@@ -75,6 +75,7 @@ from mlcloud.lattice.control import (
     LinkList,
     LinkModels,
     LinkPutReply,
+    MetricsReport,
     ModelList,
     ProviderInfo,
     ProviderReply,
@@ -92,6 +93,7 @@ from mlcloud.lattice.lifecycle import Service, cancel_and_wait
 from mlcloud.lattice.links import LinkFeed, LinkRelay, LinkStore, key_of, open_links
 from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.lattice.rpc import Died, RpcClient
+from mlcloud.lattice.scrape import answer_scrapes
 from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,7 @@ class Host(Service):
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # serialises changes to what runs here
+        self.metrics = metrics.host_registry(self.inventory)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -198,6 +201,7 @@ class Host(Service):
                 stack.push_async_callback(_unsubscribe, sub)
             sub = await nc.subscribe(subjects.instance_ready(lattice, self.id), cb=self._on_instance_ready)
             stack.push_async_callback(_unsubscribe, sub)
+            stack.push_async_callback((await answer_scrapes(nc, lattice, self.metrics_report)).stop)
             await flush(nc)  # a started host answers control requests from any connection at once
         self._tasks = [
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
@@ -401,6 +405,12 @@ class Host(Service):
             providers=len(self.providers),
             dev=self.settings.dev,
         )
+
+    def metrics_report(self) -> MetricsReport:
+        """The host's figures (its instances' restarts and health), naming the instances that answer too."""
+        inventory = self.inventory()
+        return MetricsReport(host_id=self.id, families=metrics.families(self.metrics),
+                             expect=metrics.expected_instances(inventory))
 
     def inventory(self) -> HostInventory:
         return HostInventory(

@@ -33,12 +33,14 @@ from mlcloud.host.spec import HEALTH_OP, SPEC_ENV, InstanceSpec
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Credentials
 from mlcloud.lattice.connect import connect, leave
-from mlcloud.lattice.control import HealthReport, LinkDefinition
+from mlcloud.lattice.control import HealthReport, LinkDefinition, MetricsReport
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.grants import Signer, Verifier
 from mlcloud.lattice.links import LinkFeed, LinkStore, open_links
 from mlcloud.lattice.rpc import RpcClient, RpcServer
+from mlcloud.lattice.scrape import Answering, answer_scrapes, gather
 from mlcloud.lattice.wire import Forward, Invocation
+from mlcloud.metrics import REGISTRY, families, render
 from mlcloud.sdk import Actor, Context, Provider
 from mlcloud.settings import Settings
 
@@ -75,6 +77,7 @@ class ComponentRuntime:
         self.rpc: RpcClient | None = None
         self.events: EventPublisher | None = None
         self._servers: list[RpcServer] = []
+        self._scrapes: Answering | None = None
         self._links: dict[tuple[str, str, str], LinkDefinition] = {}  # (actor, contract, link name)
         self._links_ready = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -103,6 +106,15 @@ class ComponentRuntime:
     async def publish_event(self, name: str, /, **data: Any) -> None:
         assert self.events is not None
         await self.events.publish(name, **data)
+
+    async def gather_metrics(self) -> bytes:
+        assert self.nc is not None
+        return render(await gather(self.nc, self.settings.lattice, timeout=self.settings.ctl_timeout))
+
+    def metrics_report(self) -> MetricsReport:
+        """This process's figures, as it answers a scrape."""
+        return MetricsReport(host_id=self.spec.host_id, component=self.spec.name, instance_id=self.spec.instance_id,
+                             families=families(REGISTRY))
 
     async def call_provider(
         self, contract: str, op: str, message: Any, result_type: Any, *,
@@ -189,6 +201,7 @@ class ComponentRuntime:
                                            verifier=verifier, ack_timeout=self.settings.forward_ack_timeout))
         for server in self._servers:
             await server.start()
+        self._scrapes = await answer_scrapes(self.nc, lattice, self.metrics_report)
 
     async def _dispatch(self, invocation: Invocation) -> Any:
         from_host = invocation.caller == self.spec.host_id
@@ -263,6 +276,8 @@ class ComponentRuntime:
     async def _shutdown(self) -> None:
         for server in self._servers:
             await server.stop()
+        if self._scrapes is not None:
+            await self._scrapes.stop()
         for task in self._tasks:
             task.cancel()
         if isinstance(self.component, Provider):

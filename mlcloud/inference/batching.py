@@ -24,6 +24,7 @@ import asyncio
 import collections
 import contextvars
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ import numpy as np
 
 from mlcloud import tracing
 from mlcloud.errors import InferenceRuntimeError
+from mlcloud.metrics import observe_execution
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,8 @@ class _Request:
     arrived: float
     request_id: str
     key: tuple[np.dtype[Any], tuple[int, ...]] = field(init=False)  # what may share a batch
+    labels: tuple[str, str] = ("", "")  # (model, version) of its figures
+    queued: float = field(default_factory=time.perf_counter)  # not ``arrived``: uvloop's clock has 1 ms steps
 
     def __post_init__(self) -> None:
         self.key = (self.array.dtype, self.array.shape[1:])
@@ -81,11 +85,12 @@ class AdaptiveBatcher:
     def alive(self) -> bool:
         return self._dead is None and not self._task.done()
 
-    async def submit(self, array: np.ndarray) -> list[np.ndarray]:
+    async def submit(self, array: np.ndarray, labels: tuple[str, str] = ("", "")) -> list[np.ndarray]:
+        """``array``'s rows of the outputs; ``labels`` (model, version) name it in the figures."""
         if not self.alive:
             raise InferenceRuntimeError(f"the batcher of {self.name} has stopped: {self._dead!r}")
         loop = asyncio.get_running_loop()
-        request = _Request(array, loop.create_future(), loop.time(), tracing.current().request_id)
+        request = _Request(array, loop.create_future(), loop.time(), tracing.current().request_id, labels=labels)
         self._queue.append(request)
         self._arrived.set()
         return await request.future
@@ -158,7 +163,10 @@ class AdaptiveBatcher:
             log.info("%s: a batch of %d requests: %s", self.name, len(batch), ids)
         try:
             stacked = batch[0].array if len(batch) == 1 else np.concatenate([r.array for r in batch])
+            started = time.perf_counter()
             outputs = await loop.run_in_executor(self._executor, self._run, stacked)
+            observe_execution([(*r.labels, started - r.queued) for r in batch], time.perf_counter() - started,
+                              len(stacked))
             self.batches += 1
             results = self._split(outputs, [len(r.array) for r in batch])
         except Exception as exc:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ from mlcloud.inference.engines.base import Session
 from mlcloud.inference.metadata import ModelMetadata
 from mlcloud.inference.pixels import PIXEL_TYPE, PixelNormalization
 from mlcloud.interfaces import ModelInfo, ModelState, Tensor
+from mlcloud.metrics import observe_execution, version_of
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class LoadedModel:
         self.batcher: AdaptiveBatcher | None = None
         self.task: asyncio.Task[None] | None = None
         self.refs = 0  # route slots (active or pending) naming this model
+        self.load_seconds = 0.0  # the last successful load's
         self.inflight = 0  # requests currently using the session
         self.retired = False
 
@@ -198,7 +201,7 @@ class ModelRegistry:
     async def predict(self, route: str, tensor: Tensor, index: int = 0) -> Tensor:
         """Run the route's model on ``tensor``; the answer is output ``index`` (default 0)."""
         model = self._serving(route)
-        outputs = await self._infer(model, tensor.to_numpy())
+        outputs = await self._infer(model, tensor.to_numpy(), route)
         if not 0 <= index < len(outputs):
             raise CorruptInputTensor(
                 f"model {route!r} has {len(outputs)} outputs; index {index} does not name one"
@@ -222,7 +225,12 @@ class ModelRegistry:
             raise InvalidModel(f"model {route!r} ({model.key.bindle_id}) failed to load: {model.reason}")
         return model
 
-    async def _infer(self, model: LoadedModel, array: np.ndarray) -> list[np.ndarray]:
+    def bindle_of(self, route: str) -> str:
+        """The bindle id serving ``route`` now; empty when no such route is linked."""
+        entry = self._routes.get(route)
+        return entry.active.key.bindle_id if entry is not None else ""
+
+    async def _infer(self, model: LoadedModel, array: np.ndarray, route: str) -> list[np.ndarray]:
         session = model.session
         assert session is not None
         # Checked here, before batching, so one bad request cannot fail a batch.
@@ -233,12 +241,16 @@ class ModelRegistry:
                 raise
             raise CorruptInputTensor(f"{exc.message}; 8-bit pixels (ValueU8) of that shape are taken too") from None
         model.inflight += 1
+        labels = (route, version_of(model.key.bindle_id))
         try:
             batcher = model.batcher
             if batcher is not None and batcher.alive:
-                return await batcher.submit(array)
+                return await batcher.submit(array, labels)
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._predict_pool, model.run, array)
+            submitted = time.perf_counter()
+            outputs, started, finished = await loop.run_in_executor(self._predict_pool, _timed, model.run, array)
+            observe_execution([(*labels, started - submitted)], finished - started, len(array))
+            return outputs
         finally:
             model.inflight -= 1
             if model.retired and model.inflight == 0:
@@ -349,6 +361,7 @@ class ModelRegistry:
         key = model.key
         log.info("loading %s (engine %s)", key.bindle_id, key.engine or "from metadata")
         loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             path, raw_metadata = await self._fetch_with_retries(key.bindle_id)
             metadata = ModelMetadata.parse(raw_metadata)
@@ -369,6 +382,7 @@ class ModelRegistry:
             model.engine, model.metadata, model.session = engine.name, metadata, session
             model.pixels = _pixel_input(metadata, session, key.bindle_id)
             model.batcher = self._make_batcher(model)
+            model.load_seconds = loop.time() - started
             model.state = ModelState.READY
             log.info("loaded %s on %s", key.bindle_id, engine.name)
             for route in list(self._routes.values()):
@@ -454,6 +468,7 @@ class ModelRegistry:
             reason=reason,
             inputs=inputs,
             outputs=[s.to_info() for s in session.outputs] if session else [],
+            load_seconds=round(model.load_seconds, 3),
         )
 
     def _emit(self, event: str, route: str, model: LoadedModel) -> None:
@@ -497,6 +512,13 @@ def _pixel_input(metadata: ModelMetadata, session: Session, bindle_id: str) -> P
         log.warning("%s: images go as f32, not 8-bit pixels: %s", bindle_id, problem)
         return None
     return pixels
+
+
+def _timed(run: Callable[[np.ndarray], list[np.ndarray]], array: np.ndarray) -> tuple[list[np.ndarray], float, float]:
+    """``run(array)`` in a worker thread, with when it started and finished (``time.perf_counter``)."""
+    started = time.perf_counter()
+    outputs = run(array)
+    return outputs, started, time.perf_counter()
 
 
 def _warm_up(session: Session, name: str) -> None:

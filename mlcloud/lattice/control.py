@@ -156,6 +156,39 @@ class HealthReport(_Ctl):
     message: str = ""
 
 
+# ---- metrics (answers to a scrape on wasmbus.metrics.{lattice}; msgpack: a value may be ±Inf or NaN) ----
+
+
+class MetricSample(msgspec.Struct, array_like=True):
+    """One sample of a Prometheus family: ``[name, labels, value]`` on the wire."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class MetricFamily(_Ctl):
+    """One ``prometheus_client`` metric family (counter, gauge, histogram, …) and its samples."""
+
+    name: str
+    type: str
+    help: str = ""
+    samples: list[MetricSample] = []
+
+
+class MetricsReport(_Ctl):
+    """One process's figures: a host's (``instance_id`` empty) or one instance's.
+
+    A host also names the instances it runs that should answer (``expect``), so the gatherer
+    knows when it has heard from everyone instead of waiting out its deadline."""
+
+    host_id: str
+    component: str = ""
+    instance_id: str = ""
+    families: list[MetricFamily] = []
+    expect: list[str] = []
+
+
 # ---- commands ---------------------------------------------------------------------------------
 
 

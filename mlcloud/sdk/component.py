@@ -105,6 +105,11 @@ class Context:
         """Publish a lattice event (past-tense name, e.g. ``model_loaded``) as this component."""
         await self._runtime.publish_event(name, **data)
 
+    async def gather_metrics(self) -> bytes:
+        """The lattice's Prometheus figures, every host's and instance's, as one text exposition
+        (the httpserver's ``GET /metrics``; docs/metrics.md)."""
+        return await self._runtime.gather_metrics()
+
     async def call(
         self, contract: str, op: Op[Req, Rep], message: Req, *,
         link_name: str = DEFAULT_LINK_NAME, timeout: float | None = None,

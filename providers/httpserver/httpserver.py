@@ -15,6 +15,10 @@ Link values (all optional):
   ``/plus3``); an empty value leaves a path open (``api_keys./identity=``). The health probes
   under ``/v2/health`` stay open unless a link sets ``api_keys./v2/health`` itself.
 
+``GET /metrics`` answers with the Prometheus figures of every host and instance of the lattice,
+gathered over NATS (:mod:`mlcloud.lattice.scrape`; docs/metrics.md); the ``api_keys`` rules apply
+to it as to any path. Each forwarded request is counted and timed here (:class:`HttpFigures`).
+
 A request without a key its path needs, or with a wrong one, gets 401 and
 ``WWW-Authenticate: Bearer``; a request that passes has its ``Authorization`` header removed
 before the actor sees it (the key is the server's, not the actor's). Only SHA-256 digests of the
@@ -47,6 +51,7 @@ from mlcloud import listeners, oip, tracing
 from mlcloud.errors import ConfigError, MLCloudError, PayloadTooLarge, Unauthorized
 from mlcloud.interfaces import HANDLE_REQUEST, HttpRequest
 from mlcloud.lattice.control import LinkDefinition
+from mlcloud.metrics import CONTENT_TYPE, HttpFigures
 from mlcloud.sdk import Context, HealthReport, Provider
 
 log = logging.getLogger("mlcloud.httpserver")
@@ -163,9 +168,11 @@ class LinkedServer:
         self.ctx = ctx
         self.runner: web.AppRunner | None = None
         self.error = ""
+        self.figures = HttpFigures()
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._cors])
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._cors, self._count])
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -223,6 +230,24 @@ class LinkedServer:
                 (time.perf_counter() - started) * 1000,
             )
         return response
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler) -> web.StreamResponse:
+        """Count and time each request forwarded to the actor (not the scrapes of ``/metrics``)."""
+        started = time.perf_counter()
+        response: web.StreamResponse = await handler(request)
+        if request.match_info.handler == self._handle:
+            self.figures.observe(request.path, response.status, response.headers.get("x-model", ""),
+                                 time.perf_counter() - started)
+        return response
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        try:
+            self.config.api_keys.check(request.path, request.headers.get("Authorization", ""))
+            body = await self.ctx.gather_metrics()
+        except MLCloudError as err:
+            return error_response(err, request.path)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _forward(self, request: web.Request) -> web.Response:
         header = {k.lower(): v for k, v in request.headers.items()}

@@ -17,15 +17,19 @@ the Bindle server holds with its state, and load or unload a route on top of the
 A model loads only if its invoice is signed as creator by a trusted account key
 (:func:`~mlcloud.inference.creator_keyring`) and no signature on it is broken; otherwise it is
 FAILED with the reason and no parcel is fetched.
+
+Predict calls, queue and compute times, batch sizes, model states and load times are Prometheus
+metrics of this process (docs/metrics.md); the last minute's figures are read from them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from pathlib import Path
 
-from metrics import RouteMetrics
+from metrics import SUCCESS, RouteFigures
 from repository import RouteTable
 
 from mlcloud.bindle import AsyncClient
@@ -55,6 +59,7 @@ from mlcloud.interfaces import (
     RepositoryRequest,
 )
 from mlcloud.lattice.control import LinkDefinition
+from mlcloud.metrics import INFERENCE_DURATION, INFERENCE_REQUESTS, REGISTRY, ModelFigures, version_of
 from mlcloud.sdk import Context, HealthReport, Provider, operation
 
 log = logging.getLogger("mlcloud.mlinference")
@@ -66,7 +71,7 @@ class MlInference(Provider):
     def __init__(self) -> None:
         super().__init__()
         self.registries: dict[str, ModelRegistry] = {}  # by linked actor id
-        self.metrics: dict[str, RouteMetrics] = {}  # by linked actor id
+        self.figures = RouteFigures()
         self.tables: dict[str, RouteTable] = {}  # by linked actor id
         self.ctx: Context | None = None
         self.bindle: AsyncClient | None = None
@@ -76,6 +81,7 @@ class MlInference(Provider):
 
     async def on_start(self, ctx: Context) -> None:
         self.ctx = ctx
+        REGISTRY.register(ModelFigures(lambda: [i for r in self.registries.values() for i in r.status()]))
         bindle_url = self.config.get("bindle_url") or ctx.settings.effective_bindle_url
         self.bindle = AsyncClient(bindle_url)
         cache = ParcelCache(Path(self.config.get("cache_dir") or ctx.settings.state_dir / "parcels"))
@@ -96,7 +102,6 @@ class MlInference(Provider):
             assert self.fetch is not None
             registry = ModelRegistry(self.fetch, config, on_event=self._event_hook(link.actor_id))
             self.registries[link.actor_id] = registry
-            self.metrics[link.actor_id] = RouteMetrics()
             self.tables[link.actor_id] = RouteTable(models)
         elif models.batching is not None:
             await registry.set_batching(models.batching)
@@ -107,7 +112,6 @@ class MlInference(Provider):
 
     async def on_link_del(self, link: LinkDefinition) -> None:
         registry = self.registries.pop(link.actor_id, None)
-        self.metrics.pop(link.actor_id, None)
         self.tables.pop(link.actor_id, None)
         if registry is not None:
             await registry.aclose()
@@ -131,21 +135,24 @@ class MlInference(Provider):
 
     @operation(PREDICT)
     async def predict(self, ctx: Context, request: InferenceInput) -> InferenceOutput:
+        started = time.perf_counter()
         registry = self._registry(ctx.caller)
-        timer = self.metrics[ctx.caller].start(request.model)
+        bindle = registry.bindle_of(request.model)
+        # Only a linked route is a label: a caller's made-up names do not grow the label set.
+        labels = (request.model, version_of(bindle)) if bindle else ("", "")
         try:
             tensor = await registry.predict(request.model, request.tensor, request.index)
-        except MLCloudError:
-            timer.failed()
+        except MLCloudError as err:
+            INFERENCE_REQUESTS.labels(*labels, err.kind).inc()
             raise
-        timer.succeeded()
-        return InferenceOutput(result="Success", tensor=tensor)
+        INFERENCE_REQUESTS.labels(*labels, SUCCESS).inc()
+        INFERENCE_DURATION.labels(*labels).observe(time.perf_counter() - started)
+        return InferenceOutput(result=SUCCESS, tensor=tensor)
 
     @operation(MODEL_STATUS)
     async def status(self, ctx: Context, request: ModelStatusRequest) -> list[ModelInfo]:
         actor = request.actor if ctx.from_host and request.actor else ctx.caller
-        infos = self._registry(actor).status(request.model or None)
-        return [self.metrics[actor].annotate(info) for info in infos]
+        return self.figures.annotate(self._registry(actor).status(request.model or None))
 
     @operation(REPOSITORY_INDEX)
     async def repository_index(self, ctx: Context, request: RepositoryRequest) -> list[RepositoryModel]:

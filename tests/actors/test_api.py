@@ -270,14 +270,15 @@ async def test_matches_is_one_chain_preprocess_predict_postprocess(api: ModuleTy
     assert status.op == MODEL_STATUS.name
     # One call leaves the api: to preprocess, with the stages after it carried along.
     assert (chain.target, chain.op) == ("preprocess", PREPROCESS.name)
-    assert chain.message == PreprocessRequest(image=b"jpeg", dimensions=[1, 3, 8, 8], value_type=ValueType.ValueF32)
+    assert chain.message == PreprocessRequest(image=b"jpeg", dimensions=[1, 3, 8, 8], value_type=ValueType.ValueF32,
+                                              model="m")
     predict = chain.forward
     assert predict is not None and predict.then is not None and predict.then.then is None
     assert (predict.target, predict.op, predict.field, predict.pick, predict.msg) == (
         "provider:wasmcloud:mlinference", PREDICT.name, "tensor", "", {"model": "m"})
     top_k = predict.then
     assert (top_k.target, top_k.op, top_k.field, top_k.pick, top_k.msg) == (
-        "actor:postprocess", POSTPROCESS.name, "tensor", "tensor", {"top": 3})
+        "actor:postprocess", POSTPROCESS.name, "tensor", "tensor", {"top": 3, "model": "m"})
 
 
 async def test_preprocess_route_answers_predicts_output(api: ModuleType, runtime: FakeRuntime) -> None:
@@ -309,7 +310,7 @@ async def test_top_is_read_from_the_query(api: ModuleType, runtime: FakeRuntime,
     response = await send(api, runtime, "PUT", "/m/matches", body=b"jpeg", query=query, header=IMAGE)
     assert len(body(response)) == top
     chain = runtime.calls[-1].forward
-    assert chain is not None and chain.then is not None and chain.then.msg == {"top": top}
+    assert chain is not None and chain.then is not None and chain.then.msg == {"top": top, "model": "m"}
 
 
 @pytest.mark.parametrize("query", ["top=many", "top=2.5", "top="])
@@ -327,6 +328,14 @@ async def test_an_unknown_model_is_404_naming_the_known_ones(api: ModuleType, ru
     response = await send(api, runtime, "PUT", "/nope/matches", body=b"jpeg", header=IMAGE)
     assert response.status_code == 404 and error_kind(response) == "ContextNotFound"
     assert "known: m" in body(response)["error"]["message"]
+    assert "x-model" not in headers(response)  # a name the client made up is not vouched for
+
+
+async def test_an_error_about_a_linked_model_names_its_bindle(api: ModuleType, runtime: FakeRuntime) -> None:
+    """The httpserver labels its figures of failed requests with it (mlcloud.metrics.HttpFigures)."""
+    runtime.models = [model(state=ModelState.LOADING)]
+    response = await send(api, runtime, "PUT", "/m/matches", body=b"jpeg", header=IMAGE)
+    assert response.status_code == 503 and headers(response)["x-model"] == "m/1.0.0"
 
 
 async def test_a_loading_model_is_503_with_retry_after(api: ModuleType, runtime: FakeRuntime) -> None:
