@@ -19,7 +19,9 @@ ENV_PREFIX = "MLCLOUD_"
 
 DEFAULT_LATTICE = "default"
 DEFAULT_NATS_PORT = 4222
-DEFAULT_NATS_MAX_PAYLOAD = 64 * 1024 * 1024  # images and tensors ride on NATS messages
+# NATS's own default. Larger messages go through the lattice's object store (mlcloud.lattice.chunks):
+# a 50 MB image on one NATS message would hold up every small call sharing its connection.
+DEFAULT_NATS_MAX_PAYLOAD = 1024 * 1024
 DEFAULT_RPC_TIMEOUT = 8.0
 DEFAULT_FORWARD_ACK_TIMEOUT = 2.0
 DEFAULT_CTL_TIMEOUT = 2.0
@@ -30,7 +32,7 @@ DEFAULT_BINDLE_ADDRESS = "127.0.0.1:8080"
 DEFAULT_REGISTRY = "127.0.0.1:5000"
 DEFAULT_HTTP_ADDRESS = "0.0.0.0:8078"
 DEFAULT_WASHBOARD_ADDRESS = "127.0.0.1:4000"
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # a 50 MB TIFF fits; docs/architecture.md says why
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard of the preprocess actor
 DEFAULT_RESTART_BACKOFF = 0.5
 DEFAULT_RESTART_BACKOFF_MAX = 30.0

@@ -36,6 +36,7 @@ from mlcloud.errors import ConfigError, HostError, PortInUse
 from mlcloud.lattice.auth import NatsAuth
 from mlcloud.lattice.connect import connect
 from mlcloud.servers import free_port, port_is_free
+from mlcloud.settings import DEFAULT_NATS_MAX_PAYLOAD
 
 # What a node of a JetStream cluster logs once it knows the cluster's meta leader (another node, or
 # itself): before that, its JetStream API does not answer (a link store cannot open).
@@ -62,7 +63,7 @@ class NatsServer:
         *,
         port: int,
         host: str = "127.0.0.1",
-        max_payload: int = 64 * 1024 * 1024,
+        max_payload: int = DEFAULT_NATS_MAX_PAYLOAD,
         startup_timeout: float = 15.0,
         auth: NatsAuth | None = None,
         extra_config: str = "",
@@ -213,7 +214,7 @@ class NatsCluster:
         name: str,
         port: int,
         host: str = "127.0.0.1",
-        max_payload: int = 64 * 1024 * 1024,
+        max_payload: int = DEFAULT_NATS_MAX_PAYLOAD,
         startup_timeout: float = 30.0,
         auth: NatsAuth | None = None,
         extra_config: str = "",

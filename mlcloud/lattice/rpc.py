@@ -12,6 +12,11 @@ the exception's type and text.
 Who called is what the subject says (``wasmbus.rpc.{target}.{caller}``, a token nats-server's
 permissions let only that caller publish), or for a chain's forwarded call the originator its
 verified grant names (:mod:`mlcloud.lattice.grants`): :attr:`Invocation.caller`.
+
+Given a :class:`~mlcloud.lattice.chunks.Chunks`, a client and a server send every message larger
+than the server's ``max_payload`` (request, forwarded request, reply) through the lattice's
+object store, and take such messages from it (:mod:`mlcloud.lattice.chunks`); without one, such a
+message is a ``PayloadTooLarge`` (413).
 """
 
 from __future__ import annotations
@@ -33,12 +38,12 @@ from mlcloud.errors import (
     ClaimsError,
     InstanceDied,
     LatticeUnavailable,
-    MalformedMessage,
     MLCloudError,
     NoResponders,
     RpcTimeout,
 )
 from mlcloud.lattice import subjects, wire
+from mlcloud.lattice.chunks import Chunks, is_chunked
 from mlcloud.lattice.connect import flush, while_connected
 from mlcloud.lattice.grants import Signer, Verifier
 from mlcloud.lattice.lifecycle import Service
@@ -87,8 +92,10 @@ class RpcClient:
 
     def __init__(
         self, nc: NATS, *, caller: str, timeout: float, signer: Signer | None = None, retries: int = 0,
+        chunks: Chunks | None = None,
     ) -> None:
         self.nc = nc
+        self.chunks = chunks
         self.caller = caller
         self.timeout = timeout
         self.signer = signer
@@ -177,7 +184,7 @@ class RpcClient:
         for t in targets:
             self._in_flight.setdefault(t, set()).add(died)
         answer = asyncio.ensure_future(request(self.nc, subject, op, data, timeout=deadline,
-                                               invocation_id=invocation_id, forward=forward))
+                                               invocation_id=invocation_id, forward=forward, chunks=self.chunks))
         try:
             await asyncio.wait((answer, died), return_when=asyncio.FIRST_COMPLETED)
             answered = answer.done()
@@ -192,25 +199,36 @@ class RpcClient:
         if not answered:
             raise InstanceDied(f"{wire.describe_chain(op, forward)} on {subject}: instance "
                                f"{died.result()[:8]} serving it died", subject=subject, invocation_id=invocation_id)
-        return wire.decode_reply(answer.result().data, result_type)
+        return wire.decode_reply(answer.result(), result_type)
 
 
 async def request(
     nc: NATS, subject: str, op: str, data: bytes, *, timeout: float, invocation_id: str = "",
-    forward: Forward | None = None,
-) -> Msg:
-    """``nc.request`` with nats-py's errors converted into :mod:`mlcloud.errors` (by :func:`nats_errors`).
+    forward: Forward | None = None, chunks: Chunks | None = None,
+) -> bytes | bytearray:
+    """``nc.request`` with nats-py's errors converted into :mod:`mlcloud.errors` (by :func:`nats_errors`);
+    the reply's bytes.
 
     While the connection is down it fails at once, and when it drops during the wait it fails
     then, with :class:`LatticeUnavailable` (503) rather than an :class:`RpcTimeout` (504) at the
     deadline (:func:`while_connected`). ``forward`` (the rest of a chain) only names the chain's
-    stages in a timeout's message.
+    stages in a timeout's message. With ``chunks``, a request or reply too large for one NATS
+    message goes through the object store; ``timeout`` counts from when the request is sent.
     """
     what = wire.describe_chain(op, forward)
-    with nats_errors(what, subject, timeout=timeout, size=len(data), limit=nc.max_payload,
-                     invocation_id=invocation_id):
-        async with while_connected(nc, f"{what} on {subject}"):
-            return await nc.request(subject, data, timeout=timeout)
+    headers = await chunks.stow(data) if chunks is not None and chunks.needed(data) else None
+    try:
+        with nats_errors(what, subject, timeout=timeout, size=len(data), limit=nc.max_payload,
+                         invocation_id=invocation_id):
+            async with while_connected(nc, f"{what} on {subject}"):
+                reply = await nc.request(subject, b"" if headers else data, timeout=timeout, headers=headers)
+    except NoResponders:
+        if headers is not None:  # nobody will take it (after a timeout the receiver may be reading it)
+            await chunks.discard(headers)  # type: ignore[union-attr]
+        raise
+    if chunks is not None and is_chunked(reply):
+        return await chunks.take(reply)
+    return reply.data
 
 
 class RpcServer(Service):
@@ -235,9 +253,11 @@ class RpcServer(Service):
     def __init__(
         self, nc: NATS, target: str, handler: Handler, *, identity: str, queue: str = "",
         verifier: Verifier | None = None, max_in_flight: int = 256, ack_timeout: float = DEFAULT_FORWARD_ACK_TIMEOUT,
+        chunks: Chunks | None = None,
     ) -> None:
         super().__init__()
         self.nc = nc
+        self.chunks = chunks
         self.target = target
         self.subject = subjects.call(target, "*")  # for messages
         self.identity = identity
@@ -274,14 +294,26 @@ class RpcServer(Service):
 
     async def _serve(self, msg: Msg) -> None:
         try:
+            receipted = False
             try:
-                invocation = wire.decode_request(msg.data)
-            except MalformedMessage as err:
-                await self._answer(msg.reply, wire.encode_error(err))
+                data: bytes | bytearray = msg.data
+                if self.chunks is not None and is_chunked(msg):
+                    if msg.reply and subjects.sender(msg.subject)[1]:
+                        # A forwarded call: confirm it before reading it, which may take longer
+                        # than the forwarding stage waits for the receipt.
+                        await self._receipt(msg.reply, "a chunked call")
+                        receipted = True
+                    data = await self.chunks.take(msg)
+                invocation = wire.decode_request(data)
+            except MLCloudError as err:  # malformed, or its chunks cannot be read
+                if not receipted:
+                    await self._answer(msg.reply, wire.encode_error(err))
+                else:
+                    log.warning("a chunked call on %s is lost: %s", self.subject, err.message)
                 return
             # The call's request id and trace, on every log line and call made while serving it.
             with tracing.serving(invocation.op, invocation.id, invocation.trace) as served:
-                result, error = await self._invoke(msg, invocation)
+                result, error = await self._invoke(msg, invocation, receipted)
                 answer_to = invocation.reply_to or msg.reply
                 try:
                     if error is not None:
@@ -306,8 +338,14 @@ class RpcServer(Service):
 
     async def _answer(self, to: str, data: bytes) -> None:
         if to:  # a message published without a reply subject wants no answer
-            with nats_errors(f"the answer from {self.subject}", to, size=len(data), limit=self.nc.max_payload):
-                await self.nc.publish(to, data)
+            await self._publish(to, data, f"the answer from {self.subject}")
+
+    async def _publish(self, to: str, data: bytes, what: str) -> None:
+        """Publish ``data``, through the chunk bucket when it is too large for one message (nobody
+        may take it: the bucket's time to live removes it then)."""
+        headers = await self.chunks.stow(data) if self.chunks is not None and self.chunks.needed(data) else None
+        with nats_errors(what, to, size=len(data), limit=self.nc.max_payload):
+            await self.nc.publish(to, b"" if headers else data, headers=headers)
 
     async def _forward(self, invocation: Invocation, result: Any, answer_to: str) -> None:
         """Send ``result`` on to the chain's next stage, which answers ``answer_to``."""
@@ -317,20 +355,20 @@ class RpcServer(Service):
                                      grant=invocation.grant, trace=tracing.current().traceparent)
         subject = subjects.forwarded(forward.target, self.identity)
         if not answer_to:  # nobody waits for the answer, so nobody to tell that a stage is missing
-            await self.nc.publish(subject, data)
+            await self._publish(subject, data, wire.describe_chain(forward.op, forward.then))
             return
         # No responders, too large, NATS away: raised as mlcloud errors, which _serve answers the
         # caller with (a small error still fits a reconnect buffer).
         try:
             receipt = await request(self.nc, subject, forward.op, data, timeout=self.ack_timeout,
-                                    invocation_id=invocation.id)
+                                    invocation_id=invocation.id, chunks=self.chunks)
         except RpcTimeout:  # taken but not confirmed in time: the caller's deadline decides
             log.warning("%s on %s did not confirm the forwarded call within %g s",
                         forward.op, subject, self.ack_timeout)
             return
-        if receipt.data:
+        if receipt:
             # A stage of an older mlcloud answers its request instead of reply_to: pass it on.
-            await self._answer(answer_to, receipt.data)
+            await self._answer(answer_to, bytes(receipt))
 
     async def _receipt(self, to: str, op: str) -> None:
         """The empty reply a forwarding stage waits for; failing to send it must not fail the call."""
@@ -350,10 +388,10 @@ class RpcServer(Service):
         return self.verifier.caller(invocation.grant, invocation_id=invocation.id, target=self.target,
                                     op=invocation.op)
 
-    async def _invoke(self, msg: Msg, invocation: Invocation) -> tuple[Any, MLCloudError | None]:
-        """(result, None), or (None, the error to send back)."""
+    async def _invoke(self, msg: Msg, invocation: Invocation, receipted: bool) -> tuple[Any, MLCloudError | None]:
+        """(result, None), or (None, the error to send back); ``receipted``: the receipt is sent."""
         try:
-            if invocation.reply_to and msg.reply and msg.reply != invocation.reply_to:
+            if invocation.reply_to and msg.reply and msg.reply != invocation.reply_to and not receipted:
                 await self._receipt(msg.reply, invocation.op)
             invocation.caller = self._caller(msg.subject, invocation)
             return await self.handler(invocation), None

@@ -121,3 +121,8 @@ def lattice_bucket(lattice: str) -> str:
 def metrics(lattice: str) -> str:
     """A scrape: every host and instance answers the requester's inbox with its figures."""
     return f"wasmbus.metrics.{lattice}"
+
+
+def chunk_bucket(lattice: str) -> str:
+    """The JetStream object store bucket holding the lattice's messages too large for one NATS message."""
+    return f"CHUNKS_{check_token(lattice, 'lattice')}"

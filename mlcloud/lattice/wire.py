@@ -131,7 +131,7 @@ def _picked(result: Any, forward: Forward) -> Any:
     return value
 
 
-def decode_request(data: bytes) -> Invocation:
+def decode_request(data: bytes | bytearray) -> Invocation:
     try:
         invocation = _invocation_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -150,7 +150,7 @@ def encode_error(error: MLCloudError) -> bytes:
     return _encoder.encode({"error": error.to_wire()})
 
 
-def decode_reply(data: bytes, type_: type[T] | None = None) -> T | Any:
+def decode_reply(data: bytes | bytearray, type_: type[T] | None = None) -> T | Any:
     """The reply's payload as ``type_`` (or plain msgpack objects); raise the remote error."""
     try:
         reply = _reply_decoder.decode(data)
