@@ -12,6 +12,8 @@ From the instance's signed claims and nothing else (nats-server enforces them, s
   own figures) only; read the lattice's link bucket, or where its host has no JetStream (a
   board's leaf node) ask its host for the links and follow its host's link
   relay (:class:`mlcloud.lattice.links.LinkRelay`: link definitions, nothing else);
+* put, read and delete objects of the lattice's chunk bucket (:mod:`mlcloud.lattice.chunks`:
+  messages larger than max_payload), which its host makes;
 * an httpserver provider may also send scrapes (its ``GET /metrics``), no other component;
 * no control interface (``wasmbus.ctl``), no events to follow, no other JetStream.
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 from mlcloud.component import ComponentKind
 from mlcloud.host.spec import InstanceSpec
 from mlcloud.interfaces import HTTPSERVER
-from mlcloud.lattice import subjects
+from mlcloud.lattice import chunks, subjects
 from mlcloud.lattice.auth import INBOX, Permissions, inbox_prefix
 
 
@@ -48,7 +50,8 @@ def instance_permissions(lattice: str, spec: InstanceSpec, user_key: str) -> Per
     scrapes = (subjects.metrics(lattice),) if serves_http else ()
     return Permissions(
         pub=(*calls, *forwards, f"{INBOX}.>", subjects.events(lattice),
-             subjects.instance_ready(lattice, spec.host_id), *links, f"{relay}.get", *scrapes),
+             subjects.instance_ready(lattice, spec.host_id), *links, *chunks.grants(lattice), f"{relay}.get",
+             *scrapes),
         sub=(*[s for t in targets for s in subjects.served(t)], f"{inbox_prefix(user_key)}.>", relay,
              subjects.instance_died(lattice), subjects.metrics(lattice)),
         responses=True,

@@ -32,6 +32,7 @@ from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, MLCl
 from mlcloud.host.spec import HEALTH_OP, SPEC_ENV, InstanceSpec
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Credentials
+from mlcloud.lattice.chunks import Chunks
 from mlcloud.lattice.connect import connect, leave
 from mlcloud.lattice.control import HealthReport, LinkDefinition, MetricsReport
 from mlcloud.lattice.events import EventPublisher
@@ -75,6 +76,7 @@ class ComponentRuntime:
         self.log = logging.getLogger(f"mlcloud.{spec.name}")
         self.nc: NATS | None = None
         self.rpc: RpcClient | None = None
+        self.chunks: Chunks | None = None  # the lattice's object store, for messages past max_payload
         self.events: EventPublisher | None = None
         self._servers: list[RpcServer] = []
         self._scrapes: Answering | None = None
@@ -151,8 +153,9 @@ class ComponentRuntime:
         credentials = Credentials.parse(self.spec.nats_creds)
         self.nc = await connect(self.settings.effective_nats_url, name=f"{self.spec.name}/{self.spec.instance_id[:8]}",
                                 credentials=credentials)
+        self.chunks = Chunks(self.nc, self.settings.lattice)
         self.rpc = RpcClient(self.nc, caller=self.spec.key, timeout=self.settings.rpc_timeout,
-                             signer=Signer(credentials), retries=self.settings.rpc_retries)
+                             signer=Signer(credentials), retries=self.settings.rpc_retries, chunks=self.chunks)
         await self.rpc.follow_deaths(self.settings.lattice)
         self.events = EventPublisher(self.nc, self.settings.lattice, self.spec.key)
         # Calls made outside any invocation (a provider serving HTTP) each get a fresh id.
@@ -198,7 +201,8 @@ class ComponentRuntime:
         verifier = Verifier(spec.account)
         for queue, target in served.items():
             self._servers.append(RpcServer(self.nc, target, self._dispatch, identity=spec.key, queue=queue,
-                                           verifier=verifier, ack_timeout=self.settings.forward_ack_timeout))
+                                           verifier=verifier, ack_timeout=self.settings.forward_ack_timeout,
+                                           chunks=self.chunks))
         for server in self._servers:
             await server.start()
         self._scrapes = await answer_scrapes(self.nc, lattice, self.metrics_report)

@@ -28,6 +28,7 @@ than when it rode in one NATS message (tests/e2e/test_large_payloads.py measures
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import uuid
 from collections.abc import Mapping
@@ -51,28 +52,23 @@ CHUNK_TTL = 600.0
 # The pieces an object is stored in (nats-py's default is 128 KiB): fewer, larger pieces are fewer
 # acknowledged publishes; each must still fit the server's max_payload.
 PIECE_SIZE = 512 * 1024
+PIECE_TIMEOUT = 5.0  # seconds a reader waits for the next piece of an object
+
+
+def grants(lattice: str) -> tuple[str, ...]:
+    """What an instance must be allowed to publish to use the bucket (mlcloud/host/permissions.py):
+    its objects' subjects and the JetStream API calls that read the bucket's info, an object's
+    metadata, read its pieces (an ordered consumer) and purge it; not to make or remove the bucket."""
+    stream = f"OBJ_{subjects.chunk_bucket(lattice)}"
+    api = "$JS.API"
+    return (f"$O.{subjects.chunk_bucket(lattice)}.>", f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
+            f"{api}.STREAM.PURGE.{stream}", f"{api}.CONSUMER.CREATE.{stream}", f"{api}.CONSUMER.CREATE.{stream}.>",
+            f"{api}.CONSUMER.DELETE.{stream}.>", f"{api}.CONSUMER.INFO.{stream}.>")
 
 
 def is_chunked(msg: Msg) -> bool:
     """Whether ``msg`` only names an object holding the real message."""
     return bool(msg.headers) and NAME_HEADER in msg.headers  # type: ignore[operator]
-
-
-class _Sink:
-    """Where nats-py's ``ObjectStore.get`` writes an object: one buffer of the announced size."""
-
-    def __init__(self, size: int) -> None:
-        self.data = bytearray(size)
-        self._view = memoryview(self.data)
-        self.written = 0
-
-    def write(self, piece: bytes) -> int:
-        end = self.written + len(piece)
-        if end > len(self.data):
-            raise MalformedMessage(f"a chunked message is larger than the {len(self.data)} bytes announced")
-        self._view[self.written:end] = piece
-        self.written = end
-        return len(piece)
 
 
 class Chunks:
@@ -117,23 +113,45 @@ class Chunks:
         except ValueError:
             raise MalformedMessage(f"chunked message {name!r} without a valid {SIZE_HEADER}") from None
         store = await self.open()
-        sink = _Sink(size)
         nuid = ""
         try:
-            with nats_errors(f"reading chunked message {name}", self.bucket):
+            with nats_errors(f"reading chunked message {name}", self.bucket, timeout=PIECE_TIMEOUT):
                 try:
-                    result = await store.get(name, writeinto=sink)  # type: ignore[arg-type]
-                    nuid = result.info.nuid or ""
+                    info = await store.get_info(name)
                 except nats.js.errors.ObjectNotFoundError:
                     raise LatticeUnavailable(f"chunked message {name} is gone from {self.bucket} "
                                              "(its sender gave up, or it outlived the bucket's time to live)") from None
-                except nats.js.errors.DigestMismatchError:
-                    raise MalformedMessage(f"chunked message {name} does not match its digest") from None
+                nuid = info.nuid or ""
+                data = await self._read(nuid, size, info.digest or "")
         finally:
             await self._remove(name, nuid)
-        if sink.written != size:
-            raise MalformedMessage(f"chunked message {name} has {sink.written} bytes, not the {size} announced")
-        return sink.data
+        return data
+
+    async def _read(self, nuid: str, size: int, digest: str) -> bytearray:
+        """The object's pieces, copied into one buffer as they arrive: nats-py's ``ObjectStore.get``
+        appends to a bytes object (a copy per piece) or hands each piece to a thread, which let
+        pieces pile up in the subscription's queue (a second copy of the message, measured)."""
+        data = bytearray(size)
+        view = memoryview(data)
+        written = 0
+        hashed = hashlib.sha256()
+        sub = await self.nc.jetstream().subscribe(f"$O.{self.bucket}.C.{nuid}", stream=f"OBJ_{self.bucket}",
+                                                  ordered_consumer=True)
+        try:
+            while written < size:
+                piece = await sub.next_msg(timeout=PIECE_TIMEOUT)
+                end = written + len(piece.data)
+                if end > size:
+                    break
+                view[written:end] = piece.data
+                hashed.update(piece.data)
+                written = end
+        finally:
+            await sub.unsubscribe()
+        expected = digest.removeprefix("SHA-256=").removeprefix("sha-256=")
+        if written != size or base64.urlsafe_b64encode(hashed.digest()).decode() != expected:
+            raise MalformedMessage(f"a chunked message in {self.bucket} does not match its size ({size}) or digest")
+        return data
 
     async def discard(self, headers: Mapping[str, str]) -> None:
         """Delete the object ``headers`` name, whose message nobody will take (the send failed)."""

@@ -114,8 +114,10 @@ async def test_without_a_chunk_bucket_a_message_past_max_payload_is_payload_too_
 
 
 async def test_the_chunk_path_holds_at_most_one_more_copy_of_a_message(nc, stage_nc, lattice):
-    """Sending streams from the caller's bytes; receiving reads into one buffer of the message's size."""
-    size = 8 * MB
+    """Sending streams from the caller's bytes; receiving reads into one buffer of the message's size.
+    Beside that, pieces in flight (nats-py's buffers, the subscription's queue) take a few MB
+    whatever the size (measured: +3.0 MB for 4 MB, +5.1 MB for 24 MB)."""
+    size = 16 * MB
     data = os.urandom(size)
     sender, receiver = Chunks(nc, lattice), Chunks(stage_nc, lattice)
     await sender.open()
@@ -140,7 +142,7 @@ async def test_the_chunk_path_holds_at_most_one_more_copy_of_a_message(nc, stage
     assert reply.data == b"ok" and taken[0] == data
     # A few pieces in flight (nats-py's piece buffer, the slice it publishes, its write buffer), whatever the size.
     assert sent_peak < 6 * PIECE_SIZE, f"stowing {size} bytes took {sent_peak} more"
-    assert received_peak < size * 1.2, f"taking {size} bytes took {received_peak}"
+    assert received_peak < size + 6 * MB, f"taking {size} bytes took {received_peak}"
     assert await stored_messages(nc, lattice) == 0
 
 
