@@ -305,6 +305,7 @@ class RpcServer(Service):
                         receipted = True
                     data = await self.chunks.take(msg)
                 invocation = wire.decode_request(data)
+                del data  # the invocation holds what it needs (Invocation.payload lets it go)
             except MLCloudError as err:  # malformed, or its chunks cannot be read
                 if not receipted:
                     await self._answer(msg.reply, wire.encode_error(err))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -59,12 +60,35 @@ async def chunk_bucket_messages(stack) -> int:
         await nc.close()
 
 
-async def test_a_50_mb_image_is_classified_correctly(http, stack, big_png):
+async def instance_pids(stack, *names: str) -> dict[str, int]:
+    inventory = await stack.ctl.get_inventory(stack.host.id)
+    pids = {c.name: c.instances[0].pid for c in [*inventory.actors, *inventory.providers] if c.name in names}
+    assert set(pids) == set(names) and all(pids.values()), pids
+    return pids  # type: ignore[return-value]
+
+
+def status_kb(pid: int, field: str) -> int:
+    """A ``VmRSS``/``VmHWM`` line of /proc/{pid}/status, in kB."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith(field))
+    return int(line.split()[1])
+
+
+async def test_a_50_mb_image_is_classified_correctly_holding_at_most_3_copies_in_a_process(http, stack, big_png):
+    """Each process on the image's path holds at most 3 copies of it at once: its peak resident
+    memory during the request (VmHWM, reset first) less its resident memory before, over the size."""
     assert len(big_png) > 50_000_000 and stack.nats.max_payload == MB
+    pids = await instance_pids(stack, "httpserver", "api", "preprocess")
+    before = {}
+    for name, pid in pids.items():
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current VmRSS
+        before[name] = status_kb(pid, "VmRSS")
     response = await http.put("/mobilenetv27/matches", content=big_png)
     assert response.status_code == 200, response.text
     labels = [match["label"] for match in response.json()]
     assert "n02124075 Egyptian cat" in labels
+    copies = {name: (status_kb(pid, "VmHWM") - before[name]) * 1024 / len(big_png) for name, pid in pids.items()}
+    print("copies of the image held at once:", {name: round(c, 2) for name, c in copies.items()})
+    assert all(c <= 3 for c in copies.values()), copies
     assert await chunk_bucket_messages(stack) == 0
 
 
