@@ -218,7 +218,7 @@ class ComponentRuntime:
         operation = self.component.operations.get(invocation.op)
         if operation is None:
             raise UnknownOperation(f"{self.spec.name} has no operation {invocation.op!r}")
-        payload = invocation.payload(operation.op.request)
+        payload = invocation.take_payload(operation.op.request)
         ctx = Context(self, invocation_id=invocation.id, caller=invocation.caller, from_host=from_host)
         started = time.perf_counter()
         outcome = "failed"

@@ -70,12 +70,16 @@ class Invocation(msgspec.Struct, kw_only=True):
     caller: str = ""
 
     def payload(self, type_: type[T]) -> T:
-        """The payload as ``type_``, decoded once: the raw message is let go of (it may be a whole
-        chunked message of many MB, which would otherwise live as long as the call)."""
         try:
             return msgspec.msgpack.decode(self.msg, type=type_)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise MalformedMessage(f"{self.op}: payload is not a valid {type_.__name__}: {exc}") from exc
+
+    def take_payload(self, type_: type[T]) -> T:
+        """:meth:`payload`, letting go of the raw message: it may be a whole chunked message of
+        many MB (:mod:`mlcloud.lattice.chunks`), which would otherwise live as long as the call."""
+        try:
+            return self.payload(type_)
         finally:
             self.msg = _NIL
 
