@@ -120,7 +120,8 @@ write_hub_config() {
     {
         printf 'server_name: "mlcloud-hub-%s"\n' "$(hostname -s 2>/dev/null || echo local)"
         printf 'listen: "%s:%s"\n' "${MLCLOUD_NATS_HOST}" "${MLCLOUD_NATS_PORT}"
-        # Images and tensors ride on NATS messages (mlcloud's default nats_max_payload).
+        # 64 MiB, not mlcloud's embedded 8 MiB: boards on leaf nodes have no JetStream to chunk larger
+        # messages through (docs/architecture.md, "Large payloads"), so images up to it ride whole.
         printf 'max_payload: 67108864\n'
         printf 'jetstream { store_dir: "%s" }\n' "${NATS_DIR}/jetstream"
         if [ -n "${MLCLOUD_NATS_LEAF_ADDRESS}" ]; then

@@ -19,9 +19,10 @@ ENV_PREFIX = "MLCLOUD_"
 
 DEFAULT_LATTICE = "default"
 DEFAULT_NATS_PORT = 4222
-# NATS's own default. Larger messages go through the lattice's object store (mlcloud.lattice.chunks):
-# a 50 MB image on one NATS message would hold up every small call sharing its connection.
-DEFAULT_NATS_MAX_PAYLOAD = 1024 * 1024
+# The embedded nats-server's: the most NATS advises (its default is 1 MB), so a photo rides in one
+# message; larger ones go through the lattice's object store (mlcloud.lattice.chunks), rather than
+# a 50 MB message holding up every small call that shares its connection.
+DEFAULT_NATS_MAX_PAYLOAD = 8 * 1024 * 1024
 DEFAULT_RPC_TIMEOUT = 8.0
 DEFAULT_FORWARD_ACK_TIMEOUT = 2.0
 DEFAULT_CTL_TIMEOUT = 2.0

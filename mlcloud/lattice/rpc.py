@@ -223,8 +223,8 @@ async def request(
             async with while_connected(nc, f"{what} on {subject}"):
                 reply = await nc.request(subject, b"" if headers else data, timeout=timeout, headers=headers)
     except NoResponders:
-        if headers is not None:  # nobody will take it (after a timeout the receiver may be reading it)
-            await chunks.discard(headers)  # type: ignore[union-attr]
+        if chunks is not None and headers is not None:  # nobody will take it (after a timeout the
+            await chunks.discard(headers)                 # receiver may be reading it: it stays)
         raise
     if chunks is not None and is_chunked(reply):
         return await chunks.take(reply)
@@ -305,7 +305,7 @@ class RpcServer(Service):
                         receipted = True
                     data = await self.chunks.take(msg)
                 invocation = wire.decode_request(data)
-                del data  # the invocation holds what it needs (Invocation.payload lets it go)
+                del data  # the invocation holds what it needs (Invocation.take_payload lets it go)
             except MLCloudError as err:  # malformed, or its chunks cannot be read
                 if not receipted:
                     await self._answer(msg.reply, wire.encode_error(err))

@@ -3,7 +3,7 @@
 Link values (all optional):
 
 * ``address`` — ``host:port`` to listen on (default ``MLCLOUD_HTTP_ADDRESS``, 0.0.0.0:8078);
-* ``max_body_bytes`` — larger request bodies get 413 (default 16 MiB);
+* ``max_body_bytes`` — larger request bodies get 413 (default ``MLCLOUD_MAX_BODY_BYTES``, 64 MiB);
 * ``timeout`` — seconds to wait for the actor before answering 504 (default: the RPC timeout);
 * ``cors_allowed_origins`` — comma-separated origins, or ``*``; adds CORS headers and answers
   preflight requests (``cors_allowed_methods``/``cors_allowed_headers``/``cors_max_age`` too);
