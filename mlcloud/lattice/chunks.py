@@ -16,7 +16,7 @@ Where we differ from wasmCloud, and why:
   message of its own;
 * the bucket keeps its objects in memory with a time to live (:data:`CHUNK_TTL`), so an object
   whose receiver never came (a crashed process, a call that timed out) is dropped by the server;
-  a sender whose request failed deletes its object itself;
+  a sender whose request found nobody serving it deletes its object itself;
 * deleting purges the object's metadata too (nats-py's ``delete`` leaves a tombstone), so the
   bucket is empty again once every message is taken.
 
@@ -59,11 +59,21 @@ def grants(lattice: str) -> tuple[str, ...]:
     """What an instance must be allowed to publish to use the bucket (mlcloud/host/permissions.py):
     its objects' subjects and the JetStream API calls that read the bucket's info, an object's
     metadata, read its pieces (an ordered consumer) and purge it; not to make or remove the bucket."""
-    stream = f"OBJ_{subjects.chunk_bucket(lattice)}"
-    api = "$JS.API"
-    return (f"$O.{subjects.chunk_bucket(lattice)}.>", f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
+    bucket = subjects.chunk_bucket(lattice)
+    stream, api = _stream(bucket), "$JS.API"
+    return (f"{_objects(bucket)}.>", f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
             f"{api}.STREAM.PURGE.{stream}", f"{api}.CONSUMER.CREATE.{stream}", f"{api}.CONSUMER.CREATE.{stream}.>",
             f"{api}.CONSUMER.DELETE.{stream}.>", f"{api}.CONSUMER.INFO.{stream}.>")
+
+
+def _stream(bucket: str) -> str:
+    """The JetStream stream of an object store bucket (nats-py's OBJ_STREAM_TEMPLATE)."""
+    return f"OBJ_{bucket}"
+
+
+def _objects(bucket: str) -> str:
+    """The subjects' prefix of an object store bucket: ``.C.{nuid}`` pieces, ``.M.{name}`` metadata."""
+    return f"$O.{bucket}"
 
 
 def is_chunked(msg: Msg) -> bool:
@@ -135,7 +145,7 @@ class Chunks:
         view = memoryview(data)
         written = 0
         hashed = hashlib.sha256()
-        sub = await self.nc.jetstream().subscribe(f"$O.{self.bucket}.C.{nuid}", stream=f"OBJ_{self.bucket}",
+        sub = await self.nc.jetstream().subscribe(f"{_objects(self.bucket)}.C.{nuid}", stream=_stream(self.bucket),
                                                   ordered_consumer=True)
         try:
             while written < size:
@@ -162,8 +172,8 @@ class Chunks:
         metadata; a failure only leaves it to the time to live."""
         store = await self.open()
         js = self.nc.jetstream()
-        stream = f"OBJ_{self.bucket}"
-        meta = f"$O.{self.bucket}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
+        stream, objects = _stream(self.bucket), _objects(self.bucket)
+        meta = f"{objects}.M.{base64.urlsafe_b64encode(name.encode()).decode()}"
         try:
             with nats_errors(f"deleting chunked message {name}", self.bucket):
                 if not nuid:
@@ -171,7 +181,7 @@ class Chunks:
                         nuid = (await store.get_info(name)).nuid or ""
                     except nats.js.errors.ObjectNotFoundError:
                         return
-                await js.purge_stream(stream, subject=f"$O.{self.bucket}.C.{nuid}")
+                await js.purge_stream(stream, subject=f"{objects}.C.{nuid}")
                 await js.purge_stream(stream, subject=meta)
         except MLCloudError as err:
             log.warning("could not delete chunked message %s from %s (%s); it expires in %g s",
