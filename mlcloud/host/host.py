@@ -53,7 +53,6 @@ from mlcloud.interfaces import (
 )
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Account, account_for, credentials_for
-from mlcloud.lattice.chunks import Chunks
 from mlcloud.lattice.connect import connect, flush, leave
 from mlcloud.lattice.control import (
     DEFAULT_LINK_NAME,
@@ -168,8 +167,6 @@ class Host(Service):
         self.links = await open_links(nc, lattice)
         if isinstance(self.links, LinkFeed):  # its instances may not follow the hub's hosts themselves
             await stack.enter_async_context(LinkRelay(nc, lattice, self.id, self.links))
-        else:  # its instances may use the chunk bucket, not make it
-            await Chunks(nc, lattice).open()
         self.events = events = EventPublisher(nc, lattice, self.id)
         stack.push_async_callback(self._stop_all_components)
         handlers: dict[str, CtlHandler] = {

@@ -12,8 +12,8 @@ From the instance's signed claims and nothing else (nats-server enforces them, s
   own figures) only; read the lattice's link bucket, or where its host has no JetStream (a
   board's leaf node) ask its host for the links and follow its host's link
   relay (:class:`mlcloud.lattice.links.LinkRelay`: link definitions, nothing else);
-* put, read and delete objects of the lattice's chunk bucket (:mod:`mlcloud.lattice.chunks`:
-  messages larger than max_payload), which its host makes;
+* make the lattice's chunk bucket and put, read and delete its objects
+  (:mod:`mlcloud.lattice.chunks`: messages larger than max_payload);
 * an httpserver provider may also send scrapes (its ``GET /metrics``), no other component;
 * no control interface (``wasmbus.ctl``), no events to follow, no other JetStream.
 """

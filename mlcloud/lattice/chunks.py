@@ -14,7 +14,8 @@ Where we differ from wasmCloud, and why:
 * an object is named by a fresh id per message, not by the invocation id: a request id is kept
   across a chain's stages and a call's retries (:mod:`mlcloud.tracing`), each of which sends a
   message of its own;
-* the bucket keeps its objects in memory with a time to live (:data:`CHUNK_TTL`), so an object
+* the bucket keeps its objects in memory (made again when a restarted server forgot it) with a
+  time to live (:data:`CHUNK_TTL`), so an object
   whose receiver never came (a crashed process, a call that timed out) is dropped by the server;
   a sender whose request found nobody serving it deletes its object itself;
 * deleting purges the object's metadata too (nats-py's ``delete`` leaves a tombstone), so the
@@ -58,12 +59,13 @@ PIECE_TIMEOUT = 5.0  # seconds a reader waits for the next piece of an object
 def grants(lattice: str) -> tuple[str, ...]:
     """What an instance must be allowed to publish to use the bucket (mlcloud/host/permissions.py):
     its objects' subjects and the JetStream API calls that read the bucket's info, an object's
-    metadata, read its pieces (an ordered consumer) and purge it; not to make or remove the bucket."""
+    metadata, read its pieces (an ordered consumer) and purge it, and make the bucket (the first
+    to need it does, and again after a restarted nats-server forgot it); not to remove it."""
     bucket = subjects.chunk_bucket(lattice)
     stream, api = _stream(bucket), "$JS.API"
-    return (f"{_objects(bucket)}.>", f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.MSG.GET.{stream}",
-            f"{api}.STREAM.PURGE.{stream}", f"{api}.CONSUMER.CREATE.{stream}", f"{api}.CONSUMER.CREATE.{stream}.>",
-            f"{api}.CONSUMER.DELETE.{stream}.>", f"{api}.CONSUMER.INFO.{stream}.>")
+    return (f"{_objects(bucket)}.>", *(f"{api}.{call}.{stream}" for call in ("STREAM.INFO", "STREAM.CREATE",
+            "STREAM.MSG.GET", "STREAM.PURGE", "CONSUMER.CREATE")),
+            *(f"{api}.{call}.{stream}.>" for call in ("CONSUMER.CREATE", "CONSUMER.DELETE", "CONSUMER.INFO")))
 
 
 def _stream(bucket: str) -> str:
@@ -93,7 +95,8 @@ class Chunks:
         return len(data) > self.nc.max_payload
 
     async def open(self) -> ObjectStore:
-        """The bucket, made if missing (by a host at its start; an instance may not make one)."""
+        """The bucket, made if missing: by whoever first needs it, and again after a restarted
+        nats-server forgot it."""
         if self._store is None:
             js = self.nc.jetstream()
             with nats_errors("opening the chunk bucket", self.bucket):
@@ -107,11 +110,18 @@ class Chunks:
 
     async def stow(self, data: bytes) -> dict[str, str]:
         """Put ``data`` in the bucket; the headers of the message that stands for it."""
-        store = await self.open()
         name = uuid.uuid4().hex
         piece = min(PIECE_SIZE, max(self.nc.max_payload // 2, 1024))
+        meta = ObjectMeta(name=name, options=ObjectMetaOptions(max_chunk_size=piece))
+        store = await self.open()
         with nats_errors(f"storing a message of {len(data)} bytes", self.bucket):
-            await store.put(name, data, ObjectMeta(name=name, options=ObjectMetaOptions(max_chunk_size=piece)))
+            try:
+                await store.put(name, data, meta)
+            except (nats.js.errors.NoStreamResponseError, nats.js.errors.NotFoundError):
+                # A restarted nats-server has forgotten the bucket (its objects live in memory):
+                # the pieces found no stream, then nats-py's clean-up no stream to purge.
+                self._store = None
+                await (await self.open()).put(name, data, meta)
         return {NAME_HEADER: name, SIZE_HEADER: str(len(data))}
 
     async def take(self, msg: Msg) -> bytearray:

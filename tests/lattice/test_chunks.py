@@ -165,3 +165,19 @@ async def test_request_takes_a_chunked_reply(nc, stage_nc, lattice):
     await stage_nc.flush()
     assert await request(nc, "t.reply", "Op.R", b"q", timeout=5, chunks=Chunks(nc, lattice)) == big
     assert await stored_messages(nc, lattice) == 0
+
+
+async def test_a_bucket_a_restarted_server_forgot_is_made_again(nc, stage_nc, lattice):
+    """Its objects live in memory, so a restarted nats-server has lost the bucket: the next sender
+    makes it again (as a deleted stream stands in for it here)."""
+    async def echo(invocation: Invocation) -> Blob:
+        return invocation.payload(Blob)
+
+    server = await serve(stage_nc, "t.again", echo, chunks=Chunks(stage_nc, lattice))
+    client = RpcClient(nc, caller="tester", timeout=10, chunks=Chunks(nc, lattice))
+    payload = os.urandom(2 * MB)
+    assert (await client.call("t.again", "Op.Echo", Blob(data=payload), Blob)).data == payload
+    await nc.jetstream().delete_stream(f"OBJ_{subjects.chunk_bucket(lattice)}")
+    assert (await client.call("t.again", "Op.Echo", Blob(data=payload), Blob)).data == payload
+    assert await stored_messages(nc, lattice) == 0
+    await server.stop()
