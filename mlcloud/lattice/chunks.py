@@ -15,9 +15,9 @@ Where we differ from wasmCloud, and why:
   across a chain's stages and a call's retries (:mod:`mlcloud.tracing`), each of which sends a
   message of its own;
 * the bucket keeps its objects in memory (made again when a restarted server forgot it) with a
-  time to live (:data:`CHUNK_TTL`), so an object
-  whose receiver never came (a crashed process, a call that timed out) is dropped by the server;
-  a sender whose request found nobody serving it deletes its object itself;
+  time to live (:data:`CHUNK_TTL`), so an object whose receiver never came (a crashed process, a
+  call that timed out) is dropped by the server; a sender whose request found nobody serving it
+  deletes its object itself;
 * deleting purges the object's metadata too (nats-py's ``delete`` leaves a tombstone), so the
   bucket is empty again once every message is taken.
 
