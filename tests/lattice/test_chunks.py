@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from mlcloud.errors import NoResponders, PayloadTooLarge
 from mlcloud.lattice import subjects
 from mlcloud.lattice.chunks import PIECE_SIZE, Chunks, is_chunked
-from mlcloud.lattice.connect import connect
+from mlcloud.lattice.connect import connect, flush
 from mlcloud.lattice.nats_server import NatsServer
 from mlcloud.lattice.rpc import RpcClient, request
 from mlcloud.lattice.wire import Forward, Invocation
@@ -137,7 +137,7 @@ async def test_the_chunk_path_holds_at_most_one_more_copy_of_a_message(nc, stage
         await stage_nc.publish(msg.reply, b"ok")
 
     await stage_nc.subscribe("t.copies", cb=on_message)
-    await stage_nc.flush()
+    await flush(stage_nc)
     tracemalloc.start()
     try:
         headers = await sender.stow(data)
@@ -162,7 +162,7 @@ async def test_request_takes_a_chunked_reply(nc, stage_nc, lattice):
         await stage_nc.publish(msg.reply, b"", headers=await replier.stow(big))
 
     await stage_nc.subscribe("t.reply", cb=answer)
-    await stage_nc.flush()
+    await flush(stage_nc)
     assert await request(nc, "t.reply", "Op.R", b"q", timeout=5, chunks=Chunks(nc, lattice)) == big
     assert await stored_messages(nc, lattice) == 0
 

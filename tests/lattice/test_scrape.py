@@ -9,7 +9,7 @@ import pytest
 
 from mlcloud.errors import LatticeUnavailable
 from mlcloud.lattice import scrape
-from mlcloud.lattice.connect import connect
+from mlcloud.lattice.connect import connect, flush
 from mlcloud.lattice.control import MetricsReport
 
 LATTICE = "scrape-test"
@@ -34,7 +34,7 @@ async def answerers(nats_server, host_creds):
         client = await connect(nats_server.url, name="answerer", credentials=host_creds)
         clients.append(client)
         await scrape.answer_scrapes(client, LATTICE, lambda: report)
-        await client.flush()
+        await flush(client)  # nats-py's own flush() can return before the SUB is sent
 
     yield answer
     for client in clients:
