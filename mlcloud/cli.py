@@ -505,7 +505,7 @@ def trust_remove(key: str) -> None:
 def _register_subcommands() -> None:
     from mlcloud.bench.cli import bench_command
     from mlcloud.bindle.cli import bindle
-    from mlcloud.chaos import chaos_command
+    from mlcloud.chaos.cli import chaos_command
     from mlcloud.modelbuild.cli import models
     from mlcloud.oci.cli import build_command, keys_command, push_command
     from mlcloud.washboard.cli import washboard_command
