@@ -1,0 +1,24 @@
+"""The soak's short form: kills and model swaps for 40 s under load, held to issue 15's targets
+(``mlcloud chaos`` runs the 10-minute form; docs/reliability.md has its figures)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mlcloud.chaos import ChaosRun, SoakOptions, UpProcess, soak
+from mlcloud.chaos.cli import render
+
+pytestmark = pytest.mark.slow
+
+SLACK = 1.0  # seconds added to each time bound: other test runs share these 2 cores
+
+
+async def test_a_short_soak_loses_only_requests_in_flight_and_leaks_nothing(up: UpProcess) -> None:
+    options = SoakOptions(duration=40, kill_every=5, swap_every=10, warmup=10, seed=15)
+    async with ChaosRun(up, seed=options.seed) as run:
+        await run.scale_actors(1)
+        report = await soak(run, options)
+    print(render(report, run.started))
+    assert len(report.kills) >= 4 and len(report.swaps) >= 3
+    assert report.growth, "no process lived long enough to compare its RSS and fds"
+    assert not report.misses(SLACK), render(report, run.started)
