@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import msgspec
 
-from mlcloud.chaos.measures import Growth, Kill, Report, fmt
+from mlcloud.chaos.measures import Growth, Kill, Report, Samples, fmt
 from mlcloud.chaos.run import CONCURRENCY, SoakOptions, chaos_system, soak
 from mlcloud.chaos.system import TARGETS
 
@@ -93,14 +93,15 @@ def chaos_command(duration: float, kill_every: float, swap_every: float, warmup:
     options = SoakOptions(duration=duration, kill_every=kill_every, swap_every=swap_every, warmup=warmup,
                           replicas=replicas, targets=_targets(targets), concurrency=concurrency, seed=seed)
 
-    async def main() -> tuple[Report, float]:
+    async def main() -> tuple[Report, float, list[Samples]]:
         click.echo(f"starting the default app with {replicas} replica(s) of each actor …", err=True)
         async with chaos_system(options, state_dir) as run:
-            return await soak(run, options, lambda line: click.echo(line, err=True)), run.started
+            report = await soak(run, options, lambda line: click.echo(line, err=True))
+            return report, run.started, list(run.samples.values())
 
-    report, started = asyncio.run(main())
+    report, started, samples = asyncio.run(main())
     click.echo(render(report, started))
-    if state_dir is not None:
-        (state_dir / "chaos.json").write_bytes(msgspec.json.encode(report))
+    if state_dir is not None:  # everything measured, each process's RSS and fds over time too
+        (state_dir / "chaos.json").write_bytes(msgspec.json.encode({"report": report, "samples": samples}))
     if report.misses():
         sys.exit(1)
