@@ -39,7 +39,7 @@ def growth_table(growth: list[Growth]) -> str:
     rows = [[g.target, str(g.pid), f"{g.span:.0f}", f"{g.rss_first / 2**20:.1f}", f"{g.rss_last / 2**20:.1f}",
              f"{g.rss_change:+.1%}", str(g.fds_first), str(g.fds_last)] for g in growth]
     return table(rows, ["process", "pid", "compared over s", "RSS first MiB", "RSS last MiB", "change",
-                        "fds first", "fds last"])
+                        "fds usually, first half", "fds fewest, second half"])
 
 
 def render(report: Report, started: float = 0.0) -> str:

@@ -101,8 +101,8 @@ class Growth:
     span: float  # seconds between the first and last warm samples
     rss_first: int
     rss_last: int
-    fds_first: int
-    fds_last: int
+    fds_first: int  # the usual count over the first half of the samples
+    fds_last: int  # the fewest over the second half
 
     @property
     def rss_change(self) -> float:
