@@ -15,9 +15,12 @@ process of a target and measures, from the requests' own log:
 
 :func:`soak` kills a target every ``kill_every`` seconds (shuffled rounds over :data:`TARGETS`,
 so each is hit), swaps the model every ``swap_every`` seconds (load-then-swap, by relinking the
-route between an explicit ``onnxruntime`` engine and the metadata's choice: two model keys, so
-one of them loads while the other serves), and samples every process's RSS and open file
-descriptors; :meth:`Report.misses` names each of issue 15's targets it missed.
+routes that serve its bindle between an explicit ``onnxruntime`` engine and the metadata's
+choice: two model keys, so one of them loads while the other serves), and samples every process's RSS and open file
+descriptors; :meth:`Report.misses` names each of issue 15's targets it missed. The modules:
+:mod:`~mlcloud.chaos.system` (the system and its processes), :mod:`~mlcloud.chaos.measures` (what
+is measured, and the targets), :mod:`~mlcloud.chaos.run` (load, kills, swaps, the soak),
+:mod:`~mlcloud.chaos.cli` (the command and its tables).
 
 A worker whose request failed waits ``FAILURE_PAUSE`` before its next one, as a client honouring
 ``Retry-After`` would (briefer, to count more): the fail-fast 503s while NATS is away would

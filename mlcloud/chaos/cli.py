@@ -57,9 +57,6 @@ def render(report: Report, started: float = 0.0) -> str:
     return "\n".join(parts)
 
 
-
-
-
 def _targets(text: str) -> tuple[str, ...]:
     chosen = tuple(t.strip() for t in text.split(",") if t.strip())
     unknown = [t for t in chosen if t not in TARGETS]

@@ -19,8 +19,6 @@ def fmt(value: float | None, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-
-
 @dataclass
 class Sent:
     sent: float

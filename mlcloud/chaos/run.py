@@ -31,14 +31,12 @@ ROUTE = "mobilenetv27"
 IMAGE = PROJECT_DIR / "images" / "cat.jpg"
 CONCURRENCY = 8
 
-FAILURE_PAUSE = 0.1  # seconds a worker waits after a failed request (see the module docstring)
+FAILURE_PAUSE = 0.1  # seconds a worker waits after a failed request (see mlcloud.chaos)
 REQUEST_TIMEOUT = 30.0  # a request without an answer by then counts as failed (status 0)
 SETTLE = 1.0  # seconds a kill's window lasts after serving again
 WINDOW_MAX = 30.0  # a kill's window ends by then even if serving never came back
 SAMPLE_EVERY = 1.0  # seconds between RSS / fd samples
 RSS_WINDOW = 10  # samples whose median is a process's first and last RSS
-
-
 
 
 class ChaosRun:

@@ -35,8 +35,6 @@ def monotonic_of(epoch: float) -> float:
     return epoch - (time.time() - time.monotonic())
 
 
-
-
 class UpProcess:
     """``mlcloud up --no-washboard --app MANIFEST`` in its own process group, on free ports.
 
