@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
 from mlcloud.chaos import ChaosRun, SoakOptions, UpProcess, soak
-from mlcloud.chaos.cli import render
+from mlcloud.chaos.cli import chaos_command, render
 
 pytestmark = pytest.mark.slow
 
@@ -23,3 +24,8 @@ async def test_a_short_soak_loses_only_requests_in_flight_and_leaks_nothing(up: 
     assert len(report.kills) >= 4 and len(report.swaps) >= 3
     assert report.growth, "no process lived long enough to compare its RSS and fds"
     assert not report.misses(SLACK), render(report, run.started)
+
+
+def test_chaos_refuses_targets_it_does_not_know() -> None:
+    result = CliRunner().invoke(chaos_command, ["--targets", "api,washboard"])
+    assert result.exit_code == 2 and "expected some of api, preprocess" in result.output
