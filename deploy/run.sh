@@ -39,6 +39,7 @@ settings (deploy/env; current values):
   MLCLOUD_LATTICE=${MLCLOUD_LATTICE}
   MLCLOUD_NATS_URL=${MLCLOUD_NATS_URL:-(hub on ${MLCLOUD_NATS_HOST}:${MLCLOUD_NATS_PORT})}
   MLCLOUD_NATS_LEAF_ADDRESS=${MLCLOUD_NATS_LEAF_ADDRESS:-(no leaf nodes)}
+  MLCLOUD_NATS_ROUTES=${MLCLOUD_NATS_ROUTES:-(no cluster)}
   MLCLOUD_BINDLE_URL=${MLCLOUD_BINDLE_URL:-(embedded on ${MLCLOUD_BINDLE_ADDRESS})}
   MLCLOUD_REGISTRY=${MLCLOUD_REGISTRY}
   MLCLOUD_HTTP_ADDRESS=${MLCLOUD_HTTP_ADDRESS}
@@ -129,8 +130,12 @@ write_hub_config() {
             printf 'http: "127.0.0.1:%s"\n' "${MLCLOUD_NATS_MONITOR_PORT}"
         fi
         # Operator mode: only connections with credentials of the state dir's lattice account
-        # (which `mlcloud up` gives its host, the CLI and the washboard) get in.
-        mlcloud nats-config
+        # (which `mlcloud up` gives its host, the CLI and the washboard) get in. With
+        # MLCLOUD_NATS_ROUTES, also a node of the JetStream cluster they name (docs/deploy.md).
+        local route cluster=()
+        for route in ${MLCLOUD_NATS_ROUTES}; do cluster+=(--route "${route}"); done
+        [ ${#cluster[@]} -gt 0 ] && cluster+=(--cluster-listen "${MLCLOUD_NATS_CLUSTER_ADDRESS}")
+        mlcloud nats-config ${cluster[@]+"${cluster[@]}"}
     } >"${NATS_DIR}/hub.conf"
 }
 

@@ -24,6 +24,7 @@ from mlcloud.errors import MLCloudError, RequestError
 from mlcloud.settings import Settings
 
 if TYPE_CHECKING:
+    from mlcloud.interfaces import RepositoryModel
     from mlcloud.lattice.control import ComponentInfo
     from mlcloud.lattice.ctl_client import CtlClient
 
@@ -76,7 +77,8 @@ def emit(data: Any, as_json: bool, table: Callable[[], None]) -> None:
 
 
 settings_options = [
-    click.option("--nats-url", envvar="MLCLOUD_NATS_URL", help="Use this NATS server instead of the embedded one."),
+    click.option("--nats-url", envvar="MLCLOUD_NATS_URL",
+                 help="Use this NATS server instead of the embedded one (a cluster's nodes: comma-separated URLs)."),
     click.option("--nats-creds", type=click.Path(dir_okay=False, path_type=Path), envvar="MLCLOUD_NATS_CREDS",
                  help="NATS credentials (.creds) to connect with (default: the state dir's, from `mlcloud up`)."),
     click.option("--lattice", envvar="MLCLOUD_LATTICE", help="Lattice name (default: default)."),
@@ -126,6 +128,9 @@ dev_option = click.option(
 @main.command()
 @with_settings
 @click.option("--nats-port", type=int, help="Port of the embedded NATS server (default 4222).")
+@click.option("--nats-cluster", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Run the embedded NATS as a JetStream cluster of this many nodes on loopback "
+                   "(ports --nats-port and up); with 3 or more, any one node may die.")
 @click.option("--bindle-url", help="Use this Bindle server instead of the embedded one.")
 @click.option("--registry", help="Use this OCI registry (host:port) instead of the embedded one.")
 @click.option("--label", "labels", multiple=True, help="Host label key=value (repeatable).")
@@ -134,27 +139,40 @@ dev_option = click.option(
 @click.option("--no-washboard", is_flag=True, help="Do not serve the washboard.")
 @dev_option
 @run_async
-async def up(settings: Settings, nats_port: int | None, bindle_url: str | None, registry: str | None,
-             labels: tuple[str, ...], app_path: Path | None, no_washboard: bool, dev: bool) -> None:
+async def up(settings: Settings, nats_port: int | None, nats_cluster: int, bindle_url: str | None,
+             registry: str | None, labels: tuple[str, ...], app_path: Path | None, no_washboard: bool,
+             dev: bool) -> None:
     """Start NATS, Bindle, the registry, a host and the washboard; deploy --app; run until Ctrl-C."""
     from mlcloud.up import UpOptions, up as run_up
 
+    if nats_cluster > 1 and settings.nats_url is not None:
+        raise click.UsageError("--nats-cluster starts an embedded NATS cluster; --nats-url names one to use instead")
     settings = settings.replace(**{k: v for k, v in {"nats_port": nats_port, "bindle_url": bindle_url,
                                                      "registry": registry, "dev": dev or None}.items()
                                    if v is not None})
     options = UpOptions(labels=parse_pairs(labels, "--label"), app=app_path,
-                        start_registry=registry is None, start_washboard=not no_washboard)
+                        start_registry=registry is None, start_washboard=not no_washboard, nats_cluster=nats_cluster)
     await run_up(settings, options)
 
 
 @main.command("nats-config")
 @with_settings
-def nats_config(settings: Settings) -> None:
+@click.option("--route", "routes", multiple=True, metavar="nats-route://HOST:PORT",
+              help="Make the server a node of a JetStream cluster named after the lattice, routed to this "
+                   "node (repeatable: every node, this one included; each node gets the same list).")
+@click.option("--cluster-listen", default="0.0.0.0:6222", show_default=True, metavar="HOST:PORT",
+              help="With --route: where the node takes the other nodes' routes.")
+def nats_config(settings: Settings, routes: tuple[str, ...], cluster_listen: str) -> None:
     """Print the nats-server config lines that make a server of your own trust this state dir's
-    lattice account (operator mode; keys made on first use, as `mlcloud up` does)."""
+    lattice account (operator mode; keys made on first use, as `mlcloud up` does), and with
+    --route join a cluster of such servers (docs/deploy.md). Each server also needs its own
+    server_name, listen and jetstream lines."""
     from mlcloud.lattice.auth import NatsAuth, auth_dir
+    from mlcloud.lattice.nats_server import cluster_config
 
     click.echo(NatsAuth.load_or_create(auth_dir(settings)).server_config(), nl=False)
+    if routes:
+        click.echo(cluster_config(settings.lattice, cluster_listen, routes), nl=False)
 
 
 @main.command("nats-creds")
@@ -411,6 +429,77 @@ async def link_del(settings: Settings, actor: str, contract: str, link_name: str
         actor_id = await _component_id(c, actor, "actors")
         await c.delete_link(actor_id, contract, link_name)
     click.echo("link deleted")
+
+
+@ctl.group("model")
+def ctl_model() -> None:
+    """The model repository: what the mlinference provider can serve; load and unload routes.
+
+    The same operations as the Open Inference Protocol's /v2/repository, asked by the host that runs
+    the provider. A load or unload holds until the link's value for that route changes.
+    """
+
+
+actor_option = click.option("--actor", help="The linked actor (key or name); needed when several link to mlinference.")
+
+
+async def _repository(settings: Settings, actor: str | None, op: str, model: str = "",
+                      bindle_id: str = "") -> list[RepositoryModel]:
+    from mlcloud.interfaces import MLINFERENCE
+    from mlcloud.lattice.control import RepositoryCommand, RepositoryOp
+
+    async with await _connect(settings) as c:
+        links = [link for link in await c.get_links() if link.contract_id == MLINFERENCE]
+        if actor:
+            actor_id = await _component_id(c, actor, "actors")
+            links = [link for link in links if link.actor_id == actor_id]
+        if len(links) != 1:
+            which = f" of {actor}" if actor else ""
+            raise RequestError(f"{len(links)} mlinference links{which}: choose one with --actor")
+        link = links[0]
+        host_id, _ = await _find_component(c, link.provider_id, "providers")
+        command = RepositoryCommand(op=RepositoryOp(op), actor_id=link.actor_id, provider_id=link.provider_id,
+                                    link_name=link.link_name, model=model, bindle_id=bindle_id)
+        return await c.model_repository(host_id, command)
+
+
+def _repository_rows(models: list[RepositoryModel]) -> list[dict[str, Any]]:
+    return [{"name": m.name, "bindle": m.bindle_id, "state": m.state or "UNAVAILABLE", "reason": m.reason}
+            for m in models]
+
+
+@ctl_model.command("index")
+@with_settings
+@actor_option
+@click.option("--json", "as_json", is_flag=True)
+@run_async
+async def model_index(settings: Settings, actor: str | None, as_json: bool) -> None:
+    """Every route with its bindle and state, then every bindle no route serves."""
+    models = await _repository(settings, actor, "index")
+    emit(models, as_json, lambda: print_table(_repository_rows(models), ["name", "bindle", "state", "reason"]))
+
+
+@ctl_model.command("load")
+@with_settings
+@actor_option
+@click.argument("model")
+@click.option("--bindle", "bindle_id", default="", help="Serve MODEL with this bindle (name/version), swapped in live.")
+@run_async
+async def model_load(settings: Settings, actor: str | None, model: str, bindle_id: str) -> None:
+    """Serve the route MODEL (its link's bindle, --bindle, or the newest bindle named MODEL) once it is READY."""
+    [done] = await _repository(settings, actor, "load", model, bindle_id)
+    click.echo(f"{done.name} serves {done.bindle_id}")
+
+
+@ctl_model.command("unload")
+@with_settings
+@actor_option
+@click.argument("model")
+@run_async
+async def model_unload(settings: Settings, actor: str | None, model: str) -> None:
+    """Stop serving the route MODEL."""
+    [done] = await _repository(settings, actor, "unload", model)
+    click.echo(f"{done.name} ({done.bindle_id}) unloaded")
 
 
 # ---- app -----------------------------------------------------------------------------------

@@ -165,11 +165,13 @@ class PreprocessRequest(_Wire):
     image: bytes
     dimensions: list[int] = msgspec.field(default_factory=lambda: [1, 3, 224, 224])
     value_type: ValueType = ValueType.ValueF32
+    model: str = ""  # the route it is for: the ``model`` label of the stage's figures
 
 
 class PostprocessRequest(_Wire):
     tensor: Tensor
     top: int = 5
+    model: str = ""  # the route it is for: the ``model`` label of the stage's figures
 
 
 class Match(_Wire):
@@ -191,7 +193,7 @@ class ModelState(enum.StrEnum):
 
 
 class TensorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One declared input or output of a model, as ``GET /v2/models/{m}`` shows it.
+    """One declared input or output of a model, as ``GET /models/{m}`` shows it.
 
     Named as the HTTP API's JSON names it (snake_case, on the wire too, as when it was a dict).
     ``shape`` is None when the rank is unknown, and -1 marks a symbolic dimension; ``datatype``
@@ -207,7 +209,7 @@ class TensorInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ModelInfo(_Wire):
-    """What the api actor reports on ``GET /v2/models/{m}`` and the washboard shows."""
+    """What the api actor reports on ``GET /models/{m}`` and the washboard shows."""
 
     name: str
     bindle_id: str
@@ -216,11 +218,37 @@ class ModelInfo(_Wire):
     reason: str = ""
     inputs: list[TensorInfo] = []
     outputs: list[TensorInfo] = []
-    # Serving figures over the last minute, filled in by the mlinference provider.
+    # Serving figures over the last minute, filled in by the mlinference provider from its
+    # Prometheus metrics (providers/mlinference/metrics.py).
     requests: int = 0
     errors: int = 0
     p50_ms: float = 0.0
     p99_ms: float = 0.0
+    load_seconds: float = 0.0  # how long the serving model's load took (fetch, load, warm-up)
+
+
+class RepositoryRequest(_Wire):
+    """A model repository operation (``/v2/repository/…``, ``mlcloud models load``): the route,
+    and for a load the bindle to serve it with (empty: the route's own, or a bindle of that name)."""
+
+    model: str = ""
+    bindle_id: str = ""
+    actor: str = ""  # whose link, when the provider's host asks (an actor asks for its own)
+
+
+class RepositoryModel(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One entry of the repository index: a route and the bindle it serves, or a bindle that no
+    route serves (``name`` is then the bindle's name). ``state`` None: not loaded. Snake_case on
+    the wire too, as the CLI's and the washboard's JSON show it."""
+
+    name: str
+    bindle_id: str
+    state: ModelState | None = None
+    reason: str = ""
+
+
+class LabelsRequest(_Wire):
+    """The class labels the postprocess actor ranks with (no fields: it has one set)."""
 
 
 Req = TypeVar("Req")
@@ -247,6 +275,10 @@ PREDICT = Op("MlInference.Predict", InferenceInput, InferenceOutput, idempotent=
 MODEL_STATUS = Op("MlInference.Status", ModelStatusRequest, list[ModelInfo])
 PREPROCESS = Op("Preprocess.Convert", PreprocessRequest, Tensor, idempotent=True)
 POSTPROCESS = Op("Postprocess.Matches", PostprocessRequest, list[Match], idempotent=True)
+LABELS = Op("Postprocess.Labels", LabelsRequest, list[str], idempotent=True)
+REPOSITORY_INDEX = Op("MlInference.RepositoryIndex", RepositoryRequest, list[RepositoryModel])
+LOAD_MODEL = Op("MlInference.Load", RepositoryRequest, RepositoryModel)
+UNLOAD_MODEL = Op("MlInference.Unload", RepositoryRequest, RepositoryModel)
 
 T = TypeVar("T")
 

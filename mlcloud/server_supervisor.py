@@ -2,8 +2,8 @@
 
 A :class:`ServerSupervisor` watches one :class:`ChildServer` (``NatsServer``, ``EmbeddedRegistry``)
 and, when its process exits unasked, starts it again with the same arguments, port and data dir
-after a short back-off (doubling while restarts fail or come quickly, as
-:mod:`mlcloud.host.supervisor` does for instances). Clients reconnect by themselves
+after a short back-off (doubling while restarts fail or come quickly: the
+:class:`~mlcloud.lattice.lifecycle.RestartBackoff` the host's instances follow too). Clients reconnect by themselves
 (:func:`mlcloud.lattice.connect.connect` keeps trying). Each restart is logged and reported to
 ``on_restart`` (``mlcloud up`` publishes a ``server_restarted`` event). Stopping the supervisor
 first stops the watching; stopping the server itself stays with its owner (ask, terminate, kill).
@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from mlcloud.errors import MLCloudError
-from mlcloud.host.supervisor import HEALTHY_RESET_AFTER  # one rule for when a back-off starts over
 from mlcloud.lattice.control import ServerRestarted
-from mlcloud.lattice.lifecycle import cancel_and_wait
+from mlcloud.lattice.lifecycle import RestartBackoff, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +77,20 @@ class ServerSupervisor:
                 await cancel_and_wait([self._task])
 
     async def _supervise(self) -> None:
-        backoff = self.backoff
+        backoff = RestartBackoff(self.backoff, self.backoff_max)
         while True:
-            started = time.monotonic()
+            backoff.started()
             pid = self.server.pid
             code = await self.server.wait_exit()
-            if time.monotonic() - started > HEALTHY_RESET_AFTER:
-                backoff = self.backoff
             log.warning("%s (pid %s) exited with code %s; restarting it on %s", self.name, pid, code, self.server.url)
             while True:
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.backoff_max)
+                await asyncio.sleep(backoff.next_delay())
                 try:
                     async with self._restarting:
                         await self.server.restart()
                     break
                 except (MLCloudError, OSError) as exc:
-                    log.error("%s: restart failed (%s); trying again in %.1f s", self.name, exc, backoff)
+                    log.error("%s: restart failed (%s); trying again", self.name, exc)
             self.restarts += 1
             log.warning("%s restarted on %s (pid %s, restart %d)", self.name, self.server.url, self.server.pid,
                         self.restarts)

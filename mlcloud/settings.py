@@ -60,7 +60,8 @@ class Settings:
     # The signing keys: the issuer account and each component's subject key.
     keys_dir: Path = dataclasses.field(default_factory=_default_keys_dir)
     lattice: str = DEFAULT_LATTICE
-    # None means "start the embedded nats-server"; a URL means "use that server".
+    # None means "start the embedded nats-server"; a URL means "use that server"; several,
+    # comma-separated, the nodes of a NATS cluster (nats_urls).
     nats_url: str | None = None
     nats_port: int = DEFAULT_NATS_PORT
     nats_max_payload: int = DEFAULT_NATS_MAX_PAYLOAD
@@ -99,6 +100,9 @@ class Settings:
     registry_insecure: bool = True
     # The level of the instance processes' logs (a `logging` level name).
     log_level: str = DEFAULT_LOG_LEVEL
+    # When set, each instance also appends its log to a file of its own here
+    # ({component}-{instance}.log, mlcloud.host.runner.instance_log_file); stderr always has it.
+    log_dir: Path | None = None
     # Development: a host also runs unsigned local component folders (`--dev`, MLCLOUD_DEV=1).
     dev: bool = False
     # The NATS credentials (.creds) this process connects with; None: state_dir/nats-auth's
@@ -124,7 +128,7 @@ class Settings:
                 except ValueError:
                     raise ConfigError(f"{ENV_PREFIX}{f.name.upper()}={raw!r} is not a number") from None
         values.update({k: v for k, v in overrides.items() if v is not None})
-        for name in ("state_dir", "keys_dir", "nats_creds", "nats_account_seed"):
+        for name in ("state_dir", "keys_dir", "nats_creds", "nats_account_seed", "log_dir"):
             if name in values:
                 values[name] = Path(values[name]).expanduser()
         return cls(**values)
@@ -142,8 +146,15 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @property
+    def nats_urls(self) -> list[str]:
+        """The NATS servers a process connects to: a client given a cluster's nodes moves to another
+        when its node dies (mlcloud.lattice.connect.connect takes them all)."""
+        return split_urls(self.nats_url) or [f"nats://127.0.0.1:{self.nats_port}"]
+
+    @property
     def effective_nats_url(self) -> str:
-        return self.nats_url or f"nats://127.0.0.1:{self.nats_port}"
+        """:attr:`nats_urls` as one comma-separated string, for messages and logs."""
+        return ",".join(self.nats_urls)
 
     @property
     def effective_bindle_url(self) -> str:
@@ -162,6 +173,11 @@ def _coerce(annotation: Any, raw: str) -> Any:
     if "Path" in text:
         return Path(raw).expanduser()
     return raw
+
+
+def split_urls(urls: str | None) -> list[str]:
+    """``"nats://a:4222, nats://b:4222"`` → ``["nats://a:4222", "nats://b:4222"]``."""
+    return [url.strip() for url in (urls or "").split(",") if url.strip()]
 
 
 def split_address(address: str) -> tuple[str, int]:

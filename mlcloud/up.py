@@ -7,7 +7,11 @@ another), a host, the washboard, then publishes the project's components and dep
 manifest. Ctrl-C (or
 SIGTERM) stops everything in reverse order; a second Ctrl-C exits at once.
 
-nats-server and the registry are child processes, supervised (:mod:`mlcloud.server_supervisor`):
+With ``--nats-cluster N`` the embedded NATS is N nodes on loopback forming one JetStream cluster
+(:class:`~mlcloud.lattice.nats_server.NatsCluster`); every process gets all their URLs, and the
+links bucket is replicated, so any one node may die.
+
+nats-server (each node) and the registry are child processes, supervised (:mod:`mlcloud.server_supervisor`):
 one that dies is started again on the same port and data dir, its clients reconnect, and the host
 publishes a ``server_restarted`` event once its NATS connection is back. The Bindle server runs
 inside this process, so it ends only with ``mlcloud up`` itself.
@@ -28,7 +32,7 @@ from mlcloud.host.host import Host
 from mlcloud.identity import KeyKind, load_or_create
 from mlcloud.lattice.auth import NatsAuth, auth_dir
 from mlcloud.lattice.control import EventName, ServerRestarted
-from mlcloud.lattice.nats_server import NatsServer
+from mlcloud.lattice.nats_server import NatsCluster, NatsServer
 from mlcloud.server_supervisor import ServerSupervisor
 from mlcloud.servers import running_app, wait_for_stop_signal
 from mlcloud.settings import Settings
@@ -45,6 +49,7 @@ class UpOptions:
     start_registry: bool = True
     start_washboard: bool = True
     models_dir: Path | None = Path("models/build")  # bundles pushed to Bindle before deploying
+    nats_cluster: int = 1  # nodes of the embedded NATS: 1 a single server, more a JetStream cluster
 
 
 async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] = print) -> None:
@@ -64,7 +69,18 @@ async def up(settings: Settings, options: UpOptions, say: Callable[[str], None] 
         host_settings = settings.replace(nats_creds=settings.nats_creds or host_creds,
                                          nats_account_seed=settings.nats_account_seed or auth.account_seed_path)
         settings = settings.replace(nats_creds=settings.nats_creds or ctl_creds)
-        if settings.nats_url is None:
+        if settings.nats_url is None and options.nats_cluster > 1:
+            cluster = await stack.enter_async_context(NatsCluster(
+                settings.state_dir / "nats-cluster", size=options.nats_cluster, name=settings.lattice,
+                port=settings.nats_port, max_payload=settings.nats_max_payload, auth=auth))
+            for i, node in enumerate(cluster.nodes):
+                await stack.enter_async_context(ServerSupervisor(f"nats-server-{i}", node, announce))
+            # Every process connects with all the nodes' URLs, so it moves on when its node dies.
+            host_settings = host_settings.replace(nats_url=cluster.url)
+            settings = settings.replace(nats_url=cluster.url)
+            say(f"NATS (JetStream)   cluster {cluster.name!r} of {len(cluster.nodes)}: {cluster.url}   "
+                f"(credentials in {auth.directory})")
+        elif settings.nats_url is None:
             nats = NatsServer(
                 settings.state_dir / "nats", port=settings.nats_port, max_payload=settings.nats_max_payload,
                 auth=auth,

@@ -1,4 +1,5 @@
-"""`mlcloud up` supervises the servers it starts: kill nats-server or the registry and serving comes back.
+"""`mlcloud up` supervises the servers it starts: kill nats-server or the registry and serving comes back;
+with `--nats-cluster 3`, kill one NATS node and serving goes on.
 
 The bounds asserted are issue 15's: a server back within 2 s of its kill, serving again within 5 s.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -129,3 +131,51 @@ async def test_killed_servers_come_back_and_serving_resumes(env: dict[str, str],
         await leave(nc, "test")
     up.send_signal(signal.SIGINT)
     assert up.wait(timeout=30) == 0
+
+
+async def test_with_a_nats_cluster_a_killed_node_loses_no_link_and_serving_goes_on(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    app = FIXTURES / "apps" / "echo.yaml"
+    env = {**env, "MLCLOUD_NATS_PORT": "0"}  # each node picks its own port
+    process, lines = start_up(["--nats-cluster", "3", "--no-washboard", "--dev", "--label", "zone=test", "--app",
+                               str(app)], env, timeout=90, cwd=tmp_path)
+    try:
+        (urls,) = re.findall(r"cluster 'uptest' of 3: (\S+)", "".join(lines))
+        assert len(set(urls.split(","))) == 3
+        state = Path(env["MLCLOUD_STATE_DIR"])
+        nc = await connect(urls, name="test", credentials=Credentials.load(state / "nats-auth" / "host.creds"))
+        try:
+            rpc = RpcClient(nc, caller="test", timeout=1.0)
+            relay = subjects.actor_target(env["MLCLOUD_LATTICE"], "caller")
+
+            async def served_within(seconds: float, since: float) -> None:
+                while True:
+                    try:
+                        answer = await rpc.call(relay, "Caller.Relay", {"x": 1})
+                        assert isinstance(answer, dict) and answer["provider"]["echo"] == {"x": 1}
+                        return
+                    except (MLCloudError, nats.errors.Error):
+                        assert time.monotonic() - since < seconds, f"not served again within {seconds} s"
+                        await asyncio.sleep(0.05)
+
+            await served_within(60, time.monotonic())
+            info = await nc.jetstream().stream_info(f"KV_{subjects.lattice_bucket(env['MLCLOUD_LATTICE'])}")
+            assert info.config.num_replicas == 3
+            nodes = [p for p in psutil.Process(process.pid).children(recursive=True) if p.name() == "nats-server"]
+            assert len(nodes) == 3
+            killed = time.monotonic()
+            nodes[0].kill()
+            await served_within(5.0, killed)
+        finally:
+            await leave(nc, "test")
+        while True:  # reading links needs the bucket's leader: JetStream elects a new one within seconds
+            links = subprocess.run([*MLCLOUD, "ctl", "get", "links", "--json"], env={**env, "MLCLOUD_NATS_URL": urls},
+                                   capture_output=True, text=True, timeout=60)
+            if links.returncode == 0:
+                break
+            assert time.monotonic() - killed < 20, links.stderr
+        assert [link["values"] for link in json.loads(links.stdout)] == [{"greeting": "hello"}]
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0

@@ -13,7 +13,8 @@ from pathlib import Path
 from topk import load_labels, matches
 
 from mlcloud.errors import ConfigError
-from mlcloud.interfaces import POSTPROCESS, Match, PostprocessRequest
+from mlcloud.interfaces import LABELS, POSTPROCESS, LabelsRequest, Match, PostprocessRequest
+from mlcloud.metrics import POSTPROCESS as STAGE, STAGE_DURATION
 from mlcloud.sdk import Actor, Context
 
 LABELS_FILE = Path(__file__).with_name("synset.txt")
@@ -30,4 +31,11 @@ def labels() -> list[str]:
 
 @component.operation(POSTPROCESS, inline=True)
 def postprocess(ctx: Context, request: PostprocessRequest) -> list[Match]:
-    return matches(request, labels())
+    with STAGE_DURATION.labels(STAGE, request.model).time():
+        return matches(request, labels())
+
+
+@component.operation(LABELS, inline=True)
+def class_labels(ctx: Context, request: LabelsRequest) -> list[str]:
+    """The labels themselves, for the Open Inference Protocol's classification extension."""
+    return labels()

@@ -7,6 +7,7 @@ a thread pool (Pillow and numpy release the GIL), letting one instance serve req
 from imaging import convert
 
 from mlcloud.interfaces import PREPROCESS, PreprocessRequest, Tensor
+from mlcloud.metrics import PREPROCESS as STAGE, STAGE_DURATION
 from mlcloud.sdk import Actor, Context
 
 component = Actor()
@@ -14,4 +15,5 @@ component = Actor()
 
 @component.operation(PREPROCESS)
 def preprocess(ctx: Context, request: PreprocessRequest) -> Tensor:
-    return convert(request, max_pixels=ctx.settings.max_image_pixels)
+    with STAGE_DURATION.labels(STAGE, request.model).time():
+        return convert(request, max_pixels=ctx.settings.max_image_pixels)

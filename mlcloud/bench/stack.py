@@ -38,7 +38,7 @@ DYNAMIC_BATCH_ID = "efficientnet-lite0-dynbatch/1.0.0"
 
 
 class RouteStatus(msgspec.Struct):
-    """The fields of the api's ``GET /v2/models/{route}`` answer that the bench reads."""
+    """The fields of the api's ``GET /models/{route}`` answer that the bench reads."""
 
     name: str
     bindle_id: str
@@ -59,7 +59,8 @@ async def _serve(state_dir: Path) -> None:
         stdin = sys.stdin.fileno()
         loop.add_reader(stdin, lambda: stop.set() if not os.read(stdin, 1024) else None)
         watching = True
-    async with running_stack(state_dir) as stack:
+    # Instances log to stderr only, as under `mlcloud up`: no log files beside (the tests' default).
+    async with running_stack(state_dir, log_dir=None) as stack:
         print(json.dumps({
             "http_url": stack.http_url,
             "nats_url": stack.settings.effective_nats_url,
@@ -109,13 +110,13 @@ async def relink(nats_url: str, lattice: str, nats_creds: str, values: dict[str,
 
 async def wait_route_ready(http_url: str, route: str, bindle_id: str | None = None, engine: str | None = None,
                            timeout: float = 120.0) -> RouteStatus:
-    """Poll ``GET /v2/models/{route}`` until the route serves ``bindle_id`` on ``engine`` (each when
+    """Poll ``GET /models/{route}`` until the route serves ``bindle_id`` on ``engine`` (each when
     given) and that model is READY; while a swap is pending the route still serves the old one."""
     async with httpx.AsyncClient(base_url=http_url) as client:
         async with asyncio.timeout(timeout):
             while True:
                 with contextlib.suppress(httpx.TransportError):
-                    response = await client.get(f"/v2/models/{route}")
+                    response = await client.get(f"/models/{route}")
                     if response.status_code == 200:
                         info = msgspec.json.decode(response.content, type=RouteStatus)
                         serves = (bindle_id is None or info.bindle_id == bindle_id) and \

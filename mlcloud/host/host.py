@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from mlcloud import __version__
+from mlcloud import __version__, metrics
 from mlcloud.component import ComponentKind
 from mlcloud.errors import (
     ComponentNotFound,
@@ -40,7 +40,17 @@ from mlcloud.host.permissions import instance_permissions, served_targets
 from mlcloud.host.spec import HEALTH_OP, InstanceSpec
 from mlcloud.host.supervisor import Instance
 from mlcloud.identity import KeyKind, KeyPair
-from mlcloud.interfaces import MLINFERENCE, MODEL_STATUS, ModelInfo, ModelStatusRequest
+from mlcloud.interfaces import (
+    LOAD_MODEL,
+    MLINFERENCE,
+    MODEL_STATUS,
+    REPOSITORY_INDEX,
+    UNLOAD_MODEL,
+    ModelInfo,
+    ModelStatusRequest,
+    RepositoryModel,
+    RepositoryRequest,
+)
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Account, account_for, credentials_for
 from mlcloud.lattice.connect import connect, flush, leave
@@ -65,9 +75,13 @@ from mlcloud.lattice.control import (
     LinkList,
     LinkModels,
     LinkPutReply,
+    MetricsReport,
     ModelList,
     ProviderInfo,
     ProviderReply,
+    RepositoryCommand,
+    RepositoryOp,
+    RepositoryReply,
     ScaleActor,
     StartActor,
     StartProvider,
@@ -79,6 +93,7 @@ from mlcloud.lattice.lifecycle import Service, cancel_and_wait
 from mlcloud.lattice.links import LinkFeed, LinkRelay, LinkStore, key_of, open_links
 from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.lattice.rpc import Died, RpcClient
+from mlcloud.lattice.scrape import answer_scrapes
 from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -139,6 +154,7 @@ class Host(Service):
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._lock = asyncio.Lock()  # serialises changes to what runs here
+        self.metrics = metrics.host_registry(self.inventory)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -163,6 +179,7 @@ class Host(Service):
             subjects.ctl_command(lattice, self.id, "lp"): _handler(StartProvider, self.handle_provider_start),
             subjects.ctl_command(lattice, self.id, "sp"): _handler(StopProvider, self.handle_provider_stop),
             subjects.ctl_command(lattice, self.id, "stop"): _handler(Empty, self.handle_host_stop),
+            subjects.ctl_command(lattice, self.id, "repo"): _handler(RepositoryCommand, self.handle_model_repository),
         }
         queues = dict.fromkeys(handlers, "")
         # Without JetStream (a board's leaf node) the hub's hosts answer for the links.
@@ -184,6 +201,7 @@ class Host(Service):
                 stack.push_async_callback(_unsubscribe, sub)
             sub = await nc.subscribe(subjects.instance_ready(lattice, self.id), cb=self._on_instance_ready)
             stack.push_async_callback(_unsubscribe, sub)
+            stack.push_async_callback((await answer_scrapes(nc, lattice, self.metrics_report)).stop)
             await flush(nc)  # a started host answers control requests from any connection at once
         self._tasks = [
             asyncio.create_task(self._heartbeat(), name="heartbeat"),
@@ -265,6 +283,20 @@ class Host(Service):
                  if c.resolved.manifest.contract == MLINFERENCE
                  for link in links if (link.provider_id, link.link_name) == (key, link_name)]
         return ModelList(links=list(await asyncio.gather(*asked)))
+
+    async def handle_model_repository(self, request: RepositoryCommand) -> RepositoryReply:
+        """A model repository operation on a provider here, asked as this host for the link's actor:
+        the CLI and the washboard reach the same provider operations as ``/v2/repository``."""
+        assert self.nc is not None
+        if (request.provider_id, request.link_name) not in self.providers:
+            raise ComponentNotFound(f"provider {request.provider_id} ({request.link_name}) does not run on this host")
+        target = subjects.provider_target(self.settings.lattice, MLINFERENCE, request.provider_id, request.link_name)
+        rpc = RpcClient(self.nc, caller=self.id, timeout=self.settings.rpc_timeout)
+        asked = RepositoryRequest(model=request.model, bindle_id=request.bindle_id, actor=request.actor_id)
+        if request.op is RepositoryOp.INDEX:
+            return RepositoryReply(models=await rpc.call(target, REPOSITORY_INDEX.name, asked, list[RepositoryModel]))
+        op = LOAD_MODEL if request.op is RepositoryOp.LOAD else UNLOAD_MODEL
+        return RepositoryReply(models=[await rpc.call(target, op.name, asked, RepositoryModel)])
 
     async def handle_host_stop(self, request: Empty) -> Empty:
         # Answer first, then stop.
@@ -373,6 +405,12 @@ class Host(Service):
             providers=len(self.providers),
             dev=self.settings.dev,
         )
+
+    def metrics_report(self) -> MetricsReport:
+        """The host's figures (its instances' restarts and health), naming the instances that answer too."""
+        inventory = self.inventory()
+        return MetricsReport(host_id=self.id, families=metrics.families(self.metrics),
+                             expect=metrics.expected_instances(inventory))
 
     def inventory(self) -> HostInventory:
         return HostInventory(

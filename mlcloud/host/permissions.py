@@ -8,9 +8,11 @@ From the instance's signed claims and nothing else (nats-server enforces them, s
 * publish a chain's forwarded calls as itself (their receivers check the originator's grant),
   answers to any inbox (a chain's last stage answers the originator), its events, and its
   ready report to its host;
-* subscribe to its own calls and its own inbox only; read the lattice's link bucket, or where its
-  host has no JetStream (a board's leaf node) ask its host for the links and follow its host's link
+* subscribe to its own calls, its own inbox and scrapes (``wasmbus.metrics``, answered with its
+  own figures) only; read the lattice's link bucket, or where its host has no JetStream (a
+  board's leaf node) ask its host for the links and follow its host's link
   relay (:class:`mlcloud.lattice.links.LinkRelay`: link definitions, nothing else);
+* an httpserver provider may also send scrapes (its ``GET /metrics``), no other component;
 * no control interface (``wasmbus.ctl``), no events to follow, no other JetStream.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from mlcloud.component import ComponentKind
 from mlcloud.host.spec import InstanceSpec
+from mlcloud.interfaces import HTTPSERVER
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import INBOX, Permissions, inbox_prefix
 
@@ -41,10 +44,12 @@ def instance_permissions(lattice: str, spec: InstanceSpec, user_key: str) -> Per
              f"$JS.API.CONSUMER.CREATE.{bucket}.>", f"$JS.API.CONSUMER.INFO.{bucket}.>",
              f"$JS.API.CONSUMER.DELETE.{bucket}.>")
     relay = subjects.host_links(lattice, spec.host_id)
+    serves_http = spec.kind is ComponentKind.PROVIDER and spec.contract == HTTPSERVER
+    scrapes = (subjects.metrics(lattice),) if serves_http else ()
     return Permissions(
         pub=(*calls, *forwards, f"{INBOX}.>", subjects.events(lattice),
-             subjects.instance_ready(lattice, spec.host_id), *links, f"{relay}.get"),
+             subjects.instance_ready(lattice, spec.host_id), *links, f"{relay}.get", *scrapes),
         sub=(*[s for t in targets for s in subjects.served(t)], f"{inbox_prefix(user_key)}.>", relay,
-             subjects.instance_died(lattice)),
+             subjects.instance_died(lattice), subjects.metrics(lattice)),
         responses=True,
     )

@@ -14,9 +14,11 @@ import asyncio
 import ctypes
 import importlib.util
 import logging
+import logging.handlers
 import os
 import signal
 import sys
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -25,17 +27,20 @@ import msgspec
 import setproctitle
 from nats.aio.client import Client as NATS
 
-from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, UnknownOperation
+from mlcloud import tracing
+from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, MLCloudError, UnknownOperation
 from mlcloud.host.spec import HEALTH_OP, SPEC_ENV, InstanceSpec
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Credentials
 from mlcloud.lattice.connect import connect, leave
-from mlcloud.lattice.control import HealthReport, LinkDefinition
+from mlcloud.lattice.control import HealthReport, LinkDefinition, MetricsReport
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.grants import Signer, Verifier
 from mlcloud.lattice.links import LinkFeed, LinkStore, open_links
 from mlcloud.lattice.rpc import RpcClient, RpcServer
+from mlcloud.lattice.scrape import Answering, answer_scrapes, gather
 from mlcloud.lattice.wire import Forward, Invocation
+from mlcloud.metrics import REGISTRY, families, render
 from mlcloud.sdk import Actor, Context, Provider
 from mlcloud.settings import Settings
 
@@ -72,6 +77,7 @@ class ComponentRuntime:
         self.rpc: RpcClient | None = None
         self.events: EventPublisher | None = None
         self._servers: list[RpcServer] = []
+        self._scrapes: Answering | None = None
         self._links: dict[tuple[str, str, str], LinkDefinition] = {}  # (actor, contract, link name)
         self._links_ready = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -100,6 +106,15 @@ class ComponentRuntime:
     async def publish_event(self, name: str, /, **data: Any) -> None:
         assert self.events is not None
         await self.events.publish(name, **data)
+
+    async def gather_metrics(self) -> bytes:
+        assert self.nc is not None
+        return render(await gather(self.nc, self.settings.lattice, timeout=self.settings.ctl_timeout))
+
+    def metrics_report(self) -> MetricsReport:
+        """This process's figures, as it answers a scrape."""
+        return MetricsReport(host_id=self.spec.host_id, component=self.spec.name, instance_id=self.spec.instance_id,
+                             families=families(REGISTRY))
 
     async def call_provider(
         self, contract: str, op: str, message: Any, result_type: Any, *,
@@ -206,6 +221,7 @@ class ComponentRuntime:
                                            verifier=verifier, ack_timeout=self.settings.forward_ack_timeout))
         for server in self._servers:
             await server.start()
+        self._scrapes = await answer_scrapes(self.nc, lattice, self.metrics_report)
 
     async def _dispatch(self, invocation: Invocation) -> Any:
         from_host = invocation.caller == self.spec.host_id
@@ -220,7 +236,19 @@ class ComponentRuntime:
             raise UnknownOperation(f"{self.spec.name} has no operation {invocation.op!r}")
         payload = invocation.payload(operation.op.request)
         ctx = Context(self, invocation_id=invocation.id, caller=invocation.caller, from_host=from_host)
-        return await operation.invoke(ctx, payload)
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            result = await operation.invoke(ctx, payload)
+            outcome = "ok"
+            return result
+        except MLCloudError as err:
+            outcome = err.kind
+            raise
+        finally:
+            # The stage's line of the request (its id comes from mlcloud.tracing's log filter).
+            self.log.log(logging.DEBUG if from_host else logging.INFO, "%s %s %.1f ms (caller %s)",
+                         invocation.op, outcome, (time.perf_counter() - started) * 1000, invocation.caller[:8])
 
     async def _health(self) -> HealthReport:
         if isinstance(self.component, Provider):
@@ -268,6 +296,8 @@ class ComponentRuntime:
     async def _shutdown(self) -> None:
         for server in self._servers:
             await server.stop()
+        if self._scrapes is not None:
+            await self._scrapes.stop()
         for task in self._tasks:
             task.cancel()
         if isinstance(self.component, Provider):
@@ -319,11 +349,9 @@ def main() -> None:
     spec = msgspec.json.decode(os.environ[SPEC_ENV], type=InstanceSpec)
     # ps shows which component this is, not `python -m mlcloud.host.runner` for every instance.
     setproctitle.setproctitle(spec.title)
-    logging.basicConfig(
-        level=settings.log_level,
-        format=f"%(asctime)s %(levelname)s [{spec.name}] %(message)s",
-    )
+    configure_logging(spec, settings)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per Bindle request is noise
+    tracing.setup(spec.name, spec.instance_id)
     component = load_component(Path(spec.folder), spec.module)
     runtime = ComponentRuntime(spec, settings, component)
 
@@ -334,7 +362,31 @@ def main() -> None:
         loop.add_signal_handler(signal.SIGINT, lambda: None)
         await runtime.run()
 
-    run_event_loop(run())
+    try:
+        run_event_loop(run())
+    finally:
+        tracing.shutdown()
+
+
+def instance_log_file(log_dir: Path, spec: InstanceSpec) -> Path:
+    """Where an instance appends its log besides stderr when ``log_dir`` is set: one file per
+    instance, kept across its restarts."""
+    return log_dir / f"{spec.name}-{spec.instance_id[:8]}.log"
+
+
+def configure_logging(spec: InstanceSpec, settings: Settings) -> None:
+    """Log to stderr (the host's), and to :func:`instance_log_file` when ``settings.log_dir`` is
+    set; every line names the component and the request being served (``-`` outside one)."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if settings.log_dir is not None:
+        settings.log_dir.mkdir(parents=True, exist_ok=True)
+        # Watched: a file logrotate moved away is reopened.
+        handlers.append(logging.handlers.WatchedFileHandler(instance_log_file(settings.log_dir, spec)))
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s [{spec.name} %(request_id)s] %(message)s",
+        handlers=[tracing.add_request_ids(handler) for handler in handlers],
+    )
 
 
 def run_event_loop(main: Coroutine[Any, Any, None]) -> None:

@@ -21,13 +21,13 @@ import msgspec
 
 from mlcloud.host.spec import SPEC_ENV, InstanceSpec
 from mlcloud.lattice.control import InstanceInfo, InstanceStatus
+from mlcloud.lattice.lifecycle import RestartBackoff
 from mlcloud.listeners import ListenerBroker
 from mlcloud.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _HOST_SECRETS = {"MLCLOUD_NATS_CREDS", "MLCLOUD_NATS_ACCOUNT_SEED"}
-HEALTHY_RESET_AFTER = 30.0  # seconds of uptime after which the back-off starts over
 
 
 class Instance:
@@ -111,9 +111,9 @@ class Instance:
         return work.done() and not work.cancelled()
 
     async def _supervise(self) -> None:
-        backoff = self.settings.restart_backoff
+        backoff = RestartBackoff(self.settings.restart_backoff, self.settings.restart_backoff_max)
         while not self._stopping.is_set():
-            started = time.monotonic()
+            backoff.started()
             self._ready.clear()
             try:
                 await self._spawn()
@@ -127,13 +127,11 @@ class Instance:
                 self.last_exit = self.process.returncode
                 await self.on_exit(self)
                 await self._set_status(InstanceStatus.UNHEALTHY, f"process exited with code {self.last_exit}")
-            if time.monotonic() - started > HEALTHY_RESET_AFTER:
-                backoff = self.settings.restart_backoff
+            delay = backoff.next_delay()
             log.warning("%s instance %s exited (%s); restarting in %.1f s",
-                        self.spec.name, self.instance_id[:8], self.last_exit, backoff)
-            if not await self._until_stopped(asyncio.sleep(backoff)):
+                        self.spec.name, self.instance_id[:8], self.last_exit, delay)
+            if not await self._until_stopped(asyncio.sleep(delay)):
                 return
-            backoff = min(backoff * 2, self.settings.restart_backoff_max)
             self.restarts += 1
             await self.on_change(self, "restarted")
 

@@ -12,6 +12,9 @@ back its own rows of every output. A batch whose run fails fails exactly its cal
 batcher's worker dies (a bug, or it is cancelled), every waiting caller gets an error at once and
 later calls are refused: nobody hangs.
 
+A batch of more than one request is logged with the ids of the requests it carried
+(:mod:`mlcloud.tracing`); a batch of one is its request's own stage.
+
 The registry enables batching only for models whose batch dimension is symbolic.
 """
 
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -27,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from mlcloud import tracing
 from mlcloud.errors import InferenceRuntimeError
+from mlcloud.metrics import observe_execution
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +46,10 @@ class _Request:
     array: np.ndarray
     future: asyncio.Future[list[np.ndarray]]
     arrived: float
+    request_id: str
     key: tuple[np.dtype[Any], tuple[int, ...]] = field(init=False)  # what may share a batch
+    labels: tuple[str, str] = ("", "")  # (model, version) of its figures
+    queued: float = field(default_factory=time.perf_counter)  # not ``arrived``: uvloop's clock has 1 ms steps
 
     def __post_init__(self) -> None:
         self.key = (self.array.dtype, self.array.shape[1:])
@@ -61,7 +71,9 @@ class AdaptiveBatcher:
         self._arrived = asyncio.Event()
         self._in_flight: list[_Request] = []
         self._dead: BaseException | None = None
-        self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher:{name}")
+        # In a context of its own: not that of the request whose call created the batcher.
+        self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher:{name}",
+                                                            context=contextvars.Context())
         self.batches = 0  # how many runs; tests and the bench read it
 
     @property
@@ -73,11 +85,12 @@ class AdaptiveBatcher:
     def alive(self) -> bool:
         return self._dead is None and not self._task.done()
 
-    async def submit(self, array: np.ndarray) -> list[np.ndarray]:
+    async def submit(self, array: np.ndarray, labels: tuple[str, str] = ("", "")) -> list[np.ndarray]:
+        """``array``'s rows of the outputs; ``labels`` (model, version) name it in the figures."""
         if not self.alive:
             raise InferenceRuntimeError(f"the batcher of {self.name} has stopped: {self._dead!r}")
         loop = asyncio.get_running_loop()
-        request = _Request(array, loop.create_future(), loop.time())
+        request = _Request(array, loop.create_future(), loop.time(), tracing.current().request_id, labels=labels)
         self._queue.append(request)
         self._arrived.set()
         return await request.future
@@ -145,9 +158,15 @@ class AdaptiveBatcher:
         if not batch:
             return
         loop = asyncio.get_running_loop()
+        if len(batch) > 1:
+            ids = " ".join(r.request_id or tracing.NO_REQUEST for r in batch)
+            log.info("%s: a batch of %d requests: %s", self.name, len(batch), ids)
         try:
             stacked = batch[0].array if len(batch) == 1 else np.concatenate([r.array for r in batch])
+            started = time.perf_counter()
             outputs = await loop.run_in_executor(self._executor, self._run, stacked)
+            observe_execution([(*r.labels, started - r.queued) for r in batch], time.perf_counter() - started,
+                              len(stacked))
             self.batches += 1
             results = self._split(outputs, [len(r.array) for r in batch])
         except Exception as exc:

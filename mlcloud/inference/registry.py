@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ from mlcloud.inference.engines.base import Session
 from mlcloud.inference.metadata import ModelMetadata
 from mlcloud.inference.pixels import PIXEL_TYPE, PixelNormalization
 from mlcloud.interfaces import ModelInfo, ModelState, Tensor
+from mlcloud.metrics import observe_execution, version_of
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,7 @@ class LoadedModel:
         self.batcher: AdaptiveBatcher | None = None
         self.task: asyncio.Task[None] | None = None
         self.refs = 0  # route slots (active or pending) naming this model
+        self.load_seconds = 0.0  # the last successful load's
         self.inflight = 0  # requests currently using the session
         self.retired = False
 
@@ -200,7 +203,7 @@ class ModelRegistry:
     async def predict(self, route: str, tensor: Tensor, index: int = 0) -> Tensor:
         """Run the route's model on ``tensor``; the answer is output ``index`` (default 0)."""
         model = self._serving(route)
-        outputs = await self._infer(model, tensor.to_numpy())
+        outputs = await self._infer(model, tensor.to_numpy(), route)
         if not 0 <= index < len(outputs):
             raise CorruptInputTensor(
                 f"model {route!r} has {len(outputs)} outputs; index {index} does not name one"
@@ -224,7 +227,12 @@ class ModelRegistry:
             raise InvalidModel(f"model {route!r} ({model.key.bindle_id}) failed to load: {model.reason}")
         return model
 
-    async def _infer(self, model: LoadedModel, array: np.ndarray) -> list[np.ndarray]:
+    def bindle_of(self, route: str) -> str:
+        """The bindle id serving ``route`` now; empty when no such route is linked."""
+        entry = self._routes.get(route)
+        return entry.active.key.bindle_id if entry is not None else ""
+
+    async def _infer(self, model: LoadedModel, array: np.ndarray, route: str) -> list[np.ndarray]:
         session = model.session
         assert session is not None
         # Checked here, before batching, so one bad request cannot fail a batch.
@@ -235,12 +243,16 @@ class ModelRegistry:
                 raise
             raise CorruptInputTensor(f"{exc.message}; 8-bit pixels (ValueU8) of that shape are taken too") from None
         model.inflight += 1
+        labels = (route, version_of(model.key.bindle_id))
         try:
             batcher = model.batcher
             if batcher is not None and batcher.alive:
-                return await batcher.submit(array)
+                return await batcher.submit(array, labels)
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._predict_pool, model.run, array)
+            submitted = time.perf_counter()
+            outputs, started, finished = await loop.run_in_executor(self._predict_pool, _timed, model.run, array)
+            observe_execution([(*labels, started - submitted)], finished - started, len(array))
+            return outputs
         finally:
             model.inflight -= 1
             if model.retired and model.inflight == 0:
@@ -263,7 +275,7 @@ class ModelRegistry:
         return all(r.active.state is ModelState.READY for r in self._routes.values())
 
     def status(self, route: str | None = None) -> list[ModelInfo]:
-        """What ``GET /v2/models/{m}`` and the washboard show, for one route or all."""
+        """What ``GET /models/{m}`` and the washboard show, for one route or all."""
         if route is not None and route not in self._routes:
             raise ContextNotFound(f"no model is linked as {route!r}")
         names = [route] if route is not None else sorted(self._routes)
@@ -353,6 +365,7 @@ class ModelRegistry:
         key = model.key
         log.info("loading %s (engine %s)", key.bindle_id, key.engine or "from metadata")
         loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             path, raw_metadata = await self._fetch_with_retries(key.bindle_id)
             metadata = ModelMetadata.parse(raw_metadata)
@@ -373,6 +386,7 @@ class ModelRegistry:
             model.engine, model.metadata, model.session = engine.name, metadata, session
             model.pixels = _pixel_input(metadata, session, key.bindle_id)
             model.batcher = self._make_batcher(model)
+            model.load_seconds = loop.time() - started
             model.state = ModelState.READY
             log.info("loaded %s on %s", key.bindle_id, engine.name)
             for route in list(self._routes.values()):
@@ -458,6 +472,7 @@ class ModelRegistry:
             reason=reason,
             inputs=inputs,
             outputs=[s.to_info() for s in session.outputs] if session else [],
+            load_seconds=round(model.load_seconds, 3),
         )
 
     def _emit(self, event: str, route: str, model: LoadedModel) -> None:
@@ -511,6 +526,13 @@ def _pixel_input(metadata: ModelMetadata, session: Session, bindle_id: str) -> P
         log.warning("%s: images go as f32, not 8-bit pixels: %s", bindle_id, problem)
         return None
     return pixels
+
+
+def _timed(run: Callable[[np.ndarray], list[np.ndarray]], array: np.ndarray) -> tuple[list[np.ndarray], float, float]:
+    """``run(array)`` in a worker thread, with when it started and finished (``time.perf_counter``)."""
+    started = time.perf_counter()
+    outputs = run(array)
+    return outputs, started, time.perf_counter()
 
 
 def _warm_up(session: Session, name: str) -> None:

@@ -24,6 +24,7 @@ from nats.aio.client import Client as NATS, RawCredentials
 from mlcloud.errors import LatticeUnavailable
 from mlcloud.lattice.auth import Credentials, inbox_prefix
 from mlcloud.lattice.natserrors import connecting, nats_errors
+from mlcloud.settings import split_urls
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,11 @@ async def connect(
     disconnected_cb: Callback | None = None, reconnected_cb: Callback | None = None, closed_cb: Callback | None = None,
 ) -> NATS:
     """Connect to ``url`` within ``timeout`` seconds; keep reconnecting afterwards if ``reconnect``.
+
+    ``url`` may list several servers, comma-separated (:attr:`Settings.nats_urls
+    <mlcloud.settings.Settings.nats_urls>`): the nodes of a NATS cluster. The client connects to
+    one of them and, when that one dies, reconnects to another (and to the nodes the cluster
+    advertises).
 
     The callbacks are nats-py's; without ``error_cb`` connection trouble is logged. With
     ``credentials`` (:mod:`mlcloud.lattice.auth`) the connection presents that user and takes its
@@ -65,7 +71,7 @@ async def connect(
     else:
         options.update(allow_reconnect=False, max_reconnect_attempts=0)
     with connecting(url, timeout):
-        await asyncio.wait_for(nc.connect(url, **options), timeout)
+        await asyncio.wait_for(nc.connect(split_urls(url), **options), timeout)
     _waiting[nc] = waiting
     return nc
 

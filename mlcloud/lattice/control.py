@@ -31,7 +31,7 @@ from typing import Any, Generic, TypeVar
 import msgspec
 
 from mlcloud.errors import MLCloudError, error_from_wire
-from mlcloud.interfaces import ModelInfo
+from mlcloud.interfaces import ModelInfo, RepositoryModel
 
 T = TypeVar("T")
 
@@ -156,6 +156,39 @@ class HealthReport(_Ctl):
     message: str = ""
 
 
+# ---- metrics (answers to a scrape on wasmbus.metrics.{lattice}; msgpack: a value may be ±Inf or NaN) ----
+
+
+class MetricSample(msgspec.Struct, array_like=True):
+    """One sample of a Prometheus family: ``[name, labels, value]`` on the wire."""
+
+    name: str
+    labels: dict[str, str]
+    value: float
+
+
+class MetricFamily(_Ctl):
+    """One ``prometheus_client`` metric family (counter, gauge, histogram, …) and its samples."""
+
+    name: str
+    type: str
+    help: str = ""
+    samples: list[MetricSample] = []
+
+
+class MetricsReport(_Ctl):
+    """One process's figures: a host's (``instance_id`` empty) or one instance's.
+
+    A host also names the instances it runs that should answer (``expect``), so the gatherer
+    knows when it has heard from everyone instead of waiting out its deadline."""
+
+    host_id: str
+    component: str = ""
+    instance_id: str = ""
+    families: list[MetricFamily] = []
+    expect: list[str] = []
+
+
 # ---- commands ---------------------------------------------------------------------------------
 
 
@@ -246,6 +279,28 @@ class ModelList(_Ctl):
     """A host's answer for the mlinference providers it runs: every link's models."""
 
     links: list[LinkModels] = []
+
+
+class RepositoryOp(enum.StrEnum):
+    INDEX = "index"
+    LOAD = "load"
+    UNLOAD = "unload"
+
+
+class RepositoryCommand(_Ctl):
+    """A model repository operation (as ``/v2/repository`` offers it) on one mlinference link,
+    which the host running the link's provider makes as itself for the link's actor."""
+
+    op: RepositoryOp
+    actor_id: str
+    provider_id: str
+    link_name: str = DEFAULT_LINK_NAME
+    model: str = ""
+    bindle_id: str = ""
+
+
+class RepositoryReply(_Ctl):
+    models: list[RepositoryModel] = []
 
 
 # ---- events -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from mlcloud.errors import LatticeUnavailable, MalformedMessage, MLCloudError
+from mlcloud.interfaces import RepositoryModel
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import credentials_for
 from mlcloud.lattice.connect import connect, while_connected
@@ -33,6 +34,8 @@ from mlcloud.lattice.control import (
     LinkPutReply,
     ModelList,
     ProviderReply,
+    RepositoryCommand,
+    RepositoryReply,
     ScaleActor,
     StartActor,
     StartProvider,
@@ -170,6 +173,10 @@ class CtlClient:
     async def get_models(self, host_id: str) -> list[LinkModels]:
         """The models of every mlinference link to a provider on ``host_id``."""
         return (await self._request(subjects.ctl_models(self.lattice, host_id), Empty(), ModelList)).links
+
+    async def model_repository(self, host_id: str, command: RepositoryCommand) -> list[RepositoryModel]:
+        """A model repository operation on an mlinference link whose provider runs on ``host_id``."""
+        return (await self._command(host_id, "repo", command, RepositoryReply)).models
 
     async def get_links(self) -> list[LinkDefinition]:
         return (await self._request(subjects.ctl_links(self.lattice, "get"), Empty(), LinkList)).links

@@ -4,6 +4,9 @@ A :class:`Service` starts once: :meth:`Service._start` opens what it needs in or
 each undo on an :class:`~contextlib.AsyncExitStack`. When a step fails, what was opened before it
 is closed in reverse at once (a failed start leaks no connection); :meth:`Service.stop` does the
 same for a running service, and background tasks are awaited after they are cancelled.
+
+A :class:`RestartBackoff` is the one rule for how long a supervisor waits before starting a dead
+process again: both the host's instances and ``mlcloud up``'s servers follow it.
 """
 
 from __future__ import annotations
@@ -11,12 +14,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import time
 from collections.abc import Iterable
 from typing import Self
 
 from mlcloud.errors import HostError
 
 RECANCEL_AFTER = 1.0  # seconds a cancelled task may take to end before it is cancelled again
+HEALTHY_RESET_AFTER = 30.0  # seconds of uptime after which a restart back-off starts over
+
+
+class RestartBackoff:
+    """Exponential back-off between restarts of a process that keeps dying, reset once it ran a while.
+
+    Call :meth:`started` when the process starts and :meth:`next_delay` once it has died: the
+    first delay is ``first``, each one after doubles up to ``most``, and a process that ran for
+    ``HEALTHY_RESET_AFTER`` seconds starts over from ``first`` (a crash a day is not a crash loop).
+    Restarts that fail (no :meth:`started` between two delays) keep doubling.
+    """
+
+    def __init__(self, first: float, most: float) -> None:
+        self.first = first
+        self.most = most
+        self._delay = first
+        self._started: float | None = None
+
+    def started(self) -> None:
+        self._started = time.monotonic()
+
+    def next_delay(self) -> float:
+        if self._started is not None and time.monotonic() - self._started > HEALTHY_RESET_AFTER:
+            self._delay = self.first
+        self._started = None
+        delay, self._delay = self._delay, min(self._delay * 2, self.most)
+        return delay
 
 
 class State(enum.StrEnum):

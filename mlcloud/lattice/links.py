@@ -12,14 +12,22 @@ follow the lattice's events (mlcloud/host/permissions.py), so the host relays th
 (:class:`LinkRelay`) on its own subject, as wasmCloud's host puts links to its providers; they
 get link definitions and nothing else, and an instance starting while the hub is out of reach
 still gets the links its host knows. :func:`open_links` picks whichever is reachable.
+
+On a NATS cluster the bucket is replicated: created on ``min(3, nodes)`` servers
+(:func:`link_replicas`), and a host that finds it on fewer (made before the cluster grew, or while
+a node was down) raises its replicas. Any one node may then die without losing a link; writes
+wait for the bucket's new leader (JetStream elects one within seconds), reads and watches resume
+on another node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 import msgspec
@@ -48,6 +56,16 @@ WATCH_INACTIVE_THRESHOLD = 5 * 60.0
 # restarted nats-server has forgotten it (ordered consumers live in memory), and nats-py does not
 # notice, so without the check a watch would miss every later change without a word.
 WATCH_CHECK_INTERVAL = 2.0
+# Copies of the links bucket on a NATS cluster of at least this many nodes: one node may die (three
+# keep a quorum of two), as a JetStream R3 stream.
+LINK_REPLICAS = 3
+# JetStream's err_codes: a stream of that name exists with another config; it cannot place that
+# many replicas now (a node is down, or the meta leader has not heard from it yet); a node could not
+# make the stream's store (it had not loaded the account yet, in operator mode: it has now).
+STREAM_NAME_IN_USE = 10058
+NO_SUITABLE_PEERS = 10005
+STORE_FAILED = 10049
+PLACEMENT_WAIT = 3.0  # seconds a new bucket waits for its replicas' nodes before it takes fewer
 
 
 def link_key(actor_id: str, contract_id: str, link_name: str) -> str:
@@ -57,6 +75,13 @@ def link_key(actor_id: str, contract_id: str, link_name: str) -> str:
 
 def key_of(link: LinkDefinition) -> str:
     return link_key(link.actor_id, link.contract_id, link.link_name)
+
+
+def link_replicas(nc: NATS) -> int:
+    """How many copies of the links bucket to ask for: :data:`LINK_REPLICAS` when the server ``nc``
+    is connected to is in a cluster (its INFO, which nats-py keeps privately, names one), else one.
+    A cluster that cannot place them all (fewer nodes, or one down) gets fewer (:meth:`LinkStore._create`)."""
+    return LINK_REPLICAS if nc._server_info.get("cluster") else 1
 
 
 class LinkEvent(msgspec.Struct, frozen=True):
@@ -86,12 +111,51 @@ class LinkStore:
             except nats.js.errors.ServiceUnavailableError:
                 return None
             except nats.js.errors.BucketNotFoundError:
-                # Two hosts may race to create it; creating an identical bucket is idempotent.
-                kv = await js.create_key_value(bucket=bucket, history=1, description="mlcloud lattice data")
+                kv = await cls._create(js, bucket, link_replicas(nc))
             except nats.js.errors.BadBucketError as exc:
                 raise ConfigError(f"the JetStream stream of bucket {bucket} is not a key-value bucket; "
                                   "remove that stream or use another lattice name") from exc
         return cls(js, kv, bucket)
+
+    @staticmethod
+    async def _create(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
+        deadline = time.monotonic() + PLACEMENT_WAIT
+        while True:
+            try:
+                # Two hosts may race to create it; creating an identical bucket is idempotent.
+                return await js.create_key_value(bucket=bucket, history=1, replicas=replicas,
+                                                 description="mlcloud lattice data")
+            except nats.js.errors.APIError as exc:
+                if exc.err_code == STREAM_NAME_IN_USE:
+                    return await js.key_value(bucket)  # another host made it, with other replicas: see replicate()
+                if exc.err_code not in (NO_SUITABLE_PEERS, STORE_FAILED):
+                    raise
+                if time.monotonic() > deadline:
+                    if replicas == 1:
+                        raise
+                    log.warning("JetStream cannot place %d replicas of the links bucket %s now (%s); "
+                                "making it with %d (a host raises them later)", replicas, bucket, exc.description,
+                                replicas - 1)
+                    replicas -= 1
+                await asyncio.sleep(0.1)
+
+    async def replicate(self, replicas: int) -> None:
+        """Keep the bucket on at least ``replicas`` servers: raise its replicas when it has fewer
+        (a host does, as it may change the stream; if the cluster cannot place them now, say so)."""
+        stream = f"KV_{self.bucket}"
+        with nats_errors("reading the link store's replicas", stream):
+            config = (await self.js.stream_info(stream)).config
+        have = config.num_replicas or 1
+        if have >= replicas:
+            return
+        try:
+            with nats_errors("replicating the link store", stream):
+                await self.js.update_stream(dataclasses.replace(config, num_replicas=replicas))
+        except MLCloudError as err:
+            log.warning("the links bucket %s has %d replica(s), fewer than the %d this NATS cluster could keep, "
+                        "and raising them failed: %s", self.bucket, have, replicas, err.message)
+            return
+        log.info("the links bucket %s now has %d replicas (had %d)", self.bucket, replicas, have)
 
     async def put(self, link: LinkDefinition) -> None:
         with nats_errors("putting a link", key_of(link)):
@@ -331,4 +395,6 @@ async def open_links(nc: NATS, lattice: str, host_id: str | None = None) -> Link
         log.info("no JetStream on this NATS server: following links %s",
                  "through the control interface" if host_id is None else "through this instance's host")
         return LinkFeed(nc, lattice, host_id=host_id)
+    if host_id is None:  # a host: it keeps the bucket replicated (an instance may not change the stream)
+        await store.replicate(link_replicas(nc))
     return store

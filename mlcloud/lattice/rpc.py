@@ -1,6 +1,8 @@
 """Request/reply over NATS: the client side (:class:`RpcClient`) and the server side (:class:`RpcServer`).
 
-Every call carries an invocation id for tracing and a deadline; nats-py's errors become
+Every call carries an invocation id, the id of the request it serves (by default the one being
+served, :func:`mlcloud.tracing.current`, so it is kept across every hop), its trace context and
+a deadline; nats-py's errors become
 :mod:`mlcloud.errors` (``RpcTimeout``, ``NoResponders``) through :mod:`mlcloud.lattice.natserrors`,
 and a call while the connection to NATS is down fails at once with ``LatticeUnavailable``. A handler's
 :class:`~mlcloud.errors.MLCloudError` travels back as ``{kind, message}``; any other exception is
@@ -26,7 +28,16 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from mlcloud.errors import ClaimsError, InstanceDied, LatticeUnavailable, MLCloudError, NoResponders, RpcTimeout
+from mlcloud import tracing
+from mlcloud.errors import (
+    ClaimsError,
+    InstanceDied,
+    LatticeUnavailable,
+    MalformedMessage,
+    MLCloudError,
+    NoResponders,
+    RpcTimeout,
+)
 from mlcloud.lattice import subjects, wire
 from mlcloud.lattice.connect import flush, while_connected
 from mlcloud.lattice.grants import Signer, Verifier
@@ -126,8 +137,10 @@ class RpcClient:
         """Call ``op`` on ``target``; with ``forward``, the answer is the forwarded call's.
 
         ``idempotent`` (the call and every stage of ``forward`` are): retry as the class says.
+        ``invocation_id``: by default the id of the request being served, else a new one.
         """
-        invocation_id = invocation_id or new_invocation_id()
+        trace = tracing.current()
+        invocation_id = invocation_id or trace.request_id or new_invocation_id()
         deadline = self.timeout if timeout is None else timeout
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline
@@ -137,7 +150,8 @@ class RpcClient:
         awaited_notice = not idempotent
         while True:
             try:
-                return await self._attempt(target, op, message, result_type, left, invocation_id, forward)
+                return await self._attempt(target, op, message, result_type, left, invocation_id, forward,
+                                           trace.traceparent)
             except InstanceDied as err:
                 if retries <= 0 or loop.time() >= end:
                     raise
@@ -162,12 +176,13 @@ class RpcClient:
 
     async def _attempt(
         self, target: str, op: str, message: Any, result_type: type[T] | None, deadline: float,
-        invocation_id: str, forward: Forward | None,
+        invocation_id: str, forward: Forward | None, traceparent: str,
     ) -> T | Any:
         grant = None
         if forward is not None and self.signer is not None:
             grant = self.signer.grant(invocation_id, forward.stages(), deadline)
-        data = wire.encode_request(op, message, invocation_id=invocation_id, forward=forward, grant=grant)
+        data = wire.encode_request(op, message, invocation_id=invocation_id, forward=forward, grant=grant,
+                                   trace=traceparent)
         subject = subjects.call(target, self.caller)
         targets = {target, *(t for t, _ in (forward.stages() if forward else ()))}
         died: asyncio.Future[str] = asyncio.get_running_loop().create_future()
@@ -271,24 +286,31 @@ class RpcServer(Service):
 
     async def _serve(self, msg: Msg) -> None:
         try:
-            invocation, result, error = await self._invoke(msg)
-            answer_to = invocation.reply_to if invocation is not None and invocation.reply_to else msg.reply
             try:
-                if error is not None:
-                    await self._answer(answer_to, wire.encode_error(error))
-                else:
-                    assert invocation is not None  # _invoke returns an error for a request it cannot decode
-                    if invocation.forward is not None:
+                invocation = wire.decode_request(msg.data)
+            except MalformedMessage as err:
+                await self._answer(msg.reply, wire.encode_error(err))
+                return
+            # The call's request id and trace, on every log line and call made while serving it.
+            with tracing.serving(invocation.op, invocation.id, invocation.trace) as served:
+                result, error = await self._invoke(msg, invocation)
+                answer_to = invocation.reply_to or msg.reply
+                try:
+                    if error is not None:
+                        served.failed(error.kind, error.message)
+                        await self._answer(answer_to, wire.encode_error(error))
+                    elif invocation.forward is not None:
                         await self._forward(invocation, result, answer_to)
                     else:
                         await self._answer(answer_to, wire.encode_reply(result))
-            except MLCloudError as err:  # the next stage is not there, or cannot be built from this result
-                await self._answer(answer_to, wire.encode_error(err))
-            except (TypeError, ValueError, msgspec.EncodeError) as exc:
-                # The answer cannot be encoded: say so now rather than let the caller time out.
-                op = invocation.op if invocation else "?"
-                log.exception("%s on %s: cannot send the answer", op, self.subject)
-                await self._answer(answer_to, wire.encode_error(MLCloudError(f"{op}: cannot send the answer: {exc}")))
+                except MLCloudError as err:  # the next stage is not there, or cannot be built from this result
+                    served.failed(err.kind, err.message)
+                    await self._answer(answer_to, wire.encode_error(err))
+                except (TypeError, ValueError, msgspec.EncodeError) as exc:
+                    # The answer cannot be encoded: say so now rather than let the caller time out.
+                    log.exception("%s on %s: cannot send the answer", invocation.op, self.subject)
+                    await self._answer(answer_to, wire.encode_error(
+                        MLCloudError(f"{invocation.op}: cannot send the answer: {exc}")))
         except Exception:  # the connection went away mid-reply; nothing else to tell
             log.exception("could not reply on %s", self.subject)
         finally:
@@ -304,7 +326,7 @@ class RpcServer(Service):
         forward = invocation.forward
         assert forward is not None
         data = wire.encode_forwarded(forward, result, invocation_id=invocation.id, reply_to=answer_to,
-                                     grant=invocation.grant)
+                                     grant=invocation.grant, trace=tracing.current().traceparent)
         subject = subjects.forwarded(forward.target, self.identity)
         if not answer_to:  # nobody waits for the answer, so nobody to tell that a stage is missing
             await self.nc.publish(subject, data)
@@ -340,18 +362,15 @@ class RpcServer(Service):
         return self.verifier.caller(invocation.grant, invocation_id=invocation.id, target=self.target,
                                     op=invocation.op)
 
-    async def _invoke(self, msg: Msg) -> tuple[Invocation | None, Any, MLCloudError | None]:
-        """(invocation, result, None), or (…, None, the error to send back)."""
-        invocation = None
+    async def _invoke(self, msg: Msg, invocation: Invocation) -> tuple[Any, MLCloudError | None]:
+        """(result, None), or (None, the error to send back)."""
         try:
-            invocation = wire.decode_request(msg.data)
             if invocation.reply_to and msg.reply and msg.reply != invocation.reply_to:
                 await self._receipt(msg.reply, invocation.op)
             invocation.caller = self._caller(msg.subject, invocation)
-            return invocation, await self.handler(invocation), None
+            return await self.handler(invocation), None
         except MLCloudError as err:
-            return invocation, None, err
+            return None, err
         except Exception as exc:
-            op = invocation.op if invocation else "?"
-            log.exception("%s on %s failed", op, self.subject)
-            return invocation, None, MLCloudError(f"{op} failed: {type(exc).__name__}: {exc}")
+            log.exception("%s on %s failed", invocation.op, self.subject)
+            return None, MLCloudError(f"{invocation.op} failed: {type(exc).__name__}: {exc}")

@@ -116,3 +116,8 @@ def host_links(lattice: str, host_id: str) -> str:
 def lattice_bucket(lattice: str) -> str:
     """The JetStream key-value bucket holding the lattice's link definitions."""
     return f"LATTICEDATA_{lattice}"
+
+
+def metrics(lattice: str) -> str:
+    """A scrape: every host and instance answers the requester's inbox with its figures."""
+    return f"wasmbus.metrics.{lattice}"

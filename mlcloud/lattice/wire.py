@@ -1,11 +1,16 @@
 """The RPC wire format: msgpack envelopes around every request and reply on the lattice.
 
-A request is ``{op, id, msg, forward?, grant?}`` (``forward``: the chain of stages its result goes
-on to, see :class:`Forward`; ``grant``: the originator's leave for those stages,
-:mod:`mlcloud.lattice.grants`) and a reply is ``{ok}`` or ``{error: {kind,
-message, details}}``. ``msg`` and ``ok`` are decoded lazily (``msgspec.Raw``), so a component decodes a
-payload straight into the type its handler wants, and large byte fields are not re-parsed.
+A request is ``{op, id, msg, forward?, grant?, trace?}`` (``id``: the id of the request it serves,
+which every call made for that request keeps, :mod:`mlcloud.tracing`; ``forward``: the chain of
+stages its result goes on to, see :class:`Forward`; ``grant``: the originator's leave for those
+stages, :mod:`mlcloud.lattice.grants`; ``trace``: the W3C traceparent of the calling stage) and a
+reply is ``{ok}`` or ``{error: {kind, message, details}}``. ``msg`` and ``ok`` are decoded lazily
+(``msgspec.Raw``), so a component decodes a payload straight into the type its handler wants, and
+large byte fields are not re-parsed.
 The caller is not in the envelope: the receiving server takes it from the subject (or the grant).
+Why the trace context rides in the envelope and not in NATS headers: it is decoded with the rest
+in one pass (nats-py parses headers apart, per message), and a forwarded stage's request, which
+is built here from the envelope, carries it on without a second place to copy from.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import msgspec
 
 from mlcloud.errors import MalformedMessage, MLCloudError, error_from_wire
 from mlcloud.lattice.grants import Grant
+from mlcloud.tracing import valid_request_id
 
 T = TypeVar("T")
 
@@ -58,6 +64,7 @@ class Invocation(msgspec.Struct, kw_only=True):
     # stage's) goes; the message's own reply subject then only takes the delivery receipt.
     reply_to: str = ""
     grant: Grant | None = None
+    trace: str = ""  # the caller's W3C traceparent, the parent of this call's span
     # Not read from the wire: set by the receiving server from the subject, or from a verified
     # grant for a forwarded call (whatever a sender writes here is replaced).
     caller: str = ""
@@ -80,7 +87,7 @@ _reply_decoder = msgspec.msgpack.Decoder(_Reply)
 
 def encode_request(
     op: str, message: Any, *, invocation_id: str, forward: Forward | None = None, reply_to: str = "",
-    grant: Grant | None = None,
+    grant: Grant | None = None, trace: str = "",
 ) -> bytes:
     request = {"op": op, "id": invocation_id, "msg": message}
     if forward is not None:
@@ -89,18 +96,22 @@ def encode_request(
         request["reply_to"] = reply_to
     if grant is not None:
         request["grant"] = grant
+    if trace:
+        request["trace"] = trace
     return _encoder.encode(request)
 
 
 def encode_forwarded(
-    forward: Forward, result: Any, *, invocation_id: str, reply_to: str, grant: Grant | None = None
+    forward: Forward, result: Any, *, invocation_id: str, reply_to: str, grant: Grant | None = None,
+    trace: str = "",
 ) -> bytes:
     """The next request of a chain, with ``result`` (or its ``pick``) as ``forward.field``, encoded
-    once; its answer goes to ``reply_to``, the original caller; it carries on the chain's ``grant``."""
+    once; its answer goes to ``reply_to``, the original caller; it carries on the chain's ``grant``
+    and request id, and ``trace``, the forwarding stage's traceparent."""
     value = _picked(result, forward) if forward.pick else result
     message = {**forward.msg, forward.field: value}
     return encode_request(forward.op, message, invocation_id=invocation_id, forward=forward.then,
-                          reply_to=reply_to, grant=grant)
+                          reply_to=reply_to, grant=grant, trace=trace)
 
 
 def describe_chain(op: str, forward: Forward | None) -> str:
@@ -123,10 +134,12 @@ def _picked(result: Any, forward: Forward) -> Any:
 def decode_request(data: bytes) -> Invocation:
     try:
         invocation = _invocation_decoder.decode(data)
-        invocation.caller = ""
-        return invocation
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise MalformedMessage(f"not an RPC invocation: {exc}") from exc
+    if valid_request_id(invocation.id) is None:  # it goes into log lines
+        raise MalformedMessage("the invocation id is not a valid request id (mlcloud.tracing)")
+    invocation.caller = ""
+    return invocation
 
 
 def encode_reply(message: Any) -> bytes:

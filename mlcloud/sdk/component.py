@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import inspect
 import logging
@@ -11,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
+from mlcloud import tracing
 from mlcloud.interfaces import Op
 from mlcloud.lattice.control import DEFAULT_LINK_NAME, HealthReport, LinkDefinition
 from mlcloud.lattice.wire import Forward
@@ -47,7 +49,9 @@ class Operation:
             return await self.handler(*args)
         if self.inline:
             return self.handler(*args)
-        return await asyncio.get_running_loop().run_in_executor(None, self.handler, *args)
+        # In the pool thread too, log lines carry the request's id (mlcloud.tracing).
+        run = functools.partial(contextvars.copy_context().run, self.handler, *args)
+        return await asyncio.get_running_loop().run_in_executor(None, run)
 
 
 def _check_request(op: Op[Any, Any], message: object) -> None:
@@ -58,7 +62,7 @@ def _check_request(op: Op[Any, Any], message: object) -> None:
 
 
 class Context:
-    """What a handler can reach: who called, the link that applies, and the lattice."""
+    """What a handler can reach: who called, the request it serves, the link that applies, and the lattice."""
 
     def __init__(self, runtime: Runtime, *, invocation_id: str, caller: str, from_host: bool = False) -> None:
         self._runtime = runtime
@@ -67,6 +71,18 @@ class Context:
         self.caller = caller
         # The call comes from this instance's own host (trusted; it holds no link).
         self.from_host = from_host
+
+    @property
+    def request_id(self) -> str:
+        """The id of the request this call serves: its invocation id, which every hop keeps (the
+        HTTP request's ``X-Request-Id``, or its traceparent's trace id; :mod:`mlcloud.tracing`).
+        A provider's lifetime context (``on_start``'s) answers for the request being served."""
+        return self.invocation_id or tracing.current().request_id
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C traceparent of this stage (its span's when spans are exported, else its caller's)."""
+        return tracing.current().traceparent
 
     @property
     def settings(self) -> Settings:
@@ -88,6 +104,11 @@ class Context:
     async def publish_event(self, name: str, /, **data: Any) -> None:
         """Publish a lattice event (past-tense name, e.g. ``model_loaded``) as this component."""
         await self._runtime.publish_event(name, **data)
+
+    async def gather_metrics(self) -> bytes:
+        """The lattice's Prometheus figures, every host's and instance's, as one text exposition
+        (the httpserver's ``GET /metrics``; docs/metrics.md)."""
+        return await self._runtime.gather_metrics()
 
     async def call(
         self, contract: str, op: Op[Req, Rep], message: Req, *,

@@ -30,6 +30,9 @@ class Runtime(Protocol):
     async def publish_event(self, name: str, /, **data: Any) -> None:
         """Publish a lattice event as this component."""
 
+    async def gather_metrics(self) -> bytes:
+        """Every host's and instance's Prometheus figures, merged into one text exposition."""
+
     async def call_provider(
         self, contract: str, op: str, message: Any, result_type: Any, *,
         link_name: str, timeout: float | None, invocation_id: str | None, idempotent: bool = False,

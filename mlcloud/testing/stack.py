@@ -1,10 +1,11 @@
 """The whole mlcloud system on free loopback ports, for integration tests and benchmarks.
 
 :func:`running_stack` starts the real parts, as ``mlcloud up --app deploy/app.yaml`` does, but
-with every port free and every file under one directory: nats-server, the Bindle server, the
-docker-registry, one host, then builds the models (idempotent, into the project's
-``models/build``), pushes them, publishes the components as signed OCI artifacts, deploys the app
-manifest and waits until ``/v2/health/ready`` answers 200.
+with every port free and every file under one directory (instances' logs too, in ``logs/``, one
+file each, unless ``log_dir=None``: :func:`mlcloud.host.runner.instance_log_file`): nats-server,
+the Bindle server, the docker-registry, one host, then builds the models (idempotent, into the
+project's ``models/build``), pushes them, publishes the components as signed OCI artifacts,
+deploys the app manifest and waits until ``/v2/health/ready`` answers 200.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ async def running_stack(state_dir: Path, *, manifest: Path = APP_MANIFEST, **ove
         http_address=f"127.0.0.1:{http_port}",
         health_interval=1.0,
         restart_backoff=0.2,
-        **overrides,
+        **{"log_dir": state_dir / "logs", **overrides},
     )
     async with contextlib.AsyncExitStack() as stack:
         auth = NatsAuth.load_or_create(state_dir / AUTH_DIR)

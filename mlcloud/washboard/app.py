@@ -10,6 +10,7 @@ Routes::
     POST /api/actors/{actor_id}/scale        {"host_id"?, "count"}
     POST /api/providers/{provider_id}/stop   {"host_id", "link_name"?}
     POST /api/providers/{provider_id}/start  {"host_id", "link_name"?, "ref"?, "config"?}
+    POST /api/models/{route}/{load|unload}   {"actor_id", "provider_id", "link_name"?, "bindle_id"?}
     GET  /healthz
 
 An ``update`` carries only the sections that changed plus new feed entries. Errors are
@@ -33,6 +34,7 @@ import msgspec
 from aiohttp import web
 
 from mlcloud.errors import HttpErrorReply, MLCloudError, RequestError
+from mlcloud.lattice.control import RepositoryOp
 from mlcloud.settings import Settings
 from mlcloud.washboard.access import TOKEN_DIGEST, guard_actions, token_digest
 from mlcloud.washboard.state import Section
@@ -68,6 +70,7 @@ def create_washboard(settings: Settings, *, token: str,
     app.router.add_post("/api/actors/{actor_id}/scale", scale_actor)
     app.router.add_post("/api/providers/{provider_id}/stop", stop_provider)
     app.router.add_post("/api/providers/{provider_id}/start", start_provider)
+    app.router.add_post("/api/models/{route}/{action:load|unload}", model_repository)
     app.router.add_get("/healthz", healthz)
     return app
 
@@ -189,6 +192,18 @@ async def scale_actor(request: web.Request) -> web.Response:
     actor_id = request.match_info["actor_id"]
     reply = await request.app[WATCHER].scale_actor(actor_id, body["count"], body.get("host_id"))
     log.info("washboard: scaled actor %s to %s", actor_id, body["count"])
+    return web.json_response({"ok": True, "result": msgspec.to_builtins(reply)})
+
+
+async def model_repository(request: web.Request) -> web.Response:
+    """Load or unload a route: the model repository operation of ``/v2/repository`` and the CLI."""
+    body = await action_body(request)
+    route, action = request.match_info["route"], request.match_info["action"]
+    reply = await request.app[WATCHER].model_repository(
+        RepositoryOp(action), str(body.get("actor_id", "")), str(body.get("provider_id", "")),
+        str(body.get("link_name", "")), route, str(body.get("bindle_id", "")),
+    )
+    log.info("washboard: %s model %s", action, route)
     return web.json_response({"ok": True, "result": msgspec.to_builtins(reply)})
 
 

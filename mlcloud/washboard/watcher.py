@@ -21,10 +21,18 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from mlcloud.errors import ComponentNotFound, LatticeUnavailable, MLCloudError, RequestError
+from mlcloud.interfaces import RepositoryModel
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import credentials_for
 from mlcloud.lattice.connect import connect
-from mlcloud.lattice.control import DEFAULT_LINK_NAME, ActorReply, HostInventory, ProviderReply
+from mlcloud.lattice.control import (
+    DEFAULT_LINK_NAME,
+    ActorReply,
+    HostInventory,
+    ProviderReply,
+    RepositoryCommand,
+    RepositoryOp,
+)
 from mlcloud.lattice.ctl_client import CtlClient
 from mlcloud.lattice.events import decode_event
 from mlcloud.lattice.lifecycle import Service, cancel_and_wait
@@ -305,6 +313,22 @@ class LatticeWatcher(Service):
         finally:
             self.wake(Refresh.INVENTORY)
         return reply
+
+    async def model_repository(self, op: RepositoryOp, actor_id: str, provider_id: str, link_name: str,
+                               model: str, bindle_id: str = "") -> list[RepositoryModel]:
+        """Load or unload a route of an mlinference link, as ``mlcloud ctl model`` and ``/v2/repository`` do."""
+        ctl = self._require_ctl()
+        if not (actor_id and provider_id and model):
+            raise RequestError("actor_id, provider_id and the model's route are required")
+        hosts = self._hosts_running("providers", provider_id)
+        if not hosts:
+            raise ComponentNotFound(f"the washboard sees provider {provider_id} on no host")
+        command = RepositoryCommand(op=op, actor_id=actor_id, provider_id=provider_id,
+                                    link_name=link_name or DEFAULT_LINK_NAME, model=model, bindle_id=bindle_id)
+        try:
+            return await ctl.model_repository(hosts[0], command)
+        finally:
+            self.wake(Refresh.MODELS)
 
     async def stop_provider(self, provider_id: str, host_id: str, link_name: str = DEFAULT_LINK_NAME) -> ProviderReply:
         ctl = self._require_ctl()

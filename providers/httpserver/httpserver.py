@@ -15,10 +15,19 @@ Link values (all optional):
   ``/plus3``); an empty value leaves a path open (``api_keys./identity=``). The health probes
   under ``/v2/health`` stay open unless a link sets ``api_keys./v2/health`` itself.
 
+``GET /metrics`` answers with the Prometheus figures of every host and instance of the lattice,
+gathered over NATS (:mod:`mlcloud.lattice.scrape`; docs/metrics.md); the ``api_keys`` rules apply
+to it as to any path. Each forwarded request is counted and timed here (:class:`HttpFigures`).
+
 A request without a key its path needs, or with a wrong one, gets 401 and
 ``WWW-Authenticate: Bearer``; a request that passes has its ``Authorization`` header removed
 before the actor sees it (the key is the server's, not the actor's). Only SHA-256 digests of the
 keys are kept, compared in constant time, and no key is ever logged.
+
+Every request gets an id (:mod:`mlcloud.tracing`): its ``X-Request-Id`` when that is a plain
+token, else its W3C ``traceparent``'s trace id, else a new trace id. The id travels with every
+call made for the request, is in every stage's log lines (here the access log's) and comes back
+as ``X-Request-Id``; a request that brought a traceparent gets one back too (this stage's).
 
 Errors of the lattice (timeout, nobody serving, a crashed call) become the JSON error body of
 the HTTP API with the right status; nothing a client sends can crash the server. While this
@@ -44,10 +53,11 @@ from dataclasses import dataclass, replace
 
 from aiohttp import web
 
-from mlcloud import listeners
+from mlcloud import listeners, oip, tracing
 from mlcloud.errors import ConfigError, MLCloudError, PayloadTooLarge, Unauthorized
 from mlcloud.interfaces import HANDLE_REQUEST, HttpRequest
 from mlcloud.lattice.control import LinkDefinition
+from mlcloud.metrics import CONTENT_TYPE, HttpFigures
 from mlcloud.sdk import Context, HealthReport, Provider
 
 log = logging.getLogger("mlcloud.httpserver")
@@ -153,8 +163,9 @@ class ServerConfig:
         return context
 
 
-def error_response(err: MLCloudError) -> web.Response:
-    status, headers, body = err.to_http()
+def error_response(err: MLCloudError, path: str) -> web.Response:
+    """The error in the body of the path's protocol (mlcloud's, or the Open Inference Protocol's)."""
+    status, headers, body = oip.error_reply(err) if oip.is_oip_path(path) else err.to_http()
     return web.json_response(body, status=status, headers=headers)
 
 
@@ -167,9 +178,11 @@ class LinkedServer:
         self.ctx = ctx
         self.runner: web.AppRunner | None = None
         self.error = ""
+        self.figures = HttpFigures()
 
     async def start(self) -> None:
-        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._cors])
+        app = web.Application(client_max_size=self.config.max_body_bytes, middlewares=[self._cors, self._count])
+        app.router.add_get("/metrics", self._metrics)
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self.runner.setup()
@@ -211,13 +224,40 @@ class LinkedServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
-        response = await self._forward(request)
-        access_log.info(
-            '%s "%s %s" %d %d %.1fms', request.remote, request.method, request.path_qs,
-            response.status, response.body_length if hasattr(response, "body_length") else 0,
-            (time.perf_counter() - started) * 1000,
-        )
+        request_id, parent = tracing.from_headers(request.headers)
+        with tracing.serving(request.method, request_id, str(parent) if parent else "",
+                             attributes={"http.request.method": request.method, "url.path": request.path}) as served:
+            response = await self._forward(request)
+            response.headers[tracing.REQUEST_ID_HEADER] = served.trace.request_id
+            if parent is not None:
+                response.headers[tracing.TRACEPARENT_HEADER] = served.trace.traceparent
+            served.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                served.failed(str(response.status), response.reason or "")
+            access_log.info(
+                '%s "%s %s" %d %d %.1fms', request.remote, request.method, request.path_qs,
+                response.status, response.body_length if hasattr(response, "body_length") else 0,
+                (time.perf_counter() - started) * 1000,
+            )
         return response
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler) -> web.StreamResponse:
+        """Count and time each request forwarded to the actor (not the scrapes of ``/metrics``)."""
+        started = time.perf_counter()
+        response: web.StreamResponse = await handler(request)
+        if request.match_info.handler == self._handle:
+            self.figures.observe(request.path, response.status, response.headers.get("x-model", ""),
+                                 time.perf_counter() - started)
+        return response
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        try:
+            self.config.api_keys.check(request.path, request.headers.get("Authorization", ""))
+            body = await self.ctx.gather_metrics()
+        except MLCloudError as err:
+            return error_response(err, request.path)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
     async def _forward(self, request: web.Request) -> web.Response:
         header = {k.lower(): v for k, v in request.headers.items()}
@@ -225,12 +265,12 @@ class LinkedServer:
             if self.config.api_keys.check(request.path, header.get("authorization", "")):
                 del header["authorization"]
         except Unauthorized as err:
-            return error_response(err)
+            return error_response(err, request.path)
         try:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return error_response(PayloadTooLarge(
-                f"request body is larger than the limit of {self.config.max_body_bytes} bytes"))
+                f"request body is larger than the limit of {self.config.max_body_bytes} bytes"), request.path)
         message = HttpRequest(
             method=request.method,
             path=request.path,
@@ -243,7 +283,7 @@ class LinkedServer:
             reply = await self.ctx.call_actor(self.link.actor_id, op, message, timeout=self.config.timeout)
         except MLCloudError as err:
             log.warning("%s %s: %s: %s", request.method, request.path, err.kind, err.message)
-            return error_response(err)
+            return error_response(err, request.path)
         return web.Response(status=reply.status_code, headers=reply.header, body=reply.body)
 
 

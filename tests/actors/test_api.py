@@ -22,6 +22,7 @@ import pytest
 
 from mlcloud.errors import MLCloudError, ModelLoading
 from mlcloud.interfaces import (
+    LABELS,
     MODEL_STATUS,
     POSTPROCESS,
     PREDICT,
@@ -48,7 +49,7 @@ from mlcloud.settings import Settings
 
 from .conftest import PROJECT, load_by_path
 
-OPS: dict[str, Op[Any, Any]] = {op.name: op for op in (MODEL_STATUS, PREDICT, PREPROCESS, POSTPROCESS)}
+OPS: dict[str, Op[Any, Any]] = {op.name: op for op in (MODEL_STATUS, PREDICT, PREPROCESS, POSTPROCESS, LABELS)}
 IMAGE = {"content-type": "image/jpeg"}
 IMAGE_INPUT = TensorInfo(name="input", shape=[-1, 3, 8, 8], datatype="ValueF32")
 
@@ -117,6 +118,7 @@ class FakeRuntime:
             PREPROCESS.name: _preprocess,
             PREDICT.name: lambda r: InferenceOutput(tensor=r.tensor),
             POSTPROCESS.name: lambda r: [Match(label=f"label {i}", probability=0.5 / (i + 1)) for i in range(r.top)],
+            LABELS.name: lambda r: [f"label {i}" for i in range(1000)],
         }
         return handlers[op](request)
 
@@ -175,30 +177,50 @@ def error_kind(response: HttpResponse) -> str:
     return kind
 
 
+def oip_error(response: HttpResponse) -> str:
+    """The Open Inference Protocol's error body: a string, not mlcloud's object."""
+    message = body(response)["error"]
+    assert isinstance(message, str)
+    return message
+
+
 def headers(response: HttpResponse) -> dict[str, str]:
     return {k.lower(): v for k, v in response.header.items()}
 
 
 # -- routes and methods ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["/", "/m/matches/extra", "/m/unknown", "/v2", "/v2/health", "/v2/models/m/x"])
+@pytest.mark.parametrize("path", ["/", "/m/matches/extra", "/m/unknown", "/models/m/x"])
 async def test_a_path_that_names_no_route_is_404(api: ModuleType, runtime: FakeRuntime, path: str) -> None:
-    response = await send(api, runtime, "GET" if path.startswith("/v2") else "PUT", path)
+    response = await send(api, runtime, "PUT", path)
     assert response.status_code == 404 and error_kind(response) in ("NotFound", "ContextNotFound")
+
+
+@pytest.mark.parametrize("path", ["/v2/nothing", "/v2/health", "/v2/models", "/v2/models/m/x",
+                                  "/v2/models/m/versions/1.0.0/x", "/v2/repository/models/m"])
+async def test_a_protocol_path_that_names_no_route_is_404_with_a_string_error(
+    api: ModuleType, runtime: FakeRuntime, path: str
+) -> None:
+    response = await send(api, runtime, "POST" if "repository" in path else "GET", path)
+    assert response.status_code == 404 and "no route" in oip_error(response)
 
 
 @pytest.mark.parametrize("method, path, allow", [
     ("GET", "/m/matches", "PUT, POST"),
     ("DELETE", "/m/preprocess", "PUT, POST"),
     ("GET", "/m", "POST, PUT"),
-    ("POST", "/v2/models", "GET, HEAD"),
+    ("POST", "/models", "GET, HEAD"),
+    ("POST", "/v2/models/m", "GET, HEAD"),
+    ("GET", "/v2/models/m/versions/1.0.0/infer", "POST"),
+    ("GET", "/v2/repository/index", "POST"),
     ("PUT", "/v2/health/ready", "GET, HEAD"),
 ])
 async def test_a_wrong_method_is_405_naming_the_allowed_ones(
     api: ModuleType, runtime: FakeRuntime, method: str, path: str, allow: str
 ) -> None:
     response = await send(api, runtime, method, path)
-    assert response.status_code == 405 and error_kind(response) == "MethodNotAllowed"
+    assert response.status_code == 405
+    assert "not allowed" in (oip_error(response) if path.startswith("/v2") else error_kind(response) + " not allowed")
     assert headers(response)["allow"] == allow
     assert runtime.calls == []  # refused before anything is asked of the lattice
 
@@ -248,14 +270,15 @@ async def test_matches_is_one_chain_preprocess_predict_postprocess(api: ModuleTy
     assert status.op == MODEL_STATUS.name
     # One call leaves the api: to preprocess, with the stages after it carried along.
     assert (chain.target, chain.op) == ("preprocess", PREPROCESS.name)
-    assert chain.message == PreprocessRequest(image=b"jpeg", dimensions=[1, 3, 8, 8], value_type=ValueType.ValueF32)
+    assert chain.message == PreprocessRequest(image=b"jpeg", dimensions=[1, 3, 8, 8], value_type=ValueType.ValueF32,
+                                              model="m")
     predict = chain.forward
     assert predict is not None and predict.then is not None and predict.then.then is None
     assert (predict.target, predict.op, predict.field, predict.pick, predict.msg) == (
         "provider:wasmcloud:mlinference", PREDICT.name, "tensor", "", {"model": "m"})
     top_k = predict.then
     assert (top_k.target, top_k.op, top_k.field, top_k.pick, top_k.msg) == (
-        "actor:postprocess", POSTPROCESS.name, "tensor", "tensor", {"top": 3})
+        "actor:postprocess", POSTPROCESS.name, "tensor", "tensor", {"top": 3, "model": "m"})
 
 
 async def test_preprocess_route_answers_predicts_output(api: ModuleType, runtime: FakeRuntime) -> None:
@@ -287,7 +310,7 @@ async def test_top_is_read_from_the_query(api: ModuleType, runtime: FakeRuntime,
     response = await send(api, runtime, "PUT", "/m/matches", body=b"jpeg", query=query, header=IMAGE)
     assert len(body(response)) == top
     chain = runtime.calls[-1].forward
-    assert chain is not None and chain.then is not None and chain.then.msg == {"top": top}
+    assert chain is not None and chain.then is not None and chain.then.msg == {"top": top, "model": "m"}
 
 
 @pytest.mark.parametrize("query", ["top=many", "top=2.5", "top="])
@@ -305,6 +328,14 @@ async def test_an_unknown_model_is_404_naming_the_known_ones(api: ModuleType, ru
     response = await send(api, runtime, "PUT", "/nope/matches", body=b"jpeg", header=IMAGE)
     assert response.status_code == 404 and error_kind(response) == "ContextNotFound"
     assert "known: m" in body(response)["error"]["message"]
+    assert "x-model" not in headers(response)  # a name the client made up is not vouched for
+
+
+async def test_an_error_about_a_linked_model_names_its_bindle(api: ModuleType, runtime: FakeRuntime) -> None:
+    """The httpserver labels its figures of failed requests with it (mlcloud.metrics.HttpFigures)."""
+    runtime.models = [model(state=ModelState.LOADING)]
+    response = await send(api, runtime, "PUT", "/m/matches", body=b"jpeg", header=IMAGE)
+    assert response.status_code == 503 and headers(response)["x-model"] == "m/1.0.0"
 
 
 async def test_a_loading_model_is_503_with_retry_after(api: ModuleType, runtime: FakeRuntime) -> None:
@@ -367,7 +398,7 @@ async def test_not_ready_without_any_model(api: ModuleType, runtime: FakeRuntime
 async def test_models_lists_each_model_in_the_http_apis_json(api: ModuleType, runtime: FakeRuntime) -> None:
     pixels = msgspec.structs.replace(IMAGE_INPUT, image_datatype=ValueType.ValueU8)
     runtime.models = [model("a", inputs=[pixels]), model("b", state=ModelState.FAILED, reason="bad", inputs=[])]
-    response = await send(api, runtime, "GET", "/v2/models")
+    response = await send(api, runtime, "GET", "/models")
     assert response.status_code == 200
     assert body(response) == [
         {"name": "a", "bindle_id": "a/1.0.0", "engine": "onnxruntime", "state": "READY", "reason": "",
@@ -380,11 +411,85 @@ async def test_models_lists_each_model_in_the_http_apis_json(api: ModuleType, ru
 
 async def test_one_model_and_an_unknown_one(api: ModuleType, runtime: FakeRuntime) -> None:
     runtime.models = [model(inputs=[TensorInfo(name="any", shape=None, datatype="ValueF32")])]
-    response = await send(api, runtime, "GET", "/v2/models/m")
+    response = await send(api, runtime, "GET", "/models/m")
     assert response.status_code == 200 and body(response)["inputs"] == [
         {"name": "any", "shape": None, "datatype": "ValueF32"}]
-    response = await send(api, runtime, "GET", "/v2/models/other")
+    response = await send(api, runtime, "GET", "/models/other")
     assert response.status_code == 404 and error_kind(response) == "ContextNotFound"
+
+
+# -- the Open Inference Protocol ------------------------------------------------------------------
+
+async def test_model_metadata_in_the_protocols_shape(api: ModuleType, runtime: FakeRuntime) -> None:
+    for path in ("/v2/models/m", "/v2/models/m/versions/1.0.0"):
+        response = await send(api, runtime, "GET", path)
+        assert response.status_code == 200 and body(response) == {
+            "name": "m", "versions": ["1.0.0"], "platform": "onnxruntime",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 3, 8, 8]}],
+            "outputs": [{"name": "out", "datatype": "FP32", "shape": [-1, 10]}],
+            "parameters": {"bindle_id": "m/1.0.0", "state": "READY", "reason": ""}}
+    response = await send(api, runtime, "GET", "/v2/models/m/versions/2.0.0")
+    assert response.status_code == 404 and "serves m/1.0.0" in oip_error(response)
+
+
+async def test_another_version_is_served_by_the_route_that_has_it_loaded(api: ModuleType, runtime: FakeRuntime) -> None:
+    runtime.models = [model("m"), ModelInfo(name="m-next", bindle_id="m/2.0.0", engine="onnxruntime",
+                                            state=ModelState.READY, inputs=[IMAGE_INPUT])]
+    response = await send(api, runtime, "GET", "/v2/models/m/versions/2.0.0")
+    assert body(response)["name"] == "m" and body(response)["versions"] == ["2.0.0", "1.0.0"]
+    assert (await send(api, runtime, "GET", "/v2/models/m/versions/2.0.0/ready")).status_code == 200
+    request = {"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]}
+    response = await send(api, runtime, "POST", "/v2/models/m/versions/2.0.0/infer", body=json.dumps(request).encode())
+    assert response.status_code == 200 and headers(response)["x-model"] == "m/2.0.0"
+    assert body(response)["model_name"] == "m" and body(response)["model_version"] == "2.0.0"
+    assert [c.message.model for c in runtime.calls if c.op == PREDICT.name] == ["m-next"]
+
+
+async def test_model_ready_is_200_only_when_ready(api: ModuleType, runtime: FakeRuntime) -> None:
+    assert (await send(api, runtime, "GET", "/v2/models/m/ready")).status_code == 200
+    assert (await send(api, runtime, "GET", "/v2/models/m/versions/1.0.0/ready")).status_code == 200
+    assert (await send(api, runtime, "GET", "/v2/models/m/versions/0.9.0/ready")).status_code == 404
+    runtime.models = [model(state=ModelState.LOADING)]
+    response = await send(api, runtime, "GET", "/v2/models/m/ready")
+    assert response.status_code == 503 and headers(response)["retry-after"] == "1"
+
+
+async def test_a_protocol_error_keeps_its_status_and_headers(api: ModuleType, runtime: FakeRuntime) -> None:
+    runtime.models = [model(state=ModelState.LOADING)]
+    request = {"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]}
+    response = await send(api, runtime, "POST", "/v2/models/m/infer", body=json.dumps(request).encode())
+    assert response.status_code == 503 and headers(response)["retry-after"] == "1"
+    assert "still loading" in oip_error(response)
+
+
+async def test_a_json_tensor_is_one_predict_and_a_json_answer(api: ModuleType, runtime: FakeRuntime) -> None:
+    runtime.models = [model(inputs=[TensorInfo(name="x", shape=[1, 2], datatype="ValueS64")],
+                            outputs=[TensorInfo(name="y", shape=[1, 2], datatype="ValueS64")])]
+    request = {"id": "r1", "inputs": [{"name": "x", "shape": [1, 2], "datatype": "INT64", "data": [[-1, 2]]}]}
+    response = await send(api, runtime, "POST", "/v2/models/m/infer", body=json.dumps(request).encode())
+    assert response.status_code == 200 and headers(response)["x-model"] == "m/1.0.0"
+    assert body(response) == {"model_name": "m", "model_version": "1.0.0", "id": "r1", "outputs": [
+        {"name": "y", "datatype": "INT64", "shape": [1, 2], "data": [-1, 2]}]}
+    [predict] = [c for c in runtime.calls if c.op == PREDICT.name]
+    assert predict.message.tensor.value_types == [ValueType.ValueS64]
+
+
+async def test_images_as_bytes_go_through_preprocess_one_chain_each(api: ModuleType, runtime: FakeRuntime) -> None:
+    from mlcloud import oip
+
+    images = [b"jpeg one", b"jpeg two"]
+    request = json.dumps({"inputs": [{"name": "input", "shape": [2], "datatype": "BYTES",
+                                      "parameters": {"binary_data_size": len(oip.pack_bytes(images))}}],
+                          "outputs": [{"name": "out", "parameters": {"classification": 3}}]}).encode()
+    response = await send(api, runtime, "POST", "/v2/models/m/infer", body=request + oip.pack_bytes(images),
+                          header={oip.HEADER_LENGTH: str(len(request))})
+    assert response.status_code == 200, response.body
+    [output] = body(response)["outputs"]
+    # The fake Predict echoes the zero tensor the fake preprocess made: ties, lowest index first.
+    assert output == {"name": "out", "datatype": "BYTES", "shape": [2, 3],
+                      "data": ["0.000000:0", "0.000000:1", "0.000000:2"] * 2}
+    chains = [c for c in runtime.calls if c.op == PREPROCESS.name]
+    assert [c.message.image for c in chains] == images and all(c.forward is not None for c in chains)
 
 
 async def test_a_lattice_error_becomes_its_status(api: ModuleType, runtime: FakeRuntime) -> None:

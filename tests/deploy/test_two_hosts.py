@@ -15,6 +15,7 @@ import uuid
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mlcloud.bindle.server import create_app
 from mlcloud.lattice.ctl_client import CtlClient
@@ -114,6 +115,14 @@ async def test_labels_place_mlinference_on_the_board_and_matches_crosses_hosts(n
             response = await http.put("/mobilenetv27/matches", content=CAT.read_bytes())
             top = response.json()
             assert len(top) == 5 and top[0]["label"] in CAT_LABELS, top
+
+            # GET /metrics on the dev host gathers the board's figures too, labelled with its host.
+            metrics = (await http.get("/metrics")).text
+            inferred = [s.labels for f in text_string_to_metric_families(metrics) for s in f.samples
+                        if s.name == "mlcloud_inference_requests_total" and s.labels["model"] == "mobilenetv27"]
+            assert inferred and {labels["host"] for labels in inferred} == {board_inv.host_id}
+            assert {dev_inv.host_id, board_inv.host_id} <= {
+                s.labels["host"] for f in text_string_to_metric_families(metrics) for s in f.samples}
 
             # plus3 is the TFLite model with execution_target tpu: LiteRT on the board's CPU here.
             async def plus3() -> httpx.Response:

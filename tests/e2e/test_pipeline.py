@@ -125,7 +125,7 @@ async def test_health_and_model_metadata(http):
     assert (await http.get("/v2/health/live")).status_code == 200
     ready = await http.get("/v2/health/ready")
     assert ready.status_code == 200 and ready.json()["ready"] is True
-    info = (await http.get("/v2/models/mobilenetv27")).json()
+    info = (await http.get("/models/mobilenetv27")).json()
     assert info["bindle_id"] == "efficientnet-lite0/1.0.0" and info["state"] == "READY"
     assert info["engine"] == "onnxruntime"
     # The metadata declares the ImageNet normalisation, so images travel as 8-bit pixels.
@@ -150,7 +150,7 @@ async def test_health_and_model_metadata(http):
         ("PUT", "/nosuchmodel/matches", {"content": "cat"}, 404, "ContextNotFound"),
         ("POST", "/nosuchmodel", {"json": f32_tensor_json([1, 2, 3, 4], [1, 4])}, 404, "ContextNotFound"),
         ("GET", "/a/b/c/d", {}, 404, "NotFound"),
-        ("GET", "/v2/models/nosuchmodel", {}, 404, "ContextNotFound"),
+        ("GET", "/models/nosuchmodel", {}, 404, "ContextNotFound"),
         ("GET", "/mobilenetv27/matches", {}, 405, "MethodNotAllowed"),
         ("DELETE", "/plus3", {}, 405, "MethodNotAllowed"),
         ("PUT", "/mobilenetv27/matches", {"content": b"%PDF-1.4 not an image"}, 415, "UnsupportedMediaType"),
@@ -186,10 +186,10 @@ async def test_tract_and_onnxruntime_give_the_same_top5(http, stack):
     await relink(stack, {**link.values, "tractnet": "efficientnet-lite0/1.0.0", "engine.tractnet": "tract"})
 
     async def tract_ready():
-        return (await http.get("/v2/models/tractnet")).json().get("state") == "READY"
+        return (await http.get("/models/tractnet")).json().get("state") == "READY"
 
     await wait_for(tract_ready)
-    assert (await http.get("/v2/models/tractnet")).json()["engine"] == "tract"
+    assert (await http.get("/models/tractnet")).json()["engine"] == "tract"
     for image in ("cat.jpg", "coffee.jpg", "grace_hopper.jpg", "motorcycle.jpg"):
         body = (IMAGES / image).read_bytes()
         ort = (await http.put("/mobilenetv27/matches", content=body)).json()
@@ -204,7 +204,7 @@ async def test_unknown_bindle_reports_the_failure_with_503(http, stack):
     await relink(stack, {**link.values, "ghost": "no-such-model/9.9.9"})
 
     async def failed():
-        return (await http.get("/v2/models/ghost")).json().get("state") == "FAILED"
+        return (await http.get("/models/ghost")).json().get("state") == "FAILED"
 
     await wait_for(failed)
     response = await http.post("/ghost", json=f32_tensor_json([1, 2, 3, 4], [1, 4]))
@@ -231,7 +231,7 @@ async def test_model_swap_under_load_fails_no_request(http, stack):
     await relink(stack, {**link.values, "plus3": "identity_model/0.2.0"})
 
     async def swapped():
-        return (await http.get("/v2/models/plus3")).json()["bindle_id"] == "identity_model/0.2.0"
+        return (await http.get("/models/plus3")).json()["bindle_id"] == "identity_model/0.2.0"
 
     await wait_for(swapped)
     await asyncio.sleep(0.5)
@@ -329,10 +329,10 @@ async def test_a_model_whose_invoice_is_not_signed_by_a_trusted_creator_never_lo
     await relink(stack, {**link.values, "unsigned": copy.id})
 
     async def failed():
-        return (await http.get("/v2/models/unsigned")).json().get("state") == "FAILED"
+        return (await http.get("/models/unsigned")).json().get("state") == "FAILED"
 
     await wait_for(failed)
-    reason = (await http.get("/v2/models/unsigned")).json()["reason"]
+    reason = (await http.get("/models/unsigned")).json()["reason"]
     assert "invoice unsigned-identity/0.2.0 is not signed by a trusted creator" in reason
     response = await http.post("/unsigned", json=f32_tensor_json([1, 2, 3, 4], [1, 4]))
     assert response.status_code == 503 and "not signed by a trusted creator" in response.json()["error"]["message"]

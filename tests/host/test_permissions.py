@@ -47,6 +47,7 @@ async def test_a_rogue_component_using_nats_directly_is_stopped_by_the_server(se
                     subjects.call(subjects.actor_target(lattice, "caller"), caller),  # calling as another
                     subjects.ctl_command(lattice, host.id, "stop"),  # control commands
                     subjects.ctl_links(lattice, "put"),
+                    subjects.metrics(lattice),  # scrapes: only an httpserver sends them
                 ],
                 "subscribe": [
                     subjects.served(subjects.actor_target(lattice, caller))[0],  # another actor's calls

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from mlcloud import tracing
 from mlcloud.errors import InferenceRuntimeError
 from mlcloud.inference.batching import AdaptiveBatcher
 
@@ -127,3 +129,24 @@ async def test_a_worker_bug_also_fails_every_waiter(pool: ThreadPoolExecutor, mo
     )
     assert all(isinstance(r, InferenceRuntimeError) for r in results)
     assert not batcher.alive
+
+
+async def test_a_batch_is_logged_with_the_request_ids_it_carried(pool: ThreadPoolExecutor, caplog) -> None:
+    model = Model(delay=0.05)
+
+    async def submit(request_id: str) -> None:
+        with tracing.serving("MlInference.Predict", request_id):
+            await batcher.submit(np.zeros((1, 4), np.float32))
+
+    with tracing.serving("MlInference.Predict", "creator"):  # the batcher outlives its creator's request
+        batcher = AdaptiveBatcher(model, executor=pool, max_batch_size=8, max_wait=0.02, name="m")
+    first = asyncio.ensure_future(submit("first"))
+    await asyncio.sleep(0.01)  # "first" runs alone; the others queue behind it and form a batch
+    tracing.add_request_ids(caplog.handler)
+    with caplog.at_level(logging.INFO, logger="mlcloud.inference.batching"):
+        await asyncio.gather(first, *(submit(f"req-{i}") for i in range(3)))
+    [record] = caplog.records
+    assert record.getMessage() == "m: a batch of 3 requests: req-0 req-1 req-2"
+    assert record.request_id == tracing.NO_REQUEST  # the batcher's own context, not its creator's
+    assert model.sizes == [1, 3]
+    await batcher.aclose()

@@ -1,11 +1,15 @@
-"""Ending background tasks: a service's stop must not wait for ever on a task that lost its cancellation."""
+"""Ending background tasks (a service's stop must not wait for ever on a task that lost its cancellation)
+and the restart back-off both supervisors follow."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 
-from mlcloud.lattice.lifecycle import cancel_and_wait
+import pytest
+
+from mlcloud.lattice import lifecycle
+from mlcloud.lattice.lifecycle import RestartBackoff, cancel_and_wait
 
 
 async def test_a_loop_whose_wait_for_swallowed_the_cancellation_is_still_ended():
@@ -43,3 +47,27 @@ async def test_the_caller_is_not_cancelled_and_finished_tasks_are_fine():
     assert current is not None
     await cancel_and_wait([finished, running, current])
     assert running.cancelled() and not current.cancelled()
+
+
+def test_restart_backoff_doubles_while_a_process_keeps_dying_and_starts_over_after_a_healthy_run(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(lifecycle.time, "monotonic", lambda: now[0])
+    backoff = RestartBackoff(0.5, 3.0)
+    delays = []
+    for _ in range(5):  # dies at once, every time
+        backoff.started()
+        delays.append(backoff.next_delay())
+    assert delays == [0.5, 1.0, 2.0, 3.0, 3.0]
+    backoff.started()
+    now[0] += lifecycle.HEALTHY_RESET_AFTER + 1
+    assert backoff.next_delay() == 0.5
+
+
+@pytest.mark.parametrize("uptime", [0.0, lifecycle.HEALTHY_RESET_AFTER + 1])
+def test_restarts_that_fail_keep_doubling_even_after_a_long_healthy_run(monkeypatch, uptime):
+    now = [1000.0]
+    monkeypatch.setattr(lifecycle.time, "monotonic", lambda: now[0])
+    backoff = RestartBackoff(0.1, 5.0)
+    backoff.started()
+    now[0] += uptime
+    assert [backoff.next_delay() for _ in range(4)] == [0.1, 0.2, 0.4, 0.8]  # no start in between

@@ -73,6 +73,9 @@ async def test_body_limit_from_the_link_gives_413(lattice):
     assert (await client.post("/", content=b"x" * 1000)).status_code == 201
     response = await client.post("/", content=b"x" * 1001)
     assert response.status_code == 413 and response.json()["error"]["kind"] == "PayloadTooLarge"
+    # Under /v2 the server's own errors take the Open Inference Protocol's body, a string.
+    response = await client.post("/v2/models/m/infer", content=b"x" * 1001)
+    assert response.status_code == 413 and "larger than the limit" in response.json()["error"]
     await client.aclose()
 
 
@@ -141,10 +144,32 @@ async def test_a_guarded_path_needs_its_api_key_and_the_actor_never_sees_it(latt
     await client.aclose()
 
 
+async def test_metrics_need_the_api_key_and_count_what_the_server_answered(lattice):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client = await wait_listening(f"http://{await lattice(api_keys='k-metrics')}")
+    assert (await client.get("/metrics")).status_code == 401
+    assert (await client.put("/plus3", content=b"x")).status_code == 401
+    key = {"Authorization": "Bearer k-metrics"}
+    assert (await client.put("/plus3", content=b"x", headers=key)).status_code == 201
+    response = await client.get("/metrics", headers=key)
+    assert response.status_code == 200
+    samples = [s for f in text_string_to_metric_families(response.text) for s in f.samples]
+    # The echo actor names no model (no X-Model): the made-up route name is no label.
+    counted = {s.labels["status"]: s.value for s in samples if s.name == "mlcloud_http_requests_total"
+               and s.labels["route"] == "/{model}" and s.labels["model"] == ""}
+    assert counted == {"401": 1, "201": 1}
+    healthy = {s.labels["component"] for s in samples if s.name == "mlcloud_instance_healthy" and s.value == 1}
+    assert healthy == {"httpserver", "httpecho"}
+    await client.aclose()
+
+
 async def test_health_probes_are_guarded_when_the_link_says_so(lattice):
     address = await lattice(**{"api_keys./v2/health": "k-probe"})
     client = await wait_listening(f"http://{address}")
-    assert (await client.get("/v2/health/live")).status_code == 401
+    response = await client.get("/v2/health/live")
+    assert response.status_code == 401 and response.headers["www-authenticate"] == "Bearer"
+    assert isinstance(response.json()["error"], str)  # the Open Inference Protocol's error body
     assert (await client.get("/v2/health/live", headers={"Authorization": "bearer k-probe"})).status_code == 201
     assert (await client.get("/v2/models")).status_code == 201  # no api_keys: every other path open
     await client.aclose()

@@ -114,7 +114,7 @@ class TensorSpec:
             )
 
     def to_info(self) -> TensorInfo:
-        """What the api actor and washboard show of it (``GET /v2/models/{m}``)."""
+        """What the api actor and washboard show of it (``GET /models/{m}``)."""
         return TensorInfo(
             name=self.name,
             shape=None if self.shape is None else [-1 if d is None else d for d in self.shape],

@@ -108,7 +108,7 @@ class TractEngine(Engine):
             fact = _complete_fact(model.input_fact(i).dump(), metadata.tensor_dimensions_in)
             model.set_input_fact(i, fact)
         session = TractSession(model.into_model().into_runnable(), error_kind=error_kind)
-        # The runnable's facts carry no names; keep the graph's for errors and /v2/models.
+        # The runnable's facts carry no names; keep the graph's for errors and /models.
         session.inputs = [
             TensorSpec(name, spec.dtype, spec.shape) for name, spec in zip(names, session.inputs, strict=True)
         ]

@@ -257,7 +257,7 @@ function renderProviders() {
 function renderModels() {
   const models = state.sections.models;
   const tbody = $("models").tBodies[0];
-  if (!models.length) emptyRow("models", 9, "No mlinference links: no models are served.");
+  if (!models.length) emptyRow("models", 10, "No mlinference links: no models are served.");
   else patchRows(tbody, models.filter((m) => matchesFilter(JSON.stringify(m))), (m) => `${m.actor_id}/${m.link_name}/${m.name}`, (m) =>
     h("tr", { class: m.stale ? "stale-row" : "", dataset: { route: m.name || "", state: m.state } },
       td("Route", m.name ? h("code", { class: "route" }, `/${m.name}`) : "–"),
@@ -271,7 +271,10 @@ function renderModels() {
       h("td", { "data-label": "p50", class: "num" }, m.requests ? num(m.p50_ms, " ms") : "–"),
       h("td", { "data-label": "p99", class: "num" }, m.requests ? num(m.p99_ms, " ms") : "–"),
       td("Served by", h("span", { class: "muted", title: `${m.provider_id} for ${m.actor_id}` },
-        `${m.provider_name || short(m.provider_id)} · ${m.link_name}`))));
+        `${m.provider_name || short(m.provider_id)} · ${m.link_name}`)),
+      td("", m.name ? h("div", { class: "actions" },
+        h("button", { class: "btn small", type: "button", onclick: () => openLoad(m) }, "Load…"),
+        h("button", { class: "btn small danger", type: "button", onclick: () => confirmUnload(m) }, "Unload…")) : null)));
   const ready = models.filter((m) => m.state === "READY").length;
   $("sum-models").textContent = models.filter((m) => m.name).length;
   $("sum-models-sub").textContent = `${ready} ready` + (models.length - ready ? `, ${models.length - ready} not` : "");
@@ -471,6 +474,47 @@ function openScale(actor) {
   });
   count.focus();
   count.select();
+}
+
+// Load and unload go through the model repository operations, as /v2/repository and `mlcloud ctl model` do.
+function repositoryBody(m, extra) {
+  return { actor_id: m.actor_id, provider_id: m.provider_id, link_name: m.link_name, ...extra };
+}
+
+function openLoad(m) {
+  const route = h("input", { id: "load-route", name: "route", required: true, value: m.name });
+  const bindle = h("input", { id: "load-bindle", name: "bindle", placeholder: m.bindle_id });
+  openDialog({
+    title: "Load a model",
+    body: [
+      h("p", {}, "Serve a route of ", h("b", {}, `${m.provider_name || short(m.provider_id)} · ${m.link_name}`),
+        ". The new bindle loads while the old one keeps serving; the route switches once it is ready. ",
+        "Leave the bindle empty to load the route's own, or the newest bindle named like the route."),
+      h("label", { for: "load-route" }, "Route"), route,
+      h("label", { for: "load-bindle" }, "Bindle id (name/version)"), bindle,
+    ],
+    confirm: "Load",
+    action: async () => {
+      const body = repositoryBody(m, bindle.value.trim() ? { bindle_id: bindle.value.trim() } : {});
+      const data = await post(`/api/models/${encodeURIComponent(route.value.trim())}/load`, body);
+      const [done] = data.result;
+      return `/${done.name} serves ${done.bindle_id}`;
+    },
+  });
+}
+
+function confirmUnload(m) {
+  openDialog({
+    title: `Unload /${m.name}?`,
+    body: [h("p", {}, "Stop serving ", h("b", {}, `/${m.name}`), ` (${m.bindle_id}). `,
+      "Requests to it get 404 until it is loaded again or its link's value changes.")],
+    confirm: "Unload",
+    danger: true,
+    action: async () => {
+      await post(`/api/models/${encodeURIComponent(m.name)}/unload`, repositoryBody(m, {}));
+      return `/${m.name} unloaded`;
+    },
+  });
 }
 
 function confirmStop(p) {
