@@ -119,6 +119,8 @@ class ChaosRun:
             for proc in procs:
                 try:
                     with proc.oneshot():
+                        if proc.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped: no fds
+                            continue
                         point = (now, proc.memory_info().rss, proc.num_fds())
                         started = monotonic_of(proc.create_time())
                 except psutil.Error:
