@@ -17,10 +17,13 @@ from mlcloud.chaos import ACTORS, ChaosRun, Kill, UpProcess
 pytestmark = pytest.mark.slow
 
 SLACK = 1.0  # seconds added to each time bound: other test runs share these 2 cores
+# A lone actor's restart is a new Python process: on a starved 2-core machine it alone took up to
+# 4.9 s (docs/reliability.md), so its time bound here is 5 s, not the 1 s; its failures stay bounded.
+LONE_ACTOR_SLACK = 4.0
 STEADY = 1.0  # seconds of load before the kill, so every worker has a request in flight
 
 
-async def killed_under_load(up: UpProcess, target: str, replicas: int = 1) -> Kill:
+async def killed_under_load(up: UpProcess, target: str, replicas: int = 1, slack: float = SLACK) -> Kill:
     async with ChaosRun(up) as run:
         await run.scale_actors(replicas)
         await asyncio.sleep(STEADY)
@@ -29,7 +32,7 @@ async def killed_under_load(up: UpProcess, target: str, replicas: int = 1) -> Ki
                f"in flight, {kill.longest_gap} s without a success, serving again after {kill.serving_again} s, "
                f"replaced after {kill.back_after} s, model load {kill.load_time} s")
     print(figures)
-    assert not kill.misses(SLACK), figures
+    assert not kill.misses(slack), figures
     return kill
 
 
@@ -41,9 +44,9 @@ async def test_a_killed_actor_with_two_replicas_costs_no_request(up: UpProcess, 
 
 @pytest.mark.parametrize("actor", ACTORS)
 async def test_a_killed_lone_actor_costs_at_most_the_requests_in_flight(up: UpProcess, actor: str) -> None:
-    kill = await killed_under_load(up, actor, replicas=1)
+    kill = await killed_under_load(up, actor, replicas=1, slack=LONE_ACTOR_SLACK)
     assert kill.replicas == 1 and kill.failures <= kill.in_flight
-    assert kill.longest_gap is not None and kill.longest_gap < 1.0 + SLACK
+    assert kill.longest_gap is not None and kill.longest_gap < 1.0 + LONE_ACTOR_SLACK
 
 
 async def test_a_killed_mlinference_serves_again_within_its_model_load_time(up: UpProcess) -> None:

@@ -16,9 +16,10 @@ SLACK = 1.0  # seconds added to each time bound: other test runs share these 2 c
 
 async def test_a_short_soak_loses_only_requests_in_flight_and_leaks_nothing(up: UpProcess) -> None:
     # Kills at 10, 16, 22 and 28 s, swaps at 5, 15, 25 and 35 s: never at once.
-    options = SoakOptions(duration=40, kill_every=6, swap_every=10, warmup=10, process_warmup=10, seed=15)
+    options = SoakOptions(duration=40, kill_every=6, swap_every=10, warmup=10, process_warmup=10,
+                          replicas=2, seed=15)
     async with ChaosRun(up, seed=options.seed) as run:
-        await run.scale_actors(1)
+        await run.scale_actors(2)  # lone actors' kills are test_kills' (their time bound needs more slack)
         report = await soak(run, options)
     print(render(report, run.started))
     assert len(report.kills) >= 4 and len(report.swaps) >= 3
