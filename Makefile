@@ -5,7 +5,7 @@ MLCLOUD := $(VENV)/bin/mlcloud
 PYTEST_ARGS ?=
 export MLCLOUD_STATE_DIR ?= $(CURDIR)/.state
 
-.PHONY: run check test bench models images system-deps venv clean
+.PHONY: run check test bench soak models images system-deps venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,6 +40,11 @@ test: check system-deps
 
 bench: venv system-deps models
 	$(MLCLOUD) bench
+
+# Issue 15's 10-minute soak: kills and model swaps under load (docs/reliability.md); `make test`
+# runs a 40 s form (tests/chaos/test_soak.py).
+soak: venv system-deps models
+	$(MLCLOUD) chaos
 
 clean:
 	rm -rf .state models/build

@@ -35,7 +35,9 @@ DEFAULT_HTTP_ADDRESS = "0.0.0.0:8078"
 DEFAULT_WASHBOARD_ADDRESS = "127.0.0.1:4000"
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024  # a 50 MB TIFF fits; docs/architecture.md says why
 DEFAULT_MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard of the preprocess actor
-DEFAULT_RESTART_BACKOFF = 0.5
+# A dead instance is started again after 0.1 s (systemd's RestartSec), doubling while it keeps
+# dying: a lone instance's callers wait for its restart (issue 15: under 1 s without a success).
+DEFAULT_RESTART_BACKOFF = 0.1
 DEFAULT_RESTART_BACKOFF_MAX = 30.0
 DEFAULT_STOP_GRACE = 5.0
 DEFAULT_LOG_LEVEL = "INFO"

@@ -95,7 +95,7 @@ class Progress:
 # --------------------------------------------------------------------------- HTTP
 
 
-class _Connection:
+class Connection:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.reader: asyncio.StreamReader | None = None
@@ -138,7 +138,7 @@ class _Connection:
             self.writer = self.reader = None
 
 
-def _request_head(url: str, path: str, body: bytes) -> bytes:
+def request_head(url: str, path: str, body: bytes) -> bytes:
     host = urlsplit(url).netloc
     return (
         f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
@@ -160,7 +160,7 @@ async def http_load(
     """PUT the images round-robin to ``url + path``; time ``requests`` answers after ``warmup``."""
     split = urlsplit(url)
     host, port = split.hostname or "127.0.0.1", split.port or 80
-    heads = [_request_head(url, path, image) for image in images]
+    heads = [request_head(url, path, image) for image in images]
     result = LoadResult()
     ticket = itertools.count()
     total = warmup + requests
@@ -169,7 +169,7 @@ async def http_load(
     completions: list[float] = []
 
     async def worker() -> None:
-        connection = _Connection(host, port)
+        connection = Connection(host, port)
         try:
             while (n := next(ticket)) < total:
                 if n == warmup:

@@ -41,19 +41,27 @@ class Usage:
 
 
 def _label(proc: psutil.Process) -> str:
+    return f"{process_name(proc)} ({proc.pid})"
+
+
+def process_name(proc: psutil.Process) -> str:
+    """What a process of the system is: an instance's component name, a ``-m`` module, or its name."""
     try:
         cmd = proc.cmdline()
     except (psutil.Error, OSError):
         cmd = []
     name = proc.name()
-    if "mlcloud.host.runner" in cmd:
+    words = " ".join(cmd).split()
+    if len(words) == 4 and words[0] == "mlcloud" and words[1] in ("actor", "provider"):
+        name = words[2]  # an instance's title (InstanceSpec.title), set once it has started
+    elif "mlcloud.host.runner" in cmd:
         try:  # the instance's component name, from the spec its host passed it
             name = json.loads(proc.environ().get("MLCLOUD_INSTANCE_SPEC", "{}")).get("name") or "runner"
         except (psutil.Error, OSError, ValueError):
             name = "runner"
     elif len(cmd) > 2 and cmd[1] == "-m":
         name = cmd[2]
-    return f"{name} ({proc.pid})"
+    return name
 
 
 class TreeMonitor:

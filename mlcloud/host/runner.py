@@ -170,6 +170,8 @@ class ComponentRuntime:
                 return  # asked to stop before the links could be read
             if isinstance(self.component, Actor):
                 await self.component.on_start(lifetime_ctx)
+            elif not await self._provider_ready(self.component):
+                return
             await self._serve()
             await self.nc.publish(
                 subjects.instance_ready(self.settings.lattice, self.spec.host_id), self.spec.instance_id.encode()
@@ -189,6 +191,24 @@ class ComponentRuntime:
         for wait in waits:
             wait.cancel()
         return ready.is_set()
+
+    async def _provider_ready(self, provider: Provider) -> bool:
+        """Wait for ``provider.until_ready()``, at most ``ready_timeout`` (then serve anyway), unless
+        a stop comes first; True unless stopping."""
+        ready = asyncio.Event()
+
+        async def wait() -> None:
+            try:
+                await asyncio.wait_for(provider.until_ready(), self.settings.ready_timeout)
+            except TimeoutError:
+                self.log.warning("not ready after %.0f s; taking calls anyway", self.settings.ready_timeout)
+            ready.set()
+
+        waiting = asyncio.create_task(wait(), name="until-ready")
+        try:
+            return await self._ready_or_stopping(ready)
+        finally:
+            waiting.cancel()
 
     async def _serve(self) -> None:
         assert self.nc is not None

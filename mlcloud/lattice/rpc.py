@@ -69,9 +69,14 @@ class Died(msgspec.Struct, frozen=True):
 
 
 # While nobody serves an idempotent call (its lone instance restarts), it is tried again after
-# these many seconds, doubling up to the maximum, until its deadline.
+# these many seconds, doubling up to the maximum, until its deadline. The maximum bounds how long
+# a call waits after the instance is back (a request per waiting call every 0.2 s costs nothing).
 RETRY_PAUSE = 0.05
-RETRY_PAUSE_MAX = 0.5
+RETRY_PAUSE_MAX = 0.2
+# nats-server drops a killed instance's subscriptions when its socket closes, which can be a few
+# milliseconds before its host sees the exit and sends the death notice: an idempotent call that
+# nobody serves waits this long, once, for a notice before it gives up.
+DEATH_NOTICE_GRACE = 0.1
 
 
 class RpcClient:
@@ -87,7 +92,8 @@ class RpcClient:
     :class:`InstanceDied` (the budget guards against a request that kills each instance it
     reaches), and tried again while :class:`NoResponders` says nobody serves it if an instance
     serving it died within the call's deadline (a lone instance restarting; a component stopped on
-    purpose still fails at once).
+    purpose still fails, after waiting ``DEATH_NOTICE_GRACE`` once for a notice that may trail
+    nats-server's own news of the death).
     """
 
     def __init__(
@@ -148,6 +154,7 @@ class RpcClient:
         retries = self.retries if idempotent else 0
         pause = RETRY_PAUSE
         left = deadline
+        awaited_notice = not idempotent
         while True:
             try:
                 return await self._attempt(target, op, message, result_type, left, invocation_id, forward,
@@ -162,7 +169,12 @@ class RpcClient:
                 # deadline before the call began may still be restarting.
                 subject = err.details.get("subject")
                 unserved = subjects.target_of(subject) if isinstance(subject, str) else target
-                died_lately = self._died_at.get(unserved, -1.0) >= end - 2 * deadline
+                since = end - 2 * deadline
+                if not awaited_notice and self._died_at.get(unserved, -1.0) < since \
+                        and loop.time() + DEATH_NOTICE_GRACE < end:
+                    awaited_notice = True
+                    await asyncio.sleep(DEATH_NOTICE_GRACE)
+                died_lately = self._died_at.get(unserved, -1.0) >= since
                 if not (idempotent and died_lately) or loop.time() + pause >= end:
                     raise
                 await asyncio.sleep(pause)

@@ -237,6 +237,14 @@ class Provider:
     async def on_link_del(self, link: LinkDefinition) -> None:
         """A link naming this provider was removed."""
 
+    async def until_ready(self) -> None:
+        """Return once the links applied so far can be served (e.g. their models are loaded).
+
+        The runner takes calls only after it, bounded by ``ready_timeout``: the callers of an
+        instance that restarts keep retrying while nobody serves (``NoResponders``), where a
+        provider that took calls early would answer them "not ready yet".
+        """
+
     async def on_stop(self) -> None:
         """Release resources; called once on shutdown."""
 

@@ -33,6 +33,12 @@ Errors of the lattice (timeout, nobody serving, a crashed call) become the JSON 
 the HTTP API with the right status; nothing a client sends can crash the server. While this
 process's connection to NATS is down the listener stays up and each request gets a 503
 ``LatticeUnavailable`` with ``Retry-After`` at once (:mod:`mlcloud.lattice.rpc` fails the call).
+
+A request whose method RFC 9110 calls idempotent (GET, HEAD, PUT, DELETE, OPTIONS, TRACE) is
+made again when the actor instance that held it dies or is restarting, within the same deadline,
+as nginx's ``proxy_next_upstream`` passes such requests to the next server; a POST (or PATCH, or
+any other method) never is, since running it twice may do twice what it does: its client gets
+the 503 and decides.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import logging
 import ssl
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aiohttp import web
 
@@ -59,6 +65,10 @@ access_log = logging.getLogger("mlcloud.httpserver.access")
 
 API_KEYS = "api_keys"
 OPEN_BY_DEFAULT = ("/v2/health",)  # liveness and readiness probes (load balancers, k8s) carry no key
+# RFC 9110 §9.2.2: PUT, DELETE and the safe methods. Their requests go to the actor as an
+# idempotent HandleRequest, which the lattice makes again after its instance died (see above).
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+HANDLE_IDEMPOTENT_REQUEST = replace(HANDLE_REQUEST, idempotent=True)
 
 
 def _segments(path: str) -> tuple[str, ...]:
@@ -269,7 +279,8 @@ class LinkedServer:
             body=body,
         )
         try:
-            reply = await self.ctx.call_actor(self.link.actor_id, HANDLE_REQUEST, message, timeout=self.config.timeout)
+            op = HANDLE_IDEMPOTENT_REQUEST if request.method in IDEMPOTENT_METHODS else HANDLE_REQUEST
+            reply = await self.ctx.call_actor(self.link.actor_id, op, message, timeout=self.config.timeout)
         except MLCloudError as err:
             log.warning("%s %s: %s: %s", request.method, request.path, err.kind, err.message)
             return error_response(err, request.path)

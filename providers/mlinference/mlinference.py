@@ -110,6 +110,11 @@ class MlInference(Provider):
         await registry.apply(table.routes, table.engines)
         log.info("link from %s: routes %s", link.actor_id[:8], models.routes)
 
+    async def until_ready(self) -> None:
+        # Calls come only once the linked models have loaded (or failed): a restarted instance's
+        # callers wait for it rather than get 503 ModelLoading (models relinked later do answer that).
+        await asyncio.gather(*(registry.wait_ready() for registry in self.registries.values()))
+
     async def on_link_del(self, link: LinkDefinition) -> None:
         registry = self.registries.pop(link.actor_id, None)
         self.tables.pop(link.actor_id, None)

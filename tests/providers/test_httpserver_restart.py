@@ -74,3 +74,27 @@ async def test_a_killed_httpserver_refuses_no_connection_and_serves_again(settin
         # The host waits restart_backoff, then a new Python process connects to NATS and
         # reads its links; 1 s on an idle machine, with room for a loaded CI runner.
         assert gap < 3.0, figures
+
+
+async def test_a_put_in_flight_when_its_actor_dies_is_made_again_and_a_post_is_not(settings):
+    """HandleRequest is retried for the methods RFC 9110 calls idempotent, never for POST."""
+    address = f"127.0.0.1:{free_port()}"
+    async with Host(settings) as host:
+        ctl = await CtlClient.connect(settings)
+        provider = (await ctl.start_provider(host.id, HTTPSERVER_DIR)).provider_id
+        actor = (await ctl.start_actor(host.id, ECHO_ACTOR)).actor_id
+        # Room for the restart and the second run of the 2 s request.
+        await ctl.put_link(actor, provider, HTTPSERVER, values={"address": address, "timeout": "30"})
+        client = await wait_listening(f"http://{address}")
+        put = asyncio.create_task(client.put("/slow", content=b"again", timeout=30))
+        post = asyncio.create_task(client.post("/slow", content=b"once", timeout=30))
+        await asyncio.sleep(1.0)  # both are in the actor's 2 s sleep
+        pid = (await ctl.get_inventory(host.id)).actors[0].instances[0].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        put_response, post_response = await asyncio.gather(put, post)
+        await client.aclose()
+        await ctl.close()
+    assert put_response.status_code == 201 and put_response.json()["method"] == "PUT"
+    assert post_response.status_code == 503
+    assert post_response.json()["error"]["kind"] == "InstanceDied"
