@@ -7,6 +7,7 @@ stack's host shares the test's event loop, which a blocking call on it would sta
 from __future__ import annotations
 
 import asyncio
+import os
 
 import httpx
 import numpy as np
@@ -142,3 +143,36 @@ async def test_the_sync_api_runs_inside_a_running_event_loop_as_in_jupyter():
         return 42
 
     assert _run(answer) == 42
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.slow
+async def test_the_cli_deploys_a_pickled_estimator_lists_it_and_undeploys_it(stack, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import joblib
+
+    model = LogisticRegression(max_iter=500).fit(X, Y)
+    joblib.dump(model, tmp_path / "iris.joblib")
+    env = {**os.environ, **stack.settings.to_env()}
+
+    def mlcloud_cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "mlcloud.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    deployed = await asyncio.to_thread(mlcloud_cli, "deploy", str(tmp_path / "iris.joblib"), "--name", "cli-iris")
+    assert "cli-iris is READY (cli-iris/1.0.0)" in deployed and "curl -s " in deployed
+    curl = deployed.strip().splitlines()[-1]
+    answer = json.loads((await asyncio.to_thread(subprocess.run, curl, shell=True, capture_output=True,
+                                                 text=True, check=True)).stdout)
+    assert answer["outputs"][0]["data"] == model.predict(np.zeros((1, 4))).tolist()
+    listed = json.loads(await asyncio.to_thread(mlcloud_cli, "models", "list", "--json"))
+    assert {"name": "cli-iris", "bindle_id": "cli-iris/1.0.0", "state": "READY"}.items() <= next(
+        m for m in listed if m["name"] == "cli-iris").items()
+    assert "cli-iris undeployed" in await asyncio.to_thread(mlcloud_cli, "undeploy", "cli-iris")
+    async with httpx.AsyncClient(base_url=stack.http_url) as client:
+        assert (await client.get("/models/cli-iris")).status_code == 404
