@@ -176,3 +176,20 @@ async def test_the_cli_deploys_a_pickled_estimator_lists_it_and_undeploys_it(sta
     assert "cli-iris undeployed" in await asyncio.to_thread(mlcloud_cli, "undeploy", "cli-iris")
     async with httpx.AsyncClient(base_url=stack.http_url) as client:
         assert (await client.get("/models/cli-iris")).status_code == 404
+
+
+def test_a_tf1_frozen_graph_becomes_onnx_and_the_bindle_keeps_the_pb_it_came_from(tmp_path):
+    import hashlib
+    import json
+
+    import onnxruntime
+
+    graph = MODELS_DIR / "build" / "plus3-0.1.0" / "plus3.pb"
+    sample = np.array([[1, 2, 3, 4]], dtype=np.float32)
+    converted = convert.to_onnx(graph, sample=sample)
+    session = onnxruntime.InferenceSession(converted.model.SerializeToString())
+    np.testing.assert_array_equal(session.run(None, {session.get_inputs()[0].name: sample})[0], sample + 3)
+    directory = write_bundle(converted, "plus3", "1.0.0", tmp_path)
+    metadata = json.loads((directory / "metadata.json").read_text())
+    assert metadata["source"] == {"name": "plus3.pb", "sha256": hashlib.sha256(graph.read_bytes()).hexdigest()}
+    assert (directory / "plus3.pb").read_bytes() == graph.read_bytes()
