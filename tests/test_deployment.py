@@ -193,3 +193,33 @@ def test_a_tf1_frozen_graph_becomes_onnx_and_the_bindle_keeps_the_pb_it_came_fro
     metadata = json.loads((directory / "metadata.json").read_text())
     assert metadata["source"] == {"name": "plus3.pb", "sha256": hashlib.sha256(graph.read_bytes()).hexdigest()}
     assert (directory / "plus3.pb").read_bytes() == graph.read_bytes()
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.slow
+async def test_tabular_predict_takes_rows_as_lists_or_by_feature_name_and_names_the_bad_field(stack):
+    import pandas as pd
+
+    frame = pd.DataFrame(X, columns=["sepal_length", "sepal_width", "petal_length", "petal_width"])
+    model = LogisticRegression(max_iter=500).fit(frame, Y)
+    await deploy(stack, model, "iris-rows", sample=frame[:5])
+    rows = frame[::10]
+    async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
+        by_list = await client.post("/iris-rows/predict", json={"instances": rows.values.tolist()})
+        by_name = await client.post("/iris-rows/predict", json={"instances": rows.to_dict(orient="records")})
+        assert by_list.json() == by_name.json() == {"predictions": model.predict(rows).tolist()}
+        proba = await client.post("/iris-rows/predict?proba=1", json={"instances": rows.values.tolist()})
+        np.testing.assert_allclose(proba.json()["predictions"], model.predict_proba(rows), rtol=1e-3, atol=1e-4)
+
+        async def refused(instances: list) -> str:
+            reply = await client.post("/iris-rows/predict", json={"instances": instances})
+            assert reply.status_code == 400, reply.text
+            return reply.json()["error"]["message"]
+
+        assert (await refused([[5.1, 3.5, 1.4, 0.2], [5.1, 3.5, 1.4]])).startswith("instances[1]: expected 4 features")
+        assert (await refused([[5.1, 3.5, "x", 0.2]])).startswith("instances[0][2]: 'x' is not a number")
+        assert (await refused([{**rows.iloc[0].to_dict(), "petal_width": None}])).startswith(
+            "instances[0].petal_width: None is not a number")
+        assert (await refused([{"sepal_length": 5.1}])).startswith("instances[0].sepal_width: missing")
+        assert (await refused([{**rows.iloc[0].to_dict(), "colour": 1}])).startswith(
+            "instances[0].colour: no such feature")
