@@ -294,7 +294,8 @@ def base_url(settings: Settings) -> str:
 
 
 def curl_example(settings: Settings, name: str, converted: Converted, sample: Any) -> str:
-    """An Open Inference Protocol request for one row (the sample's first, else zeros)."""
+    """A request for one row (the sample's first, else zeros): ``/predict`` for a model taking rows
+    of features, the Open Inference Protocol's infer for any other input."""
     import numpy as np
 
     from mlcloud.interfaces import ValueType
@@ -304,10 +305,14 @@ def curl_example(settings: Settings, name: str, converted: Converted, sample: An
     shape = [1, *[d if d > 0 else 1 for d in first["shape"][1:]]]
     row = (np.asarray(sample, dtype=np.float64)[:1].reshape(-1).tolist() if sample is not None
            else [0] * int(np.prod(shape)))
-    body = {"inputs": [{"name": first["name"], "shape": shape,
-                        "datatype": DATATYPES[ValueType("Value" + first["datatype"])], "data": row}]}
-    return (f"curl -s {base_url(settings)}/v2/models/{name}/infer -H 'content-type: application/json' "
-            f"-d '{json.dumps(body)}'")
+    body: dict[str, Any]
+    if len(shape) == 2:
+        url, body = f"{base_url(settings)}/{name}/predict", {"instances": [row]}
+    else:
+        url = f"{base_url(settings)}/v2/models/{name}/infer"
+        body = {"inputs": [{"name": first["name"], "shape": shape,
+                            "datatype": DATATYPES[ValueType("Value" + first["datatype"])], "data": row}]}
+    return f"curl -s {url} -H 'content-type: application/json' -d '{json.dumps(body)}'"
 
 
 async def _connect(settings: Settings) -> CtlClient:

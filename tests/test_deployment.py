@@ -52,7 +52,7 @@ async def test_an_iris_pipeline_deployed_from_python_answers_as_the_estimator_an
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, Y)
     first = await deploy(stack, pipeline, "iris", sample=X[:5])
     assert (first.bindle_id, first.url) == ("iris/1.0.0", f"{stack.http_url}/iris")
-    assert "/v2/models/iris/infer" in first.curl and "5.1" in first.curl
+    assert first.curl.startswith(f"curl -s {stack.http_url}/iris/predict ") and "[[5.1, 3.5, 1.4, 0.2]]" in first.curl
     async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
         outputs, served = await infer(client, "iris", X)
         assert served == "iris/1.0.0"
@@ -169,7 +169,7 @@ async def test_the_cli_deploys_a_pickled_estimator_lists_it_and_undeploys_it(sta
     curl = deployed.strip().splitlines()[-1]
     answer = json.loads((await asyncio.to_thread(subprocess.run, curl, shell=True, capture_output=True,
                                                  text=True, check=True)).stdout)
-    assert answer["outputs"][0]["data"] == model.predict(np.zeros((1, 4))).tolist()
+    assert answer == {"predictions": model.predict(np.zeros((1, 4))).tolist()}
     listed = json.loads(await asyncio.to_thread(mlcloud_cli, "models", "list", "--json"))
     assert {"name": "cli-iris", "bindle_id": "cli-iris/1.0.0", "state": "READY"}.items() <= next(
         m for m in listed if m["name"] == "cli-iris").items()
