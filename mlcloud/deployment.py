@@ -8,7 +8,8 @@ mlinference provider requires), sets the route in the link values of every link 
 mlinference provider (durable: a restarted provider loads it again), and waits until the model is
 READY through the model repository's ``load``, which answers once the provider's load-then-swap
 is done. A new version of a deployed name is the update: the old version serves until the new one
-is READY. Routes are link values, so ``undeploy`` takes the value out and the route answers 404.
+is READY; a model that fails to load is unlinked again, so the route keeps what it served. Routes
+are link values, so ``undeploy`` takes the value out and the route answers 404.
 
 The functions are synchronous so a notebook can call them; inside a running event loop (Jupyter)
 the async implementation runs in a thread with its own loop. The CLI verbs (``mlcloud deploy``,
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import mlcloud
 from mlcloud.digests import sha256_file
-from mlcloud.errors import ContextNotFound, ModelLoading, RequestError
+from mlcloud.errors import ContextNotFound, MLCloudError, ModelLoading, RequestError
 from mlcloud.settings import Settings
 
 if TYPE_CHECKING:
@@ -127,9 +128,11 @@ async def deploy_async(model: Any, name: str, version: str | None = None, sample
     settings = settings or Settings.from_env()
     started = time.monotonic()
     converted = await asyncio.to_thread(to_onnx, model, sample)
-    progress(f"converted {converted.framework} model to ONNX"
-             + (" (answers the sample as the original does)" if sample is not None and converted.framework == "sklearn"
-                else ""))
+    if converted.framework == "onnx":
+        progress("checked the ONNX model" + (" on the sample" if sample is not None else ""))
+    else:
+        progress(f"converted the {converted.framework} model to ONNX"
+                 + (" (it answers the sample as the original does)" if sample is not None else ""))
     async with AsyncClient(settings.effective_bindle_url) as client:
         version = version or await next_version(client, name)
         with tempfile.TemporaryDirectory(prefix="mlcloud-deploy-") as tmp:
@@ -145,8 +148,14 @@ async def deploy_async(model: Any, name: str, version: str | None = None, sample
                                {**link.values, name: bindle_id})
         progress(f"route {name} → {bindle_id}; waiting until it is READY …")
         deadline = started + timeout
-        for link in links:
-            await _load(ctl, link, name, bindle_id, deadline)
+        try:
+            for link in links:
+                await _load(ctl, link, name, bindle_id, deadline)
+        except MLCloudError:
+            # A model that cannot load must not stay linked: the route goes back to what it served.
+            for link in links:
+                await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name, link.values)
+            raise
     url = f"{base_url(settings)}/{name}"
     deployment = Deployment(name, bindle_id, url, f"{base_url(settings)}/v2/models/{name}/infer", sha256,
                             curl_example(settings, name, converted, sample))

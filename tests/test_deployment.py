@@ -223,3 +223,25 @@ async def test_tabular_predict_takes_rows_as_lists_or_by_feature_name_and_names_
         assert (await refused([{"sepal_length": 5.1}])).startswith("instances[0].sepal_width: missing")
         assert (await refused([{**rows.iloc[0].to_dict(), "colour": 1}])).startswith(
             "instances[0].colour: no such feature")
+
+
+@pytest.mark.asyncio(loop_scope="module")
+@pytest.mark.slow
+async def test_a_model_the_provider_cannot_load_is_unlinked_and_the_route_keeps_serving_the_old_one(stack):
+    from onnx import TensorProto, helper
+
+    from mlcloud.errors import InvalidModel
+
+    await deploy(stack, MODELS_DIR / "build" / "identity_model-0.2.0" / "identity_model.onnx", "steady")
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 4]) for n in ("input", "output")]
+    unknown_op = helper.make_graph([helper.make_node("Foo", ["input"], ["output"], domain="com.example")], "g",
+                                   io[:1], io[1:])
+    broken = helper.make_model(unknown_op, opset_imports=[helper.make_opsetid("", 13),
+                                                          helper.make_opsetid("com.example", 1)], ir_version=8)
+    with pytest.raises(InvalidModel, match="steady/1.0.1"):
+        await deploy(stack, broken, "steady")
+    listed = {m.name: m for m in await asyncio.to_thread(mlcloud.models, settings=stack.settings)}
+    assert (listed["steady"].bindle_id, listed["steady"].state) == ("steady/1.0.0", "READY")
+    async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
+        reply = await client.post("/steady/predict", json={"instances": [[1, 2, 3, 4]]})
+        assert reply.json() == {"predictions": [[1, 2, 3, 4]]} and reply.headers["x-model"] == "steady/1.0.0"
