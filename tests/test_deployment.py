@@ -46,6 +46,15 @@ async def infer(client: httpx.AsyncClient, name: str, rows: np.ndarray) -> tuple
     return {o["name"]: o["data"] for o in reply.json()["outputs"]}, reply.headers["x-model"]
 
 
+async def served_by(client: httpx.AsyncClient, name: str) -> str:
+    """The bindle serving ``name`` now. ``GET /models`` asks the provider afresh, and so renews the
+    api's model catalog (cached for a second) that the ``X-Model`` header of an answer comes from."""
+    reply = await client.get(f"/models/{name}")
+    reply.raise_for_status()
+    bindle_id: str = reply.json()["bindle_id"]
+    return bindle_id
+
+
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.slow
 async def test_an_iris_pipeline_deployed_from_python_answers_as_the_estimator_and_updates_without_a_failure(stack):
@@ -79,7 +88,7 @@ async def test_an_iris_pipeline_deployed_from_python_answers_as_the_estimator_an
         swapping = False
         await asyncio.gather(*clients)
         assert failures == [] and answered > 0
-        assert second.bindle_id == "iris/2.0.0"
+        assert second.bindle_id == await served_by(client, "iris") == "iris/2.0.0"
         outputs, served = await infer(client, "iris", X)
         assert served == "iris/2.0.0"
         assert outputs["label"] == forest.predict(X).tolist()
@@ -96,6 +105,7 @@ async def test_an_onnx_file_deploys_with_the_next_patch_version_lists_and_undepl
     tensor = {"dimensions": [1, 4], "valueTypes": ["ValueF32"], "flags": 0,
               "data": list(np.array([1, 2, 3, 4], dtype="<f4").tobytes())}
     async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
+        assert await served_by(client, "echo") == "echo/1.0.1"
         reply = await client.post("/echo", json=tensor)
         assert reply.status_code == 200 and reply.headers["x-model"] == "echo/1.0.1"
         assert reply.json()["tensor"]["data"] == tensor["data"]
@@ -243,5 +253,6 @@ async def test_a_model_the_provider_cannot_load_is_unlinked_and_the_route_keeps_
     listed = {m.name: m for m in await asyncio.to_thread(mlcloud.models, settings=stack.settings)}
     assert (listed["steady"].bindle_id, listed["steady"].state) == ("steady/1.0.0", "READY")
     async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
+        assert await served_by(client, "steady") == "steady/1.0.0"
         reply = await client.post("/steady/predict", json={"instances": [[1, 2, 3, 4]]})
         assert reply.json() == {"predictions": [[1, 2, 3, 4]]} and reply.headers["x-model"] == "steady/1.0.0"
