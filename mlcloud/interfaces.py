@@ -218,6 +218,7 @@ class ModelInfo(_Wire):
     reason: str = ""
     inputs: list[TensorInfo] = []
     outputs: list[TensorInfo] = []
+    feature_names: list[str] = []  # a tabular model's input columns (metadata ``feature_names``)
     # Serving figures over the last minute, filled in by the mlinference provider from its
     # Prometheus metrics (providers/mlinference/metrics.py).
     requests: int = 0

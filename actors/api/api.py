@@ -2,6 +2,7 @@
 
     PUT  /{model}/matches      image → top-k labels      (preprocess → mlinference → postprocess, chained)
     PUT  /{model}/preprocess   image → raw model output  (preprocess → mlinference)
+    POST /{model}/predict      rows of features → {"predictions": […]} (KServe v1, mlcloud.tabular)
     POST /{model}              JSON tensor → InferenceOutput JSON
     GET  /models[/{model}]     name, bindle id, engine, state, inputs and outputs
 
@@ -35,7 +36,7 @@ from urllib.parse import parse_qs
 import msgspec
 
 import mlcloud
-from mlcloud import oip
+from mlcloud import oip, tabular
 from mlcloud.errors import (
     RETRY_AFTER_SECONDS,
     ContextNotFound,
@@ -194,6 +195,9 @@ async def route(ctx: Context, request: HttpRequest) -> HttpResponse:
         if action == "matches":
             return await classify(ctx, model, request, top)
         return await infer_image(ctx, model, request)
+    if len(parts) == 2 and parts[1] == "predict":
+        require(method, ("POST",))
+        return await predict_rows(ctx, parts[0], request)
     if len(parts) == 1:
         require(method, ("POST", "PUT"))
         return await infer_tensor(ctx, parts[0], request)
@@ -465,3 +469,13 @@ async def infer_tensor(ctx: Context, model: str, request: HttpRequest) -> HttpRe
     info = await catalog.ready(ctx, model)
     output = await ctx.call(MLINFERENCE, PREDICT, InferenceInput(model=model, tensor=tensor))
     return json_response(output.to_json(), header={"x-model": info.bindle_id})
+
+
+async def predict_rows(ctx: Context, model: str, request: HttpRequest) -> HttpResponse:
+    """KServe v1's tabular predict: the model's first output per row, or its probabilities."""
+    info = await catalog.ready(ctx, model)
+    index = tabular.output_index(info, tabular.wants_probabilities(request.query_string))
+    tensor = tabular.instances_tensor(parse_json_object(request.body), info)
+    output = await ctx.call(MLINFERENCE, PREDICT, InferenceInput(model=model, tensor=tensor, index=index))
+    return json_response({"predictions": tabular.predictions(output_tensor(output))},
+                         header={"x-model": info.bindle_id})

@@ -7,9 +7,10 @@ The original wasmCloud deployment's JSON, e.g.::
 
 plus optional mlcloud fields: ``engine`` (onnxruntime | tract | litert), ``input_name`` (which
 input of the graph the request tensor feeds; for TF1 graphs, which Placeholder) and
-``output_name`` (TF1 graphs: the node whose value is the answer) and ``preprocessing`` (an image
+``output_name`` (TF1 graphs: the node whose value is the answer), ``preprocessing`` (an image
 model's ``{"mean", "std", "divide_by", …}``: it then takes 8-bit pixels too, see
-:mod:`mlcloud.inference.pixels`). A dimension of -1 or null is
+:mod:`mlcloud.inference.pixels`) and ``feature_names`` (a tabular model's input columns, in order,
+as ``mlcloud.deploy`` records them: ``POST /{model}/predict`` takes rows keyed by them). A dimension of -1 or null is
 symbolic (typically the batch size). Unknown fields are ignored so newer metadata still loads.
 Every problem raises InvalidModel naming the field.
 """
@@ -78,6 +79,7 @@ class ModelMetadata:
     input_name: str | None = None
     output_name: str | None = None
     pixel_normalization: PixelNormalization | None = None
+    feature_names: tuple[str, ...] | None = None
 
     @classmethod
     def parse(cls, data: ModelMetadata | Mapping[str, Any] | bytes | str) -> ModelMetadata:
@@ -103,6 +105,7 @@ class ModelMetadata:
             input_name=_text(data, "input_name"),
             output_name=_text(data, "output_name"),
             pixel_normalization=_pixel_normalization(data.get("preprocessing")),
+            feature_names=_names(data, "feature_names"),
         )
 
 
@@ -167,6 +170,15 @@ def _dims(data: Mapping[str, Any], key: str) -> tuple[int | None, ...] | None:
                 "or -1 / null for a symbolic one"
             )
     return tuple(dims)
+
+
+def _names(data: Mapping[str, Any], key: str) -> tuple[str, ...] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value) or len(set(value)) != len(value):
+        raise InvalidModel(f"model metadata {key!r} must be a list of distinct non-empty strings, got {value!r}")
+    return tuple(value)
 
 
 def _engine(value: Any) -> str | None:

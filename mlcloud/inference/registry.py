@@ -472,6 +472,7 @@ class ModelRegistry:
             reason=reason,
             inputs=inputs,
             outputs=[s.to_info() for s in session.outputs] if session else [],
+            feature_names=list(model.metadata.feature_names or ()) if model.metadata else [],
             load_seconds=round(model.load_seconds, 3),
         )
 

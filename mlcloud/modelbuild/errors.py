@@ -4,7 +4,9 @@
     └── ConfigError
         └── ModelBuildError          a source is unreadable or a build step failed
             ├── ChecksumMismatch     a built or imported file has the wrong sha256/size
-            └── VerificationError    a built model does not classify as it must
+            ├── VerificationError    a built model does not classify as it must
+            ├── ConversionError      a model could not become ONNX, or the ONNX answers unlike it
+            └── MissingExtra         converting needs an optional package: the message says which pip install
 
 They live beside the code that raises them; ``mlcloud.errors`` registers them by kind.
 """
@@ -24,3 +26,11 @@ class ChecksumMismatch(ModelBuildError):
 
 class VerificationError(ModelBuildError):
     """A built model gave answers it must not give (wrong top-1, engines disagree)."""
+
+
+class ConversionError(ModelBuildError):
+    """A model could not be converted to ONNX, or the converted model answers unlike the original."""
+
+
+class MissingExtra(ModelBuildError):
+    """Converting this kind of model needs packages of an extra that is not installed."""
