@@ -20,17 +20,11 @@ from PIL import Image
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Credentials, auth_dir
 from mlcloud.lattice.connect import connect
-from mlcloud.testing.stack import PROJECT_DIR, running_stack
+from mlcloud.testing.stack import PROJECT_DIR
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 MB = 1024 * 1024
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory):
-    async with running_stack(tmp_path_factory.mktemp("stack")) as running:
-        yield running
 
 
 @pytest_asyncio.fixture(loop_scope="module")

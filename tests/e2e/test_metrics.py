@@ -34,12 +34,6 @@ async def stack(tmp_path_factory):
         yield running
 
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def http(stack):
-    async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
-        yield client
-
-
 async def scrape(http: httpx.AsyncClient) -> Samples:
     response = await http.get("/metrics")
     assert response.status_code == 200, response.text

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import numpy as np
 import pytest
 import pytest_asyncio
@@ -25,7 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from mlcloud.servers import running_app
 from mlcloud.testing.screenshot import CHROMIUM, launch_chromium
-from mlcloud.testing.stack import PROJECT_DIR, running_stack
+from mlcloud.testing.stack import PROJECT_DIR
 from mlcloud.washboard.access import load_or_create_token
 from mlcloud.washboard.app import create_washboard
 
@@ -33,12 +32,6 @@ pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 T = TypeVar("T")
 CAT = (PROJECT_DIR / "images" / "cat.jpg").read_bytes()
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory):
-    async with running_stack(tmp_path_factory.mktemp("stack")) as running:
-        yield running
 
 
 TRITON_THREAD = ThreadPoolExecutor(1, "tritonclient")
@@ -49,12 +42,6 @@ async def client(stack):
     client = await call(triton.InferenceServerClient, stack.http_url.removeprefix("http://"), network_timeout=30.0)
     yield client
     await call(client.close)
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def http(stack):
-    async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
-        yield client
 
 
 async def call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -16,29 +16,16 @@ import time
 import httpx
 import numpy as np
 import pytest
-import pytest_asyncio
 from PIL import Image
 
 from mlcloud.interfaces import MLINFERENCE
 from mlcloud.lattice.control import LinkDefinition
-from mlcloud.testing.stack import PROJECT_DIR, running_stack
+from mlcloud.testing.stack import PROJECT_DIR
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
 IMAGES = PROJECT_DIR / "images"
 CAT_LABELS = {"n02124075 Egyptian cat", "n02123045 tabby, tabby cat", "n02123159 tiger cat"}
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory):
-    async with running_stack(tmp_path_factory.mktemp("stack")) as running:
-        yield running
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def http(stack):
-    async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
-        yield client
 
 
 def f32_tensor_json(values: list[float], dims: list[int]) -> dict:

@@ -13,11 +13,9 @@ import re
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
-import pytest_asyncio
 
-from mlcloud.testing.stack import PROJECT_DIR, running_stack
+from mlcloud.testing.stack import PROJECT_DIR
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
@@ -25,18 +23,6 @@ CAT = (PROJECT_DIR / "images" / "cat.jpg").read_bytes()
 # The stages of PUT /{model}/matches, each an instance writing its own log file.
 STAGES = ("httpserver", "api", "preprocess", "mlinference", "postprocess")
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory):
-    async with running_stack(tmp_path_factory.mktemp("stack")) as running:
-        yield running
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def http(stack):
-    async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
-        yield client
 
 
 def log_lines(stack, stage: str) -> list[str]:
