@@ -15,7 +15,7 @@ from nats.aio.client import Client as NATS
 from mlcloud.errors import NoResponders, PayloadTooLarge
 from mlcloud.lattice import subjects
 from mlcloud.lattice.chunks import PIECE_SIZE, Chunks, is_chunked
-from mlcloud.lattice.connect import connect, flush
+from mlcloud.lattice.connect import flush
 from mlcloud.lattice.nats_server import NatsServer
 from mlcloud.lattice.rpc import RpcClient, request
 from mlcloud.lattice.wire import Forward, Invocation
@@ -33,20 +33,6 @@ class Blob(msgspec.Struct):
 async def nats_server(tmp_path_factory, nats_auth):
     async with NatsServer(tmp_path_factory.mktemp("nats"), port=0, auth=nats_auth, max_payload=MB) as server:
         yield server
-
-
-@pytest.fixture
-async def nc(nats_server, host_creds):
-    client = await connect(nats_server.url, name="test", credentials=host_creds)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def stage_nc(nats_server, host_creds):
-    client = await connect(nats_server.url, name="stage", credentials=host_creds)
-    yield client
-    await client.close()
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from mlcloud.identity import KeyKind, KeyPair
 from mlcloud.interfaces import InferenceInput, Tensor
 from mlcloud.lattice import subjects, wire
 from mlcloud.lattice.auth import Account
-from mlcloud.lattice.connect import connect, flush
+from mlcloud.lattice.connect import flush
 from mlcloud.lattice.grants import Grant, Signer, Verifier
 from mlcloud.lattice.rpc import Handler, RpcClient, RpcServer
 from mlcloud.lattice.wire import Forward, Invocation
@@ -33,22 +33,6 @@ async def serve(nc: NATS, target: str, handler: Handler, **options: Any) -> RpcS
 
 def rpc_client(nc: NATS, *, caller: str, timeout: float) -> RpcClient:
     return RpcClient(nc, caller=caller, timeout=timeout, signer=SIGNER)
-
-
-@pytest.fixture
-async def nc(nats_server, host_creds):
-    client = await connect(nats_server.url, name="test", credentials=host_creds)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def stage_nc(nats_server, host_creds):
-    """A second connection, for a chain's stages: in a lattice they are not the caller's process
-    (NATS tells only the requesting connection that nobody serves a subject)."""
-    client = await connect(nats_server.url, name="stage", credentials=host_creds)
-    yield client
-    await client.close()
 
 
 async def test_round_trip_keeps_types_and_bytes(nc):

@@ -14,27 +14,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 from mlcloud import tracing
 from mlcloud.errors import CorruptInputTensor, MalformedMessage
 from mlcloud.lattice import subjects, wire
-from mlcloud.lattice.connect import connect
 from mlcloud.lattice.rpc import Died, RpcClient
 from mlcloud.lattice.wire import Forward, Invocation
 from tests.lattice.test_rpc import rpc_client, serve
 
 CLIENT_SPAN = "00f067aa0ba902b7"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-
-
-@pytest.fixture
-async def nc(nats_server, host_creds):
-    client = await connect(nats_server.url, name="test", credentials=host_creds)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def stage_nc(nats_server, host_creds):
-    client = await connect(nats_server.url, name="stage", credentials=host_creds)
-    yield client
-    await client.close()
 
 
 @pytest.fixture
