@@ -75,6 +75,19 @@ def v2_status(address: str) -> int | None:
         return None
 
 
+async def served_within(rpc: RpcClient, lattice: str, seconds: float, since: float) -> None:
+    """Wait until the echo app answers a relay through the lattice, failing after ``seconds``."""
+    relay = subjects.actor_target(lattice, "caller")
+    while True:
+        try:
+            answer = await rpc.call(relay, "Caller.Relay", {"x": 1})
+            assert isinstance(answer, dict) and answer["provider"]["echo"] == {"x": 1}
+            return
+        except (MLCloudError, nats.errors.Error):
+            assert time.monotonic() - since < seconds, f"not served again within {seconds} s"
+            await asyncio.sleep(0.05)
+
+
 async def test_killed_servers_come_back_and_serving_resumes(env: dict[str, str], up: subprocess.Popen[str]) -> None:
     state = Path(env["MLCLOUD_STATE_DIR"])
     nc = await connect(f"nats://127.0.0.1:{env['MLCLOUD_NATS_PORT']}", name="test",
@@ -87,26 +100,16 @@ async def test_killed_servers_come_back_and_serving_resumes(env: dict[str, str],
             restarted.put_nowait(event.data)
 
     rpc = RpcClient(nc, caller="test", timeout=1.0)
-    relay = subjects.actor_target(env["MLCLOUD_LATTICE"], "caller")
-
-    async def served_within(seconds: float, since: float) -> None:
-        while True:
-            try:
-                answer = await rpc.call(relay, "Caller.Relay", {"x": 1})
-                assert isinstance(answer, dict) and answer["provider"]["echo"] == {"x": 1}
-                return
-            except (MLCloudError, nats.errors.Error):
-                assert time.monotonic() - since < seconds, f"not served again within {seconds} s"
-                await asyncio.sleep(0.05)
+    lattice = env["MLCLOUD_LATTICE"]
 
     try:
         await nc.subscribe(subjects.events(env["MLCLOUD_LATTICE"]), cb=on_event)
-        await served_within(60, time.monotonic())  # the app's instances start
+        await served_within(rpc, lattice, 60, time.monotonic())  # the app's instances start
 
         nats_server = child(up, "nats-server")
         killed = time.monotonic()
         nats_server.kill()
-        await served_within(5.0, killed)
+        await served_within(rpc, lattice, 5.0, killed)
         event = await asyncio.wait_for(restarted.get(), 10)
         assert (event.server, event.url, event.exit_code) == (
             "nats-server", f"nats://127.0.0.1:{env['MLCLOUD_NATS_PORT']}", -signal.SIGKILL)
@@ -126,7 +129,7 @@ async def test_killed_servers_come_back_and_serving_resumes(env: dict[str, str],
             await asyncio.sleep(0.02)
         event = await asyncio.wait_for(restarted.get(), 10)
         assert (event.server, event.exit_code, event.restarts) == ("registry", -signal.SIGKILL, 1)
-        await served_within(5.0, killed)
+        await served_within(rpc, lattice, 5.0, killed)
     finally:
         await leave(nc, "test")
     up.send_signal(signal.SIGINT)
@@ -147,26 +150,15 @@ async def test_with_a_nats_cluster_a_killed_node_loses_no_link_and_serving_goes_
         nc = await connect(urls, name="test", credentials=Credentials.load(state / "nats-auth" / "host.creds"))
         try:
             rpc = RpcClient(nc, caller="test", timeout=1.0)
-            relay = subjects.actor_target(env["MLCLOUD_LATTICE"], "caller")
-
-            async def served_within(seconds: float, since: float) -> None:
-                while True:
-                    try:
-                        answer = await rpc.call(relay, "Caller.Relay", {"x": 1})
-                        assert isinstance(answer, dict) and answer["provider"]["echo"] == {"x": 1}
-                        return
-                    except (MLCloudError, nats.errors.Error):
-                        assert time.monotonic() - since < seconds, f"not served again within {seconds} s"
-                        await asyncio.sleep(0.05)
-
-            await served_within(60, time.monotonic())
+            lattice = env["MLCLOUD_LATTICE"]
+            await served_within(rpc, lattice, 60, time.monotonic())
             info = await nc.jetstream().stream_info(f"KV_{subjects.lattice_bucket(env['MLCLOUD_LATTICE'])}")
             assert info.config.num_replicas == 3
             nodes = [p for p in psutil.Process(process.pid).children(recursive=True) if p.name() == "nats-server"]
             assert len(nodes) == 3
             killed = time.monotonic()
             nodes[0].kill()
-            await served_within(5.0, killed)
+            await served_within(rpc, lattice, 5.0, killed)
         finally:
             await leave(nc, "test")
         while True:  # reading links needs the bucket's leader: JetStream elects a new one within seconds
