@@ -325,7 +325,9 @@ async def soak(run: ChaosRun, options: SoakOptions, say: Callable[[str], None] =
                 next_swap = now + 1.0
             swapping = None
         if swapping is None and now >= next_swap:
-            swapping = asyncio.create_task(run.swap(timeout=max(1.0, min(60.0, end - now))), name="chaos-swap")
+            # A swap keeps its whole timeout even near the end: the soak waits for it below (cutting it
+            # to the time left failed a swap that started 2.4 s before the end and took 3 s).
+            swapping = asyncio.create_task(run.swap(), name="chaos-swap")
             next_swap += options.swap_every
         if now >= next_kill and end - now > WINDOW_MAX / 3:
             kill = await run.kill(next(order))

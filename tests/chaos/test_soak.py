@@ -14,6 +14,7 @@ pytestmark = pytest.mark.slow
 SLACK = 1.0  # seconds added to each time bound: other test runs share these 2 cores
 
 
+@pytest.mark.timeout(300)  # 40 s of soak, after a start-up and a scale that a busy machine stretches
 async def test_a_short_soak_loses_only_requests_in_flight_and_leaks_nothing(up: UpProcess) -> None:
     # Kills at 10, 16, 22 and 28 s, swaps at 5, 15, 25 and 35 s: never at once.
     options = SoakOptions(duration=40, kill_every=6, swap_every=10, warmup=10, process_warmup=10,
