@@ -147,12 +147,12 @@ class _Client:
         """Fail before the first row when the model is not served, or takes the other kind of input."""
         try:
             status, body, _ = await self._request("GET", f"/models/{self.settings.model}")
-        except LatticeUnreachable as err:
-            raise LatticeUnreachable(f"{err.message}; is the lattice up? (--url, MLCLOUD_HTTP_ADDRESS)") from err
+        except LatticeUnreachable as exc:
+            raise LatticeUnreachable(f"{exc.message}; is the lattice up? (--url, MLCLOUD_HTTP_ADDRESS)") from exc
         if status != 200:
-            err = _error(status, body)
+            refused = _error(status, body)
             hint = "; `mlcloud models list` shows the routes" if status == 404 else ""
-            raise type(err)(err.message + hint)
+            raise type(refused)(refused.message + hint)
         inputs = json.loads(body).get("inputs") or []
         rank = len(inputs[0].get("shape") or []) if inputs else 0
         if self.kind is SourceKind.ROWS and rank != 2:
