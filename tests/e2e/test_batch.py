@@ -20,6 +20,7 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 import mlcloud
+from mlcloud.bench.batch import compare
 from mlcloud.testing.stack import PROJECT_DIR
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
@@ -153,3 +154,10 @@ async def test_mlcloud_predict_scores_rows_in_memory_in_their_order(stack, iris)
                                             proba=True, progress=False)
     np.testing.assert_allclose([line["result"] for line in probabilities.lines],
                                model.predict_proba(sample[:3]), rtol=1e-3, atol=1e-4)
+
+
+async def test_the_batch_bench_measures_both_paths_in_turns(stack, tmp_path):
+    comparison = await compare(stack.http_url, tmp_path, concurrency=2, requests=6, rounds=2)
+    assert len(comparison.http) == len(comparison.batch) == 2 and comparison.batch_failed == 0
+    assert min(comparison.http + comparison.batch) > 0 and comparison.ratio > 0
+    assert comparison.to_json()["target"] == 0.9 and "batch / HTTP" in str(comparison)
