@@ -3,15 +3,17 @@
 The job goes through the httpserver as any client does, so API keys, tracing, metrics and the
 answers' ``X-Model`` apply to it as to online traffic. Straight RPC to the api actor over NATS
 would save one hop, but the CLI's NATS credentials may only send control requests
-(:func:`mlcloud.lattice.auth.ctl_permissions`), and the HTTP path already reaches the throughput
-the issue asks for (docs/batch.md, "Throughput"). The client is aiohttp's: it costs about a
-tenth of the CPU per request that httpx's does, which counts on a machine the lattice shares.
+(:func:`mlcloud.lattice.auth.ctl_permissions`), and measured it was no faster; over HTTP the job
+reaches the HTTP path's throughput (docs/batch.md, "Why HTTP" and "Throughput"). The client is
+aiohttp's: it costs about a tenth of the CPU per request that httpx's does, which counts on a
+machine the lattice shares.
 
 Images go to ``PUT /{model}/{image_route}`` (``matches``: top-k labels), one per request. Rows of
 features go to ``POST /{model}/predict`` up to ``rows_per_request`` at a time; when such a request
-is refused (a 4xx: one of its rows is bad), its rows are sent again one by one, so only the bad
-row fails. A request that finds the lattice busy or away (a connection error, 502, 503, 504) is
-made again up to ``retries`` times, waiting longer each time; then its rows are written as failed.
+fails other than by the lattice being busy (a 4xx: one of its rows is bad; a 500: say, a model
+whose batch size is fixed), its rows are sent again one by one, so only a bad row fails. A
+request that finds the lattice busy or away (a connection error, 502, 503, 504) is made again up
+to ``retries`` times, waiting longer each time; then its rows are written as failed.
 """
 
 from __future__ import annotations
@@ -176,8 +178,8 @@ class _Client:
         if status == 200:
             predictions = json.loads(body)["predictions"]
             return lines + [result_line(r.key, status, model, p) for r, p in zip(rows, predictions, strict=True)]
-        if len(rows) > 1 and 400 <= status < 500:
-            for row in rows:  # one bad row refuses the request: find it, let the others through
+        if len(rows) > 1 and status != 0 and status not in RETRY_STATUSES:
+            for row in rows:  # one bad row fails the request: find it, let the others through
                 lines += await self.score([row])
             return lines
         err = _error(status, body)

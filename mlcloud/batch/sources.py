@@ -15,6 +15,7 @@ width) is still a row: it carries its ``problem``, and the job writes it as fail
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import itertools
 import json
@@ -92,28 +93,33 @@ def image_folder(folder: Path) -> Source:
     return Source(SourceKind.IMAGES, str(folder), len(files), read)
 
 
-def _text_lines(path: Path) -> list[str]:
+@contextlib.contextmanager
+def _lines(path: Path) -> Iterator[Iterator[str]]:
+    """The file's lines, read as they are used (an input may be larger than memory)."""
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
+        with path.open(encoding="utf-8-sig", newline="") as file:
+            yield iter(file)
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from exc
 
 
 def csv_rows(path: Path) -> Source:
-    lines = _text_lines(path)
-    reader = csv.reader(lines)
-    header = next(reader, None)
-    if not header or not any(name.strip() for name in header):
-        raise InputError(f"{path}: the first line must name the features (a CSV header)")
+    with _lines(path) as lines:
+        header = next(csv.reader(lines), None)
+        if not header or not any(name.strip() for name in header):
+            raise InputError(f"{path}: the first line must name the features (a CSV header)")
+        total = sum(1 for _ in csv.reader(lines))
     names = [name.strip() for name in header]
-    total = sum(1 for _ in csv.reader(lines[1:]))
 
     def read() -> Iterator[Row]:
-        for number, cells in enumerate(csv.reader(lines[1:]), start=1):
-            if len(cells) != len(names):
-                yield Row(number, problem=f"row {number}: {len(cells)} fields, the header has {len(names)}")
-            else:
-                yield Row(number, instance={name: _number(cell) for name, cell in zip(names, cells, strict=True)})
+        with _lines(path) as lines:
+            reader = csv.reader(lines)
+            next(reader, None)
+            for number, cells in enumerate(reader, start=1):
+                if len(cells) != len(names):
+                    yield Row(number, problem=f"row {number}: {len(cells)} fields, the header has {len(names)}")
+                else:
+                    yield Row(number, instance={name: _number(cell) for name, cell in zip(names, cells, strict=True)})
 
     return Source(SourceKind.ROWS, str(path), total, read)
 
@@ -130,26 +136,29 @@ def _number(cell: str) -> Any:
 
 
 def jsonl_rows(path: Path) -> Source:
-    lines = _text_lines(path)
-    numbered = [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+    with _lines(path) as lines:
+        total = sum(1 for line in lines if line.strip())
 
     def read() -> Iterator[Row]:
-        for number, line in numbered:
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield Row(number, problem=f"line {number} is not JSON: {exc.msg} (column {exc.colno})")
-                continue
-            if isinstance(value, dict) and set(value) == {"key", "instance"}:
-                key = value["key"]
-                if not isinstance(key, (str, int)) or isinstance(key, bool):
-                    yield Row(number, problem=f"line {number}: the key must be a string or a whole number")
-                else:
-                    yield Row(key, instance=value["instance"])
-            else:
-                yield Row(number, instance=value)
+        with _lines(path) as lines:
+            for number, line in enumerate(lines, start=1):
+                if line.strip():
+                    yield _jsonl_row(number, line)
 
-    return Source(SourceKind.ROWS, str(path), len(numbered), read)
+    return Source(SourceKind.ROWS, str(path), total, read)
+
+
+def _jsonl_row(number: int, line: str) -> Row:
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return Row(number, problem=f"line {number} is not JSON: {exc.msg} (column {exc.colno})")
+    if isinstance(value, dict) and set(value) == {"key", "instance"}:
+        key = value["key"]
+        if not isinstance(key, (str, int)) or isinstance(key, bool):
+            return Row(number, problem=f"line {number}: the key must be a string or a whole number")
+        return Row(key, instance=value["instance"])
+    return Row(number, instance=value)
 
 
 def sequence_rows(data: Any) -> Source:
