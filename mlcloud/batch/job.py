@@ -27,7 +27,7 @@ from typing import Any
 
 import aiohttp
 
-from mlcloud.batch.journal import Journal, error_line, result_line
+from mlcloud.batch.journal import Journal, error_line, is_failed, result_line
 from mlcloud.batch.sources import InputError, Row, Source, SourceKind, chunks
 from mlcloud.errors import MLCloudError, NotFound, error_from_wire
 
@@ -102,7 +102,7 @@ async def run_job(settings: JobSettings, source: Source, journal: Journal, summa
 
         def finished(line: dict[str, Any]) -> None:
             journal.write(line)
-            if "error" in line:
+            if is_failed(line):
                 summary.failed += 1
             else:
                 summary.done += 1
@@ -121,6 +121,8 @@ async def run_job(settings: JobSettings, source: Source, journal: Journal, summa
         except asyncio.CancelledError:
             summary.interrupted = True
             raise
+        except BaseExceptionGroup as group:  # a worker failed (an input unreadable midway): that error
+            raise group.exceptions[0] from None
         finally:
             summary.seconds = time.monotonic() - started
     return summary
