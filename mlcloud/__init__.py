@@ -1,8 +1,8 @@
 """mlcloud: a wasmCloud-style lattice of actors and capability providers for ML inference.
 
 From a notebook: ``mlcloud.deploy(model, name, sample=X[:5])``, ``mlcloud.models()`` and
-``mlcloud.undeploy(name)`` (:mod:`mlcloud.deployment`, imported on first use: actors import this
-package and need none of it).
+``mlcloud.undeploy(name)`` (:mod:`mlcloud.deployment`), ``mlcloud.predict(name, rows_or_path)``
+(:mod:`mlcloud.batch`), each imported on first use: actors import this package and need none of it.
 """
 
 from typing import Any
@@ -17,4 +17,8 @@ def __getattr__(name: str) -> Any:
         from mlcloud import deployment
 
         return getattr(deployment, name)
+    if name == "predict":
+        from mlcloud.batch import predict
+
+        return predict
     raise AttributeError(f"module 'mlcloud' has no attribute {name!r}")

@@ -592,6 +592,7 @@ def trust_remove(key: str) -> None:
 
 
 def _register_subcommands() -> None:
+    from mlcloud.batch.cli import predict_command
     from mlcloud.bench.cli import bench_command
     from mlcloud.bindle.cli import bindle
     from mlcloud.chaos.cli import chaos_command
@@ -610,6 +611,7 @@ def _register_subcommands() -> None:
     main.add_command(chaos_command, "chaos")
     main.add_command(deploy_command, "deploy")
     main.add_command(undeploy_command, "undeploy")
+    main.add_command(predict_command, "predict")
     models.add_command(list_command, "list")
 
 

@@ -101,13 +101,26 @@ def render(result: BenchResult) -> str:
 @click.option("--against", multiple=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Also measure mlcloud from this checkout (e.g. a git worktree of an older commit), "
                    "interleaved with this one: before/after figures from one run. Repeatable.")
+@click.option("--batch", is_flag=True,
+              help="Instead: `mlcloud predict` over a folder of the photos beside the HTTP path, at the highest "
+                   "--concurrency (default 16), in turns; prints both and their ratio (mlcloud.bench.batch).")
+@click.option("--url", help="With --batch: measure the lattice at this HTTP URL instead of starting one.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def bench_command(quick: bool, concurrency: str | None, requests: int | None, warmup: int | None,
                   rounds: int | None, systems: tuple[str, ...], no_batching: bool, no_tract: bool, batch_max_size: int,
                   batch_max_wait_ms: float, build_dir: Path | None, work_dir: Path | None,
-                  against: tuple[Path, ...], as_json: bool, quiet: bool) -> None:
+                  against: tuple[Path, ...], batch: bool, url: str | None, as_json: bool, quiet: bool) -> None:
     """Benchmark mlcloud against the in-process limit and a naive aiohttp server, side by side."""
+    if batch:
+        from mlcloud.bench.batch import run_batch_bench
+
+        comparison = run_batch_bench(
+            url=url, concurrency=max(_levels(concurrency)) if concurrency else 16, requests=requests or 200,
+            rounds=max(1, rounds or 3), work_dir=work_dir,
+            say=(lambda line: None) if quiet else (lambda line: click.echo(line, err=True)))
+        click.echo(json.dumps(comparison.to_json(), indent=2) if as_json else str(comparison))
+        return
     changes: dict[str, Any] = {
         "batching": not no_batching, "tract": not no_tract, "batch_max_size": batch_max_size,
         "batch_max_wait_ms": batch_max_wait_ms, "progress": not quiet, "build_dir": build_dir,
