@@ -2,7 +2,8 @@
 
 From a notebook: ``mlcloud.deploy(model, name, sample=X[:5])``, ``mlcloud.models()`` and
 ``mlcloud.undeploy(name)`` (:mod:`mlcloud.deployment`, imported on first use: actors import this
-package and need none of it).
+package and need none of it); ``mlcloud.verify(answer.headers)`` checks which model answered
+(:mod:`mlcloud.verification`).
 """
 
 from typing import Any
@@ -17,4 +18,8 @@ def __getattr__(name: str) -> Any:
         from mlcloud import deployment
 
         return getattr(deployment, name)
+    if name == "verify":
+        from mlcloud.verification import verify
+
+        return verify
     raise AttributeError(f"module 'mlcloud' has no attribute {name!r}")
