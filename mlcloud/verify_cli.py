@@ -81,6 +81,7 @@ def _ask(url: str, upload: Path | None, data: str | None, method: str | None, qu
         assert data is not None
         body = Path(data[1:]).read_bytes() if data.startswith("@") else data.encode()
         content_type = "application/json"
+    url = url if "://" in url else f"http://{url}"  # as curl takes it
     started = time.perf_counter()
     try:
         answer = httpx.request(method or ("PUT" if upload is not None else "POST"), url, content=body,
