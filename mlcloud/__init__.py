@@ -2,7 +2,8 @@
 
 From a notebook: ``mlcloud.deploy(model, name, sample=X[:5])``, ``mlcloud.models()`` and
 ``mlcloud.undeploy(name)`` (:mod:`mlcloud.deployment`), ``mlcloud.predict(name, rows_or_path)``
-(:mod:`mlcloud.batch`), each imported on first use: actors import this package and need none of it.
+(:mod:`mlcloud.batch`) and ``mlcloud.verify(answer.headers)``, which checks which model answered
+(:mod:`mlcloud.verification`), each imported on first use: actors import this package and need none of it.
 """
 
 from typing import Any
@@ -21,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from mlcloud.batch import predict
 
         return predict
+    if name == "verify":
+        from mlcloud.verification import verify
+
+        return verify
     raise AttributeError(f"module 'mlcloud' has no attribute {name!r}")

@@ -599,6 +599,7 @@ def _register_subcommands() -> None:
     from mlcloud.deploy_cli import deploy_command, list_command, undeploy_command
     from mlcloud.modelbuild.cli import models
     from mlcloud.oci.cli import build_command, keys_command, push_command
+    from mlcloud.verify_cli import verify_command
     from mlcloud.washboard.cli import washboard_command
 
     for command in (bindle, models):
@@ -613,6 +614,7 @@ def _register_subcommands() -> None:
     main.add_command(undeploy_command, "undeploy")
     main.add_command(predict_command, "predict")
     models.add_command(list_command, "list")
+    main.add_command(verify_command, "verify")
 
 
 _register_subcommands()

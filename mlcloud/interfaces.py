@@ -151,9 +151,19 @@ class InferenceInput(_Wire):
     index: int = 0
 
 
+class ModelSource(_Wire):
+    """Which model produced an answer: its bindle and the sha256 of the model parcel that ran,
+    as the mlinference provider knows them at that inference (HTTP ``X-Model``, ``X-Model-Sha256``;
+    ``mlcloud verify`` checks them against the bindle's invoice)."""
+
+    bindle_id: str
+    sha256: str = ""
+
+
 class InferenceOutput(_Wire):
     result: str = "Success"
     tensor: Tensor | None = None
+    source: ModelSource | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"result": self.result, "tensor": self.tensor.to_json() if self.tensor else None}
@@ -172,11 +182,19 @@ class PostprocessRequest(_Wire):
     tensor: Tensor
     top: int = 5
     model: str = ""  # the route it is for: the ``model`` label of the stage's figures
+    source: ModelSource | None = None  # the model that made ``tensor``, carried on into the Ranking
 
 
 class Match(_Wire):
     label: str
     probability: float
+
+
+class Ranking(_Wire):
+    """The postprocess actor's answer: the top matches, most likely first, and the model they came from."""
+
+    matches: list[Match]
+    source: ModelSource | None = None
 
 
 class ModelStatusRequest(_Wire):
@@ -219,6 +237,7 @@ class ModelInfo(_Wire):
     inputs: list[TensorInfo] = []
     outputs: list[TensorInfo] = []
     feature_names: list[str] = []  # a tabular model's input columns (metadata ``feature_names``)
+    sha256: str = ""  # of the model parcel serving the route (what ``X-Model-Sha256`` names)
     # Serving figures over the last minute, filled in by the mlinference provider from its
     # Prometheus metrics (providers/mlinference/metrics.py).
     requests: int = 0
@@ -275,7 +294,7 @@ HANDLE_REQUEST = Op("HttpServer.HandleRequest", HttpRequest, HttpResponse)
 PREDICT = Op("MlInference.Predict", InferenceInput, InferenceOutput, idempotent=True)
 MODEL_STATUS = Op("MlInference.Status", ModelStatusRequest, list[ModelInfo])
 PREPROCESS = Op("Preprocess.Convert", PreprocessRequest, Tensor, idempotent=True)
-POSTPROCESS = Op("Postprocess.Matches", PostprocessRequest, list[Match], idempotent=True)
+POSTPROCESS = Op("Postprocess.Matches", PostprocessRequest, Ranking, idempotent=True)
 LABELS = Op("Postprocess.Labels", LabelsRequest, list[str], idempotent=True)
 REPOSITORY_INDEX = Op("MlInference.RepositoryIndex", RepositoryRequest, list[RepositoryModel])
 LOAD_MODEL = Op("MlInference.Load", RepositoryRequest, RepositoryModel)

@@ -47,8 +47,8 @@ async def infer(client: httpx.AsyncClient, name: str, rows: np.ndarray) -> tuple
 
 
 async def served_by(client: httpx.AsyncClient, name: str) -> str:
-    """The bindle serving ``name`` now. ``GET /models`` asks the provider afresh, and so renews the
-    api's model catalog (cached for a second) that the ``X-Model`` header of an answer comes from."""
+    """The bindle serving ``name`` now: ``GET /models`` asks the provider afresh (the api's catalog
+    is cached for a second)."""
     reply = await client.get(f"/models/{name}")
     reply.raise_for_status()
     bindle_id: str = reply.json()["bindle_id"]

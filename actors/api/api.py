@@ -17,8 +17,11 @@
     POST /v2/repository/models/{m}/load|unload     through the provider's load-then-swap path
 
 mlcloud's routes answer errors as ``{"error": {"kind", "message"}}``, protocol routes as
-``{"error": "message"}``, each with the status its class names; the response header ``X-Model``
-says which bindle served the route. A version is the bindle's version: a version other than the
+``{"error": "message"}``, each with the status its class names. Every inference answer names the
+model that made it as the mlinference provider said when it answered (so it is right during a
+swap): ``X-Model``, its bindle id, and ``X-Model-Sha256``, the sha256 of its model parcel, which
+``mlcloud verify`` checks against the bindle's signed invoice; other answers about a route name
+its bindle in ``X-Model`` as last known. A version is the bindle's version: a version other than the
 one served is a 404, unless another route serves that version of the same bindle (it answers
 then). The shape of a model's input (for the preprocess actor) comes from the mlinference
 provider's status, cached briefly. Tested without NATS against a fake runtime
@@ -66,6 +69,7 @@ from mlcloud.interfaces import (
     InferenceOutput,
     LabelsRequest,
     ModelInfo,
+    ModelSource,
     ModelState,
     ModelStatusRequest,
     PreprocessRequest,
@@ -173,7 +177,8 @@ async def handle_request(ctx: Context, request: HttpRequest) -> HttpResponse:
 
 def name_model(response: HttpResponse, path: str) -> HttpResponse:
     """Every answer about a linked model, an error too, names its bindle in ``X-Model``: the
-    httpserver labels its figures with it (mlcloud.metrics.HttpFigures)."""
+    httpserver labels its figures with it (mlcloud.metrics.HttpFigures). An inference answer
+    names it already, from the provider's answer (:func:`source_header`)."""
     info = catalog.known(route_of(path)[1])
     if info is not None and "x-model" not in response.header:
         response.header["x-model"] = info.bindle_id
@@ -204,6 +209,18 @@ async def route(ctx: Context, request: HttpRequest) -> HttpResponse:
     raise NotFound(f"no route {method} {request.path}")
 
 
+SOURCE_HEADERS = ("x-model", "x-model-sha256")
+
+
+def source_header(*sources: ModelSource | None) -> dict[str, str]:
+    """``X-Model`` and ``X-Model-Sha256`` of the models that made an answer: one, or during a swap
+    the old and the new, listed in the same order in both headers."""
+    found = list(dict.fromkeys((s.bindle_id, s.sha256) for s in sources if s is not None))
+    if not found:
+        return {}
+    return {name: ", ".join(values) for name, values in zip(SOURCE_HEADERS, zip(*found, strict=True), strict=True)}
+
+
 def require(method: str, allowed: tuple[str, ...]) -> None:
     if method not in allowed:
         raise MethodNotAllowed(f"{method} is not allowed here; use {' or '.join(allowed)}", allow=", ".join(allowed))
@@ -231,9 +248,9 @@ async def describe(ctx: Context, names: list[str]) -> HttpResponse:
 
 
 def model_json(info: ModelInfo) -> dict[str, Any]:
-    return {"name": info.name, "bindle_id": info.bindle_id, "engine": info.engine, "state": str(info.state),
-            "reason": info.reason, "inputs": msgspec.to_builtins(info.inputs),
-            "outputs": msgspec.to_builtins(info.outputs)}
+    return {"name": info.name, "bindle_id": info.bindle_id, "sha256": info.sha256, "engine": info.engine,
+            "state": str(info.state), "reason": info.reason, "inputs": msgspec.to_builtins(info.inputs),
+            "outputs": msgspec.to_builtins(info.outputs), "feature_names": info.feature_names}
 
 
 async def route_v2(ctx: Context, method: str, parts: list[str], request: HttpRequest) -> HttpResponse:
@@ -361,9 +378,9 @@ async def infer_v2(ctx: Context, model: str, version: str, request: HttpRequest)
     unknown = [o.name for o in wanted if o.name not in outputs]
     if unknown:
         raise RequestError(f"model {model!r} has no output {unknown[0]!r}; its outputs: {', '.join(outputs)}")
-    tensors = await asyncio.gather(*(run(ctx, info, inputs[0], outputs.index(o.name)) for o in wanted))
+    results = await asyncio.gather(*(run(ctx, info, inputs[0], outputs.index(o.name)) for o in wanted))
     answers = []
-    for output, tensor in zip(wanted, tensors, strict=True):
+    for output, (tensor, _) in zip(wanted, results, strict=True):
         binary = infer.binary_output(output if infer.outputs else None)
         if output.classification:
             shape, classes = oip.classify(tensor, output.classification, await class_labels(ctx))
@@ -371,21 +388,23 @@ async def infer_v2(ctx: Context, model: str, version: str, request: HttpRequest)
         else:
             answers.append(oip.tensor_output(output.name, tensor, binary))
     body, header = oip.encode_response(model, oip.version_of(info.bindle_id), infer.id, answers)
-    return HttpResponse(status_code=200, header={**header, "x-model": info.bindle_id}, body=body)
+    sources = [source for _, answered in results for source in answered]
+    return HttpResponse(status_code=200, header={**header, **source_header(*sources)}, body=body)
 
 
-async def run(ctx: Context, info: ModelInfo, given: oip.Input, index: int) -> Tensor:
-    """Output ``index`` of the route's model on the input: a tensor as it is, BYTES as one image each."""
+async def run(ctx: Context, info: ModelInfo, given: oip.Input, index: int) -> tuple[Tensor, list[ModelSource | None]]:
+    """Output ``index`` of the route's model on the input (a tensor as it is, BYTES as one image
+    each), with the models that answered."""
     model = info.name
     if given.tensor is not None:
         answer = await ctx.call(MLINFERENCE, PREDICT, InferenceInput(model=model, tensor=given.tensor, index=index))
-        return output_tensor(answer)
+        return output_tensor(answer), [answer.source]
     images = given.elements or []
     if not images:
         raise RequestError(f"input {given.name!r} holds no image")
     answers = await asyncio.gather(*(image_chain(ctx, model, image, info, predict(ctx, model, index))
                                      for image in images))
-    return oip.concat([output_tensor(a) for a in answers])
+    return oip.concat([output_tensor(a) for a in answers]), [a.source for a in answers]
 
 
 def output_tensor(answer: InferenceOutput) -> Tensor:
@@ -443,17 +462,17 @@ async def classify(ctx: Context, model: str, request: HttpRequest, top: int) -> 
     image = check_image_body(request)
     info = await catalog.ready(ctx, model)
     top_k = ctx.forward_to_actor("postprocess", POSTPROCESS, {"top": top, "model": model}, into="tensor",
-                                 pick="tensor")
+                                 pick="tensor", carry=("source",))
     found = await image_chain(ctx, model, image, info, predict(ctx, model).followed_by(top_k))
-    body = [{"label": m.label, "probability": m.probability} for m in found]
-    return json_response(body, header={"x-model": info.bindle_id})
+    body = [{"label": m.label, "probability": m.probability} for m in found.matches]
+    return json_response(body, header=source_header(found.source))
 
 
 async def infer_image(ctx: Context, model: str, request: HttpRequest) -> HttpResponse:
     image = check_image_body(request)
     info = await catalog.ready(ctx, model)
     output = await image_chain(ctx, model, image, info, predict(ctx, model))
-    return json_response(output.to_json(), header={"x-model": info.bindle_id})
+    return json_response(output.to_json(), header=source_header(output.source))
 
 
 async def infer_tensor(ctx: Context, model: str, request: HttpRequest) -> HttpResponse:
@@ -466,9 +485,9 @@ async def infer_tensor(ctx: Context, model: str, request: HttpRequest) -> HttpRe
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RequestError(f"body is not JSON: {exc}") from exc
     tensor = Tensor.from_json(parsed)
-    info = await catalog.ready(ctx, model)
+    await catalog.ready(ctx, model)
     output = await ctx.call(MLINFERENCE, PREDICT, InferenceInput(model=model, tensor=tensor))
-    return json_response(output.to_json(), header={"x-model": info.bindle_id})
+    return json_response(output.to_json(), header=source_header(output.source))
 
 
 async def predict_rows(ctx: Context, model: str, request: HttpRequest) -> HttpResponse:
@@ -478,4 +497,4 @@ async def predict_rows(ctx: Context, model: str, request: HttpRequest) -> HttpRe
     tensor = tabular.instances_tensor(parse_json_object(request.body), info)
     output = await ctx.call(MLINFERENCE, PREDICT, InferenceInput(model=model, tensor=tensor, index=index))
     return json_response({"predictions": tabular.predictions(output_tensor(output))},
-                         header={"x-model": info.bindle_id})
+                         header=source_header(output.source))

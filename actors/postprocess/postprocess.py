@@ -13,7 +13,7 @@ from pathlib import Path
 from topk import load_labels, matches
 
 from mlcloud.errors import ConfigError
-from mlcloud.interfaces import LABELS, POSTPROCESS, LabelsRequest, Match, PostprocessRequest
+from mlcloud.interfaces import LABELS, POSTPROCESS, LabelsRequest, PostprocessRequest, Ranking
 from mlcloud.metrics import POSTPROCESS as STAGE, STAGE_DURATION
 from mlcloud.sdk import Actor, Context
 
@@ -30,9 +30,10 @@ def labels() -> list[str]:
 
 
 @component.operation(POSTPROCESS, inline=True)
-def postprocess(ctx: Context, request: PostprocessRequest) -> list[Match]:
+def postprocess(ctx: Context, request: PostprocessRequest) -> Ranking:
+    """The top matches, with the model that made the scores (carried here from its Predict)."""
     with STAGE_DURATION.labels(STAGE, request.model).time():
-        return matches(request, labels())
+        return Ranking(matches=matches(request, labels()), source=request.source)
 
 
 @component.operation(LABELS, inline=True)

@@ -42,6 +42,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from mlcloud.digests import sha256_file
 from mlcloud.errors import (
     ContextNotFound,
     CorruptInputTensor,
@@ -57,7 +58,7 @@ from mlcloud.inference.engines import create_engine
 from mlcloud.inference.engines.base import Session
 from mlcloud.inference.metadata import ModelMetadata
 from mlcloud.inference.pixels import PIXEL_TYPE, PixelNormalization
-from mlcloud.interfaces import ModelInfo, ModelState, Tensor
+from mlcloud.interfaces import ModelInfo, ModelSource, ModelState, Tensor
 from mlcloud.metrics import observe_execution, version_of
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,7 @@ class LoadedModel:
         self.reason = ""
         self.engine = key.engine or ""
         self.metadata: ModelMetadata | None = None
+        self.sha256 = ""  # of the model file loaded: what an answer names as its source
         self.session: Session | None = None
         self.pixels: PixelNormalization | None = None  # set when the model takes 8-bit pixels
         self.batcher: AdaptiveBatcher | None = None
@@ -202,6 +204,11 @@ class ModelRegistry:
     # -- requests --------------------------------------------------------------------------
     async def predict(self, route: str, tensor: Tensor, index: int = 0) -> Tensor:
         """Run the route's model on ``tensor``; the answer is output ``index`` (default 0)."""
+        answer, _ = await self.serve(route, tensor, index)
+        return answer
+
+    async def serve(self, route: str, tensor: Tensor, index: int = 0) -> tuple[Tensor, ModelSource]:
+        """:meth:`predict`, with the model that answered: during a swap, the old or the new one."""
         model = self._serving(route)
         outputs = await self._infer(model, tensor.to_numpy(), route)
         if not 0 <= index < len(outputs):
@@ -209,7 +216,7 @@ class ModelRegistry:
                 f"model {route!r} has {len(outputs)} outputs; index {index} does not name one"
             )
         try:
-            return Tensor.from_numpy(outputs[index])
+            return Tensor.from_numpy(outputs[index]), ModelSource(bindle_id=model.key.bindle_id, sha256=model.sha256)
         except InferenceError as exc:
             raise InferenceRuntimeError(f"model {route!r} produced an output: {exc.message}") from exc
 
@@ -370,6 +377,8 @@ class ModelRegistry:
             path, raw_metadata = await self._fetch_with_retries(key.bindle_id)
             metadata = ModelMetadata.parse(raw_metadata)
             engine = create_engine(metadata, key.engine, self.config.engine_options)
+            # Hashed here, not taken from the invoice: an answer names the bytes that really ran.
+            sha256 = await loop.run_in_executor(self._load_pool, sha256_file, path)
             session = await loop.run_in_executor(self._load_pool, engine.load, path, metadata)
             await loop.run_in_executor(self._load_pool, _warm_up, session, key.bindle_id)
         except asyncio.CancelledError:
@@ -383,7 +392,7 @@ class ModelRegistry:
             if model.retired:  # dropped while loading
                 session.unload()
                 return
-            model.engine, model.metadata, model.session = engine.name, metadata, session
+            model.engine, model.metadata, model.session, model.sha256 = engine.name, metadata, session, sha256
             model.pixels = _pixel_input(metadata, session, key.bindle_id)
             model.batcher = self._make_batcher(model)
             model.load_seconds = loop.time() - started
@@ -473,6 +482,7 @@ class ModelRegistry:
             inputs=inputs,
             outputs=[s.to_info() for s in session.outputs] if session else [],
             feature_names=list(model.metadata.feature_names or ()) if model.metadata else [],
+            sha256=model.sha256,
             load_seconds=round(model.load_seconds, 3),
         )
 

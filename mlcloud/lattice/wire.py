@@ -35,7 +35,8 @@ class Forward(msgspec.Struct, kw_only=True, frozen=True):
     The result (or its field ``pick``) becomes field ``field`` of a request for ``op`` to
     ``target`` (:mod:`mlcloud.lattice.subjects`), next to ``msg``; that request carries ``then``,
     the rest of the chain, and the
-    last stage answers the original caller.
+    last stage answers the original caller. ``carry`` names fields of the result that go on too,
+    under the same wire name, when set (the ``source`` of a Predict answer: which model made it).
     """
 
     target: str
@@ -43,6 +44,7 @@ class Forward(msgspec.Struct, kw_only=True, frozen=True):
     field: str
     msg: dict[str, Any] = {}  # the next request's other fields
     pick: str = ""  # forward only this attribute of the result (``tensor`` of an InferenceOutput)
+    carry: tuple[str, ...] = ()  # wire names of the result's fields that go on beside ``field``
     then: Forward | None = None
 
     def followed_by(self, stage: Forward) -> Forward:
@@ -117,7 +119,7 @@ def encode_forwarded(
     once; its answer goes to ``reply_to``, the original caller; it carries on the chain's ``grant``
     and request id, and ``trace``, the forwarding stage's traceparent."""
     value = _picked(result, forward) if forward.pick else result
-    message = {**forward.msg, forward.field: value}
+    message = {**forward.msg, **_carried(result, forward.carry), forward.field: value}
     return encode_request(forward.op, message, invocation_id=invocation_id, forward=forward.then,
                           reply_to=reply_to, grant=grant, trace=trace)
 
@@ -137,6 +139,15 @@ def _picked(result: Any, forward: Forward) -> Any:
     if value is None:
         raise MLCloudError(f"{forward.op} needs the {name!r} of the previous stage's result, which has none")
     return value
+
+
+def _carried(result: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    found = {}
+    for name in names:
+        value = result.get(name) if isinstance(result, dict) else getattr(result, name, None)
+        if value is not None:
+            found[name] = value
+    return found
 
 
 def decode_request(data: bytes | bytearray) -> Invocation:

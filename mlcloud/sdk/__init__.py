@@ -2,12 +2,12 @@
 
 An actor module::
 
-    from mlcloud.interfaces import POSTPROCESS, Match, PostprocessRequest
+    from mlcloud.interfaces import POSTPROCESS, PostprocessRequest, Ranking
     from mlcloud.sdk import Actor, Context
     component = Actor()
 
     @component.operation(POSTPROCESS)
-    def matches(ctx: Context, request: PostprocessRequest) -> list[Match]:
+    def matches(ctx: Context, request: PostprocessRequest) -> Ranking:
         ...
 
 A provider module subclasses :class:`Provider` and marks methods with :func:`operation`; it

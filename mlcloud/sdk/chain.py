@@ -2,10 +2,11 @@
 
 A chain is the stages that follow a call (see ``Forward`` in :mod:`mlcloud.lattice.wire`): each
 stage is an :class:`~mlcloud.interfaces.Op` whose request gets the previous stage's reply (or
-its field ``pick``) as its field ``into``, next to fixed ``fields``. Everything is named by the
+its field ``pick``) as its field ``into``, next to fixed ``fields`` and the fields it ``carry``s
+over from the previous reply under the same name. Everything is named by the
 Python attribute names of the types; the wire names (camelCase) are filled in here. A mistake —
 a field the request does not have, a required field left out, a value of the wrong type, a
-picked field the previous reply does not have, a reply that does not fit the next field — is a
+picked or carried field the previous reply does not have, a reply that does not fit the next field — is a
 :class:`TypeError` where the chain is built, not a decoding error in another process.
 """
 
@@ -50,7 +51,8 @@ class Chain(Generic[Rep]):
 
     @classmethod
     def build(
-        cls, op: Op[Any, Rep], fields: Mapping[str, Any], *, into: str, pick: str, route: Route
+        cls, op: Op[Any, Rep], fields: Mapping[str, Any], *, into: str, pick: str, route: Route,
+        carry: tuple[str, ...] = (),
     ) -> Chain[Rep]:
         """A one-stage chain for ``op``, its request checked; ``route`` makes the Forward."""
         request_fields = _struct_fields(op.request, f"{op.name}'s request")
@@ -72,7 +74,13 @@ class Chain(Generic[Rep]):
         missing = [n for n, f in request_fields.items() if f.required and n != into and n not in fields]
         if missing:
             raise TypeError(f"{op.name}: {_name(op.request)} needs {', '.join(missing)}")
-        return cls((Stage(op, into, pick, route(op.name, wire, target.encode_name, pick)),))
+        for name in carry:
+            field = request_fields.get(name)
+            if field is None or field.encode_name != name or name in fields or name == into:
+                raise TypeError(f"{op.name}: {_name(op.request)} cannot take {name!r} carried over "
+                                "(a field of that name and wire name, not otherwise given)")
+        forward = msgspec.structs.replace(route(op.name, wire, target.encode_name, pick), carry=carry)
+        return cls((Stage(op, into, pick, forward),))
 
     @property
     def reply(self) -> type[Rep]:
@@ -115,10 +123,16 @@ def _check_fits(previous: Op[Any, Any], stage: Stage) -> None:
         # A stage whose picked field is None fails at run time (wire._picked): None is not passed.
         given = _without_none(picked.type)
         what = f"{what}.{stage.pick} ({_name(given)})"
-    target = _struct_fields(stage.op.request, f"{stage.op.name}'s request")[stage.into].type
+    request_fields = _struct_fields(stage.op.request, f"{stage.op.name}'s request")
+    target = request_fields[stage.into].type
     if not _fits(given, target):
         raise TypeError(f"{what} does not fit {stage.op.name}'s {_name(stage.op.request)}.{stage.into} "
                         f"({_name(target)})")
+    for name in stage.forward.carry:
+        carried = _struct_fields(previous.reply, f"{previous.name}'s reply").get(name)
+        if carried is None or carried.encode_name != name or not _fits(carried.type, request_fields[name].type):
+            raise TypeError(f"{stage.op.name} carries {name!r} over from {previous.name}'s reply "
+                            f"{_name(previous.reply)}, which has no such field of a fitting type")
 
 
 def _struct_fields(type_: Any, what: str) -> dict[str, msgspec.structs.FieldInfo]:

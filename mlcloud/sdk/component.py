@@ -155,26 +155,28 @@ class Context:
 
     def forward_to(
         self, contract: str, op: Op[Any, Rep], fields: Mapping[str, Any], *, into: str, pick: str = "",
-        link_name: str = DEFAULT_LINK_NAME,
+        link_name: str = DEFAULT_LINK_NAME, carry: tuple[str, ...] = (),
     ) -> Chain[Rep]:
         """A provider call to chain after :meth:`call_actor`: ``op`` with ``fields`` plus the
-        previous stage's result (or its field ``pick``) as ``into``, all named as the types' Python
+        previous stage's result (or its field ``pick``) as ``into``, and its fields ``carry`` under
+        their own names, all named as the types' Python
         attributes and checked against them (:mod:`mlcloud.sdk.chain`); routed, and checked against
         this actor's claims and links, like :meth:`call`."""
         def route(name: str, msg: dict[str, Any], wire_field: str, pick: str) -> Forward:
             return self._runtime.provider_forward(contract, name, msg, field=wire_field, pick=pick,
                                                   link_name=link_name)
 
-        return Chain.build(op, fields, into=into, pick=pick, route=route)
+        return Chain.build(op, fields, into=into, pick=pick, route=route, carry=carry)
 
     def forward_to_actor(
-        self, actor: str, op: Op[Any, Rep], fields: Mapping[str, Any], *, into: str, pick: str = ""
+        self, actor: str, op: Op[Any, Rep], fields: Mapping[str, Any], *, into: str, pick: str = "",
+        carry: tuple[str, ...] = (),
     ) -> Chain[Rep]:
         """An actor call to chain after :meth:`call_actor`, like :meth:`forward_to`."""
         def route(name: str, msg: dict[str, Any], wire_field: str, pick: str) -> Forward:
             return self._runtime.actor_forward(actor, name, msg, field=wire_field, pick=pick)
 
-        return Chain.build(op, fields, into=into, pick=pick, route=route)
+        return Chain.build(op, fields, into=into, pick=pick, route=route, carry=carry)
 
 
 class Actor:

@@ -11,6 +11,7 @@ Routes::
     POST /api/providers/{provider_id}/stop   {"host_id", "link_name"?}
     POST /api/providers/{provider_id}/start  {"host_id", "link_name"?, "ref"?, "config"?}
     POST /api/models/{route}/{load|unload}   {"actor_id", "provider_id", "link_name"?, "bindle_id"?}
+    POST /api/try/{route}/{matches|predict|tensor}   an image or JSON, sent on to the HTTP API (:mod:`.tryit`)
     GET  /healthz
 
 An ``update`` carries only the sections that changed plus new feed entries. Errors are
@@ -36,6 +37,7 @@ from aiohttp import web
 from mlcloud.errors import HttpErrorReply, MLCloudError, RequestError
 from mlcloud.lattice.control import RepositoryOp
 from mlcloud.settings import Settings
+from mlcloud.washboard import tryit
 from mlcloud.washboard.access import TOKEN_DIGEST, guard_actions, token_digest
 from mlcloud.washboard.state import Section
 from mlcloud.washboard.watcher import DEFAULT_POLL_INTERVAL, LatticeWatcher
@@ -55,7 +57,8 @@ def create_washboard(settings: Settings, *, token: str,
                      poll_interval: float = DEFAULT_POLL_INTERVAL) -> web.Application:
     """The washboard for ``settings.lattice``, acting for whoever holds ``token`` (see
     :func:`.access.load_or_create_token`); it opens its own NATS connection on startup."""
-    app = web.Application(middlewares=[error_middleware, guard_actions])
+    # Bodies as large as the HTTP API takes: a photo for the "Try a model" panel.
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware, guard_actions])
     app[TOKEN_DIGEST] = token_digest(token)
     app[WATCHER] = LatticeWatcher(settings, poll_interval=poll_interval)
     app.cleanup_ctx.append(_watching)
@@ -71,6 +74,7 @@ def create_washboard(settings: Settings, *, token: str,
     app.router.add_post("/api/providers/{provider_id}/stop", stop_provider)
     app.router.add_post("/api/providers/{provider_id}/start", start_provider)
     app.router.add_post("/api/models/{route}/{action:load|unload}", model_repository)
+    tryit.add_route(app, WATCHER)
     app.router.add_get("/healthz", healthz)
     return app
 

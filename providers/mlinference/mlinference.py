@@ -4,10 +4,12 @@ Each link (from an actor, usually the api actor) names its models in its values,
 id, plus optional engine and batching keys (see :mod:`mlcloud.inference.config`). For each link
 a :class:`~mlcloud.inference.ModelRegistry` loads the models in the background: the invoice's
 first parcel of group ``model`` and of group ``metadata`` are downloaded once into a
-sha256-verified disk cache shared by every link. ``MlInference.Predict`` runs a route's model;
-``MlInference.Status`` reports each route's bindle, engine, state, tensors and the last minute's
-request figures (for ``/models`` and the washboard). Changing a link's values swaps models
-live; model events (``model_loaded``, ``model_load_failed``, …) go out on the lattice.
+sha256-verified disk cache shared by every link. ``MlInference.Predict`` runs a route's model,
+and each answer names the model that made it (``source``: the bindle id and the sha256 of the
+model file that ran; the HTTP API's ``X-Model`` and ``X-Model-Sha256``). ``MlInference.Status``
+reports each route's bindle, engine, state, tensors and the last minute's request figures (for
+``/models`` and the washboard). Changing a link's values swaps models live; model events
+(``model_loaded``, ``model_load_failed``, …) go out on the lattice.
 
 The model repository operations (``MlInference.RepositoryIndex``, ``Load``, ``Unload``: the Open
 Inference Protocol's ``/v2/repository``, ``mlcloud models load``, the washboard) list every bindle
@@ -146,13 +148,13 @@ class MlInference(Provider):
         # Only a linked route is a label: a caller's made-up names do not grow the label set.
         labels = (request.model, version_of(bindle)) if bindle else ("", "")
         try:
-            tensor = await registry.predict(request.model, request.tensor, request.index)
+            tensor, source = await registry.serve(request.model, request.tensor, request.index)
         except MLCloudError as err:
             INFERENCE_REQUESTS.labels(*labels, err.kind).inc()
             raise
         INFERENCE_REQUESTS.labels(*labels, SUCCESS).inc()
         INFERENCE_DURATION.labels(*labels).observe(time.perf_counter() - started)
-        return InferenceOutput(result=SUCCESS, tensor=tensor)
+        return InferenceOutput(result=SUCCESS, tensor=tensor, source=source)
 
     @operation(MODEL_STATUS)
     async def status(self, ctx: Context, request: ModelStatusRequest) -> list[ModelInfo]:

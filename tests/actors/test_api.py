@@ -10,6 +10,7 @@ it, postprocess gives ``top`` matches.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -33,10 +34,12 @@ from mlcloud.interfaces import (
     InferenceOutput,
     Match,
     ModelInfo,
+    ModelSource,
     ModelState,
     ModelStatusRequest,
     Op,
     PreprocessRequest,
+    Ranking,
     Tensor,
     TensorInfo,
     ValueType,
@@ -73,6 +76,7 @@ class FakeRuntime:
     models: list[ModelInfo] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     failures: dict[str, MLCloudError] = field(default_factory=dict)  # by operation name
+    answered_by: ModelSource | None = None  # the source Predict names; by default the route's bindle
     settings: Settings = field(default_factory=Settings)
     log: logging.Logger = logging.getLogger("test.api")
 
@@ -116,14 +120,25 @@ class FakeRuntime:
         handlers: dict[str, Callable[[Any], Any]] = {
             MODEL_STATUS.name: self._status,
             PREPROCESS.name: _preprocess,
-            PREDICT.name: lambda r: InferenceOutput(tensor=r.tensor),
-            POSTPROCESS.name: lambda r: [Match(label=f"label {i}", probability=0.5 / (i + 1)) for i in range(r.top)],
+            PREDICT.name: lambda r: InferenceOutput(tensor=r.tensor, source=self._source(r.model)),
+            POSTPROCESS.name: lambda r: Ranking(
+                matches=[Match(label=f"label {i}", probability=0.5 / (i + 1)) for i in range(r.top)], source=r.source),
             LABELS.name: lambda r: [f"label {i}" for i in range(1000)],
         }
         return handlers[op](request)
 
+    def _source(self, route: str) -> ModelSource:
+        if self.answered_by is not None:
+            return self.answered_by
+        bindle_id = next(m.bindle_id for m in self.models if m.name == route)
+        return ModelSource(bindle_id=bindle_id, sha256=sha_of(bindle_id))
+
     def _status(self, request: ModelStatusRequest) -> list[ModelInfo]:
         return [m for m in self.models if not request.model or m.name == request.model]
+
+
+def sha_of(bindle_id: str) -> str:
+    return hashlib.sha256(bindle_id.encode()).hexdigest()
 
 
 def _preprocess(request: PreprocessRequest) -> Tensor:
@@ -277,8 +292,32 @@ async def test_matches_is_one_chain_preprocess_predict_postprocess(api: ModuleTy
     assert (predict.target, predict.op, predict.field, predict.pick, predict.msg) == (
         "provider:wasmcloud:mlinference", PREDICT.name, "tensor", "", {"model": "m"})
     top_k = predict.then
-    assert (top_k.target, top_k.op, top_k.field, top_k.pick, top_k.msg) == (
-        "actor:postprocess", POSTPROCESS.name, "tensor", "tensor", {"top": 3, "model": "m"})
+    assert (top_k.target, top_k.op, top_k.field, top_k.pick, top_k.msg, top_k.carry) == (
+        "actor:postprocess", POSTPROCESS.name, "tensor", "tensor", {"top": 3, "model": "m"}, ("source",))
+
+
+@pytest.mark.parametrize("method, path, payload, header", [
+    ("PUT", "/m/matches", b"jpeg", IMAGE),
+    ("PUT", "/m/preprocess", b"jpeg", IMAGE),
+    ("POST", "/m", json.dumps({"dimensions": [1], "valueTypes": ["ValueU8"], "data": [1]}).encode(), {}),
+    ("POST", "/v2/models/m/infer", json.dumps(
+        {"inputs": [{"name": "input", "shape": [1, 3, 8, 8], "datatype": "FP32", "data": [0.0] * 192}]}).encode(), {}),
+])
+async def test_an_answer_names_the_model_the_provider_says_made_it_not_the_catalogs(
+    api: ModuleType, runtime: FakeRuntime, method: str, path: str, payload: bytes, header: dict[str, str]
+) -> None:
+    # The catalog (cached for a second) still says m/1.0.0: the swap to 2.0.0 happened since.
+    runtime.answered_by = ModelSource(bindle_id="m/2.0.0", sha256="ab" * 32)
+    response = await send(api, runtime, method, path, body=payload, header=header)
+    assert response.status_code == 200, response.body
+    assert (headers(response)["x-model"], headers(response)["x-model-sha256"]) == ("m/2.0.0", "ab" * 32)
+
+
+def test_answers_of_two_models_name_both_in_the_same_order(api: ModuleType) -> None:
+    old, new = ModelSource(bindle_id="m/1.0.0", sha256="a" * 64), ModelSource(bindle_id="m/2.0.0", sha256="b" * 64)
+    assert api.source_header(old, None, new, old) == {
+        "x-model": "m/1.0.0, m/2.0.0", "x-model-sha256": f"{'a' * 64}, {'b' * 64}"}
+    assert api.source_header(None) == {}
 
 
 async def test_preprocess_route_answers_predicts_output(api: ModuleType, runtime: FakeRuntime) -> None:
@@ -397,15 +436,17 @@ async def test_not_ready_without_any_model(api: ModuleType, runtime: FakeRuntime
 
 async def test_models_lists_each_model_in_the_http_apis_json(api: ModuleType, runtime: FakeRuntime) -> None:
     pixels = msgspec.structs.replace(IMAGE_INPUT, image_datatype=ValueType.ValueU8)
-    runtime.models = [model("a", inputs=[pixels]), model("b", state=ModelState.FAILED, reason="bad", inputs=[])]
+    runtime.models = [model("a", inputs=[pixels], sha256="ab" * 32, feature_names=["x", "y"]),
+                      model("b", state=ModelState.FAILED, reason="bad", inputs=[])]
     response = await send(api, runtime, "GET", "/models")
     assert response.status_code == 200
     assert body(response) == [
-        {"name": "a", "bindle_id": "a/1.0.0", "engine": "onnxruntime", "state": "READY", "reason": "",
+        {"name": "a", "bindle_id": "a/1.0.0", "sha256": "ab" * 32, "engine": "onnxruntime", "state": "READY",
+         "reason": "",
          "inputs": [{"name": "input", "shape": [-1, 3, 8, 8], "datatype": "ValueF32", "image_datatype": "ValueU8"}],
-         "outputs": [{"name": "out", "shape": [-1, 10], "datatype": "ValueF32"}]},
-        {"name": "b", "bindle_id": "b/1.0.0", "engine": "onnxruntime", "state": "FAILED", "reason": "bad",
-         "inputs": [], "outputs": [{"name": "out", "shape": [-1, 10], "datatype": "ValueF32"}]},
+         "outputs": [{"name": "out", "shape": [-1, 10], "datatype": "ValueF32"}], "feature_names": ["x", "y"]},
+        {"name": "b", "bindle_id": "b/1.0.0", "sha256": "", "engine": "onnxruntime", "state": "FAILED", "reason": "bad",
+         "inputs": [], "outputs": [{"name": "out", "shape": [-1, 10], "datatype": "ValueF32"}], "feature_names": []},
     ]
 
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from mlcloud.bindle.errors import BindleUnavailable
+from mlcloud.digests import sha256_file
 from mlcloud.errors import ContextNotFound, CorruptInputTensor, InvalidModel, ModelLoading
 from mlcloud.inference import BatchingConfig, InferenceConfig, ModelRegistry
-from mlcloud.interfaces import ModelState, Tensor, TensorInfo, ValueType
+from mlcloud.interfaces import ModelSource, ModelState, Tensor, TensorInfo, ValueType
 
 from .models import metadata, onnx_model, plus3_graphdef
 
@@ -208,6 +209,25 @@ async def test_live_swap_under_concurrent_load_fails_nothing(repo: Repo, batchin
         assert ("model_swapped", "add2/0.1.0") in events and ("model_unloaded", "add1/0.1.0") in events
         if batching:
             assert registry._routes["m"].active.batcher is not None
+
+
+async def test_each_answer_names_the_model_file_that_made_it_across_a_swap(repo: Repo) -> None:
+    def source(bindle_id: str) -> ModelSource:
+        return ModelSource(bindle_id=bindle_id, sha256=sha256_file(repo.models[bindle_id][0]))
+
+    async with ModelRegistry(repo, CONFIG) as registry:
+        await registry.apply({"m": "add1/0.1.0"})
+        await registry.wait_ready(timeout=10)
+        answer, answered_by = await registry.serve("m", f32([0, 0, 0, 0]))
+        assert answer.to_numpy().tolist() == [[1, 1, 1, 1]] and answered_by == source("add1/0.1.0")
+        assert registry.status("m")[0].sha256 == source("add1/0.1.0").sha256
+        gate = repo.gate("add2/0.1.0")
+        await registry.apply({"m": "add2/0.1.0"})
+        assert (await registry.serve("m", f32([0, 0, 0, 0])))[1] == source("add1/0.1.0")  # still the old one
+        gate.set()
+        await registry.wait_ready(timeout=10)
+        answer, answered_by = await registry.serve("m", f32([0, 0, 0, 0]))
+        assert answer.to_numpy().tolist() == [[2, 2, 2, 2]] and answered_by == source("add2/0.1.0")
 
 
 async def test_a_failed_swap_keeps_the_old_model_serving(repo: Repo) -> None:

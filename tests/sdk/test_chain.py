@@ -13,7 +13,9 @@ from mlcloud.interfaces import (
     PREDICT,
     PREPROCESS,
     InferenceOutput,
+    ModelSource,
     Op,
+    PostprocessRequest,
     PreprocessRequest,
     Tensor,
     ValueType,
@@ -23,11 +25,12 @@ from mlcloud.lattice.wire import Forward
 from mlcloud.sdk import Chain, Context, Runtime
 
 
-def stage(op: Op[Any, Any], fields: dict[str, Any], *, into: str, pick: str = "") -> Chain[Any]:
+def stage(op: Op[Any, Any], fields: dict[str, Any], *, into: str, pick: str = "",
+          carry: tuple[str, ...] = ()) -> Chain[Any]:
     def route(name: str, msg: dict[str, Any], wire_field: str, pick: str) -> Forward:
         return Forward(target=f"to.{name}", op=name, field=wire_field, msg=msg, pick=pick)
 
-    return Chain.build(op, fields, into=into, pick=pick, route=route)
+    return Chain.build(op, fields, into=into, pick=pick, route=route, carry=carry)
 
 
 def test_a_well_typed_chain_becomes_the_nested_forward_of_the_wire() -> None:
@@ -98,6 +101,23 @@ def test_a_picked_field_must_fit_and_an_optional_one_fits_without_its_none() -> 
     assert chain.to_wire().pick == "tensor"
     with pytest.raises(MLCloudError, match="needs the 'tensor' of the previous stage's result, which has none"):
         wire.encode_forwarded(chain.to_wire(), InferenceOutput(tensor=None), invocation_id="i", reply_to="r")
+
+
+def test_a_carried_field_goes_on_beside_the_picked_one_when_it_is_set() -> None:
+    chain = stage(POSTPROCESS, {"top": 1}, into="tensor", pick="tensor", carry=("source",)).after(PREDICT)
+    tensor = Tensor(dimensions=[1], value_types=[ValueType.ValueF32], data=bytes(4))
+    source = ModelSource(bindle_id="m/1.0.0", sha256="ab" * 32)
+    for given in (source, None):
+        sent = wire.decode_request(wire.encode_forwarded(
+            chain.to_wire(), InferenceOutput(tensor=tensor, source=given), invocation_id="i", reply_to="r"))
+        assert sent.payload(PostprocessRequest) == PostprocessRequest(tensor=tensor, top=1, source=given)
+
+
+def test_a_carried_field_must_be_in_both_the_reply_and_the_next_request() -> None:
+    with pytest.raises(TypeError, match="cannot take 'result' carried over"):
+        stage(POSTPROCESS, {}, into="tensor", pick="tensor", carry=("result",))
+    with pytest.raises(TypeError, match="carries 'source' over from Preprocess.Convert's reply Tensor"):
+        stage(POSTPROCESS, {}, into="tensor", carry=("source",)).after(PREPROCESS)
 
 
 async def test_a_call_is_checked_before_it_leaves() -> None:

@@ -278,6 +278,7 @@ function renderModels() {
   const ready = models.filter((m) => m.state === "READY").length;
   $("sum-models").textContent = models.filter((m) => m.name).length;
   $("sum-models-sub").textContent = `${ready} ready` + (models.length - ready ? `, ${models.length - ready} not` : "");
+  document.dispatchEvent(new Event("models-rendered")); // the "Try a model" panel's routes (try.js)
 }
 
 function renderLinks() {
