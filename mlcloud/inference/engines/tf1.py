@@ -391,5 +391,9 @@ class Tf1Engine(Engine):
         self.name = runtime.name  # the engine that runs it, as reported
 
     def _load(self, path: Path, metadata: ModelMetadata) -> Session:
-        model = graphdef_to_onnx(path.read_bytes(), metadata)
+        try:
+            model = graphdef_to_onnx(path.read_bytes(), metadata)
+        except UnsupportedOp as exc:
+            raise UnsupportedOp(f"{exc.message}; `mlcloud deploy {path.name}` converts such graphs with "
+                                "tf2onnx") from exc
         return self.runtime.load_proto(model, metadata, TensorflowError)
