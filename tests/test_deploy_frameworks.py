@@ -11,9 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from sklearn.datasets import load_iris
 import mlcloud
 from mlcloud.deployment import write_bundle
 from mlcloud.modelbuild import convert
-from mlcloud.modelbuild.errors import MissingExtra
+from mlcloud.modelbuild.errors import ConversionError, MissingExtra
 from mlcloud.testing.stack import running_stack
 from tests.inference.models import plus3_graphdef
 
@@ -121,18 +118,15 @@ async def test_an_xgboost_classifier_answers_predict_and_proba_as_the_model_does
 
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.slow
-async def test_the_cli_deploys_a_saved_lightgbm_model_and_it_answers_as_the_booster_does(stack, tmp_path):
+async def test_a_saved_lightgbm_model_file_deploys_and_answers_as_the_booster_does(stack, tmp_path):
+    """A file as `mlcloud deploy FILE` passes it (test_deployment.py runs that verb)."""
     pytest.importorskip("onnxmltools", reason="the lightgbm extra is not installed")
     lightgbm = pytest.importorskip("lightgbm", reason="the lightgbm extra is not installed")
 
     model = lightgbm.LGBMRegressor(n_estimators=20, num_leaves=8, verbose=-1).fit(X[:, :3], X[:, 3])
     model.booster_.save_model(tmp_path / "petal-width.txt")
-    env = {**os.environ, **stack.settings.to_env()}
-    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "mlcloud.cli", "deploy",
-                                                    str(tmp_path / "petal-width.txt"), "--name", "lgb-petal"],
-                                   env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "lgb-petal is READY (lgb-petal/1.0.0)" in done.stdout
+    deployed = await deploy(stack, tmp_path / "petal-width.txt", "lgb-petal")
+    assert deployed.bindle_id == "lgb-petal/1.0.0"
     async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
         reply = await client.post("/lgb-petal/predict", json={"instances": X[:, :3].tolist()})
         assert reply.status_code == 200, reply.text
@@ -193,3 +187,10 @@ def test_a_graph_the_built_in_converter_cannot_take_without_tf2onnx_names_the_op
     graph = plus3_graphdef(tmp_path / "conv.pb", extra_op="Conv2D")
     with pytest.raises(MissingExtra, match=r"'Conv2D'.*tf2onnx can: pip install \"mlcloud\[tensorflow\]\""):
         convert.to_onnx(graph)
+
+
+def test_a_file_that_is_no_saved_xgboost_model_is_refused_naming_it(tmp_path):
+    pytest.importorskip("xgboost", reason="the xgboost extra is not installed")
+    (tmp_path / "settings.json").write_text('{"not": "a model"}')
+    with pytest.raises(ConversionError, match=r"settings.json: xgboost cannot read it as a model"):
+        convert.to_onnx(tmp_path / "settings.json")

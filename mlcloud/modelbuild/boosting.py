@@ -62,7 +62,7 @@ def _xgboost(model: Any) -> Any:
     import xgboost
 
     if isinstance(model, (str, Path)):
-        model = xgboost.Booster(model_file=str(model))
+        model = _read(xgboost.Booster, model)
     if not isinstance(model, xgboost.Booster):
         return model
     objective = json.loads(model.save_config())["learner"]["objective"]["name"]
@@ -84,8 +84,16 @@ def _lightgbm(model: Any) -> Any:
     import lightgbm
 
     if isinstance(model, (str, Path)):
-        model = lightgbm.Booster(model_file=str(model))
+        model = _read(lightgbm.Booster, model)
     return _Booster(model) if isinstance(model, lightgbm.Booster) else model
+
+
+def _read(booster: Any, path: str | Path) -> Any:
+    """``booster`` (the library's Booster class) read from its saved file ``path``."""
+    try:
+        return booster(model_file=str(path))
+    except Exception as exc:  # XGBoostError, LightGBMError: each library's own, on a file it cannot read
+        raise ConversionError(f"{path}: {booster.__module__.split('.')[0]} cannot read it as a model: {exc}") from exc
 
 
 class _Booster:

@@ -219,8 +219,10 @@ def _tf2onnx(path: Path, data: bytes, metadata: Any, why: str, sample: Any) -> t
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
     if sample is not None:
-        with tf.compat.v1.Session(graph=tf.Graph()) as session:
+        tf_graph = tf.Graph()
+        with tf_graph.as_default():
             tf.compat.v1.import_graph_def(graph, name="")
+        with tf.compat.v1.Session(graph=tf_graph) as session:
             expected = session.run(f"{outputs[0]}:0", {f"{inputs[0]}:0": np.asarray(sample, dtype=np.float32)})
         got = _run(proto, sample)[0]
         if not np.allclose(got, expected, rtol=RTOL, atol=ATOL):
