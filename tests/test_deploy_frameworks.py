@@ -148,6 +148,21 @@ def test_a_lightgbm_classifier_records_classes_features_and_its_converters(tmp_p
     assert set(metadata["converters"]) == {"onnxmltools", "lightgbm", "mlcloud"}
 
 
+def test_a_pipeline_ending_in_an_xgboost_classifier_converts_and_answers_as_the_pipeline():
+    pytest.importorskip("onnxmltools", reason="the xgboost extra is not installed")
+    xgboost = pytest.importorskip("xgboost", reason="the xgboost extra is not installed")
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipeline = make_pipeline(StandardScaler(), xgboost.XGBClassifier(n_estimators=10)).fit(X, Y)
+    # Refused unless labels and probabilities agree. The sample is float32, as ONNX computes: in
+    # float64 the scaler moves two iris rows to the other side of a split (probabilities 0.008 apart).
+    converted = convert.to_onnx(pipeline, sample=X.astype(np.float32))
+    assert (converted.framework, converted.classes) == ("sklearn", [0, 1, 2])
+    assert [o.name for o in converted.model.graph.output] == ["label", "probabilities"]
+    assert {"skl2onnx", "onnxmltools", "xgboost"} <= set(converted.converters)
+
+
 @pytest.mark.asyncio(loop_scope="module")
 @pytest.mark.slow
 async def test_a_frozen_tf1_mobilenet_is_converted_by_tf2onnx_and_answers_as_tensorflow(stack, images, tmp_path):

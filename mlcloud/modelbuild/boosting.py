@@ -6,6 +6,9 @@ Accepted: the scikit-learn API's models (``XGBClassifier``, ``XGBRegressor``, ``
 the scikit-learn API model its objective names, so it is checked against its own ``predict`` and
 ``predict_proba``; a LightGBM booster has no such model and answers through :class:`_Booster`.
 
+A scikit-learn pipeline ending in one of these goes through skl2onnx, which
+:func:`register_with_skl2onnx` teaches onnxmltools' converters.
+
 Classifiers answer ``label`` and ``probabilities`` (no ZipMap), as scikit-learn ones converted by
 :mod:`mlcloud.modelbuild.convert` do, so ``/{model}/predict?proba=1`` works the same; regressors
 answer ``variable``, one column per row.
@@ -25,6 +28,8 @@ from mlcloud.modelbuild.errors import ConversionError
 
 # LightGBM objectives (and aliases) whose models answer class probabilities.
 _LIGHTGBM_CLASSIFIERS = {"binary", "multiclass", "softmax", "multiclassova", "multiclass_ova", "ova", "ovr"}
+# The newest ai.onnx.ml opset skl2onnx accepts in a pipeline; onnxmltools' tree converters would write 5.
+PIPELINE_ML_OPSET = 3
 
 
 def convert_boosted(kind: str, model: Any, sample: Any) -> Converted:
@@ -55,6 +60,33 @@ def convert_boosted(kind: str, model: Any, sample: Any) -> Converted:
     if sample is not None:
         check_answers(model, converted, sample)
     return converted
+
+
+def register_with_skl2onnx(kind: str) -> dict[str, str]:
+    """Let skl2onnx convert the ``kind`` library's scikit-learn API models inside a pipeline (with
+    ``target_opset={"ai.onnx.ml": PIPELINE_ML_OPSET}``); the versions of the converters it needs."""
+    converters = _require(kind)
+    from skl2onnx import update_registered_converter
+    from skl2onnx.common.shape_calculator import (
+        calculate_linear_classifier_output_shapes,
+        calculate_linear_regressor_output_shapes,
+    )
+
+    if kind == "xgboost":
+        import xgboost
+        from onnxmltools.convert.xgboost.operator_converters.XGBoost import convert_xgboost as convert
+
+        classifier, regressor = xgboost.XGBClassifier, xgboost.XGBRegressor
+    else:
+        import lightgbm
+        from onnxmltools.convert.lightgbm.operator_converters.LightGbm import convert_lightgbm as convert
+
+        classifier, regressor = lightgbm.LGBMClassifier, lightgbm.LGBMRegressor
+    update_registered_converter(classifier, f"{kind}{classifier.__name__}", calculate_linear_classifier_output_shapes,
+                                convert, options={"nocl": [True, False], "zipmap": [True, False, "columns"]})
+    update_registered_converter(regressor, f"{kind}{regressor.__name__}", calculate_linear_regressor_output_shapes,
+                                convert)
+    return converters
 
 
 def _xgboost(model: Any) -> Any:

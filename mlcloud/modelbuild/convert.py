@@ -141,14 +141,22 @@ def _final_estimator(model: Any) -> Any:
 
 def _sklearn(model: Any, sample: Any) -> Converted:
     converters = _require("sklearn")
-    from skl2onnx import to_onnx as skl_to_onnx
+    from skl2onnx import get_latest_tested_opset_version, to_onnx as skl_to_onnx
     from skl2onnx.common.data_types import FloatTensorType
 
     count, names = _features(model, sample)
     final = _final_estimator(model)
     options = {id(final): {"zipmap": False}} if hasattr(final, "classes_") else None
+    target_opset = None
+    library = type(final).__module__.split(".")[0]
+    if library in ("xgboost", "lightgbm"):  # a pipeline ending in a booster
+        from mlcloud.modelbuild.boosting import PIPELINE_ML_OPSET, register_with_skl2onnx
+
+        converters = {**converters, **register_with_skl2onnx(library)}
+        target_opset = {"": get_latest_tested_opset_version(), "ai.onnx.ml": PIPELINE_ML_OPSET}
     try:
-        proto = skl_to_onnx(model, initial_types=[(INPUT_NAME, FloatTensorType([None, count]))], options=options)
+        proto = skl_to_onnx(model, initial_types=[(INPUT_NAME, FloatTensorType([None, count]))], options=options,
+                            target_opset=target_opset)
     except Exception as exc:  # skl2onnx raises bare RuntimeError/NotImplementedError for unsupported models
         raise ConversionError(f"skl2onnx cannot convert {type(model).__name__}: {exc}") from exc
     classes = getattr(final, "classes_", None)
