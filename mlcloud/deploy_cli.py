@@ -20,7 +20,8 @@ PICKLES = (".pkl", ".pickle", ".joblib")
 @click.option("--version", help="Bindle version (default: the next patch version of NAME, or 1.0.0).")
 @click.option("--timeout", type=float, default=120.0, show_default=True, help="Seconds to wait until READY.")
 def deploy_command(file: Path, name: str, version: str | None, timeout: float) -> None:
-    """Serve FILE (.onnx, a TF1 frozen .pb, or a pickled scikit-learn model: .pkl/.joblib) as route NAME.
+    """Serve FILE (.onnx, a TF1 frozen .pb, an XGBoost .json/.ubj, a LightGBM .txt, or a pickled
+    scikit-learn model: .pkl/.joblib) as route NAME.
 
     A new version of a deployed NAME replaces the old one once it is READY (no failed request).
     """

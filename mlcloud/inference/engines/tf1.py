@@ -12,8 +12,11 @@ friends maps one-to-one onto ONNX:
   Square, Reshape, Cast, BiasAdd, ConcatV2, Softmax) → their ONNX counterparts.
 
 Only what the output depends on is converted, so save/restore and training nodes left in a
-frozen file do no harm. Anything else raises TensorflowError naming the op and the node.
-The output is the metadata's ``output_name``, else the one node nothing else consumes.
+frozen file do no harm. Anything else (Conv2D, pooling, batch norm: real image models) raises
+:class:`UnsupportedOp` naming the op and the node; ``mlcloud deploy`` then converts the graph
+with tf2onnx instead, once, at import time (:mod:`mlcloud.modelbuild.convert`), and the provider
+loads the ONNX result. The output is the metadata's ``output_name``, else the one node nothing
+else consumes; :func:`graph_io` tells both converters the same inputs and output.
 """
 
 from __future__ import annotations
@@ -69,6 +72,12 @@ _SPECIAL_OPS = {"Placeholder", "PlaceholderWithDefault", "Const", "Relu6", "Rsqr
 SUPPORTED_OPS = frozenset(_SIMPLE_OPS) | frozenset(_SPECIAL_OPS)
 
 
+class UnsupportedOp(TensorflowError):
+    """The graph needs an op (or an op's form) this converter does not know; tf2onnx may."""
+
+    kind = "TensorflowError"  # on the wire as any other TF1 conversion error
+
+
 def _tf_dtypes() -> dict[int, np.dtype]:
     from tensorboard.compat.proto import types_pb2 as t
 
@@ -119,14 +128,7 @@ class _Converter:
         return dtype
 
     def _data_inputs(self, node: Any) -> list[str]:
-        refs = [_tensor_name(ref) for ref in node.input if not ref.startswith("^")]
-        for ref in refs:
-            if ":" in ref:
-                raise TensorflowError(
-                    f"node {node.name!r} ({node.op}) reads output {ref!r}; only single-output ops "
-                    "are supported"
-                )
-        return refs
+        return [_tensor_name(ref) for ref in node.input if not ref.startswith("^")]
 
     def _const(self, name: str, array: np.ndarray) -> str:
         from onnx import numpy_helper
@@ -213,8 +215,9 @@ class _Converter:
             state[name] = 1
             stack.append((name, True))
             for ref in reversed(self._data_inputs(node)):
-                if state.get(ref) != 2:
-                    stack.append((ref, False))
+                source = ref.split(":")[0]  # the node of output ``node:1``
+                if state.get(source) != 2:
+                    stack.append((source, False))
         return order
 
     def _convert_node(self, node: Any) -> None:
@@ -239,10 +242,15 @@ class _Converter:
             self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
             return
         if op not in SUPPORTED_OPS:
-            raise TensorflowError(
+            raise UnsupportedOp(
                 f"unsupported TensorFlow op {op!r} (node {name!r}); the TF1 converter handles "
                 f"{', '.join(sorted(SUPPORTED_OPS))}"
             )
+        for ref in inputs:
+            if ":" in ref:
+                raise UnsupportedOp(
+                    f"node {name!r} ({op}) reads output {ref!r}; only single-output ops are supported"
+                )
         for ref in inputs:
             if ref not in self.tensor_dtype:
                 raise TensorflowError(f"node {name!r} reads {ref!r}, which is defined after it")
@@ -271,7 +279,7 @@ class _Converter:
         elif op == "BiasAdd":
             layout = node.attr["data_format"].s.decode() or "NHWC"
             if layout != "NHWC":
-                raise TensorflowError(f"unsupported TensorFlow op 'BiasAdd' with data_format {layout} (node {name!r})")
+                raise UnsupportedOp(f"unsupported TensorFlow op 'BiasAdd' with data_format {layout} (node {name!r})")
             self._node("Add", inputs, name)
         elif op == "Reshape":
             # TF shapes are int32; ONNX Reshape takes int64.
@@ -284,7 +292,7 @@ class _Converter:
         elif op == "ConcatV2":
             *values, axis_ref = inputs
             if axis_ref not in self.consts:
-                raise TensorflowError(f"ConcatV2 node {name!r} has a non-constant axis")
+                raise UnsupportedOp(f"ConcatV2 node {name!r} has a non-constant axis")
             self._node("Concat", values, name, axis=int(self.consts[axis_ref]))
         self.tensor_dtype[name] = dtype
 
@@ -345,6 +353,18 @@ def _tensor_to_numpy(tensor: Any, dtypes: dict[int, np.dtype], node: str) -> np.
 
 def graphdef_to_onnx(data: bytes, metadata: ModelMetadata) -> onnx.ModelProto:
     """Convert a serialized TF1 frozen GraphDef to an ONNX model (opset 13)."""
+    return _Converter(_parse(data), metadata).convert()
+
+
+def graph_io(data: bytes, metadata: ModelMetadata) -> tuple[list[str], list[str]]:
+    """The node names of the graph's inputs (the Placeholders the output depends on) and output."""
+    converter = _Converter(_parse(data), metadata)
+    outputs = converter._outputs()
+    inputs = [name for name in converter._topological(outputs) if converter.nodes[name].op == "Placeholder"]
+    return inputs, outputs
+
+
+def _parse(data: bytes) -> Any:
     try:
         from google.protobuf.message import DecodeError
         from tensorboard.compat.proto import graph_pb2
@@ -359,7 +379,7 @@ def graphdef_to_onnx(data: bytes, metadata: ModelMetadata) -> onnx.ModelProto:
         raise TensorflowError(f"not a TF1 frozen GraphDef: {exc}") from exc
     if not graph.node:
         raise TensorflowError("the GraphDef has no nodes")
-    return _Converter(graph, metadata).convert()
+    return graph
 
 
 class Tf1Engine(Engine):
@@ -371,5 +391,9 @@ class Tf1Engine(Engine):
         self.name = runtime.name  # the engine that runs it, as reported
 
     def _load(self, path: Path, metadata: ModelMetadata) -> Session:
-        model = graphdef_to_onnx(path.read_bytes(), metadata)
+        try:
+            model = graphdef_to_onnx(path.read_bytes(), metadata)
+        except UnsupportedOp as exc:
+            raise UnsupportedOp(f"{exc.message}; `mlcloud deploy {path.name}` converts such graphs with "
+                                "tf2onnx") from exc
         return self.runtime.load_proto(model, metadata, TensorflowError)
