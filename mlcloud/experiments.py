@@ -258,48 +258,48 @@ def beta_quantile(p: float, a: float, b: float) -> float:
 
 def grants(lattice: str) -> tuple[str, ...]:
     """What the api actor must be allowed to publish to use the two buckets (mlcloud/host/permissions.py):
-    their keys, and the JetStream API calls that read a bucket's info, make it, and read a key."""
-    found: list[str] = []
-    for bucket in (subjects.experiment_bucket(lattice), subjects.assignment_bucket(lattice)):
-        stream, api = f"KV_{bucket}", "$JS.API"
-        found += [f"$KV.{bucket}.>", f"{api}.STREAM.INFO.{stream}", f"{api}.STREAM.CREATE.{stream}",
-                  f"{api}.STREAM.MSG.GET.{stream}", f"{api}.DIRECT.GET.{stream}", f"{api}.DIRECT.GET.{stream}.>"]
-    return tuple(found)
+    their keys, and direct reads of a key. Nothing more: a user JWT travels in the CONNECT line,
+    which nats-server caps at 4 KiB (its ``max_control_line``), so the hosts make the buckets."""
+    return tuple(grant for bucket in _buckets(lattice).values()
+                 for grant in (f"$KV.{bucket.bucket}.>", f"$JS.API.DIRECT.GET.KV_{bucket.bucket}.>"))
+
+
+def _buckets(lattice: str) -> dict[str, KeyValueConfig]:
+    return {
+        "experiments": KeyValueConfig(bucket=subjects.experiment_bucket(lattice), history=1, direct=True,
+                                      storage=StorageType.FILE,
+                                      description="mlcloud experiments: posteriors per route and version"),
+        "assignments": KeyValueConfig(bucket=subjects.assignment_bucket(lattice), history=1, direct=True,
+                                      storage=StorageType.FILE, ttl=ASSIGNMENT_TTL, max_bytes=ASSIGNMENT_BYTES,
+                                      description="mlcloud experiments: which version served a request"),
+    }
+
+
+async def make_buckets(js: JetStreamContext, lattice: str) -> None:
+    """Make the two buckets if they are missing (a host does, at start: instances may not)."""
+    for config in _buckets(lattice).values():
+        with nats_errors("making an experiments bucket", config.bucket):
+            try:
+                await js.key_value(config.bucket)
+            except nats.js.errors.BucketNotFoundError:
+                try:
+                    await js.create_key_value(config)
+                except nats.js.errors.APIError as exc:
+                    if exc.err_code != STREAM_NAME_IN_USE:  # another host made it first
+                        raise
 
 
 class ExperimentStore:
     """The lattice's posteriors and request assignments (see the module docstring)."""
 
     def __init__(self, js: JetStreamContext, lattice: str) -> None:
-        self._js = js
-        self._configs = {
-            "experiments": KeyValueConfig(bucket=subjects.experiment_bucket(lattice), history=1,
-                                          storage=StorageType.FILE,
-                                          description="mlcloud experiments: posteriors per route and version"),
-            "assignments": KeyValueConfig(bucket=subjects.assignment_bucket(lattice), history=1,
-                                          storage=StorageType.FILE, ttl=ASSIGNMENT_TTL, max_bytes=ASSIGNMENT_BYTES,
-                                          description="mlcloud experiments: which version served a request"),
-        }
-        self._buckets: dict[str, KeyValue] = {}
-
-    async def _bucket(self, name: str) -> KeyValue:
-        """The bucket, made by whoever first needs it."""
-        if name not in self._buckets:
-            config = self._configs[name]
-            with nats_errors(f"opening the {name} bucket", config.bucket):
-                try:
-                    self._buckets[name] = await self._js.key_value(config.bucket)
-                except nats.js.errors.BucketNotFoundError:
-                    try:
-                        self._buckets[name] = await self._js.create_key_value(config)
-                    except nats.js.errors.APIError as exc:
-                        if exc.err_code != STREAM_NAME_IN_USE:
-                            raise
-                        self._buckets[name] = await self._js.key_value(config.bucket)
-        return self._buckets[name]
+        self._configs = _buckets(lattice)
+        # Opened without asking for the stream's info (not granted): the hosts made them, direct reads on.
+        self._buckets = {name: KeyValue(name=c.bucket, stream=f"KV_{c.bucket}", pre=f"$KV.{c.bucket}.", js=js,
+                                        direct=True) for name, c in self._configs.items()}
 
     async def posteriors(self, route: str, versions: Iterable[str]) -> dict[str, Posterior]:
-        kv = await self._bucket("experiments")
+        kv = self._buckets["experiments"]
         found = {}
         with nats_errors(f"reading the posteriors of {route}", self._configs["experiments"].bucket):
             for version in versions:
@@ -310,7 +310,7 @@ class ExperimentStore:
         return found
 
     async def assign(self, route: str, request_id: str, version: str) -> None:
-        kv = await self._bucket("assignments")
+        kv = self._buckets["assignments"]
         bucket = self._configs["assignments"].bucket
         with nats_errors(f"recording which version of {route} served {request_id}", bucket):
             await kv.put(_assignment_key(request_id), json.dumps({"route": route, "version": version}).encode())
@@ -318,7 +318,7 @@ class ExperimentStore:
     async def reward(self, route: str, request_id: str, reward: float) -> tuple[str, Posterior]:
         """Take the request's assignment (once: a second feedback finds none) and add the reward
         to its arm's posterior; the arm and its new posterior."""
-        assignments = await self._bucket("assignments")
+        assignments = self._buckets["assignments"]
         key = _assignment_key(request_id)
         missing = NotFound(f"no request {request_id!r} of {route!r} awaits feedback: unknown, rewarded already, "
                            f"or older than {ASSIGNMENT_TTL:g} s")
@@ -335,7 +335,7 @@ class ExperimentStore:
         return version, await self._add(route, version, reward)
 
     async def _add(self, route: str, version: str, reward: float) -> Posterior:
-        kv = await self._bucket("experiments")
+        kv = self._buckets["experiments"]
         key = _posterior_key(route, version)
         with nats_errors(f"updating the posterior of {route} {version}", self._configs["experiments"].bucket):
             for _ in range(CAS_ATTEMPTS):

@@ -35,6 +35,7 @@ from mlcloud.errors import (
     MLCloudError,
     RequestError,
 )
+from mlcloud.experiments import make_buckets
 from mlcloud.host.artifacts import ResolvedComponent, resolve
 from mlcloud.host.permissions import instance_permissions, served_targets
 from mlcloud.host.spec import HEALTH_OP, InstanceSpec
@@ -165,6 +166,8 @@ class Host(Service):
                                      credentials=credentials_for(self.settings, "host.creds"))
         stack.push_async_callback(self._leave_lattice, nc)
         self.links = await open_links(nc, lattice)
+        if self.links.writable:  # where the links live, so do the api actor's experiments
+            await make_buckets(nc.jetstream(), lattice)
         if isinstance(self.links, LinkFeed):  # its instances may not follow the hub's hosts themselves
             await stack.enter_async_context(LinkRelay(nc, lattice, self.id, self.links))
         self.events = events = EventPublisher(nc, lattice, self.id)
