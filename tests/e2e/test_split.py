@@ -30,9 +30,22 @@ async def deploy_two_versions(stack, name: str) -> None:
                                 progress=lambda _: None)
 
 
-async def split(stack, name: str, *args, **kwargs):
-    return await asyncio.to_thread(mlcloud.split, name, *args, settings=stack.settings, progress=lambda _: None,
-                                   **kwargs)
+async def split(stack, http: httpx.AsyncClient, name: str, *args, **kwargs):
+    chosen = await asyncio.to_thread(mlcloud.split, name, *args, settings=stack.settings, progress=lambda _: None,
+                                     **kwargs)
+    await applied(http, name, split=chosen is not None)
+    return chosen
+
+
+async def applied(http: httpx.AsyncClient, name: str, *, split: bool) -> None:
+    """Until the api actor has the link change: its link watch follows the link bucket a few
+    milliseconds after ``split`` returns (docs/experiments.md)."""
+    async with asyncio.timeout(10):
+        while True:
+            reply = await http.post(f"/{name}", json=TENSOR)
+            if reply.status_code == 200 and ("x-split-arm" in reply.headers) == split:
+                return
+            await asyncio.sleep(0.01)
 
 
 async def infer(http: httpx.AsyncClient, name: str, key: str | None = None) -> httpx.Response:
@@ -50,7 +63,7 @@ async def experiment(http: httpx.AsyncClient, name: str) -> dict:
 
 async def test_a_fixed_split_serves_by_its_weights_and_a_split_key_keeps_its_arm(stack, http):
     await deploy_two_versions(stack, "fixed")
-    chosen = await split(stack, "fixed", {"1.0.0": 0.8, "2.0.0": 0.2})
+    chosen = await split(stack, http, "fixed", {"1.0.0": 0.8, "2.0.0": 0.2})
     assert chosen.weights == {"1.0.0": 0.8, "2.0.0": 0.2}
     arms: collections.Counter[str] = collections.Counter()
     for _ in range(400):
@@ -71,7 +84,7 @@ async def test_a_fixed_split_serves_by_its_weights_and_a_split_key_keeps_its_arm
     assert {a["version"]: a["weight"] for a in shown["arms"]} == {"1.0.0": 0.8, "2.0.0": 0.2}
     assert all(a["rewards"] == 0 and a["mean"] == 0.5 for a in shown["arms"])
 
-    await asyncio.to_thread(mlcloud.unsplit, "fixed", settings=stack.settings, progress=lambda _: None)
+    await split(stack, http, "fixed", None)
     reply = await infer(http, "fixed")
     assert "x-split-arm" not in reply.headers and reply.headers["x-model"] == "fixed/2.0.0"
     assert (await http.post("/fixed/feedback", json={"request_id": "r", "reward": 1})).status_code == 404
@@ -80,7 +93,7 @@ async def test_a_fixed_split_serves_by_its_weights_and_a_split_key_keeps_its_arm
 async def test_thompson_sampling_sends_the_traffic_to_the_better_version_and_its_posteriors_outlive_the_api(
         stack, http):
     await deploy_two_versions(stack, "ts")
-    chosen = await split(stack, "ts", policy="thompson")  # the bindle's versions: 1.0.0 and 2.0.0
+    chosen = await split(stack, http, "ts", policy="thompson")  # the bindle's versions: 1.0.0 and 2.0.0
     assert list(chosen.weights) == ["1.0.0", "2.0.0"]
     rates = {"1.0.0": 0.2, "2.0.0": 0.8}
     rewards = random.Random(17)

@@ -261,9 +261,13 @@ async def test_an_experiment_shows_each_arms_share_and_reward_posterior_live(pag
                                 progress=lambda _: None)
 
         async def serve(count: int) -> None:
-            """Requests, each rewarded 1 on 2.0.0 and 0 on 1.0.0."""
-            for _ in range(count):
+            """Requests, each rewarded 1 on 2.0.0 and 0 on 1.0.0 (once the api has the split: its
+            link watch follows the link bucket a few milliseconds after ``split`` returns)."""
+            while count:
                 reply = await http.post("/ab", json=tensor)
+                if "x-split-arm" not in reply.headers:
+                    continue
+                count -= 1
                 reward = 1 if reply.headers["x-split-arm"] == "2.0.0" else 0
                 feedback = {"request_id": reply.headers["x-request-id"], "reward": reward}
                 assert (await http.post("/ab/feedback", json=feedback)).status_code == 200
