@@ -55,7 +55,10 @@ MODEL_FILE = "model.onnx"
 # A route is one path segment and a bindle name; the api's own first segments and the link's
 # reserved keys (mlcloud.inference.config) cannot be routes.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_RESERVED = {"v2", "models", "metrics", "engine", "batch_max_size", "batch_max_wait_ms"}
+_RESERVED = {"v2", "models", "metrics", "experiments", "engine", "batch_max_size", "batch_max_wait_ms"}
+# Seconds between taking a split out and unlinking its arms: every api instance's link watch has
+# stopped choosing them, and the requests they were serving have ended, before they go.
+UNSPLIT_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -254,10 +257,13 @@ async def split_async(name: str, arms: Mapping[str, float] | Iterable[str] | Non
 
         if arms is None and policy is None:
             # The api stops choosing arms first, then the arms go.
-            for values in (without_split, lambda v: without_arms(without_split(v))):
-                for link in links:
-                    await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name,
-                                       values(link.values))
+            for link in links:
+                await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name,
+                                   without_split(link.values))
+            await asyncio.sleep(UNSPLIT_GRACE)
+            for link in links:
+                await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name,
+                                   without_arms(without_split(link.values)))
             progress(f"{name} serves {links[0].values[name]} alone")
             return None
         bindle = links[0].values[name].rpartition("/")[0]
