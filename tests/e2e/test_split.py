@@ -146,3 +146,37 @@ async def test_thompson_sampling_sends_the_traffic_to_the_better_version_and_its
     assert {a["version"]: a["rewards"] for a in after["arms"]} == {v: a["rewards"] for v, a in arms.items()} | {
         reply.headers["x-split-arm"]: arms[reply.headers["x-split-arm"]]["rewards"] + 1}
     assert (await infer(http, "ts")).headers["x-split-arm"] in rates
+
+
+async def test_the_cli_splits_shows_and_unsplits_and_undeploy_takes_the_arms_too(stack, http):
+    import json
+    import subprocess
+    import sys
+
+    await deploy_two_versions(stack, "cli-ab")
+    env = {**os.environ, **stack.settings.to_env()}
+
+    def mlcloud_cli(*args: str, code: int = 0) -> str:
+        done = subprocess.run([sys.executable, "-m", "mlcloud.cli", *args], env=env, capture_output=True, text=True,
+                              timeout=120)
+        assert done.returncode == code, done.stderr
+        return done.stdout + done.stderr
+
+    said = await asyncio.to_thread(mlcloud_cli, "split", "cli-ab", "1.0.0=3", "2.0.0=1")
+    assert "cli-ab is split by fixed: 1.0.0 75%, 2.0.0 25%" in said
+    await applied(http, "cli-ab", split=True)
+    [shown] = json.loads(await asyncio.to_thread(mlcloud_cli, "split", "cli-ab", "--show", "--json"))
+    assert {a["version"]: a["weight"] for a in shown["arms"]} == {"1.0.0": 0.75, "2.0.0": 0.25}
+    table = await asyncio.to_thread(mlcloud_cli, "split", "cli-ab", "--show")
+    assert "ROUTE" in table and "[0.025, 0.975]" in table
+    assert "expected VERSION=WEIGHT" in await asyncio.to_thread(mlcloud_cli, "split", "cli-ab", "2.0.0=x", code=2)
+    assert "two versions" in await asyncio.to_thread(mlcloud_cli, "split", "cli-ab", "2.0.0=1", code=1)
+    said = await asyncio.to_thread(mlcloud_cli, "split", "cli-ab", "--policy", "thompson")
+    assert "cli-ab is split by thompson: 1.0.0, 2.0.0" in said  # the split's own versions
+
+    assert "cli-ab serves cli-ab/2.0.0 alone" in await asyncio.to_thread(mlcloud_cli, "unsplit", "cli-ab")
+    await applied(http, "cli-ab", split=False)
+    await split(stack, http, "cli-ab", ["1.0.0", "2.0.0"])
+    await asyncio.to_thread(mlcloud.undeploy, "cli-ab", settings=stack.settings)
+    values = {k for link in await stack.ctl.get_links() for k in link.values}
+    assert not {k for k in values if "cli-ab" in k}
