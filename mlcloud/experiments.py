@@ -21,12 +21,14 @@ Where each fact lives, and why:
   instance reads the same. Concurrent feedback updates them by compare-and-set on the key's
   revision (:meth:`ExperimentStore.reward`).
 
-The api actor may use these two buckets (its claims name ``wasmcloud:mlinference``, see
-:func:`grants`); the CLI and washboard read experiments through the api's ``GET /experiments``.
+The hosts make both buckets (:func:`make_buckets`; as many copies as the links bucket on a NATS
+cluster); the api actor may put and read their keys (its claims name ``wasmcloud:mlinference``,
+see :func:`grants`); the CLI and washboard read experiments through the api's ``GET /experiments``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import json
@@ -55,7 +57,8 @@ ASSIGNMENT_TTL = 3600.0  # seconds feedback for a request is taken
 ASSIGNMENT_BYTES = 64 * 1024 * 1024  # the bucket drops its oldest assignments past this
 CAS_ATTEMPTS = 64  # compare-and-set rounds a reward tries before it gives up (heavy contention)
 CREDIBLE = 0.95
-STREAM_NAME_IN_USE = 10058  # JetStream's err_code: another process made the bucket first
+STREAM_NAME_IN_USE = 10058  # JetStream's err_codes: another process made the bucket first; the
+NO_SUITABLE_PEERS = 10005  # cluster cannot place that many replicas now
 _VERSION = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")  # a key-value key's token(s)
 
 
@@ -264,20 +267,22 @@ def grants(lattice: str) -> tuple[str, ...]:
                  for grant in (f"$KV.{bucket.bucket}.>", f"$JS.API.DIRECT.GET.KV_{bucket.bucket}.>"))
 
 
-def _buckets(lattice: str) -> dict[str, KeyValueConfig]:
+def _buckets(lattice: str, replicas: int = 1) -> dict[str, KeyValueConfig]:
     return {
         "experiments": KeyValueConfig(bucket=subjects.experiment_bucket(lattice), history=1, direct=True,
-                                      storage=StorageType.FILE,
+                                      storage=StorageType.FILE, replicas=replicas,
                                       description="mlcloud experiments: posteriors per route and version"),
         "assignments": KeyValueConfig(bucket=subjects.assignment_bucket(lattice), history=1, direct=True,
                                       storage=StorageType.FILE, ttl=ASSIGNMENT_TTL, max_bytes=ASSIGNMENT_BYTES,
+                                      replicas=replicas,
                                       description="mlcloud experiments: which version served a request"),
     }
 
 
-async def make_buckets(js: JetStreamContext, lattice: str) -> None:
-    """Make the two buckets if they are missing (a host does, at start: instances may not)."""
-    for config in _buckets(lattice).values():
+async def make_buckets(js: JetStreamContext, lattice: str, replicas: int) -> None:
+    """Make the two buckets if they are missing (a host does, at start: instances may not), with
+    ``replicas`` copies, or one where the cluster cannot place them now."""
+    for config in _buckets(lattice, replicas).values():
         with nats_errors("making an experiments bucket", config.bucket):
             try:
                 await js.key_value(config.bucket)
@@ -285,7 +290,9 @@ async def make_buckets(js: JetStreamContext, lattice: str) -> None:
                 try:
                     await js.create_key_value(config)
                 except nats.js.errors.APIError as exc:
-                    if exc.err_code != STREAM_NAME_IN_USE:  # another host made it first
+                    if exc.err_code == NO_SUITABLE_PEERS and config.replicas != 1:
+                        await js.create_key_value(dataclasses.replace(config, replicas=1))
+                    elif exc.err_code != STREAM_NAME_IN_USE:  # another host made it first
                         raise
 
 
