@@ -5,8 +5,8 @@
     POST /{model}/predict      rows of features → {"predictions": […]} (KServe v1, mlcloud.tabular)
     POST /{model}              JSON tensor → InferenceOutput JSON
     GET  /models[/{model}]     name, bindle id, engine, state, inputs and outputs
-    POST /{model}/feedback     {"request_id", "reward": 0..1} for a split route (split.py)
-    GET  /experiments          every split: arms, traffic shares, reward posteriors (split.py)
+    POST /{model}/feedback     {"request_id", "reward": 0..1} for a split route (splitting.py)
+    GET  /experiments          every split: arms, traffic shares, reward posteriors (splitting.py)
 
     The Open Inference Protocol (KServe v2; bodies read and written by mlcloud.oip):
     GET  /v2                                       server metadata
