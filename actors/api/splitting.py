@@ -24,6 +24,8 @@ from mlcloud.experiments import (
     ARM_HEADER,
     KEY_HEADER,
     ExperimentStore,
+    Policy,
+    Posterior,
     PosteriorCache,
     Split,
     check_reward,
@@ -66,7 +68,12 @@ class Experiments:
         split = self.splits(ctx).get(parts[at]) if at is not None else None
         if split is None or at is None:
             return await route(ctx, request)
-        posteriors = await self.posteriors.get(self.store(ctx), split)
+        posteriors: dict[str, Posterior] = {}
+        if split.policy is Policy.THOMPSON:
+            try:
+                posteriors = await self.posteriors.get(self.store(ctx), split)
+            except MLCloudError as err:  # JetStream away: draw from the priors, serve on
+                ctx.log.warning("the posteriors of %s are unreadable: %s", split.route, err.message)
         version = choose(split, posteriors, request.header.get(KEY_HEADER))
         parts[at] = split.arm_route(version)
         arm = msgspec.structs.replace(request, path="/" + "/".join(parts))
