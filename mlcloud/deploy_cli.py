@@ -87,7 +87,7 @@ def split_command(name: str, arms: tuple[str, ...], policy: str | None, show: bo
 
     settings = Settings.from_env()
     if show:
-        found = [e for e in run_async(experiments_async)(settings=settings) if name in (e["route"], "all")]
+        found = [e for e in run_async(experiments_async)(settings=settings) if e["route"] == name]
         rows = [{"route": e["route"], "policy": e["policy"], **_arm_row(arm)} for e in found for arm in e["arms"]]
         emit(found, as_json, lambda: print_table(rows, ["route", "policy", "version", "weight", "share", "rewards",
                                                         "mean", "interval"]))
