@@ -1,29 +1,28 @@
 """mlcloud: a wasmCloud-style lattice of actors and capability providers for ML inference.
 
-From a notebook: ``mlcloud.deploy(model, name, sample=X[:5])``, ``mlcloud.models()`` and
-``mlcloud.undeploy(name)`` (:mod:`mlcloud.deployment`), ``mlcloud.predict(name, rows_or_path)``
-(:mod:`mlcloud.batch`) and ``mlcloud.verify(answer.headers)``, which checks which model answered
-(:mod:`mlcloud.verification`), each imported on first use: actors import this package and need none of it.
+From a notebook: ``mlcloud.deploy(model, name, sample=X[:5])``, ``mlcloud.models()``,
+``mlcloud.undeploy(name)``, and experiments between versions: ``mlcloud.split(name, {"1.0.0": 0.9,
+"2.0.0": 0.1})`` or ``mlcloud.split(name, policy="thompson")`` (:mod:`mlcloud.deployment`);
+``mlcloud.predict(name, rows_or_path)`` (:mod:`mlcloud.batch`); ``mlcloud.verify(answer.headers)``,
+which checks which model answered (:mod:`mlcloud.verification`). Each is imported on first use:
+actors import this package and need none of it.
 """
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
 
-_DEPLOYMENT = ("deploy", "models", "undeploy", "Deployment", "DeployedModel")
+# The notebook API: each name and the module that defines it, imported on first use.
+_LAZY = {
+    **dict.fromkeys(("deploy", "models", "undeploy", "split", "unsplit", "experiments", "Deployment",
+                     "DeployedModel"), "mlcloud.deployment"),
+    "predict": "mlcloud.batch",
+    "verify": "mlcloud.verification",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _DEPLOYMENT:
-        from mlcloud import deployment
-
-        return getattr(deployment, name)
-    if name == "predict":
-        from mlcloud.batch import predict
-
-        return predict
-    if name == "verify":
-        from mlcloud.verification import verify
-
-        return verify
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'mlcloud' has no attribute {name!r}")

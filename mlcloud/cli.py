@@ -596,7 +596,7 @@ def _register_subcommands() -> None:
     from mlcloud.bench.cli import bench_command
     from mlcloud.bindle.cli import bindle
     from mlcloud.chaos.cli import chaos_command
-    from mlcloud.deploy_cli import deploy_command, list_command, undeploy_command
+    from mlcloud.deploy_cli import deploy_command, list_command, split_command, undeploy_command, unsplit_command
     from mlcloud.modelbuild.cli import models
     from mlcloud.oci.cli import build_command, keys_command, push_command
     from mlcloud.verify_cli import verify_command
@@ -613,6 +613,8 @@ def _register_subcommands() -> None:
     main.add_command(deploy_command, "deploy")
     main.add_command(undeploy_command, "undeploy")
     main.add_command(predict_command, "predict")
+    main.add_command(split_command, "split")
+    main.add_command(unsplit_command, "unsplit")
     models.add_command(list_command, "list")
     main.add_command(verify_command, "verify")
 

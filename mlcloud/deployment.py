@@ -11,9 +11,14 @@ is done. A new version of a deployed name is the update: the old version serves 
 is READY; a model that fails to load is unlinked again, so the route keeps what it served. Routes
 are link values, so ``undeploy`` takes the value out and the route answers 404.
 
+``split`` runs an experiment between versions of a route (:mod:`mlcloud.experiments`): it links
+one arm route per version, waits until each is READY, and only then sets the split, so no request
+goes to an arm that cannot answer; ``unsplit`` (or ``split(name, None)``) takes them out again.
+``experiments`` reads what the api actor reports of every split (``GET /experiments``).
+
 The functions are synchronous so a notebook can call them; inside a running event loop (Jupyter)
 the async implementation runs in a thread with its own loop. The CLI verbs (``mlcloud deploy``,
-``mlcloud undeploy``, ``mlcloud models list``) call the async functions directly.
+``mlcloud undeploy``, ``mlcloud models list``, ``mlcloud split``) call the async functions directly.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import json
 import re
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +36,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import mlcloud
 from mlcloud.digests import sha256_file
-from mlcloud.errors import ContextNotFound, MLCloudError, ModelLoading, RequestError
+from mlcloud.errors import ContextNotFound, LatticeUnavailable, MLCloudError, ModelLoading, RequestError
 from mlcloud.settings import Settings
 
 if TYPE_CHECKING:
     from mlcloud.bindle import AsyncClient
+    from mlcloud.experiments import Split
     from mlcloud.lattice.control import LinkDefinition, RepositoryOp
     from mlcloud.lattice.ctl_client import CtlClient
     from mlcloud.modelbuild.convert import Converted
@@ -49,7 +55,10 @@ MODEL_FILE = "model.onnx"
 # A route is one path segment and a bindle name; the api's own first segments and the link's
 # reserved keys (mlcloud.inference.config) cannot be routes.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-_RESERVED = {"v2", "models", "metrics", "engine", "batch_max_size", "batch_max_wait_ms"}
+_RESERVED = {"v2", "models", "metrics", "experiments", "engine", "batch_max_size", "batch_max_wait_ms"}
+# Seconds between taking a split out and unlinking its arms: every api instance's link watch has
+# stopped choosing them, and the requests they were serving have ended, before they go.
+UNSPLIT_GRACE = 1.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,31 @@ def models(*, settings: Settings | None = None) -> list[DeployedModel]:
 def undeploy(name: str, *, settings: Settings | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
     """Take the route ``name`` out of service (its bindles stay in Bindle)."""
     _run(lambda: undeploy_async(name, settings=settings, timeout=timeout))
+
+
+def split(name: str, arms: Mapping[str, float] | Iterable[str] | None = None, *, policy: str | None = None,
+          settings: Settings | None = None, timeout: float = DEFAULT_TIMEOUT,
+          progress: Progress = print) -> Split | None:
+    """Split route ``name``'s traffic between versions of its bindle.
+
+    ``split(name, {"1.0.0": 0.9, "2.0.0": 0.1})`` by fixed weights; ``split(name, policy="thompson")``
+    by Thompson sampling on the rewards of ``POST /{name}/feedback``, between the versions given,
+    else those of the split in place, else every version of the bindle; ``split(name, None)``
+    ends the split (as ``unsplit``). Returns the split set, or None.
+    """
+    return _run(lambda: split_async(name, arms, policy=policy, settings=settings, timeout=timeout,
+                                    progress=progress))
+
+
+def unsplit(name: str, *, settings: Settings | None = None, progress: Progress = print) -> None:
+    """End route ``name``'s experiment: every request goes to the route's own version again."""
+    _run(lambda: split_async(name, None, settings=settings, progress=progress))
+
+
+def experiments(*, settings: Settings | None = None) -> list[dict[str, Any]]:
+    """Every split, as the api reports it: per arm its weight, share of the last minute's requests,
+    rewards, reward mean and 95 % credible interval (``low``, ``high``)."""
+    return _run(lambda: experiments_async(settings=settings))
 
 
 def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
@@ -182,6 +216,7 @@ async def models_async(*, settings: Settings | None = None) -> list[DeployedMode
 
 
 async def undeploy_async(name: str, *, settings: Settings | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
+    from mlcloud.experiments import ARM_SEPARATOR, SPLIT_PREFIX
     from mlcloud.lattice.control import RepositoryOp
 
     settings = settings or Settings.from_env()
@@ -189,8 +224,9 @@ async def undeploy_async(name: str, *, settings: Settings | None = None, timeout
         links = [link for link in await mlinference_links(ctl) if name in link.values]
         if not links:
             raise ContextNotFound(f"no route {name!r} is deployed")
-        for link in links:
-            values = {k: v for k, v in link.values.items() if k != name}
+        for link in links:  # its experiment goes with it (mlcloud.experiments)
+            values = {k: v for k, v in link.values.items()
+                      if k not in (name, SPLIT_PREFIX + name) and not k.startswith(name + ARM_SEPARATOR)}
             await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name, values)
         # The provider applies a link change in the background: wait until the route is gone.
         async with asyncio.timeout(timeout):
@@ -198,6 +234,82 @@ async def undeploy_async(name: str, *, settings: Settings | None = None, timeout
                 while any(m.name == name and m.state is not None
                           for m in await _repository(ctl, link, RepositoryOp.INDEX)):
                     await asyncio.sleep(0.1)
+
+
+async def split_async(name: str, arms: Mapping[str, float] | Iterable[str] | None = None, *,
+                      policy: str | None = None, settings: Settings | None = None,
+                      timeout: float = DEFAULT_TIMEOUT, progress: Progress = print) -> Split | None:
+    from mlcloud.bindle import AsyncClient
+    from mlcloud.experiments import ARM_SEPARATOR, SPLIT_PREFIX, Policy, Split, splits_of
+
+    settings = settings or Settings.from_env()
+    started = time.monotonic()
+    async with await _connect(settings) as ctl:
+        links = [link for link in await mlinference_links(ctl) if name in link.values]
+        if not links:
+            raise ContextNotFound(f"no route {name!r} is deployed")
+
+        def without_split(values: dict[str, str]) -> dict[str, str]:
+            return {k: v for k, v in values.items() if k != SPLIT_PREFIX + name}
+
+        def without_arms(values: dict[str, str]) -> dict[str, str]:
+            return {k: v for k, v in values.items() if not k.startswith(name + ARM_SEPARATOR)}
+
+        if arms is None and policy is None:
+            # The api stops choosing arms first, then the arms go.
+            for link in links:
+                await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name,
+                                   without_split(link.values))
+            await asyncio.sleep(UNSPLIT_GRACE)
+            for link in links:
+                await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name,
+                                   without_arms(without_split(link.values)))
+            progress(f"{name} serves {links[0].values[name]} alone")
+            return None
+        bindle = links[0].values[name].rpartition("/")[0]
+        if arms is None:
+            current = splits_of(links[0].values).get(name)
+            if current is not None:
+                arms = list(current.weights)
+            else:
+                async with AsyncClient(settings.effective_bindle_url) as client:
+                    arms = await bindle_versions(client, bindle)
+        chosen = Split.make(name, arms, policy or Policy.FIXED)
+        arm_routes = {chosen.arm_route(v): f"{bindle}/{v}" for v in chosen.weights}
+        for link in links:
+            await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name,
+                               {**without_arms(link.values), **arm_routes})
+        progress(f"arms of {name}: {', '.join(arm_routes.values())}; waiting until they are READY …")
+        try:
+            for link in links:
+                for route, bindle_id in arm_routes.items():
+                    await _load(ctl, link, route, bindle_id, started + timeout)
+        except MLCloudError:
+            for link in links:  # an arm that cannot load: the route goes back to what it was
+                await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name, link.values)
+            raise
+        for link in links:
+            await ctl.put_link(link.actor_id, link.provider_id, link.contract_id, link.link_name,
+                               {**without_arms(link.values), **arm_routes, SPLIT_PREFIX + name: chosen.to_value()})
+    shares = ", ".join(f"{v} {w:.0%}" for v, w in chosen.weights.items())
+    progress(f"{name} is split by {chosen.policy}: " + (shares if chosen.policy is Policy.FIXED else
+                                                         ", ".join(chosen.weights)))
+    return chosen
+
+
+async def experiments_async(*, settings: Settings | None = None) -> list[dict[str, Any]]:
+    import httpx
+
+    settings = settings or Settings.from_env()
+    try:
+        async with httpx.AsyncClient(base_url=base_url(settings), timeout=settings.ctl_timeout) as client:
+            reply = await client.get("/experiments")
+    except httpx.HTTPError as exc:
+        raise LatticeUnavailable(f"the HTTP API at {base_url(settings)} did not answer: {exc}") from exc
+    if reply.status_code != 200:
+        raise LatticeUnavailable(f"GET /experiments answered {reply.status_code}: {reply.text[:200]}")
+    found: list[dict[str, Any]] = reply.json()
+    return found
 
 
 # ---------------------------------------------------------------------------- pieces
@@ -213,15 +325,25 @@ async def next_version(client: AsyncClient, name: str) -> str:
     """The next patch version after the newest bindle named ``name``, or 1.0.0."""
     import semver
 
-    versions: list[str] = []
-    while True:
-        page = await client.query(name, strict=True, offset=len(versions))
-        versions += [inv.bindle.version for inv in page.invoices if inv.bindle.name == name]
-        if not page.more or not page.invoices:
-            break
+    versions = await bindle_versions(client, name)
     if not versions:
         return FIRST_VERSION
     return str(max(semver.Version.parse(v) for v in versions).bump_patch())
+
+
+async def bindle_versions(client: AsyncClient, name: str) -> list[str]:
+    """Every version of the bindles named ``name``, oldest first."""
+    import semver
+
+    versions: list[str] = []
+    seen = 0
+    while True:
+        page = await client.query(name, strict=True, offset=seen)
+        seen += len(page.invoices)
+        versions += [inv.bindle.version for inv in page.invoices if inv.bindle.name == name]
+        if not page.more or not page.invoices:
+            break
+    return sorted(versions, key=semver.Version.parse)
 
 
 def write_bundle(converted: Converted, name: str, version: str, out: Path) -> Path:
@@ -367,5 +489,5 @@ async def _load(ctl: CtlClient, link: LinkDefinition, name: str, bindle_id: str,
             await asyncio.sleep(0.2)
 
 
-__all__ = ["DeployedModel", "Deployment", "deploy", "deploy_async", "models", "models_async", "undeploy",
-           "undeploy_async"]
+__all__ = ["DeployedModel", "Deployment", "deploy", "deploy_async", "experiments", "experiments_async", "models",
+           "models_async", "split", "split_async", "undeploy", "undeploy_async", "unsplit"]

@@ -5,6 +5,8 @@
     POST /{model}/predict      rows of features → {"predictions": […]} (KServe v1, mlcloud.tabular)
     POST /{model}              JSON tensor → InferenceOutput JSON
     GET  /models[/{model}]     name, bindle id, engine, state, inputs and outputs
+    POST /{model}/feedback     {"request_id", "reward": 0..1} for a split route (splitting.py)
+    GET  /experiments          every split: arms, traffic shares, reward posteriors (splitting.py)
 
     The Open Inference Protocol (KServe v2; bodies read and written by mlcloud.oip):
     GET  /v2                                       server metadata
@@ -37,6 +39,7 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 import msgspec
+from splitting import Experiments
 
 import mlcloud
 from mlcloud import oip, tabular
@@ -164,12 +167,13 @@ def _consume_error(task: asyncio.Task[Any]) -> None:
 
 
 catalog = Catalog()
+experiment = Experiments(catalog)
 
 
 @component.operation(HANDLE_REQUEST)
 async def handle_request(ctx: Context, request: HttpRequest) -> HttpResponse:
     try:
-        response = await route(ctx, request)
+        response = await experiment.serve(ctx, request, route)
     except MLCloudError as err:
         response = error_response(err, request.path)
     return name_model(response, request.path)

@@ -35,6 +35,7 @@ from mlcloud.errors import (
     MLCloudError,
     RequestError,
 )
+from mlcloud.experiments import make_buckets
 from mlcloud.host.artifacts import ResolvedComponent, resolve
 from mlcloud.host.permissions import instance_permissions, served_targets
 from mlcloud.host.spec import HEALTH_OP, InstanceSpec
@@ -90,7 +91,7 @@ from mlcloud.lattice.control import (
 )
 from mlcloud.lattice.events import EventPublisher
 from mlcloud.lattice.lifecycle import Service, cancel_and_wait
-from mlcloud.lattice.links import LinkFeed, LinkRelay, LinkStore, key_of, open_links
+from mlcloud.lattice.links import LinkFeed, LinkRelay, LinkStore, key_of, link_replicas, open_links
 from mlcloud.lattice.natserrors import nats_errors
 from mlcloud.lattice.rpc import Died, RpcClient
 from mlcloud.lattice.scrape import answer_scrapes
@@ -165,6 +166,11 @@ class Host(Service):
                                      credentials=credentials_for(self.settings, "host.creds"))
         stack.push_async_callback(self._leave_lattice, nc)
         self.links = await open_links(nc, lattice)
+        if self.links.writable:  # where the links live, so do the api actor's experiments
+            try:
+                await make_buckets(nc.jetstream(), lattice, link_replicas(nc))
+            except MLCloudError as err:  # the lattice serves on; only feedback on split routes fails
+                log.warning("the experiments' buckets are not there: %s", err.message)
         if isinstance(self.links, LinkFeed):  # its instances may not follow the hub's hosts themselves
             await stack.enter_async_context(LinkRelay(nc, lattice, self.id, self.links))
         self.events = events = EventPublisher(nc, lattice, self.id)

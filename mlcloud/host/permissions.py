@@ -14,6 +14,8 @@ From the instance's signed claims and nothing else (nats-server enforces them, s
   relay (:class:`mlcloud.lattice.links.LinkRelay`: link definitions, nothing else);
 * make the lattice's chunk bucket and put, read and delete its objects
   (:mod:`mlcloud.lattice.chunks`: messages larger than max_payload);
+* an actor whose claims name ``wasmcloud:mlinference`` (the api actor) may also use the
+  experiments' two key-value buckets (:func:`mlcloud.experiments.grants`);
 * an httpserver provider may also send scrapes (its ``GET /metrics``), no other component;
 * no control interface (``wasmbus.ctl``), no events to follow, no other JetStream.
 """
@@ -21,8 +23,9 @@ From the instance's signed claims and nothing else (nats-server enforces them, s
 from __future__ import annotations
 
 from mlcloud.component import ComponentKind
+from mlcloud.experiments import grants as experiment_grants
 from mlcloud.host.spec import InstanceSpec
-from mlcloud.interfaces import HTTPSERVER
+from mlcloud.interfaces import HTTPSERVER, MLINFERENCE
 from mlcloud.lattice import chunks, subjects
 from mlcloud.lattice.auth import INBOX, Permissions, inbox_prefix
 
@@ -48,10 +51,12 @@ def instance_permissions(lattice: str, spec: InstanceSpec, user_key: str) -> Per
     relay = subjects.host_links(lattice, spec.host_id)
     serves_http = spec.kind is ComponentKind.PROVIDER and spec.contract == HTTPSERVER
     scrapes = (subjects.metrics(lattice),) if serves_http else ()
+    runs_experiments = spec.kind is ComponentKind.ACTOR and MLINFERENCE in spec.capabilities
+    experiments = experiment_grants(lattice) if runs_experiments else ()
     return Permissions(
         pub=(*calls, *forwards, f"{INBOX}.>", subjects.events(lattice),
              subjects.instance_ready(lattice, spec.host_id), *links, *chunks.grants(lattice), f"{relay}.get",
-             *scrapes),
+             *scrapes, *experiments),
         sub=(*[s for t in targets for s in subjects.served(t)], f"{inbox_prefix(user_key)}.>", relay,
              subjects.instance_died(lattice), subjects.metrics(lattice)),
         responses=True,

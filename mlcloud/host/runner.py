@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 import setproctitle
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 
 from mlcloud import tracing
 from mlcloud.errors import CapabilityNotClaimed, ConfigError, LinkNotFound, MLCloudError, UnknownOperation
@@ -93,6 +94,14 @@ class ComponentRuntime:
         """The link from ``actor_id`` to this provider instance."""
         return self._links.get((actor_id, self.spec.contract, self.spec.link_name))
 
+    def own_link(self, contract: str, link_name: str) -> LinkDefinition | None:
+        """This actor's link for ``contract``."""
+        return self._links.get((self.spec.key, contract, link_name))
+
+    def jetstream(self) -> JetStreamContext:
+        assert self.nc is not None
+        return self.nc.jetstream()
+
     def provider_target(self, contract: str, link_name: str) -> str:
         """Where this actor's calls for ``contract`` go, once its claims and links allow them."""
         if contract not in self.spec.capabilities:
@@ -100,7 +109,7 @@ class ComponentRuntime:
                 f"actor {self.spec.name} does not claim {contract}; its claims allow "
                 f"{', '.join(self.spec.capabilities) or 'no capabilities'}"
             )
-        link = self._links.get((self.spec.key, contract, link_name))
+        link = self.own_link(contract, link_name)
         if link is None:
             raise LinkNotFound(f"actor {self.spec.name} has no link for {contract} (link name {link_name!r})")
         return subjects.provider_target(self.settings.lattice, contract, link.provider_id, link_name)

@@ -13,6 +13,7 @@ reserved keys tune it instead of naming routes (:func:`parse_link_values`):
     engine.<route>          engine override for one route
     batch_max_size          enable adaptive batching with this maximum batch (0 or 1: off)
     batch_max_wait_ms       how long a forming batch may wait for more requests
+    split.<route>           the api actor's experiment on a route (mlcloud.experiments), no route here
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from mlcloud.errors import ConfigError
+from mlcloud.experiments import SPLIT_PREFIX
 from mlcloud.inference.engines.base import EngineOptions
 from mlcloud.inference.metadata import ENGINES
 from mlcloud.settings import Settings
@@ -124,6 +126,8 @@ def parse_link_values(values: Mapping[str, str], base: BatchingConfig | None = N
             size = _link_number(key, value, int)
         elif key == "batch_max_wait_ms":
             wait = _link_number(key, value, float)
+        elif key.startswith(SPLIT_PREFIX):
+            continue  # the api actor's (mlcloud.experiments); its arms are routes of their own
         else:
             if not value:
                 raise ConfigError(f"link value {key!r} names no bindle")

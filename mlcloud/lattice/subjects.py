@@ -123,6 +123,16 @@ def metrics(lattice: str) -> str:
     return f"wasmbus.metrics.{lattice}"
 
 
+def experiment_bucket(lattice: str) -> str:
+    """The JetStream key-value bucket holding the posteriors of experiments (:mod:`mlcloud.experiments`)."""
+    return f"EXPERIMENTS_{check_token(lattice, 'lattice')}"
+
+
+def assignment_bucket(lattice: str) -> str:
+    """The JetStream key-value bucket holding which version served a request of an experiment."""
+    return f"ASSIGNMENTS_{check_token(lattice, 'lattice')}"
+
+
 def chunk_bucket(lattice: str) -> str:
     """The JetStream object store bucket holding the lattice's messages too large for one NATS message."""
     return f"CHUNKS_{check_token(lattice, 'lattice')}"

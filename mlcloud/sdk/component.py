@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
+from nats.js import JetStreamContext
+
 from mlcloud import tracing
 from mlcloud.interfaces import Op
 from mlcloud.lattice.control import DEFAULT_LINK_NAME, HealthReport, LinkDefinition
@@ -100,6 +102,15 @@ class Context:
     def link_of(self, actor_id: str) -> LinkDefinition | None:
         """For providers: the link of ``actor_id``, for a call from the host asking on its behalf."""
         return self._runtime.link_for(actor_id)
+
+    def own_link(self, contract: str, link_name: str = DEFAULT_LINK_NAME) -> LinkDefinition | None:
+        """For actors: this actor's link for ``contract``, whose values configure it too (the api
+        actor reads its experiments there, :mod:`mlcloud.experiments`)."""
+        return self._runtime.own_link(contract, link_name)
+
+    def jetstream(self) -> JetStreamContext:
+        """JetStream, for the buckets this instance's claims grant it (the api actor's experiments)."""
+        return self._runtime.jetstream()
 
     async def publish_event(self, name: str, /, **data: Any) -> None:
         """Publish a lattice event (past-tense name, e.g. ``model_loaded``) as this component."""

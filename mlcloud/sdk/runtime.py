@@ -10,6 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from nats.js import JetStreamContext
+
 from mlcloud.lattice.control import LinkDefinition
 from mlcloud.lattice.wire import Forward
 from mlcloud.settings import Settings
@@ -26,6 +28,12 @@ class Runtime(Protocol):
 
     def link_for(self, actor_id: str) -> LinkDefinition | None:
         """For a provider: the link from ``actor_id`` to this instance."""
+
+    def own_link(self, contract: str, link_name: str) -> LinkDefinition | None:
+        """For an actor: its link for ``contract`` (whose values configure it)."""
+
+    def jetstream(self) -> JetStreamContext:
+        """The instance's JetStream, as far as its NATS permissions reach (mlcloud/host/permissions.py)."""
 
     async def publish_event(self, name: str, /, **data: Any) -> None:
         """Publish a lattice event as this component."""

@@ -6,7 +6,7 @@ Routes::
     GET  /static/…                           its CSS and JavaScript
     GET  /api/stream                         server-sent events: ``snapshot`` first, then ``update``s
     GET  /api/state                          everything the page shows, as one JSON document
-    GET  /api/{status,hosts,actors,providers,links,models,feed}
+    GET  /api/{status,hosts,actors,providers,links,models,experiments,feed}
     POST /api/actors/{actor_id}/scale        {"host_id"?, "count"}
     POST /api/providers/{provider_id}/stop   {"host_id", "link_name"?}
     POST /api/providers/{provider_id}/start  {"host_id", "link_name"?, "ref"?, "config"?}
@@ -69,7 +69,7 @@ def create_washboard(settings: Settings, *, token: str,
     app.router.add_get("/api/stream", stream)
     app.router.add_get("/api/state", state)
     app.router.add_get("/api/feed", feed)
-    app.router.add_get("/api/{section:status|hosts|actors|providers|links|models}", section)
+    app.router.add_get("/api/{section:status|hosts|actors|providers|links|models|experiments}", section)
     app.router.add_post("/api/actors/{actor_id}/scale", scale_actor)
     app.router.add_post("/api/providers/{provider_id}/stop", stop_provider)
     app.router.add_post("/api/providers/{provider_id}/start", start_provider)

@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from mlcloud.experiments import SPLIT_PREFIX
 from mlcloud.interfaces import ModelInfo
 from mlcloud.lattice.control import (
     ComponentInfo,
@@ -55,6 +56,7 @@ class Section(enum.StrEnum):
     PROVIDERS = "providers"
     LINKS = "links"
     MODELS = "models"
+    EXPERIMENTS = "experiments"
 
 
 class Refresh(enum.Flag):
@@ -149,6 +151,8 @@ class LatticeState:
         self.inventories: dict[str, HostInventory] = {}
         self.links: list[LinkDefinition] = []
         self.models: dict[tuple[str, str], ModelsRecord] = {}
+        self.experiments: list[dict[str, Any]] = []  # the api's GET /experiments (mlcloud.experiments.report)
+        self.experiments_error = ""
         self.stopped_providers: dict[ProviderKey, StoppedProvider] = {}
         self.provider_launch: dict[ProviderKey, LaunchSpec] = {}
         self.feed: deque[dict[str, Any]] = deque(maxlen=feed_size)
@@ -236,6 +240,19 @@ class LatticeState:
         if is_new or (record.provider_id, record.models, record.error) != before:
             self.touch(Section.MODELS)
 
+    def apply_experiments(self, experiments: list[dict[str, Any]] | None, error: str = "") -> None:
+        """The api's report of every split (``experiments``), or why it could not be read (``error``)."""
+        before = (self.experiments, self.experiments_error)
+        self.experiments = self.experiments if experiments is None else experiments
+        self.experiments_error = error
+        if (self.experiments, self.experiments_error) != before:
+            self.touch(Section.EXPERIMENTS)
+
+    def split_routes(self) -> list[str]:
+        """The routes whose link values hold a split: the experiments worth asking the api about."""
+        return sorted({k.removeprefix(SPLIT_PREFIX) for link in self.links for k in link.values
+                       if k.startswith(SPLIT_PREFIX)})
+
     def apply_event(self, event: Event) -> Refresh:
         """Apply one lattice event; answer what is worth fetching again."""
         data = event.data
@@ -290,6 +307,7 @@ class LatticeState:
             Section.PROVIDERS: self._providers_view,
             Section.LINKS: self._links_view,
             Section.MODELS: self._models_view,
+            Section.EXPERIMENTS: self._experiments_view,
         }[section]()
 
     def snapshot(self) -> dict[str, Any]:
@@ -422,6 +440,9 @@ class LatticeState:
             "contract_id": link.contract_id, "link_name": link.link_name,
             "values": mask_values(link.values),
         } for link in self.links]
+
+    def _experiments_view(self) -> dict[str, Any]:
+        return {"splits": self.experiments, "error": self.experiments_error}
 
     def _models_view(self) -> list[dict[str, Any]]:
         """One row per model, once the washboard knows the actor and provider whose link serves it."""

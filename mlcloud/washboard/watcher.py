@@ -4,7 +4,9 @@
 washboard runs (a washboard started before NATS, or left open while NATS restarts, recovers by
 itself). It subscribes to ``wasmbus.evt.{lattice}``, polls the control interface (hosts,
 inventories, links) every ``poll_interval`` seconds, asks each mlinference link's provider for
-its models' status, and wakes those loops early when an event says something changed. Changes
+its models' status (and, where a route is split, the api's report of its experiment, over HTTP:
+``GET /experiments`` at ``settings.http_address``), and wakes those loops early when an event
+says something changed. Changes
 are pushed to subscribers (the page's server-sent-event streams) as the sections that changed,
 coalesced over a few tens of milliseconds.
 """
@@ -243,7 +245,21 @@ class LatticeWatcher(Service):
                 continue
             for entry in answer:
                 self.state.apply_models(entry.actor_id, entry.link_name, entry.provider_id, entry.models, entry.error)
+        await self.refresh_experiments()
         self._schedule_flush()
+
+    async def refresh_experiments(self) -> None:
+        """The api's report of every split (the api owns the posteriors; the washboard has no
+        JetStream rights); nothing is asked while no link value holds a split."""
+        if not self.state.split_routes():
+            self.state.apply_experiments([])
+            return
+        from mlcloud.deployment import experiments_async
+
+        try:
+            self.state.apply_experiments(await experiments_async(settings=self.settings))
+        except MLCloudError as err:
+            self.state.apply_experiments(None, err.message)
 
     # ---- pushing to pages --------------------------------------------------------------
 

@@ -83,6 +83,12 @@ class FakeRuntime:
     def link_for(self, actor_id: str) -> LinkDefinition | None:
         return None
 
+    def own_link(self, contract: str, link_name: str) -> LinkDefinition | None:
+        return None  # no split: experiments are tested against the real stack (tests/e2e/test_split.py)
+
+    def jetstream(self) -> Any:
+        raise AssertionError("the api actor needs JetStream only for a split route")
+
     async def publish_event(self, name: str, /, **data: Any) -> None:
         raise AssertionError("the api actor publishes no events")
 
@@ -158,8 +164,10 @@ def model(name: str = "m", state: ModelState = ModelState.READY, **fields: Any) 
 
 @pytest.fixture
 def api(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(PROJECT / "actors" / "api"))  # its own modules, as the runner does
     module = load_by_path("_mlcloud_actor_api", PROJECT / "actors" / "api" / "api.py")
     monkeypatch.setattr(module, "catalog", module.Catalog())  # no status cached between tests
+    monkeypatch.setattr(module, "experiment", module.Experiments(module.catalog))
     return module
 
 

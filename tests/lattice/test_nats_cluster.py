@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from mlcloud.errors import MLCloudError
+from mlcloud.experiments import make_buckets
 from mlcloud.lattice import subjects
 from mlcloud.lattice.auth import Credentials, NatsAuth
 from mlcloud.lattice.connect import connect, leave
@@ -90,6 +91,9 @@ async def test_a_cluster_forms_and_the_links_bucket_has_three_replicas(
         assert info.config.num_replicas == 3 and info.cluster is not None and info.cluster.name == "test"
         assert {peer.name for peer in info.cluster.replicas or []} | {info.cluster.leader} == {
             "test-0", "test-1", "test-2"}
+        await make_buckets(store.js, "formed", link_replicas(nc))  # as a host does: the experiments' too
+        for bucket in (subjects.experiment_bucket("formed"), subjects.assignment_bucket("formed")):
+            assert (await store.js.stream_info(f"KV_{bucket}")).config.num_replicas == 3
     finally:
         await leave(nc, "test")
 

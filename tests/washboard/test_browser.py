@@ -241,3 +241,58 @@ async def test_phone_layout_stacks_tables_into_cards(browser, washboard: Washboa
         assert width <= 390, f"the page scrolls sideways on a phone ({width} px)"
     finally:
         await context.close()
+
+
+@pytest.mark.slow
+async def test_an_experiment_shows_each_arms_share_and_reward_posterior_live(page, tmp_path):
+    import httpx
+
+    import mlcloud
+    from mlcloud.testing.stack import MODELS_DIR, running_stack
+
+    model = MODELS_DIR / "build" / "identity_model-0.2.0" / "identity_model.onnx"
+    tensor = {"dimensions": [1, 4], "valueTypes": ["ValueF32"], "flags": 0, "data": [0] * 16}
+    async with running_stack(tmp_path / "stack") as stack, \
+            httpx.AsyncClient(base_url=stack.http_url, timeout=30) as http:
+        for version in ("1.0.0", "2.0.0"):
+            await asyncio.to_thread(mlcloud.deploy, model, "ab", version, settings=stack.settings,
+                                    progress=lambda _: None)
+        await asyncio.to_thread(mlcloud.split, "ab", policy="thompson", settings=stack.settings,
+                                progress=lambda _: None)
+
+        async def serve(count: int) -> None:
+            """Requests, each rewarded 1 on 2.0.0 and 0 on 1.0.0 (once the api has the split: its
+            link watch follows the link bucket a few milliseconds after ``split`` returns)."""
+            while count:
+                reply = await http.post("/ab", json=tensor)
+                if "x-split-arm" not in reply.headers:
+                    continue
+                count -= 1
+                reward = 1 if reply.headers["x-split-arm"] == "2.0.0" else 0
+                feedback = {"request_id": reply.headers["x-request-id"], "reward": reward}
+                assert (await http.post("/ab/feedback", json=feedback)).status_code == 200
+
+        await serve(30)
+        token = "t" * 32
+        app = create_washboard(stack.settings, token=token, poll_interval=0.5)
+        async with running_app(app, "127.0.0.1:0", "the washboard") as address:
+            await page.goto(f"http://{address}/#token={token}")
+            arms = {v: page.locator(f"#experiments tr[data-split='ab'][data-version='{v}']")
+                    for v in ("1.0.0", "2.0.0")}
+            report = {a["version"]: a for a in (await http.get("/experiments")).json()[0]["arms"]}
+            for version, arm in arms.items():
+                await wait_text(arm.locator(".rewards"), str(report[version]["rewards"]))
+                assert await arm.locator(".mean").inner_text() == f"{report[version]['mean']:.3f}"
+                interval = await arm.locator(".interval-text").inner_text()
+                assert interval == f"{report[version]['low']:.3f} – {report[version]['high']:.3f}"
+                assert (await arm.locator(".share-text").inner_text()).endswith(" %")
+            assert "thompson" in await arms["2.0.0"].inner_text()
+
+            await serve(10)  # live: the page follows without a reload
+            report = {a["version"]: a for a in (await http.get("/experiments")).json()[0]["arms"]}
+            assert sum(a["rewards"] for a in report.values()) == 40
+            for version, arm in arms.items():
+                await wait_text(arm.locator(".rewards"), str(report[version]["rewards"]))
+            if os.environ.get("MLCLOUD_UPDATE_SCREENSHOT"):
+                await page.locator("#h-experiments").scroll_into_view_if_needed()
+                await page.locator("#experiments").screenshot(path=str(PROJECT / "docs" / "experiments.png"))

@@ -223,3 +223,19 @@ def test_feed_keeps_the_latest_events_with_increasing_sequence_numbers(clock: Cl
                                 reason="bad signature"))
     assert [e["seq"] for e in state.feed] == [3, 4, 5]
     assert [e["seq"] for e in state.feed_since(4)] == [5]
+
+
+def test_experiments_are_asked_for_only_while_a_link_holds_a_split(state: LatticeState):
+    assert state.split_routes() == []
+    split = '{"policy": "fixed", "weights": {"1.0.0": 0.5, "2.0.0": 0.5}}'
+    state.apply_links([msgspec.structs.replace(ML_LINK, values={"iris": "iris/2.0.0", "iris@1.0.0": "iris/1.0.0",
+                                                                "iris@2.0.0": "iris/2.0.0", "split.iris": split})])
+    assert state.split_routes() == ["iris"]
+    state.take_dirty()
+    report = [{"route": "iris", "policy": "fixed", "arms": []}]
+    state.apply_experiments(report)
+    assert state.take_dirty() == {Section.EXPERIMENTS}
+    state.apply_experiments(report)
+    assert state.take_dirty() == set()
+    state.apply_experiments(None, "the HTTP API did not answer")  # the last report stays, with the reason
+    assert state.view(Section.EXPERIMENTS) == {"splits": report, "error": "the HTTP API did not answer"}

@@ -7,7 +7,7 @@
 const STALE_AFTER = 8; // seconds without a fresh control-interface poll before the page says so
 
 const state = {
-  sections: { status: {}, hosts: [], actors: [], providers: [], links: [], models: [] },
+  sections: { status: {}, hosts: [], actors: [], providers: [], links: [], models: [], experiments: { splits: [] } },
   feed: [],
   clockOffset: 0, // server clock minus this browser's clock, in seconds
   streamOpen: false,
@@ -281,6 +281,36 @@ function renderModels() {
   document.dispatchEvent(new Event("models-rendered")); // the "Try a model" panel's routes (try.js)
 }
 
+// One row per arm of each split: its share of the traffic as a bar, its reward posterior as the
+// mean and the 95 % credible interval drawn on a 0..1 scale.
+function renderExperiments() {
+  const { splits = [], error = "" } = state.sections.experiments || {};
+  const arms = splits.flatMap((e) => e.arms.map((a) => ({ ...a, split: e.route, policy: e.policy })));
+  const tbody = $("experiments").tBodies[0];
+  if (!arms.length) emptyRow("experiments", 8, error || "No split routes.");
+  else patchRows(tbody, arms.filter((a) => matchesFilter(JSON.stringify(a))), (a) => `${a.split}/${a.version}`, (a) =>
+    h("tr", { dataset: { split: a.split, version: a.version } },
+      td("Route", h("code", { class: "route" }, `/${a.split}`)),
+      td("Policy", chip(a.policy)),
+      td("Version", h("code", {}, a.version)),
+      h("td", { "data-label": "Weight", class: "num" }, a.policy === "fixed" ? percent(a.weight) : "–"),
+      td("Traffic share", h("div", { class: "meter", title: `${a.requests} requests in the last minute` },
+        h("span", { class: "fill share", style: `width:${(a.share || 0) * 100}%` }),
+        h("span", { class: "meter-text share-text" }, a.share === null ? "–" : percent(a.share)))),
+      h("td", { "data-label": "Rewards", class: "num rewards" }, String(a.rewards)),
+      h("td", { "data-label": "Reward mean", class: "num mean" }, a.mean.toFixed(3)),
+      td("95 % credible interval", h("div", { class: "meter", title: `Beta(${num(a.alpha)}, ${num(a.beta)})` },
+        h("span", { class: "fill interval", style: `left:${a.low * 100}%;width:${(a.high - a.low) * 100}%` }),
+        h("span", { class: "mark", style: `left:${a.mean * 100}%` }),
+        h("span", { class: "meter-text interval-text" }, `${a.low.toFixed(3)} – ${a.high.toFixed(3)}`)))));
+  $("experiments-error").hidden = !(error && arms.length);
+  $("experiments-error").textContent = error ? `The api did not answer (${error}); showing its last report.` : "";
+}
+
+function percent(value) {
+  return `${(value * 100).toFixed(1)} %`;
+}
+
 function renderLinks() {
   const links = state.sections.links;
   const tbody = $("links").tBodies[0];
@@ -340,10 +370,12 @@ function renderFeed() {
 const RENDERERS = {
   status: renderStatus, hosts: () => { renderHosts(); renderActors(); renderProviders(); },
   actors: renderActors, providers: renderProviders, links: renderLinks, models: renderModels,
+  experiments: renderExperiments,
 };
 
 function renderAll() {
-  renderStatus(); renderHosts(); renderActors(); renderProviders(); renderModels(); renderLinks(); renderFeed();
+  renderStatus(); renderHosts(); renderActors(); renderProviders(); renderModels(); renderExperiments(); renderLinks();
+  renderFeed();
 }
 
 // Relative times and the staleness banner move on by themselves, between updates.
