@@ -99,18 +99,18 @@ def deploy(model: Any, name: str, version: str | None = None, sample: Any = None
     1.0.0); ``sample`` (e.g. ``X[:5]``) fixes the input's feature count and checks the converted
     model answers it as the original does.
     """
-    return _run(lambda: deploy_async(model, name, version, sample, settings=settings, timeout=timeout,
+    return run_blocking(lambda: deploy_async(model, name, version, sample, settings=settings, timeout=timeout,
                                      progress=progress))
 
 
 def models(*, settings: Settings | None = None) -> list[DeployedModel]:
     """Every route the lattice serves, with its bindle and state."""
-    return _run(lambda: models_async(settings=settings))
+    return run_blocking(lambda: models_async(settings=settings))
 
 
 def undeploy(name: str, *, settings: Settings | None = None, timeout: float = DEFAULT_TIMEOUT) -> None:
     """Take the route ``name`` out of service (its bindles stay in Bindle)."""
-    _run(lambda: undeploy_async(name, settings=settings, timeout=timeout))
+    run_blocking(lambda: undeploy_async(name, settings=settings, timeout=timeout))
 
 
 def split(name: str, arms: Mapping[str, float] | Iterable[str] | None = None, *, policy: str | None = None,
@@ -123,22 +123,22 @@ def split(name: str, arms: Mapping[str, float] | Iterable[str] | None = None, *,
     else those of the split in place, else every version of the bindle; ``split(name, None)``
     ends the split (as ``unsplit``). Returns the split set, or None.
     """
-    return _run(lambda: split_async(name, arms, policy=policy, settings=settings, timeout=timeout,
+    return run_blocking(lambda: split_async(name, arms, policy=policy, settings=settings, timeout=timeout,
                                     progress=progress))
 
 
 def unsplit(name: str, *, settings: Settings | None = None, progress: Progress = print) -> None:
     """End route ``name``'s experiment: every request goes to the route's own version again."""
-    _run(lambda: split_async(name, None, settings=settings, progress=progress))
+    run_blocking(lambda: split_async(name, None, settings=settings, progress=progress))
 
 
 def experiments(*, settings: Settings | None = None) -> list[dict[str, Any]]:
     """Every split, as the api reports it: per arm its weight, share of the last minute's requests,
     rewards, reward mean and 95 % credible interval (``low``, ``high``)."""
-    return _run(lambda: experiments_async(settings=settings))
+    return run_blocking(lambda: experiments_async(settings=settings))
 
 
-def _run(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+def run_blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run the coroutine ``make()`` returns to the end, also from inside a running loop (Jupyter's)."""
     try:
         asyncio.get_running_loop()

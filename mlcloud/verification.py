@@ -129,6 +129,6 @@ async def verify_async(headers: Mapping[str, str], *, settings: Settings | None 
 
 def verify(headers: Mapping[str, str], *, settings: Settings | None = None) -> list[Verdict]:
     """:func:`verify_async` for a notebook or a script."""
-    from mlcloud.deployment import _run
+    from mlcloud.deployment import run_blocking
 
-    return _run(lambda: verify_async(headers, settings=settings))
+    return run_blocking(lambda: verify_async(headers, settings=settings))

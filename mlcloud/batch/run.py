@@ -31,9 +31,9 @@ def predict(model: str, data: Any, out: str | PathLike[str] | None = None, *, se
     """Score ``data`` (a folder, a .csv or .jsonl path, or rows: a list, array or DataFrame) with the
     route ``model``. With ``out``, each row's line goes to that file and a rerun resumes; without,
     the lines come back in ``summary.lines``, in input order. Failed rows carry their error."""
-    from mlcloud.deployment import _run
+    from mlcloud.deployment import run_blocking
 
-    return _run(lambda: predict_async(model, data, out, settings=settings, url=url, concurrency=concurrency,
+    return run_blocking(lambda: predict_async(model, data, out, settings=settings, url=url, concurrency=concurrency,
                                       rows_per_request=rows_per_request, top=top, proba=proba, api_key=api_key,
                                       retry_failed=retry_failed, progress=progress))
 
