@@ -14,8 +14,13 @@ it), and tract instead of onnxruntime, each beside the limit on tract.
 The systems under test:
 
 * **limit**: in this process, decode + preprocess + onnxruntime + top-5 in a loop
-  (concurrency 1) or a thread pool of ``concurrency`` threads; no HTTP, no NATS.
-* **naive**: :mod:`mlcloud.bench.naive`, one aiohttp process, as a subprocess.
+  (concurrency 1) or a thread pool of ``concurrency`` threads; no HTTP, no NATS. It is measured
+  with each onnxruntime set-up (:data:`~mlcloud.bench.workload.ORT_SETUPS`, variants
+  ``onnxruntime/<set-up>``), and the best of them at a level is that level's limit.
+* **naive**: :mod:`mlcloud.bench.naive`, one aiohttp process per set-up, as subprocesses; the
+  best of them at a level is the naive server there.
+* **peers** (``--peers``, off by default): MLServer and BentoML serving the same pipeline from
+  venvs of their own (:mod:`mlcloud.bench.peers`).
 * **mlcloud**: :mod:`mlcloud.bench.stack`, the whole lattice (nats-server, Bindle, registry,
   one host and its component processes) as a subprocess tree, ``PUT /mobilenetv27/matches``.
 
@@ -43,31 +48,36 @@ from typing import Any
 
 import numpy as np
 
-from mlcloud.bench import stack as stack_control
+from mlcloud.bench import peers, stack as stack_control
 from mlcloud.bench.loadgen import LoadResult, Progress, http_load, inprocess_load
-from mlcloud.bench.monitor import TreeMonitor, Usage
+from mlcloud.bench.monitor import ProcessUsage, TreeMonitor, Usage
 from mlcloud.bench.workload import (
+    ORT_SETUPS,
     Pipeline,
     labels,
     load_images,
     model_path,
-    ort_infer,
-    ort_session,
+    ort_setup_infer,
     tract_infer,
 )
 from mlcloud.host.runner import tune_malloc
 from mlcloud.servers import free_port
+from mlcloud.settings import Settings
 
 ROUTE = "mobilenetv27"  # the default app's route for EfficientNet-Lite0 on onnxruntime
 TRACT_ROUTE = "efficientnetlite0"  # the same bindle under a second route, relinked to tract
 BATCH_ROUTE = "effdynbatch"  # added by the bench: the symbolic-batch copy of the model
 STARTUP_TIMEOUT = 300.0
 
-# The performance issue's targets on a 2-core machine (docs/performance.md, "The targets").
-TARGET_P50_OVER_LIMIT_MS = 1.5  # at concurrency 1
-TARGET_THROUGHPUT_VS_LIMIT = 0.9  # at the highest concurrency (16 by default)
-TARGET_HOST_RSS_MB = 600.0  # one host with the default app: the host and its instances
-EMBEDDED_SERVERS = ("nats-server", "docker-registry")  # in the measured tree, not part of "one host"
+ORT = "onnxruntime"  # the variant of a system serving the default route on onnxruntime
+
+# Issue 19's targets on a 2-core machine (docs/performance.md, "The targets").
+TARGET_THROUGHPUT_VS_LIMIT = 0.9  # at the highest concurrency (16 by default), against the best set-up
+TARGET_THROUGHPUT_VS_NAIVE = 1.0  # at the highest concurrency: at least the naive server
+TARGET_THROUGHPUT_VS_PEERS = 1.0  # at concurrency 1: at least the best framework peer
+TARGET_P50_OVER_NAIVE_MS = 3.0  # at concurrency 1
+TARGET_P99_OVER_P50 = 1.5  # at concurrency 1: the tail
+TARGET_TREE_RSS_MB = 600.0  # the default app, nats-server and registry included
 
 
 @dataclass
@@ -77,6 +87,8 @@ class BenchConfig:
     warmup: int = 10  # untimed requests before each measured round
     rounds: int = 3  # the systems take turns this many times per level (noise hits them alike)
     systems: tuple[str, ...] = ("limit", "naive", "mlcloud")
+    setups: tuple[str, ...] = tuple(ORT_SETUPS)  # onnxruntime set-ups of the limit and the naive server
+    peers: tuple[str, ...] = ()  # framework peers to install and measure too (mlcloud.bench.peers)
     batching: bool = True
     tract: bool = True
     batch_max_size: int = 8
@@ -110,6 +122,8 @@ class Run:
     cpu_cores: float  # average cores busy over the run
     cpu_ms_per_request: float
     peak_rss_mb: float
+    # Per process of the system (by name): CPU ms and wake-ups (voluntary context switches) a request.
+    processes: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, system: str, variant: str, concurrency: int, load: LoadResult, usage: Usage) -> Run:
@@ -129,6 +143,9 @@ class Run:
             cpu_cores=_round(usage.cpu_cores),
             cpu_ms_per_request=_round(usage.cpu_seconds * 1000 / n if n else 0.0),
             peak_rss_mb=_round(usage.peak_rss / 2**20),
+            processes={name: {"cpu_ms_per_request": _round(share.cpu_seconds * 1000 / n) if n else 0.0,
+                              "wakeups_per_request": _round(share.wakeups / n) if n else 0.0}
+                       for name, share in sorted(usage.processes.items())},
         )
 
 
@@ -146,20 +163,31 @@ class BenchResult:
                 return run
         return None
 
+    def best(self, system: str, concurrency: int) -> Run | None:
+        """The system's fastest onnxruntime set-up at ``concurrency`` (most requests a second)."""
+        runs = [r for r in self.runs if r.system == system and r.concurrency == concurrency
+                and (r.variant == ORT or r.variant.startswith(ORT + "/"))]
+        return max(runs, key=lambda r: r.throughput, default=None)
+
+    def peers(self) -> list[str]:
+        return sorted({r.system for r in self.runs if r.system in peers.PEER_NAMES})
+
     def ratios(self) -> list[dict[str, Any]]:
-        """mlcloud / limit and mlcloud / naive per concurrency (throughput, p50, CPU per request)."""
+        """mlcloud against the best limit, the best naive server, each peer and each other checkout,
+        per concurrency (throughput, p50, CPU per request), with the set-up that was best."""
         rows = []
         for c in sorted({r.concurrency for r in self.runs}):
-            ml = self.find("mlcloud", "onnxruntime", c)
+            ml = self.find("mlcloud", ORT, c)
             if ml is None:
                 continue
             row: dict[str, Any] = {"concurrency": c}
             others = sorted({r.system for r in self.runs if r.system.startswith("mlcloud@")})
-            for other in ("limit", "naive", *others):
-                base = self.find(other, "onnxruntime", c)
+            for other in ("limit", "naive", *self.peers(), *others):
+                base = self.best(other, c)
                 if base is None:
                     continue
                 row[f"mlcloud/{other}"] = {
+                    "variant": base.variant,
                     "throughput": _ratio(ml.throughput, base.throughput),
                     "p50": _ratio(ml.p50_ms, base.p50_ms),
                     "p50_delta_ms": _round(ml.p50_ms - base.p50_ms),
@@ -169,33 +197,46 @@ class BenchResult:
         return rows
 
     def targets(self) -> list[dict[str, Any]]:
-        """The performance targets this run can judge, each with its figure and whether it is met."""
+        """Issue 19's targets, each with its figure and whether this run met it (``met`` is None
+        when the run could not judge it: a system or level it did not measure)."""
         found: list[dict[str, Any]] = []
 
-        def judge(name: str, c: int | None, value: float | None, goal: str, met: bool) -> None:
-            found.append({"target": name, "concurrency": c, "value": value, "goal": goal, "met": met})
+        def judge(name: str, c: int | None, value: float | None, goal: str, met: bool | None,
+                  against: str = "") -> None:
+            found.append({"target": name, "concurrency": c, "value": value, "goal": goal,
+                          "met": None if value is None else met, "against": against})
 
-        levels = sorted({r.concurrency for r in self.runs if r.system == "mlcloud" and r.variant == "onnxruntime"})
-        ml_low = self.find("mlcloud", "onnxruntime", 1)
-        limit_low = self.find("limit", "onnxruntime", 1)
-        if ml_low and limit_low:
-            delta = _round(ml_low.p50_ms - limit_low.p50_ms)
-            judge("p50 over the limit's (ms)", 1, delta, f"<= {TARGET_P50_OVER_LIMIT_MS}",
-                  delta <= TARGET_P50_OVER_LIMIT_MS)
-        if levels and levels[-1] > 1:
-            c = levels[-1]
-            ml = self.find("mlcloud", "onnxruntime", c)
-            for other, goal in (("limit", TARGET_THROUGHPUT_VS_LIMIT), ("naive", 1.0)):
-                base = self.find(other, "onnxruntime", c)
-                ratio = _ratio(ml.throughput, base.throughput) if ml and base else None
-                if ratio is not None:
-                    sign = ">=" if other == "limit" else ">"
-                    judge(f"throughput / {other}'s", c, ratio, f"{sign} {goal}",
-                          ratio >= goal if other == "limit" else ratio > goal)
-        processes = self.memory.get("processes_mb") or {}
-        if processes:
-            host = _round(sum(mb for name, mb in processes.items() if not name.startswith(EMBEDDED_SERVERS)))
-            judge("host + instances RSS (MB)", None, host, f"< {TARGET_HOST_RSS_MB:g}", host < TARGET_HOST_RSS_MB)
+        levels = sorted({r.concurrency for r in self.runs if r.system == "mlcloud" and r.variant == ORT})
+        if not levels:
+            return found
+        top = levels[-1]
+        ml, limit, naive = self.find("mlcloud", ORT, top), self.best("limit", top), self.best("naive", top)
+        assert ml is not None
+        if top > 1:
+            value = _ratio(ml.throughput, limit.throughput) if limit else None
+            judge("req/s / best limit's", top, value, f">= {TARGET_THROUGHPUT_VS_LIMIT:g}",
+                  value is not None and value >= TARGET_THROUGHPUT_VS_LIMIT, limit.variant if limit else "")
+            value = _ratio(ml.throughput, naive.throughput) if naive else None
+            judge("req/s / best naive's", top, value, f">= {TARGET_THROUGHPUT_VS_NAIVE:g}",
+                  value is not None and value >= TARGET_THROUGHPUT_VS_NAIVE, naive.variant if naive else "")
+        low = self.find("mlcloud", ORT, 1)
+        if low is not None:
+            peers = [p for p in (self.best(name, 1) for name in self.peers()) if p is not None]
+            peer = max(peers, key=lambda r: r.throughput, default=None)
+            value = _ratio(low.throughput, peer.throughput) if peer else None
+            judge("req/s / best peer's", 1, value, f">= {TARGET_THROUGHPUT_VS_PEERS:g}",
+                  value is not None and value >= TARGET_THROUGHPUT_VS_PEERS,
+                  peer.system if peer else "not measured: run with --peers mlserver,bentoml")
+            naive_low = self.best("naive", 1)
+            value = _round(low.p50_ms - naive_low.p50_ms) if naive_low else None
+            judge("p50 - best naive's p50 (ms)", 1, value, f"<= {TARGET_P50_OVER_NAIVE_MS:g}",
+                  value is not None and value <= TARGET_P50_OVER_NAIVE_MS, naive_low.variant if naive_low else "")
+            value = _ratio(low.p99_ms, low.p50_ms)
+            judge("p99 / p50", 1, value, f"<= {TARGET_P99_OVER_P50:g}",
+                  value is not None and value <= TARGET_P99_OVER_P50)
+        peak: float | None = self.memory.get("peak_rss_mb") or None
+        judge("tree RSS at peak (MB)", None, peak, f"< {TARGET_TREE_RSS_MB:g}",
+              peak is not None and peak < TARGET_TREE_RSS_MB, "nats-server and registry included")
         return found
 
     def to_json(self) -> dict[str, Any]:
@@ -277,13 +318,21 @@ class LimitSystem(System):
 
 
 class HttpSystem(System):
-    def __init__(self, name: str, variant: str, pids: list[int], url: str, path: str, images: list[bytes]) -> None:
+    """A server: ``body`` makes the request (content type, body) of a photo when the server
+    wants something other than the photo itself as ``image/jpeg`` (a framework peer's format)."""
+
+    def __init__(self, name: str, variant: str, pids: list[int], url: str, path: str, images: list[bytes],
+                 body: Callable[[bytes], tuple[str, bytes]] | None = None) -> None:
         super().__init__(variant, pids)
-        self.name, self.url, self.path, self.images = name, url, path, images
+        self.name, self.url, self.path = name, url, path
+        self.content_type, self.images = "image/jpeg", images
+        if body is not None and images:
+            made = [body(image) for image in images]
+            self.content_type, self.images = made[0][0], [data for _, data in made]
 
     async def load(self, c: int, requests: int, warmup: int, progress: Progress) -> LoadResult:
         return await http_load(self.url, self.path, self.images, concurrency=c, requests=requests, warmup=warmup,
-                               progress=progress)
+                               progress=progress, content_type=self.content_type)
 
 
 @dataclass
@@ -302,6 +351,11 @@ class _Pool:
             self.load.statuses[status] = self.load.statuses.get(status, 0) + n
         self.usage.cpu_seconds += usage.cpu_seconds
         self.usage.wall_seconds += usage.wall_seconds
+        for label, share in usage.processes.items():
+            name = label.rsplit(" (", 1)[0]  # by name: a process restarted between rounds is the same one
+            pooled = self.usage.processes.setdefault(name, ProcessUsage())
+            pooled.cpu_seconds += share.cpu_seconds
+            pooled.wakeups += share.wakeups
         if usage.peak_rss > self.usage.peak_rss:
             self.usage.peak_rss, self.usage.peak_processes = usage.peak_rss, usage.peak_processes
         self.load.window_requests += load.window_requests
@@ -331,21 +385,31 @@ class Bench:
 
     async def _run(self) -> None:
         systems: list[System] = []
+        path = model_path(self.build_dir)
         if "limit" in self.config.systems:
             # The limit gets the allocator settings mlcloud's processes run with (and the bench's
             # own HTTP client with it): a limit slowed by page faults would flatter mlcloud.
             tune_malloc()
-            self.say("limit: in-process decode + preprocess + onnxruntime + top-5 (loop / thread pool)")
-            pipeline = Pipeline(ort_infer(ort_session(model_path(self.build_dir))), labels(self.build_dir))
-            systems.append(LimitSystem("onnxruntime", pipeline, self.images))
+            self.say(f"limit: in-process decode + preprocess + onnxruntime + top-5 (loop / thread pool), "
+                     f"set-ups {', '.join(self.config.setups)}")
+            for setup in self.config.setups:
+                pipeline = Pipeline(ort_setup_infer(path, setup), labels(self.build_dir))
+                systems.append(LimitSystem(f"{ORT}/{setup}", pipeline, self.images))
         if "naive" in self.config.systems:
-            self.say("naive: one aiohttp process, onnxruntime in its thread pool (starting it…)")
-            port = free_port()
-            proc, _ = self.children.enter_context(_child(
-                [sys.executable, "-m", "mlcloud.bench.naive", "--port", str(port), "--build-dir", str(self.build_dir)],
-                "listening on", log=self.work / "naive.log"))
-            systems.append(HttpSystem("naive", "onnxruntime", [proc.pid], f"http://127.0.0.1:{port}",
-                                      f"/{ROUTE}/matches", self.images))
+            self.say("naive: one aiohttp process per set-up, onnxruntime in its thread pool (starting them…)")
+            for setup in self.config.setups:
+                port = free_port()
+                proc, _ = self.children.enter_context(_child(
+                    [sys.executable, "-m", "mlcloud.bench.naive", "--port", str(port), "--build-dir",
+                     str(self.build_dir), "--setup", setup], "listening on", log=self.work / f"naive-{setup}.log"))
+                systems.append(HttpSystem("naive", f"{ORT}/{setup}", [proc.pid], f"http://127.0.0.1:{port}",
+                                          f"/{ROUTE}/matches", self.images))
+        for name in self.config.peers:
+            self.say(f"{name}: installing it into its own venv if needed, then starting it…")
+            state_dir = Settings.from_env().state_dir
+            peer = self.children.enter_context(peers.serving(name, state_dir, self.build_dir, self.work, self.say))
+            systems.append(HttpSystem(name, ORT, [peer.pid], peer.url, peer.path, self.images,
+                                      body=peer.request))
         info: dict[str, Any] | None = None
         if "mlcloud" in self.config.systems:
             self.say(f"mlcloud: the whole lattice, PUT /{ROUTE}/matches (starting it…)")
@@ -502,6 +566,8 @@ def _config_json(config: BenchConfig) -> dict[str, Any]:
     values["concurrency"] = list(config.concurrency)
     values["systems"] = list(config.systems)
     values["against"] = list(config.against)
+    values["setups"] = list(config.setups)
+    values["peers"] = list(config.peers)
     return values
 
 
