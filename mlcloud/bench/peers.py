@@ -37,7 +37,9 @@ from mlcloud.servers import free_port
 
 HERE = Path(__file__).resolve().parent
 PROJECT_DIR = HERE.parents[1]
-PEER_SPECS = {"mlserver": "mlserver==1.7.1", "bentoml": "bentoml==1.4.40"}
+# What each peer's venv gets. MLServer 1.7.1's inference worker calls asyncio.get_event_loop()
+# outside a loop, which uvloop 0.22 and later refuse: the worker dies at start-up with them.
+PEER_SPECS = {"mlserver": ("mlserver==1.7.1", "uvloop<0.22"), "bentoml": ("bentoml==1.4.40",)}
 PEER_NAMES = tuple(PEER_SPECS)
 # The pipeline's own libraries, at the versions mlcloud runs (unpinned if the peer wants others).
 PIPELINE_PACKAGES = ("onnxruntime", "numpy", "pillow", "msgspec")
@@ -60,7 +62,7 @@ class Peer:
 
 
 def peer_dir(state_dir: Path, name: str) -> Path:
-    return state_dir / "bench-peers" / PEER_SPECS[name].replace("==", "-")
+    return state_dir / "bench-peers" / PEER_SPECS[name][0].replace("==", "-")
 
 
 def ensure_venv(name: str, state_dir: Path, say: Callable[[str], None]) -> Path:
@@ -70,12 +72,12 @@ def ensure_venv(name: str, state_dir: Path, say: Callable[[str], None]) -> Path:
     venv = peer_dir(state_dir, name)
     python = venv / "bin" / "python"
     done = venv / ".installed"
-    wanted = [PEER_SPECS[name]]
+    wanted = list(PEER_SPECS[name])
     if done.exists() and done.read_text() == " ".join(wanted):
         return python
     shutil.rmtree(venv, ignore_errors=True)
     venv.parent.mkdir(parents=True, exist_ok=True)
-    say(f"  {name}: installing {PEER_SPECS[name]} into {venv} (takes minutes the first time)")
+    say(f"  {name}: installing {' '.join(wanted)} into {venv} (takes minutes the first time)")
     log = venv.parent / f"{venv.name}-install.log"
     pinned = [f"{p}=={metadata.version(p)}" for p in PIPELINE_PACKAGES]
     with open(log, "wb") as out:
@@ -86,7 +88,7 @@ def ensure_venv(name: str, state_dir: Path, say: Callable[[str], None]) -> Path:
             if result.returncode == 0:
                 break
         else:
-            raise PeerError(f"could not install {PEER_SPECS[name]}: see {log}")
+            raise PeerError(f"could not install {' '.join(wanted)}: see {log}")
     done.write_text(" ".join(wanted))
     return python
 
