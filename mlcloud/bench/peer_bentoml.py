@@ -1,27 +1,15 @@
 """The bench's BentoML peer: a service serving the bench's pipeline (see mlcloud.bench.peers).
 
-Runs inside the peer's own venv, where mlcloud is not installed: the pipeline comes from
-``mlcloud/bench/workload.py`` loaded by path, as in :mod:`mlcloud.bench.peer_mlserver`.
+Runs inside the peer's own venv, where mlcloud is not installed (see peer_pipeline).
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
-import os
-from pathlib import Path
 from typing import Any
 
 import bentoml
-
-
-def load_pipeline() -> Any:
-    project = Path(os.environ["MLCLOUD_BENCH_PROJECT"])
-    spec = importlib.util.spec_from_file_location("_bench_workload", project / "mlcloud" / "bench" / "workload.py")
-    assert spec is not None and spec.loader is not None
-    workload = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(workload)
-    return workload.peer_pipeline(Path(os.environ["MLCLOUD_BENCH_BUILD_DIR"]))
+from peer_pipeline import load_pipeline  # copied beside this file by the bench
 
 
 @bentoml.service(workers=1)

@@ -110,7 +110,8 @@ def _mlserver(python: Path, work: Path, port: int) -> tuple[list[str], Path, str
     folder = work / "mlserver"
     model = folder / MODEL_NAME
     model.mkdir(parents=True, exist_ok=True)
-    shutil.copy(HERE / "peer_mlserver.py", model / "peer_mlserver.py")
+    for module in ("peer_mlserver.py", "peer_pipeline.py"):
+        shutil.copy(HERE / module, model / module)
     (folder / "settings.json").write_text(json.dumps({
         "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1"}))
     (model / "model-settings.json").write_text(json.dumps({
@@ -122,7 +123,8 @@ def _mlserver(python: Path, work: Path, port: int) -> tuple[list[str], Path, str
 def _bentoml(python: Path, work: Path, port: int) -> tuple[list[str], Path, str, str]:
     folder = work / "bentoml"
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(HERE / "peer_bentoml.py", folder / "peer_bentoml.py")
+    for module in ("peer_bentoml.py", "peer_pipeline.py"):
+        shutil.copy(HERE / module, folder / module)
     return ([str(python.parent / "bentoml"), "serve", "peer_bentoml:Classifier", "--host", "127.0.0.1",
              "--port", str(port)], folder, "/readyz", "/matches")
 
