@@ -7,9 +7,9 @@ processes, frequency changes) falls on all of them alike. Per system and level i
 throughput (median over the rounds, each counted over the steady state: see
 :meth:`~mlcloud.bench.loadgen.LoadResult.steady_window`), p50/p90/p99 latency (over all rounds),
 CPU (cores busy, CPU ms per request) and peak memory (RSS summed over the system's processes).
-Then the mlcloud variants: adaptive batching off and on (on a copy of the model with a symbolic
-batch dimension; the built file's batch dimension is fixed at 1, so the registry never batches
-it), and tract instead of onnxruntime, each beside the limit on tract.
+Then the mlcloud variants: adaptive batching off and on (the link's ``batch_max_size``; the
+model's batch dimension is symbolic), and tract instead of onnxruntime, each beside the limit
+on tract.
 
 The systems under test:
 
@@ -66,7 +66,6 @@ from mlcloud.settings import Settings
 
 ROUTE = "mobilenetv27"  # the default app's route for EfficientNet-Lite0 on onnxruntime
 TRACT_ROUTE = "efficientnetlite0"  # the same bindle under a second route, relinked to tract
-BATCH_ROUTE = "effdynbatch"  # added by the bench: the symbolic-batch copy of the model
 STARTUP_TIMEOUT = 300.0
 
 ORT = "onnxruntime"  # the variant of a system serving the default route on onnxruntime
@@ -481,24 +480,21 @@ class Bench:
 
     # -- mlcloud variants ------------------------------------------------------------------
     async def _batching_runs(self, info: dict[str, Any]) -> dict[str, str]:
-        bindle_id = await stack_control.push_dynamic_batch_model(
-            info["bindle_url"], self.build_dir, self.work, Path(info["keys_dir"]))
+        """The default route with adaptive batching off and on (its model's batch dimension is
+        symbolic), the link's values alternating between rounds."""
         link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"], info["nats_creds"])
         await ctl.close()
         original = dict(link.values)
-        base = {**original, BATCH_ROUTE: bindle_id}
         size = self.config.batch_max_size
         settings = [
-            ("batch off", {**base, "batch_max_size": "1"}),
-            (f"batch {size}", {**base, "batch_max_size": str(size),
+            ("batch off", {**original, "batch_max_size": "1"}),
+            (f"batch {size}", {**original, "batch_max_size": str(size),
                                "batch_max_wait_ms": str(self.config.batch_max_wait_ms)}),
         ]
-        self.say(f"mlcloud batching: route {BATCH_ROUTE} = {bindle_id} (symbolic batch dimension), off vs on")
+        self.say(f"mlcloud batching: route {ROUTE}, off vs on (batch_max_size {size})")
         self.result.notes.append(
-            f"batching: {ROUTE} ({model_path(self.build_dir).name}) has a fixed batch dimension of 1, so the "
-            f"registry keeps batching off for it; the batching runs use {bindle_id}, the same weights with a "
-            f"symbolic batch dimension, on route {BATCH_ROUTE} (batch_max_size {size}, batch_max_wait_ms "
-            f"{self.config.batch_max_wait_ms:g}); off and on alternate in rounds"
+            f"batching: route {ROUTE} with batch_max_size 1 (off) and {size} with batch_max_wait_ms "
+            f"{self.config.batch_max_wait_ms:g} (on), alternating in rounds"
         )
         pid = int(info["pid"])
         # Batching is a link setting: alternate the link between rounds, one system per setting.
@@ -509,9 +505,9 @@ class Bench:
                 share = self._variant_requests() // rounds
                 for variant, values in settings:
                     await stack_control.relink(info["nats_url"], info["lattice"], info["nats_creds"], values)
-                    await stack_control.wait_route_ready(info["http_url"], BATCH_ROUTE, bindle_id=bindle_id)
+                    await stack_control.wait_route_ready(info["http_url"], ROUTE)
                     await asyncio.sleep(0.3)  # the provider applies the link's batching
-                    system = HttpSystem("mlcloud", variant, [pid], info["http_url"], f"/{BATCH_ROUTE}/matches",
+                    system = HttpSystem("mlcloud", variant, [pid], info["http_url"], f"/{ROUTE}/matches",
                                         self.images)
                     progress = self._progress(f"mlcloud {variant} c={c} round {r + 1}/{rounds}",
                                               self.config.warmup + share)
