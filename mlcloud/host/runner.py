@@ -10,6 +10,9 @@ an unclaimed contract is a clear early error; nats-server's permissions enforce 
 
 from __future__ import annotations
 
+from mlcloud.host import lean  # noqa: F401  # first of all: before nats-py is imported
+
+# isort: split
 import asyncio
 import ctypes
 import gc
