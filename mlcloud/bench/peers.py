@@ -116,7 +116,7 @@ def _mlserver(python: Path, work: Path, port: int) -> tuple[list[str], Path, str
         "http_port": port, "grpc_port": free_port(), "metrics_port": free_port(), "host": "127.0.0.1"}))
     (model / "model-settings.json").write_text(json.dumps({
         "name": MODEL_NAME, "implementation": "peer_mlserver.Classifier"}))
-    return ([str(python.parent / "mlserver"), "start", str(folder)], model, "/v2/health/ready",
+    return ([str(python.parent / "mlserver"), "start", str(folder)], model, f"/v2/models/{MODEL_NAME}/ready",
             f"/v2/models/{MODEL_NAME}/infer")
 
 
@@ -140,7 +140,9 @@ def serving(name: str, state_dir: Path, build_dir: Path, work: Path,
     start, request = STARTERS[name]
     port = free_port()
     argv, cwd, ready, path = start(python, work, port)
-    env = {**os.environ, "PYTHONPATH": str(cwd), "MLCLOUD_BENCH_PROJECT": str(PROJECT_DIR),
+    # The peer's own folder (its module, peer_pipeline) and the project (mlcloud.errors and
+    # mlcloud.interfaces, which the preprocess actor's imaging.py imports).
+    env = {**os.environ, "PYTHONPATH": f"{cwd}{os.pathsep}{PROJECT_DIR}", "MLCLOUD_BENCH_PROJECT": str(PROJECT_DIR),
            "MLCLOUD_BENCH_BUILD_DIR": str(build_dir), "BENTOML_DO_NOT_TRACK": "True",
            "VIRTUAL_ENV": str(python.parent.parent), "PATH": f"{python.parent}:{os.environ.get('PATH', '')}"}
     log = work / f"{name}.log"
