@@ -200,14 +200,10 @@ class ModelRegistry:
                     self._spawn(_drain_and_close(old), "batcher-drain")
 
     # -- requests --------------------------------------------------------------------------
-    async def predict(self, route: str, tensor: Tensor, index: int = 0, *, inline: bool = False) -> Tensor:
-        """Run the route's model on ``tensor``; the answer is output ``index`` (default 0).
-
-        ``inline``: nothing else is being served, so an unbatched run may block the event loop
-        instead of hopping to a pool thread and back (the caller knows: ``Context.idle``).
-        """
+    async def predict(self, route: str, tensor: Tensor, index: int = 0) -> Tensor:
+        """Run the route's model on ``tensor``; the answer is output ``index`` (default 0)."""
         model = self._serving(route)
-        outputs = await self._infer(model, tensor.to_numpy(), route, inline)
+        outputs = await self._infer(model, tensor.to_numpy(), route)
         if not 0 <= index < len(outputs):
             raise CorruptInputTensor(
                 f"model {route!r} has {len(outputs)} outputs; index {index} does not name one"
@@ -236,7 +232,7 @@ class ModelRegistry:
         entry = self._routes.get(route)
         return entry.active.key.bindle_id if entry is not None else ""
 
-    async def _infer(self, model: LoadedModel, array: np.ndarray, route: str, inline: bool = False) -> list[np.ndarray]:
+    async def _infer(self, model: LoadedModel, array: np.ndarray, route: str) -> list[np.ndarray]:
         session = model.session
         assert session is not None
         # Checked here, before batching, so one bad request cannot fail a batch.
@@ -252,13 +248,9 @@ class ModelRegistry:
             batcher = model.batcher
             if batcher is not None and batcher.alive:
                 return await batcher.submit(array, labels)
+            loop = asyncio.get_running_loop()
             submitted = time.perf_counter()
-            if inline:
-                await asyncio.sleep(0)  # let the loop send what is pending (a forwarded call's receipt) first
-                outputs, started, finished = _timed(model.run, array)
-            else:
-                loop = asyncio.get_running_loop()
-                outputs, started, finished = await loop.run_in_executor(self._predict_pool, _timed, model.run, array)
+            outputs, started, finished = await loop.run_in_executor(self._predict_pool, _timed, model.run, array)
             observe_execution([(*labels, started - submitted)], finished - started, len(array))
             return outputs
         finally:

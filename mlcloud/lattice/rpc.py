@@ -61,20 +61,6 @@ def new_invocation_id() -> str:
     return uuid.uuid4().hex
 
 
-class _InFlight:
-    """Invocations this process has taken and not yet answered, over all its servers: counted from
-    the moment nats-py hands a message over, so calls already queued behind the one being served
-    count too."""
-
-    count = 0
-
-
-def idle() -> bool:
-    """True when the invocation being served is the only one in this process (or none is): a
-    handler may then run blocking work on the event loop (``mlcloud.sdk.Context.idle``)."""
-    return _InFlight.count <= 1
-
-
 class Died(msgspec.Struct, frozen=True):
     """What a host publishes on :func:`subjects.instance_died` when an instance's process exits unasked."""
 
@@ -313,7 +299,6 @@ class RpcServer(Service):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _on_message(self, msg: Msg) -> None:
-        _InFlight.count += 1
         await self._slots.acquire()
         task = asyncio.create_task(self._serve(msg), name=f"rpc:{self.subject}")
         self._tasks.add(task)
@@ -362,7 +347,6 @@ class RpcServer(Service):
         except Exception:  # the connection went away mid-reply; nothing else to tell
             log.exception("could not reply on %s", self.subject)
         finally:
-            _InFlight.count -= 1
             self._slots.release()
 
     async def _answer(self, to: str, data: bytes) -> None:

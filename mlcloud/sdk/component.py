@@ -10,11 +10,10 @@ import logging
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, TypeVar, overload
 
 from mlcloud import tracing
 from mlcloud.interfaces import Op
-from mlcloud.lattice import rpc
 from mlcloud.lattice.control import DEFAULT_LINK_NAME, HealthReport, LinkDefinition
 from mlcloud.lattice.wire import Forward
 from mlcloud.sdk.chain import Chain
@@ -25,7 +24,6 @@ Req = TypeVar("Req")
 Rep = TypeVar("Rep")
 Out = TypeVar("Out")
 Handler = TypeVar("Handler", bound=Callable[..., Any])
-Inline = bool | Literal["idle"]
 
 
 @dataclass(frozen=True)
@@ -35,15 +33,12 @@ class Operation:
     A plain-function handler runs in the event loop's thread pool so CPU-bound work (image
     decoding) overlaps; ``inline`` runs it on the event loop itself, for handlers that take well
     under a millisecond (top-k of 1000 scores), where the two thread switches of a pool hop cost
-    more than the work. ``inline="idle"`` runs it on the event loop when it is the only call the
-    process is serving (:attr:`Context.idle`), in the pool otherwise: one request alone saves the
-    two thread wake-ups (~0.3 ms on the 2-core machines measured, docs/performance.md), while
-    concurrent requests still run in parallel.
+    more than the work.
     """
 
     op: Op[Any, Any]
     handler: Callable[..., Any]
-    inline: Inline = False
+    inline: bool = False
     is_async: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
@@ -52,7 +47,7 @@ class Operation:
     async def invoke(self, *args: Any) -> Any:
         if self.is_async:
             return await self.handler(*args)
-        if self.inline is True or (self.inline == "idle" and rpc.idle()):
+        if self.inline:
             return self.handler(*args)
         # In the pool thread too, log lines carry the request's id (mlcloud.tracing).
         run = functools.partial(contextvars.copy_context().run, self.handler, *args)
@@ -76,12 +71,6 @@ class Context:
         self.caller = caller
         # The call comes from this instance's own host (trusted; it holds no link).
         self.from_host = from_host
-
-    @property
-    def idle(self) -> bool:
-        """True when this call is the only one the process is serving: blocking work may then run
-        on the event loop rather than hop to a thread and back (:class:`Operation`'s ``inline``)."""
-        return rpc.idle()
 
     @property
     def request_id(self) -> str:
@@ -194,7 +183,7 @@ class Actor:
     def __init__(self) -> None:
         self.operations: dict[str, Operation] = {}
 
-    def operation(self, op: Op[Any, Any], *, inline: Inline = False) -> Callable[[Handler], Handler]:
+    def operation(self, op: Op[Any, Any], *, inline: bool = False) -> Callable[[Handler], Handler]:
         """Register the decorated ``handler(ctx, request)`` for ``op`` (``inline``: see :class:`Operation`)."""
 
         def register(handler: Handler) -> Handler:
@@ -207,7 +196,7 @@ class Actor:
         """Called once the instance is connected, before it serves."""
 
 
-def operation(op: Op[Any, Any], *, inline: Inline = False) -> Callable[[Handler], Handler]:
+def operation(op: Op[Any, Any], *, inline: bool = False) -> Callable[[Handler], Handler]:
     """Mark a :class:`Provider` method as the handler of ``op``."""
 
     def mark(method: Handler) -> Handler:

@@ -146,7 +146,7 @@ class MlInference(Provider):
         # Only a linked route is a label: a caller's made-up names do not grow the label set.
         labels = (request.model, version_of(bindle)) if bindle else ("", "")
         try:
-            tensor = await registry.predict(request.model, request.tensor, request.index, inline=ctx.idle)
+            tensor = await registry.predict(request.model, request.tensor, request.index)
         except MLCloudError as err:
             INFERENCE_REQUESTS.labels(*labels, err.kind).inc()
             raise
