@@ -19,10 +19,12 @@ the multi-process systems and so inflated their latency.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import psutil
 
@@ -50,6 +52,21 @@ class ProcessUsage:
 
     cpu_seconds: float = 0.0
     wakeups: int = 0
+
+
+def _wakeups(proc: psutil.Process) -> int:
+    """Voluntary context switches of all the process's threads (psutil's figure is the main
+    thread's alone on Linux: a worker thread's sleeps would not count)."""
+    total = 0
+    try:
+        for task in Path(f"/proc/{proc.pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for line in (task / "status").read_text().splitlines():
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+    except OSError:  # not Linux, or gone
+        return int(proc.num_ctx_switches().voluntary)
+    return total
 
 
 def _label(proc: psutil.Process) -> str:
@@ -127,7 +144,7 @@ class TreeMonitor:
                 with proc.oneshot():
                     times = proc.cpu_times()
                     rss = proc.memory_info().rss
-                    switches = proc.num_ctx_switches().voluntary if wakeups else 0
+                    switches = _wakeups(proc) if wakeups else 0
             except psutil.Error:
                 continue
             cpu = times.user + times.system
