@@ -21,6 +21,7 @@ RUN_FIELDS = {
 }
 
 
+@pytest.mark.timeout(300)  # seven systems, two levels, the variants: ~40 s alone, minutes on a busy machine
 def test_quick_bench_prints_a_well_formed_json_result(tmp_path):
     result = CliRunner().invoke(bench_command, ["--quick", "--json", "--work-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output + (result.stderr or "")
