@@ -49,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from mlcloud.bench import peers, stack as stack_control
-from mlcloud.bench.loadgen import LoadResult, Progress, http_load, inprocess_load
+from mlcloud.bench.loadgen import LoadError, LoadResult, Progress, http_load, inprocess_load
 from mlcloud.bench.monitor import ProcessUsage, TreeMonitor, Usage
 from mlcloud.bench.workload import (
     ORT_SETUPS,
@@ -426,15 +426,22 @@ class Bench:
         await self._compare(systems, self.config.concurrency, self.config.requests)
         if info is not None:
             self.result.memory = self._memory_snapshot([int(info["pid"])])
-            original = None
+            variants = [run for run, wanted in ((self._batching_runs, self.config.batching),
+                                                (self._tract_runs, self.config.tract)) if wanted]
+            if not variants:
+                return
+            link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"], info["nats_creds"])
+            await ctl.close()
+            original = dict(link.values)
             try:
-                if self.config.batching:
-                    original = await self._batching_runs(info)
-                if self.config.tract:
-                    original = await self._tract_runs(info, original)
+                for variant in variants:
+                    try:
+                        await variant(info, original)
+                    except LoadError as exc:  # a variant that fails must not lose the main results
+                        self.say(f"  {exc}")
+                        self.result.notes.append(f"{variant.__name__.strip('_').replace('_', ' ')} stopped: {exc}")
             finally:
-                if original is not None:
-                    await stack_control.relink(info["nats_url"], info["lattice"], info["nats_creds"], original)
+                await stack_control.relink(info["nats_url"], info["lattice"], info["nats_creds"], original)
 
     def _start_other_mlcloud(self, checkout: Path) -> System:
         """mlcloud from another checkout (a git worktree of an older commit), for A/B figures."""
@@ -479,12 +486,9 @@ class Bench:
         return run
 
     # -- mlcloud variants ------------------------------------------------------------------
-    async def _batching_runs(self, info: dict[str, Any]) -> dict[str, str]:
+    async def _batching_runs(self, info: dict[str, Any], original: dict[str, str]) -> None:
         """The default route with adaptive batching off and on (its model's batch dimension is
         symbolic), the link's values alternating between rounds."""
-        link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"], info["nats_creds"])
-        await ctl.close()
-        original = dict(link.values)
         size = self.config.batch_max_size
         settings = [
             ("batch off", {**original, "batch_max_size": "1"}),
@@ -515,13 +519,8 @@ class Bench:
             for variant, _ in settings:
                 system = HttpSystem("mlcloud", variant, [pid], "", "", [])
                 self._record(system, c, pools[variant])
-        return original
 
-    async def _tract_runs(self, info: dict[str, Any], original: dict[str, str] | None) -> dict[str, str]:
-        if original is None:
-            link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"], info["nats_creds"])
-            await ctl.close()
-            original = dict(link.values)
+    async def _tract_runs(self, info: dict[str, Any], original: dict[str, str]) -> None:
         values = {**original, f"engine.{TRACT_ROUTE}": "tract"}
         self.say(f"tract: limit in-process vs mlcloud route {TRACT_ROUTE} relinked with engine.{TRACT_ROUTE}=tract")
         await stack_control.relink(info["nats_url"], info["lattice"], info["nats_creds"], values)
@@ -533,7 +532,6 @@ class Bench:
         systems.append(HttpSystem("mlcloud", "tract", [int(info["pid"])], info["http_url"],
                                   f"/{TRACT_ROUTE}/matches", self.images))
         await self._compare(systems, self._variant_levels(), self._variant_requests())
-        return original
 
     # -- helpers ---------------------------------------------------------------------------
     def _variant_levels(self) -> tuple[int, ...]:
