@@ -53,9 +53,10 @@ from mlcloud.settings import Settings
 def settle_heap() -> None:
     """Move everything start-up made (modules, the model's Python objects) out of the collector's
     reach: a full collection then walks only what requests made since, not the ~50,000 objects
-    of nats-py, aiohttp, numpy and the component. Measured before this: one full collection
-    every few hundred requests per process, 15–390 ms each (docs/performance.md), a request's tail."""
-    gc.collect()
+    of nats-py, numpy and the component. Before this, a full collection came every few hundred
+    requests per process and took 15–390 ms (docs/performance.md), a request in the tail.
+    Freezing is instant; a full collection first would cost the restart of an instance tens to
+    hundreds of milliseconds, for the few cycles start-up leaves (they stay)."""
     gc.freeze()
 
 
@@ -186,11 +187,11 @@ class ComponentRuntime:
             elif not await self._provider_ready(self.component):
                 return
             await self._serve()
-            settle_heap()
             await self.nc.publish(
                 subjects.instance_ready(self.settings.lattice, self.spec.host_id), self.spec.instance_id.encode()
             )
             self.log.info("%s %s ready (instance %s)", self.spec.kind, self.spec.name, self.spec.instance_id[:8])
+            settle_heap()
             await self._stopping.wait()
         finally:
             await self._shutdown()
