@@ -14,7 +14,8 @@ from typing import Any
 import click
 
 from mlcloud.bench.peers import PEER_NAMES
-from mlcloud.bench.runner import BenchConfig, BenchResult, run_bench
+from mlcloud.bench.result import BenchResult
+from mlcloud.bench.runner import BenchConfig, run_bench
 from mlcloud.bench.workload import ORT_SETUPS
 
 SYSTEMS = ("limit", "naive", "mlcloud")

@@ -54,8 +54,9 @@ from mlcloud.settings import Settings
 def settle_heap() -> None:
     """Move everything start-up made (modules, the model's Python objects) out of the collector's
     reach: a full collection then walks only what requests made since, not the ~50,000 objects
-    of nats-py, numpy and the component. Before this, a full collection came every few hundred
-    requests per process and took 15–390 ms (docs/performance.md), a request in the tail.
+    of nats-py, numpy and the component. Before this, full collections came now and then (one in
+    400 requests at concurrency 1, over the five processes measured) and took 15–390 ms each
+    (docs/performance.md): a request in the tail each time.
     Freezing is instant; a full collection first would cost the restart of an instance tens to
     hundreds of milliseconds, for the few cycles start-up leaves (they stay)."""
     gc.freeze()

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlcloud.bench.cli import bench_command, render
-from mlcloud.bench.runner import BenchResult, Run
+from mlcloud.bench.result import BenchResult, Run
 
 pytestmark = pytest.mark.slow
 
