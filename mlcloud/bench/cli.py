@@ -13,7 +13,10 @@ from typing import Any
 
 import click
 
-from mlcloud.bench.runner import BenchConfig, BenchResult, run_bench
+from mlcloud.bench.peers import PEER_NAMES
+from mlcloud.bench.result import BenchResult
+from mlcloud.bench.runner import BenchConfig, run_bench
+from mlcloud.bench.workload import ORT_SETUPS
 
 SYSTEMS = ("limit", "naive", "mlcloud")
 
@@ -26,6 +29,14 @@ def _levels(text: str) -> tuple[int, ...]:
     if not levels or levels[0] < 1:
         raise click.BadParameter("concurrency levels must be 1 or more")
     return levels
+
+
+def _names(text: str, known: Any, what: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown {what} {', '.join(unknown) or '(none given)'}; known: {', '.join(known)}")
+    return names
 
 
 def _fmt(value: Any, digits: int = 1) -> str:
@@ -62,14 +73,27 @@ def render(result: BenchResult) -> str:
             for key in [k for k in row if k.startswith("mlcloud/")]:
                 r = row[key]
                 if r:
-                    ratio_rows.append([key, "", str(row["concurrency"]), _fmt(r["throughput"], 2),
+                    ratio_rows.append([key, r["variant"], str(row["concurrency"]), _fmt(r["throughput"], 2),
                                        _fmt(r["p50"], 2), _fmt(r["p50_delta_ms"], 1), _fmt(r["cpu_per_request"], 2)])
-        out += ["", _table(ratio_rows, ["ratio", "", "c", "req/s", "p50", "p50 Δ ms", "cpu/req"])]
+        out += ["", _table(ratio_rows, ["ratio", "against (best set-up)", "c", "req/s", "p50", "p50 Δ ms",
+                                        "cpu/req"])]
+    split = [r for r in result.runs if r.system == "mlcloud" and r.variant == "onnxruntime" and r.processes]
+    if split:
+        names = sorted({name for r in split for name in r.processes})
+
+        def share(run: Any, name: str) -> str:
+            part = run.processes.get(name)
+            return "-" if part is None else f"{part['cpu_ms_per_request']:.2f} / {part['wakeups_per_request']:.1f}"
+
+        rows = [[name, "", *(share(r, name) for r in split)] for name in names]
+        levels = [f"c={r.concurrency}: cpu ms / wake-ups a req" for r in split]
+        out += ["", _table(rows, ["mlcloud process", "", *levels])]
     targets = result.targets()
     if targets:
+        verdict = {True: "met", False: "NOT met", None: "not measured"}
         target_rows = [[t["target"], "" if t["concurrency"] is None else str(t["concurrency"]), _fmt(t["value"], 2),
-                        t["goal"], "met" if t["met"] else "NOT met"] for t in targets]
-        out += ["", _table(target_rows, ["target", "c", "value", "goal", ""])]
+                        t["goal"], verdict[t["met"]], t["against"]] for t in targets]
+        out += ["", _table(target_rows, ["target", "c", "value", "goal", "", "against"])]
     if result.memory:
         parts = ", ".join(f"{name} {mb:.0f}" for name, mb in result.memory.get("processes_mb", {}).items())
         out += ["", f"mlcloud memory: peak {result.memory['peak_rss_mb']:.0f} MB RSS over the tree "
@@ -90,6 +114,12 @@ def render(result: BenchResult) -> str:
 @click.option("--rounds", type=int, default=None, help="Turns each system takes per level (default 3).")
 @click.option("--only", "systems", multiple=True, type=click.Choice(SYSTEMS),
               help="Run only these systems (repeatable); ratios need mlcloud and the other one.")
+@click.option("--setups", default=None,
+              help=f"onnxruntime set-ups of the limit and the naive server, comma-separated; the best at each "
+                   f"level counts (default: all of {','.join(ORT_SETUPS)}).")
+@click.option("--peers", "peer_names", default="",
+              help=f"Also install and measure these framework peers (comma-separated: {','.join(PEER_NAMES)}), "
+                   "each in its own venv under the state dir; needs the package index the first time.")
 @click.option("--no-batching", is_flag=True, help="Skip the batching off/on runs.")
 @click.option("--no-tract", is_flag=True, help="Skip the tract runs.")
 @click.option("--batch-max-size", type=int, default=8, show_default=True)
@@ -108,7 +138,8 @@ def render(result: BenchResult) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress on stderr.")
 def bench_command(quick: bool, concurrency: str | None, requests: int | None, warmup: int | None,
-                  rounds: int | None, systems: tuple[str, ...], no_batching: bool, no_tract: bool, batch_max_size: int,
+                  rounds: int | None, systems: tuple[str, ...], setups: str | None, peer_names: str,
+                  no_batching: bool, no_tract: bool, batch_max_size: int,
                   batch_max_wait_ms: float, build_dir: Path | None, work_dir: Path | None,
                   against: tuple[Path, ...], batch: bool, url: str | None, as_json: bool, quiet: bool) -> None:
     """Benchmark mlcloud against the in-process limit and a naive aiohttp server, side by side."""
@@ -136,6 +167,10 @@ def bench_command(quick: bool, concurrency: str | None, requests: int | None, wa
         changes["rounds"] = max(1, rounds)
     if systems:
         changes["systems"] = tuple(s for s in SYSTEMS if s in systems)
+    if setups is not None:
+        changes["setups"] = _names(setups, ORT_SETUPS, "set-up")
+    if peer_names:
+        changes["peers"] = _names(peer_names, PEER_NAMES, "peer")
     config = BenchConfig.quick(**changes) if quick else BenchConfig(**changes)
     say = (lambda line: None) if quiet else (lambda line: click.echo(line, err=True))
     result = run_bench(config, say)

@@ -138,10 +138,11 @@ class Connection:
             self.writer = self.reader = None
 
 
-def request_head(url: str, path: str, body: bytes) -> bytes:
+def request_head(url: str, path: str, body: bytes, content_type: str = "image/jpeg") -> bytes:
     host = urlsplit(url).netloc
+    method = "PUT" if content_type.startswith("image/") else "POST"  # a photo PUT, a peer's JSON POSTed
     return (
-        f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+        f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
     ).encode()
 
@@ -156,11 +157,13 @@ async def http_load(
     warmup: int,
     progress: Progress | None = None,
     max_errors: int = 10,
+    content_type: str = "image/jpeg",
 ) -> LoadResult:
-    """PUT the images round-robin to ``url + path``; time ``requests`` answers after ``warmup``."""
+    """PUT the images (bodies of ``content_type``) round-robin to ``url + path``; time
+    ``requests`` answers after ``warmup``."""
     split = urlsplit(url)
     host, port = split.hostname or "127.0.0.1", split.port or 80
-    heads = [request_head(url, path, image) for image in images]
+    heads = [request_head(url, path, image, content_type) for image in images]
     result = LoadResult()
     ticket = itertools.count()
     total = warmup + requests

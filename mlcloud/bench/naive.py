@@ -1,10 +1,12 @@
 """The naive server: what a user would write instead of mlcloud, run as its own process.
 
 One aiohttp process; ``PUT /{model}/matches`` runs decode + preprocess + onnxruntime + top-5 in
-the event loop's default thread pool and answers the same JSON as the lattice. The onnxruntime
-session is opened with its defaults, as a user would. Started by the bench as
-``python -m mlcloud.bench.naive --port N --build-dir DIR``; it prints ``listening on URL`` once
-the model is loaded and serves until SIGTERM.
+the event loop's default thread pool and answers the same JSON as the lattice. onnxruntime is
+opened with one of the bench's set-ups (``--setup``, :data:`~mlcloud.bench.workload.ORT_SETUPS`):
+the bench runs one naive server per set-up and counts the best, as a user who copies best
+practice would have it. Started by the bench as
+``python -m mlcloud.bench.naive --port N --build-dir DIR --setup NAME``; it prints
+``listening on URL`` once the model is loaded and serves until SIGTERM.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from mlcloud.bench.workload import Pipeline, labels, model_path, ort_infer, ort_session
+from mlcloud.bench.workload import ORT_SETUPS, Pipeline, labels, model_path, ort_setup_infer
 
 
 def create_app(pipeline: Pipeline) -> web.Application:
@@ -39,8 +41,9 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--build-dir", type=Path, required=True)
+    parser.add_argument("--setup", choices=list(ORT_SETUPS), default="default")
     args = parser.parse_args()
-    pipeline = Pipeline(ort_infer(ort_session(model_path(args.build_dir))), labels(args.build_dir))
+    pipeline = Pipeline(ort_setup_infer(model_path(args.build_dir), args.setup), labels(args.build_dir))
 
     def ready(_runner: object = None) -> None:
         print(f"listening on http://{args.host}:{args.port}", flush=True)

@@ -7,15 +7,20 @@ processes, frequency changes) falls on all of them alike. Per system and level i
 throughput (median over the rounds, each counted over the steady state: see
 :meth:`~mlcloud.bench.loadgen.LoadResult.steady_window`), p50/p90/p99 latency (over all rounds),
 CPU (cores busy, CPU ms per request) and peak memory (RSS summed over the system's processes).
-Then the mlcloud variants: adaptive batching off and on (on a copy of the model with a symbolic
-batch dimension; the built file's batch dimension is fixed at 1, so the registry never batches
-it), and tract instead of onnxruntime, each beside the limit on tract.
+Then the mlcloud variants: adaptive batching off and on (the link's ``batch_max_size``; the
+model's batch dimension is symbolic), and tract instead of onnxruntime, each beside the limit
+on tract.
 
 The systems under test:
 
 * **limit**: in this process, decode + preprocess + onnxruntime + top-5 in a loop
-  (concurrency 1) or a thread pool of ``concurrency`` threads; no HTTP, no NATS.
-* **naive**: :mod:`mlcloud.bench.naive`, one aiohttp process, as a subprocess.
+  (concurrency 1) or a thread pool of ``concurrency`` threads; no HTTP, no NATS. It is measured
+  with each onnxruntime set-up (:data:`~mlcloud.bench.workload.ORT_SETUPS`, variants
+  ``onnxruntime/<set-up>``), and the best of them at a level is that level's limit.
+* **naive**: :mod:`mlcloud.bench.naive`, one aiohttp process per set-up, as subprocesses; the
+  best of them at a level is the naive server there.
+* **peers** (``--peers``, off by default): MLServer and BentoML serving the same pipeline from
+  venvs of their own (:mod:`mlcloud.bench.peers`).
 * **mlcloud**: :mod:`mlcloud.bench.stack`, the whole lattice (nats-server, Bindle, registry,
   one host and its component processes) as a subprocess tree, ``PUT /mobilenetv27/matches``.
 
@@ -43,32 +48,26 @@ from typing import Any
 
 import numpy as np
 
-from mlcloud.bench import stack as stack_control
-from mlcloud.bench.loadgen import LoadResult, Progress, http_load, inprocess_load
-from mlcloud.bench.monitor import TreeMonitor, Usage
+from mlcloud.bench import peers, stack as stack_control
+from mlcloud.bench.loadgen import LoadError, LoadResult, Progress, http_load, inprocess_load
+from mlcloud.bench.monitor import ProcessUsage, TreeMonitor, Usage
+from mlcloud.bench.result import ORT, BenchResult, Run, round_figure
 from mlcloud.bench.workload import (
+    ORT_SETUPS,
     Pipeline,
     labels,
     load_images,
     model_path,
-    ort_infer,
-    ort_session,
+    ort_setup_infer,
     tract_infer,
 )
 from mlcloud.host.runner import tune_malloc
 from mlcloud.servers import free_port
+from mlcloud.settings import Settings
 
 ROUTE = "mobilenetv27"  # the default app's route for EfficientNet-Lite0 on onnxruntime
 TRACT_ROUTE = "efficientnetlite0"  # the same bindle under a second route, relinked to tract
-BATCH_ROUTE = "effdynbatch"  # added by the bench: the symbolic-batch copy of the model
 STARTUP_TIMEOUT = 300.0
-
-# The performance issue's targets on a 2-core machine (docs/performance.md, "The targets").
-TARGET_P50_OVER_LIMIT_MS = 1.5  # at concurrency 1
-TARGET_THROUGHPUT_VS_LIMIT = 0.9  # at the highest concurrency (16 by default)
-TARGET_HOST_RSS_MB = 600.0  # one host with the default app: the host and its instances
-EMBEDDED_SERVERS = ("nats-server", "docker-registry")  # in the measured tree, not part of "one host"
-
 
 @dataclass
 class BenchConfig:
@@ -77,6 +76,8 @@ class BenchConfig:
     warmup: int = 10  # untimed requests before each measured round
     rounds: int = 3  # the systems take turns this many times per level (noise hits them alike)
     systems: tuple[str, ...] = ("limit", "naive", "mlcloud")
+    setups: tuple[str, ...] = tuple(ORT_SETUPS)  # onnxruntime set-ups of the limit and the naive server
+    peers: tuple[str, ...] = ()  # framework peers to install and measure too (mlcloud.bench.peers)
     batching: bool = True
     tract: bool = True
     batch_max_size: int = 8
@@ -93,129 +94,6 @@ class BenchConfig:
                                   "rounds": 2}
         values.update(changes)
         return cls(**values)
-
-
-@dataclass
-class Run:
-    system: str
-    variant: str
-    concurrency: int
-    requests: int
-    errors: int
-    throughput: float  # requests per second
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    cpu_cores: float  # average cores busy over the run
-    cpu_ms_per_request: float
-    peak_rss_mb: float
-
-    @classmethod
-    def of(cls, system: str, variant: str, concurrency: int, load: LoadResult, usage: Usage) -> Run:
-        lat = np.asarray(load.latencies or [float("nan")]) * 1000
-        n = len(load.latencies)
-        return cls(
-            system=system,
-            variant=variant,
-            concurrency=concurrency,
-            requests=n,
-            errors=load.errors,
-            throughput=_round(load.throughput),
-            p50_ms=_round(float(np.percentile(lat, 50))),
-            p90_ms=_round(float(np.percentile(lat, 90))),
-            p99_ms=_round(float(np.percentile(lat, 99))),
-            mean_ms=_round(float(lat.mean())),
-            cpu_cores=_round(usage.cpu_cores),
-            cpu_ms_per_request=_round(usage.cpu_seconds * 1000 / n if n else 0.0),
-            peak_rss_mb=_round(usage.peak_rss / 2**20),
-        )
-
-
-@dataclass
-class BenchResult:
-    machine: dict[str, Any]
-    config: dict[str, Any]
-    runs: list[Run] = field(default_factory=list)
-    memory: dict[str, Any] = field(default_factory=dict)  # the mlcloud tree at its peak
-    notes: list[str] = field(default_factory=list)
-
-    def find(self, system: str, variant: str, concurrency: int) -> Run | None:
-        for run in self.runs:
-            if (run.system, run.variant, run.concurrency) == (system, variant, concurrency):
-                return run
-        return None
-
-    def ratios(self) -> list[dict[str, Any]]:
-        """mlcloud / limit and mlcloud / naive per concurrency (throughput, p50, CPU per request)."""
-        rows = []
-        for c in sorted({r.concurrency for r in self.runs}):
-            ml = self.find("mlcloud", "onnxruntime", c)
-            if ml is None:
-                continue
-            row: dict[str, Any] = {"concurrency": c}
-            others = sorted({r.system for r in self.runs if r.system.startswith("mlcloud@")})
-            for other in ("limit", "naive", *others):
-                base = self.find(other, "onnxruntime", c)
-                if base is None:
-                    continue
-                row[f"mlcloud/{other}"] = {
-                    "throughput": _ratio(ml.throughput, base.throughput),
-                    "p50": _ratio(ml.p50_ms, base.p50_ms),
-                    "p50_delta_ms": _round(ml.p50_ms - base.p50_ms),
-                    "cpu_per_request": _ratio(ml.cpu_ms_per_request, base.cpu_ms_per_request),
-                }
-            rows.append(row)
-        return rows
-
-    def targets(self) -> list[dict[str, Any]]:
-        """The performance targets this run can judge, each with its figure and whether it is met."""
-        found: list[dict[str, Any]] = []
-
-        def judge(name: str, c: int | None, value: float | None, goal: str, met: bool) -> None:
-            found.append({"target": name, "concurrency": c, "value": value, "goal": goal, "met": met})
-
-        levels = sorted({r.concurrency for r in self.runs if r.system == "mlcloud" and r.variant == "onnxruntime"})
-        ml_low = self.find("mlcloud", "onnxruntime", 1)
-        limit_low = self.find("limit", "onnxruntime", 1)
-        if ml_low and limit_low:
-            delta = _round(ml_low.p50_ms - limit_low.p50_ms)
-            judge("p50 over the limit's (ms)", 1, delta, f"<= {TARGET_P50_OVER_LIMIT_MS}",
-                  delta <= TARGET_P50_OVER_LIMIT_MS)
-        if levels and levels[-1] > 1:
-            c = levels[-1]
-            ml = self.find("mlcloud", "onnxruntime", c)
-            for other, goal in (("limit", TARGET_THROUGHPUT_VS_LIMIT), ("naive", 1.0)):
-                base = self.find(other, "onnxruntime", c)
-                ratio = _ratio(ml.throughput, base.throughput) if ml and base else None
-                if ratio is not None:
-                    sign = ">=" if other == "limit" else ">"
-                    judge(f"throughput / {other}'s", c, ratio, f"{sign} {goal}",
-                          ratio >= goal if other == "limit" else ratio > goal)
-        processes = self.memory.get("processes_mb") or {}
-        if processes:
-            host = _round(sum(mb for name, mb in processes.items() if not name.startswith(EMBEDDED_SERVERS)))
-            judge("host + instances RSS (MB)", None, host, f"< {TARGET_HOST_RSS_MB:g}", host < TARGET_HOST_RSS_MB)
-        return found
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "machine": self.machine,
-            "config": self.config,
-            "runs": [asdict(r) for r in self.runs],
-            "ratios": self.ratios(),
-            "targets": self.targets(),
-            "memory": self.memory,
-            "notes": self.notes,
-        }
-
-
-def _round(x: float) -> float:
-    return round(float(x), 2) if np.isfinite(x) else 0.0  # no requests answered: shown as 0
-
-
-def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 3) if b else None
 
 
 def machine_info() -> dict[str, Any]:
@@ -277,13 +155,21 @@ class LimitSystem(System):
 
 
 class HttpSystem(System):
-    def __init__(self, name: str, variant: str, pids: list[int], url: str, path: str, images: list[bytes]) -> None:
+    """A server: ``body`` makes the request (content type, body) of a photo when the server
+    wants something other than the photo itself as ``image/jpeg`` (a framework peer's format)."""
+
+    def __init__(self, name: str, variant: str, pids: list[int], url: str, path: str, images: list[bytes],
+                 body: Callable[[bytes], tuple[str, bytes]] | None = None) -> None:
         super().__init__(variant, pids)
-        self.name, self.url, self.path, self.images = name, url, path, images
+        self.name, self.url, self.path = name, url, path
+        self.content_type, self.images = "image/jpeg", images
+        if body is not None and images:
+            made = [body(image) for image in images]
+            self.content_type, self.images = made[0][0], [data for _, data in made]
 
     async def load(self, c: int, requests: int, warmup: int, progress: Progress) -> LoadResult:
         return await http_load(self.url, self.path, self.images, concurrency=c, requests=requests, warmup=warmup,
-                               progress=progress)
+                               progress=progress, content_type=self.content_type)
 
 
 @dataclass
@@ -302,6 +188,11 @@ class _Pool:
             self.load.statuses[status] = self.load.statuses.get(status, 0) + n
         self.usage.cpu_seconds += usage.cpu_seconds
         self.usage.wall_seconds += usage.wall_seconds
+        for label, share in usage.processes.items():
+            name = label.rsplit(" (", 1)[0]  # by name: a process restarted between rounds is the same one
+            pooled = self.usage.processes.setdefault(name, ProcessUsage())
+            pooled.cpu_seconds += share.cpu_seconds
+            pooled.wakeups += share.wakeups
         if usage.peak_rss > self.usage.peak_rss:
             self.usage.peak_rss, self.usage.peak_processes = usage.peak_rss, usage.peak_processes
         self.load.window_requests += load.window_requests
@@ -331,21 +222,31 @@ class Bench:
 
     async def _run(self) -> None:
         systems: list[System] = []
+        path = model_path(self.build_dir)
         if "limit" in self.config.systems:
             # The limit gets the allocator settings mlcloud's processes run with (and the bench's
             # own HTTP client with it): a limit slowed by page faults would flatter mlcloud.
             tune_malloc()
-            self.say("limit: in-process decode + preprocess + onnxruntime + top-5 (loop / thread pool)")
-            pipeline = Pipeline(ort_infer(ort_session(model_path(self.build_dir))), labels(self.build_dir))
-            systems.append(LimitSystem("onnxruntime", pipeline, self.images))
+            self.say(f"limit: in-process decode + preprocess + onnxruntime + top-5 (loop / thread pool), "
+                     f"set-ups {', '.join(self.config.setups)}")
+            for setup in self.config.setups:
+                pipeline = Pipeline(ort_setup_infer(path, setup), labels(self.build_dir))
+                systems.append(LimitSystem(f"{ORT}/{setup}", pipeline, self.images))
         if "naive" in self.config.systems:
-            self.say("naive: one aiohttp process, onnxruntime in its thread pool (starting it…)")
-            port = free_port()
-            proc, _ = self.children.enter_context(_child(
-                [sys.executable, "-m", "mlcloud.bench.naive", "--port", str(port), "--build-dir", str(self.build_dir)],
-                "listening on", log=self.work / "naive.log"))
-            systems.append(HttpSystem("naive", "onnxruntime", [proc.pid], f"http://127.0.0.1:{port}",
-                                      f"/{ROUTE}/matches", self.images))
+            self.say("naive: one aiohttp process per set-up, onnxruntime in its thread pool (starting them…)")
+            for setup in self.config.setups:
+                port = free_port()
+                proc, _ = self.children.enter_context(_child(
+                    [sys.executable, "-m", "mlcloud.bench.naive", "--port", str(port), "--build-dir",
+                     str(self.build_dir), "--setup", setup], "listening on", log=self.work / f"naive-{setup}.log"))
+                systems.append(HttpSystem("naive", f"{ORT}/{setup}", [proc.pid], f"http://127.0.0.1:{port}",
+                                          f"/{ROUTE}/matches", self.images))
+        for name in self.config.peers:
+            self.say(f"{name}: installing it into its own venv if needed, then starting it…")
+            state_dir = Settings.from_env().state_dir
+            peer = self.children.enter_context(peers.serving(name, state_dir, self.build_dir, self.work, self.say))
+            systems.append(HttpSystem(name, ORT, [peer.pid], peer.url, peer.path, self.images,
+                                      body=peer.request))
         info: dict[str, Any] | None = None
         if "mlcloud" in self.config.systems:
             self.say(f"mlcloud: the whole lattice, PUT /{ROUTE}/matches (starting it…)")
@@ -363,15 +264,22 @@ class Bench:
         await self._compare(systems, self.config.concurrency, self.config.requests)
         if info is not None:
             self.result.memory = self._memory_snapshot([int(info["pid"])])
-            original = None
+            variants = [run for run, wanted in ((self._batching_runs, self.config.batching),
+                                                (self._tract_runs, self.config.tract)) if wanted]
+            if not variants:
+                return
+            link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"], info["nats_creds"])
+            await ctl.close()
+            original = dict(link.values)
             try:
-                if self.config.batching:
-                    original = await self._batching_runs(info)
-                if self.config.tract:
-                    original = await self._tract_runs(info, original)
+                for variant in variants:
+                    try:
+                        await variant(info, original)
+                    except LoadError as exc:  # a variant that fails must not lose the main results
+                        self.say(f"  {exc}")
+                        self.result.notes.append(f"{variant.__name__.strip('_').replace('_', ' ')} stopped: {exc}")
             finally:
-                if original is not None:
-                    await stack_control.relink(info["nats_url"], info["lattice"], info["nats_creds"], original)
+                await stack_control.relink(info["nats_url"], info["lattice"], info["nats_creds"], original)
 
     def _start_other_mlcloud(self, checkout: Path) -> System:
         """mlcloud from another checkout (a git worktree of an older commit), for A/B figures."""
@@ -406,7 +314,7 @@ class Bench:
     def _record(self, system: System, c: int, pool: _Pool) -> Run:
         run = Run.of(system.name, system.variant, c, pool.load, pool.usage)
         if len(pool.round_throughputs) > 1:
-            run.throughput = _round(float(np.median(pool.round_throughputs)))
+            run.throughput = round_figure(float(np.median(pool.round_throughputs)))
         self.result.runs.append(run)
         self.say(f"  {run.system:8s} {run.variant:12s} c={c:<3d} {run.throughput:7.1f} req/s  p50 {run.p50_ms:6.1f} ms"
                  f"  p99 {run.p99_ms:6.1f} ms  cpu {run.cpu_cores:4.2f} cores  rss {run.peak_rss_mb:6.0f} MB")
@@ -416,25 +324,19 @@ class Bench:
         return run
 
     # -- mlcloud variants ------------------------------------------------------------------
-    async def _batching_runs(self, info: dict[str, Any]) -> dict[str, str]:
-        bindle_id = await stack_control.push_dynamic_batch_model(
-            info["bindle_url"], self.build_dir, self.work, Path(info["keys_dir"]))
-        link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"], info["nats_creds"])
-        await ctl.close()
-        original = dict(link.values)
-        base = {**original, BATCH_ROUTE: bindle_id}
+    async def _batching_runs(self, info: dict[str, Any], original: dict[str, str]) -> None:
+        """The default route with adaptive batching off and on (its model's batch dimension is
+        symbolic), the link's values alternating between rounds."""
         size = self.config.batch_max_size
         settings = [
-            ("batch off", {**base, "batch_max_size": "1"}),
-            (f"batch {size}", {**base, "batch_max_size": str(size),
+            ("batch off", {**original, "batch_max_size": "1"}),
+            (f"batch {size}", {**original, "batch_max_size": str(size),
                                "batch_max_wait_ms": str(self.config.batch_max_wait_ms)}),
         ]
-        self.say(f"mlcloud batching: route {BATCH_ROUTE} = {bindle_id} (symbolic batch dimension), off vs on")
+        self.say(f"mlcloud batching: route {ROUTE}, off vs on (batch_max_size {size})")
         self.result.notes.append(
-            f"batching: {ROUTE} ({model_path(self.build_dir).name}) has a fixed batch dimension of 1, so the "
-            f"registry keeps batching off for it; the batching runs use {bindle_id}, the same weights with a "
-            f"symbolic batch dimension, on route {BATCH_ROUTE} (batch_max_size {size}, batch_max_wait_ms "
-            f"{self.config.batch_max_wait_ms:g}); off and on alternate in rounds"
+            f"batching: route {ROUTE} with batch_max_size 1 (off) and {size} with batch_max_wait_ms "
+            f"{self.config.batch_max_wait_ms:g} (on), alternating in rounds"
         )
         pid = int(info["pid"])
         # Batching is a link setting: alternate the link between rounds, one system per setting.
@@ -445,9 +347,9 @@ class Bench:
                 share = self._variant_requests() // rounds
                 for variant, values in settings:
                     await stack_control.relink(info["nats_url"], info["lattice"], info["nats_creds"], values)
-                    await stack_control.wait_route_ready(info["http_url"], BATCH_ROUTE, bindle_id=bindle_id)
+                    await stack_control.wait_route_ready(info["http_url"], ROUTE)
                     await asyncio.sleep(0.3)  # the provider applies the link's batching
-                    system = HttpSystem("mlcloud", variant, [pid], info["http_url"], f"/{BATCH_ROUTE}/matches",
+                    system = HttpSystem("mlcloud", variant, [pid], info["http_url"], f"/{ROUTE}/matches",
                                         self.images)
                     progress = self._progress(f"mlcloud {variant} c={c} round {r + 1}/{rounds}",
                                               self.config.warmup + share)
@@ -455,13 +357,8 @@ class Bench:
             for variant, _ in settings:
                 system = HttpSystem("mlcloud", variant, [pid], "", "", [])
                 self._record(system, c, pools[variant])
-        return original
 
-    async def _tract_runs(self, info: dict[str, Any], original: dict[str, str] | None) -> dict[str, str]:
-        if original is None:
-            link, ctl = await stack_control.mlinference_link(info["nats_url"], info["lattice"], info["nats_creds"])
-            await ctl.close()
-            original = dict(link.values)
+    async def _tract_runs(self, info: dict[str, Any], original: dict[str, str]) -> None:
         values = {**original, f"engine.{TRACT_ROUTE}": "tract"}
         self.say(f"tract: limit in-process vs mlcloud route {TRACT_ROUTE} relinked with engine.{TRACT_ROUTE}=tract")
         await stack_control.relink(info["nats_url"], info["lattice"], info["nats_creds"], values)
@@ -473,7 +370,6 @@ class Bench:
         systems.append(HttpSystem("mlcloud", "tract", [int(info["pid"])], info["http_url"],
                                   f"/{TRACT_ROUTE}/matches", self.images))
         await self._compare(systems, self._variant_levels(), self._variant_requests())
-        return original
 
     # -- helpers ---------------------------------------------------------------------------
     def _variant_levels(self) -> tuple[int, ...]:
@@ -490,8 +386,8 @@ class Bench:
         peak = max((r.peak_rss_mb for r in self.result.runs if r.system == "mlcloud"), default=0.0)
         return {
             "peak_rss_mb": peak,
-            "rss_mb_now": _round(usage.peak_rss / 2**20),
-            "processes_mb": {name: _round(rss / 2**20) for name, rss in sorted(usage.peak_processes.items())},
+            "rss_mb_now": round_figure(usage.peak_rss / 2**20),
+            "processes_mb": {name: round_figure(rss / 2**20) for name, rss in sorted(usage.peak_processes.items())},
         }
 
 
@@ -502,6 +398,8 @@ def _config_json(config: BenchConfig) -> dict[str, Any]:
     values["concurrency"] = list(config.concurrency)
     values["systems"] = list(config.systems)
     values["against"] = list(config.against)
+    values["setups"] = list(config.setups)
+    values["peers"] = list(config.peers)
     return values
 
 

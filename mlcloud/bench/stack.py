@@ -8,9 +8,7 @@ load generator out of the measured process tree.
 
 The bench drives it from outside, as an operator would: :func:`relink` changes the link values
 between the api actor and the mlinference provider over the control interface (engine per route,
-``batch_max_size`` / ``batch_max_wait_ms``), and :func:`push_dynamic_batch_model` publishes a
-copy of EfficientNet-Lite0 whose batch dimension is symbolic: the model build's file fixes it
-at 1, so the registry (rightly) never batches it.
+``batch_max_size`` / ``batch_max_wait_ms``).
 """
 
 from __future__ import annotations
@@ -18,12 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import signal
 import sys
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,8 +29,6 @@ import msgspec
 if TYPE_CHECKING:
     from mlcloud.lattice.control import LinkDefinition
     from mlcloud.lattice.ctl_client import CtlClient
-
-DYNAMIC_BATCH_ID = "efficientnet-lite0-dynbatch/1.0.0"
 
 
 class RouteStatus(msgspec.Struct):
@@ -126,52 +120,6 @@ async def wait_route_ready(http_url: str, route: str, bindle_id: str | None = No
                         if info.state == "FAILED" and serves:
                             raise RuntimeError(f"route {route} failed to load: {info.reason}")
                 await asyncio.sleep(0.2)
-
-
-def dynamic_batch_bundle(build_dir: Path, out: Path) -> Path:
-    """A bundle directory for :data:`DYNAMIC_BATCH_ID`: the model with batch dimension ``N``."""
-    import onnx
-    import tomli_w
-
-    from mlcloud.bench.workload import MODEL_BUNDLE, MODEL_FILE
-
-    source = build_dir / MODEL_BUNDLE
-    out.mkdir(parents=True, exist_ok=True)
-    model = onnx.load(str(source / MODEL_FILE))
-    for value in (*model.graph.input, *model.graph.output):
-        dim = value.type.tensor_type.shape.dim[0]
-        dim.ClearField("dim_value")
-        dim.dim_param = "N"
-    (out / MODEL_FILE).write_bytes(model.SerializeToString())
-    metadata = json.loads((source / "metadata.json").read_text())
-    metadata["model_name"] = "efficientnet-lite0-dynbatch"
-    metadata["tensor_dimensions_in"][0] = -1
-    metadata["tensor_dimensions_out"][0] = -1
-    (out / "metadata.json").write_text(json.dumps(metadata, indent=2))
-    invoice = tomllib.loads((source / "invoice.toml").read_text())
-    name, version = DYNAMIC_BATCH_ID.split("/")
-    invoice["bindle"]["name"], invoice["bindle"]["version"] = name, version
-    invoice["bindle"]["description"] = "EfficientNet-Lite0 with a symbolic batch dimension (bench only)"
-    for parcel in invoice["parcel"]:
-        label = parcel["label"]
-        path = out / label["name"]
-        if not path.exists():
-            path.write_bytes((source / label["name"]).read_bytes())
-        data = path.read_bytes()
-        label["sha256"], label["size"] = hashlib.sha256(data).hexdigest(), len(data)
-    (out / "invoice.toml").write_text(tomli_w.dumps(invoice))
-    return out
-
-
-async def push_dynamic_batch_model(bindle_url: str, build_dir: Path, work_dir: Path, keys_dir: Path) -> str:
-    """Push the bundle signed by the stack's account (``keys_dir``), as the provider requires."""
-    from mlcloud.bindle import AsyncClient
-    from mlcloud.oci.keys import load_account
-
-    bundle = await asyncio.to_thread(dynamic_batch_bundle, build_dir, work_dir / "dynbatch")
-    async with AsyncClient(bindle_url) as client:
-        await client.push_dir(bundle, creator=load_account(keys_dir))
-    return DYNAMIC_BATCH_ID
 
 
 if __name__ == "__main__":

@@ -88,6 +88,33 @@ def ort_session(path: Path, *, intra_op_threads: int = 0, spinning: bool = True)
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
+# The onnxruntime set-ups the limit and the naive server are measured with, each at every
+# concurrency; the best one at a level is that level's limit (issue 19: a limit is only a limit
+# when it is the best this machine can do).
+ORT_SETUPS: dict[str, str] = {
+    "default": "one session with onnxruntime's defaults: a thread per core, spinning",
+    "one-thread": "one session of one intra-op thread, no spinning (runs in parallel use the cores)",
+    "mlcloud": "the mlinference provider's engine (an idle session that spins within a run, "
+               "a one-thread session while another run is in flight)",
+}
+
+
+def ort_setup_infer(path: Path, setup: str) -> Callable[[np.ndarray], np.ndarray]:
+    """Inference with one of :data:`ORT_SETUPS`."""
+    if setup == "default":
+        return ort_infer(ort_session(path))
+    if setup == "one-thread":
+        return ort_infer(ort_session(path, intra_op_threads=1, spinning=False))
+    if setup == "mlcloud":
+        from mlcloud.inference.engines.onnxruntime import OnnxRuntimeEngine
+        from mlcloud.inference.metadata import ModelMetadata
+
+        metadata = ModelMetadata.parse((path.parent / "metadata.json").read_bytes())
+        session = OnnxRuntimeEngine().load(path, metadata)
+        return lambda array: session.predict([array])[0]
+    raise ValueError(f"unknown onnxruntime set-up {setup!r}; known: {', '.join(ORT_SETUPS)}")
+
+
 def tract_infer(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     """The model on tract, loaded by the mlinference provider's own tract engine."""
     from mlcloud.inference.engines.tract import TractEngine
@@ -118,3 +145,9 @@ class Pipeline:
         array = self._imaging.image_to_array(image, INPUT_DIMENSIONS)
         found = self._topk.top_k(np.asarray(self.infer(array)), self.labels, TOP_K)
         return [{"label": m.label, "probability": m.probability} for m in found]
+
+
+def peer_pipeline(build_dir: Path) -> Pipeline:
+    """The pipeline a framework peer serves (mlcloud.bench.peers): onnxruntime's default session,
+    as that framework's user writes it."""
+    return Pipeline(ort_setup_infer(model_path(build_dir), "default"), labels(build_dir))

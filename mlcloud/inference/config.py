@@ -40,9 +40,11 @@ DEFAULT_FETCH_BACKOFF = 0.5
 
 
 def _default_predict_workers() -> int:
-    # Enough threads that requests overlap while onnxruntime computes (it releases the GIL),
-    # few enough that 2-core machines are not oversubscribed by idle threads.
-    return max(4, 2 * (os.cpu_count() or 2))
+    # A run per core: onnxruntime releases the GIL, so runs overlap, and one-thread runs on
+    # every core use them all. More threads only add runs that wait for a core, each holding its
+    # activations (~10 MB for EfficientNet-Lite0: 4 threads instead of 2 peaked 19 MB higher on
+    # 2 cores, for no measurable throughput; docs/performance.md, "Memory").
+    return max(2, os.cpu_count() or 2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,10 @@ the Lite changes (ReLU6 instead of swish, no squeeze-excite, fixed 32-channel st
 TensorFlow "SAME" padding becomes explicit (asymmetric) Conv pads, which is exact because the
 input size is fixed at 224×224.
 
-Interface of the built file: input ``input`` f32 [1,3,224,224] (RGB, /255, ImageNet mean/std
-normalised, NCHW), output ``logits`` f32 [1,1000] (no softmax; class order of ``synset.txt``).
+Interface of the built file: input ``input`` f32 [N,3,224,224] (RGB, /255, ImageNet mean/std
+normalised, NCHW), output ``logits`` f32 [N,1000] (no softmax; class order of ``synset.txt``).
+The batch dimension ``N`` is symbolic, so the mlinference provider's adaptive batcher can stack
+concurrent requests (issue 19); one image is a batch of 1.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from mlcloud.modelbuild.errors import ModelBuildError
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 INPUT_SIZE = 224
+BATCH = "N"  # the symbolic batch dimension of the input and the output
 NUM_CLASSES = 1000
 OPSET = 13
 BN_EPS = 1e-3
@@ -186,8 +189,8 @@ def build_model(state: dict[str, np.ndarray]) -> onnx.ModelProto:
         raise ModelBuildError(f"state_dict entries not used by the graph: {leftover[:5]}")
     graph = helper.make_graph(
         g.nodes, "efficientnet_lite0",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, 3, INPUT_SIZE, INPUT_SIZE])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [1, NUM_CLASSES])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [BATCH, 3, INPUT_SIZE, INPUT_SIZE])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, [BATCH, NUM_CLASSES])],
         g.inits,
     )
     model = helper.make_model(

@@ -115,10 +115,11 @@ async def test_health_and_model_metadata(http):
     info = (await http.get("/models/mobilenetv27")).json()
     assert info["bindle_id"] == "efficientnet-lite0/1.0.0" and info["state"] == "READY"
     assert info["engine"] == "onnxruntime"
-    # The metadata declares the ImageNet normalisation, so images travel as 8-bit pixels.
-    assert info["inputs"] == [{"name": "input", "shape": [1, 3, 224, 224], "datatype": "ValueF32",
+    # The metadata declares the ImageNet normalisation, so images travel as 8-bit pixels; the batch
+    # dimension is symbolic (-1), so adaptive batching can stack requests.
+    assert info["inputs"] == [{"name": "input", "shape": [-1, 3, 224, 224], "datatype": "ValueF32",
                                "image_datatype": "ValueU8"}]
-    assert info["outputs"][0]["shape"] == [1, 1000]
+    assert info["outputs"][0]["shape"] == [-1, 1000]
 
 
 @pytest.mark.parametrize(
