@@ -24,7 +24,7 @@ from typing import Any
 
 from mlcloud.batch import BatchSummary, JobSettings, Journal, open_source, run_job
 from mlcloud.bench.loadgen import LoadResult, http_load
-from mlcloud.bench.runner import ROUTE, STARTUP_TIMEOUT, _child, _work_dir
+from mlcloud.bench.runner import ROUTE, STARTUP_TIMEOUT, child_process, work_dir_or_temp
 from mlcloud.bench.workload import load_images
 
 TARGET_RATIO = 0.9  # issue 17: batch jobs reach at least 0.9× the HTTP path's throughput at concurrency 16
@@ -101,10 +101,10 @@ def run_batch_bench(*, url: str | None, concurrency: int, requests: int, rounds:
     """The comparison against the lattice at ``url``, or one started for it."""
     import sys
 
-    with _work_dir(work_dir) as work, contextlib.ExitStack() as children:
+    with work_dir_or_temp(work_dir) as work, contextlib.ExitStack() as children:
         if url is None:
             say(f"mlcloud: the whole lattice, PUT /{ROUTE}/matches (starting it…)")
-            _, line = children.enter_context(_child(
+            _, line = children.enter_context(child_process(
                 [sys.executable, "-m", "mlcloud.bench.stack", "--state-dir", str(work / "stack")], "{",
                 timeout=STARTUP_TIMEOUT, log=work / "mlcloud.log"))
             url = str(json.loads(line)["http_url"])

@@ -214,7 +214,7 @@ class Bench:
         build_dir = self.config.build_dir or build_models()
         self.build_dir = Path(build_dir)
         model_path(self.build_dir)  # fail early with the build hint
-        with _work_dir(self.config.work_dir) as work, contextlib.ExitStack() as children:
+        with work_dir_or_temp(self.config.work_dir) as work, contextlib.ExitStack() as children:
             self.work = work
             self.children = children
             asyncio.run(self._run())
@@ -236,7 +236,7 @@ class Bench:
             self.say("naive: one aiohttp process per set-up, onnxruntime in its thread pool (starting them…)")
             for setup in self.config.setups:
                 port = free_port()
-                proc, _ = self.children.enter_context(_child(
+                proc, _ = self.children.enter_context(child_process(
                     [sys.executable, "-m", "mlcloud.bench.naive", "--port", str(port), "--build-dir",
                      str(self.build_dir), "--setup", setup], "listening on", log=self.work / f"naive-{setup}.log"))
                 systems.append(HttpSystem("naive", f"{ORT}/{setup}", [proc.pid], f"http://127.0.0.1:{port}",
@@ -251,7 +251,7 @@ class Bench:
         if "mlcloud" in self.config.systems:
             self.say(f"mlcloud: the whole lattice, PUT /{ROUTE}/matches (starting it…)")
             started = time.monotonic()
-            proc, line = self.children.enter_context(_child(
+            proc, line = self.children.enter_context(child_process(
                 [sys.executable, "-m", "mlcloud.bench.stack", "--state-dir", str(self.work / "stack")], "{",
                 timeout=STARTUP_TIMEOUT, log=self.work / "mlcloud.log"))
             info = json.loads(line)
@@ -286,7 +286,7 @@ class Bench:
         name = f"mlcloud@{checkout.name}"
         self.say(f"{name}: the lattice from {checkout} (starting it…)")
         env = {**os.environ, "PYTHONPATH": str(checkout.resolve())}
-        proc, line = self.children.enter_context(_child(
+        proc, line = self.children.enter_context(child_process(
             [sys.executable, "-m", "mlcloud.bench.stack", "--state-dir", str(self.work / f"stack-{checkout.name}")],
             "{", timeout=STARTUP_TIMEOUT, env=env, log=self.work / f"{name}.log",
             cwd=checkout))  # `python -m` puts the working directory first on sys.path
@@ -404,7 +404,7 @@ def _config_json(config: BenchConfig) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _work_dir(path: Path | None) -> Iterator[Path]:
+def work_dir_or_temp(path: Path | None) -> Iterator[Path]:
     if path is not None:
         path.mkdir(parents=True, exist_ok=True)
         yield path
@@ -414,7 +414,7 @@ def _work_dir(path: Path | None) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _child(argv: list[str], ready_prefix: str, *, timeout: float = 120.0, env: dict[str, str] | None = None,
+def child_process(argv: list[str], ready_prefix: str, *, timeout: float = 120.0, env: dict[str, str] | None = None,
            log: Path | None = None, cwd: Path | None = None) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """Start a server process, wait for its ready line on stdout; stop it (TERM, then KILL) after.
 
