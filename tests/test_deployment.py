@@ -20,7 +20,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import mlcloud
-from mlcloud.deployment import _run, write_bundle
+from mlcloud.deployment import run_blocking, write_bundle
 from mlcloud.modelbuild import convert
 from mlcloud.modelbuild.errors import ConversionError, MissingExtra
 from mlcloud.testing.stack import MODELS_DIR, running_stack
@@ -152,7 +152,7 @@ async def test_the_sync_api_runs_inside_a_running_event_loop_as_in_jupyter():
         await asyncio.sleep(0)
         return 42
 
-    assert _run(answer) == 42
+    assert run_blocking(answer) == 42
 
 
 @pytest.mark.asyncio(loop_scope="module")
