@@ -3,16 +3,21 @@
     python -m mlcloud.testing.screenshot --url http://127.0.0.1:4000/ --out docs/washboard.png
 
 Also where the browser tests get their browser: :func:`launch_chromium` starts the system
-chromium (no browser download) with the flags that keep it quiet and offline.
+chromium (no browser download) with the flags that keep it quiet and offline, and
+:func:`washboard_page` opens a stack's washboard in it.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+from mlcloud.settings import Settings
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -29,6 +34,34 @@ async def launch_chromium(playwright: Any, executable: str = CHROMIUM) -> Any:
     if os.geteuid() == 0:
         args.append("--no-sandbox")
     return await playwright.chromium.launch(executable_path=executable, args=args, headless=True)
+
+
+@contextlib.asynccontextmanager
+async def washboard_page(settings: Settings, *, timeout_ms: float = 30_000, width: int = 1440,
+                         height: int = 900) -> AsyncIterator[Any]:
+    """A chromium page on a washboard of the lattice ``settings`` name, served on a free port and
+    signed in with the state dir's token. JavaScript errors on the page fail the block."""
+    from playwright.async_api import async_playwright
+
+    from mlcloud.servers import running_app
+    from mlcloud.washboard.access import load_or_create_token
+    from mlcloud.washboard.app import create_washboard
+
+    token = load_or_create_token(settings.state_dir)
+    app = create_washboard(settings, token=token, poll_interval=0.5)
+    async with running_app(app, "127.0.0.1:0", "the washboard", access_log=None) as address, \
+            async_playwright() as playwright:
+        browser = await launch_chromium(playwright)
+        try:
+            page = await browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(timeout_ms)
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"http://{address}/#token={token}")
+            yield page
+            assert not errors, f"JavaScript errors on the page: {errors}"
+        finally:
+            await browser.close()
 
 
 async def capture(page: Any, path: Path) -> None:

@@ -22,11 +22,8 @@ import pytest_asyncio
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from mlcloud.servers import running_app
-from mlcloud.testing.screenshot import CHROMIUM, launch_chromium
+from mlcloud.testing.screenshot import CHROMIUM, washboard_page
 from mlcloud.testing.stack import PROJECT_DIR
-from mlcloud.washboard.access import load_or_create_token
-from mlcloud.washboard.app import create_washboard
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
@@ -196,27 +193,17 @@ async def test_the_cli_uses_the_same_repository_operations(stack, client):
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing: apt-get install chromium")
 async def test_the_washboard_unloads_and_loads_from_the_page(stack, client):
-    playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright package is not installed")
-    token = load_or_create_token(stack.settings.state_dir)
-    app = create_washboard(stack.settings, token=token, poll_interval=0.5)
-    async with running_app(app, "127.0.0.1:0", "the washboard", access_log=None) as address, \
-            playwright_api.async_playwright() as playwright:
-        browser = await launch_chromium(playwright)
-        try:
-            page = await browser.new_page()
-            page.set_default_timeout(30_000)
-            await page.goto(f"http://{address}/#token={token}")
-            plus3 = page.locator("#models tbody tr[data-route='plus3']")
-            await plus3.get_by_role("button", name="Unload…", exact=True).click()
-            await page.click("#dialog-confirm")
-            await plus3.wait_for(state="detached")
-            assert not await call(client.is_model_ready, "plus3")
+    async with washboard_page(stack.settings) as page:
+        plus3 = page.locator("#models tbody tr[data-route='plus3']")
+        await plus3.get_by_role("button", name="Unload…", exact=True).click()
+        await page.click("#dialog-confirm")
+        await plus3.wait_for(state="detached")
+        assert not await call(client.is_model_ready, "plus3")
 
-            identity = page.locator("#models tbody tr[data-route='identity']")
-            await identity.get_by_role("button", name="Load…", exact=True).click()
-            await page.fill("#load-route", "plus3")  # the route's own bindle, from its link
-            await page.click("#dialog-confirm")
-            await plus3.locator(".badge").wait_for()
-            assert await call(client.is_model_ready, "plus3")
-        finally:
-            await browser.close()
+        identity = page.locator("#models tbody tr[data-route='identity']")
+        await identity.get_by_role("button", name="Load…", exact=True).click()
+        await page.fill("#load-route", "plus3")  # the route's own bindle, from its link
+        await page.click("#dialog-confirm")
+        await plus3.locator(".badge").wait_for()
+        assert await call(client.is_model_ready, "plus3")
+

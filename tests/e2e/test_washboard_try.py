@@ -15,11 +15,8 @@ from sklearn.datasets import load_iris
 from sklearn.linear_model import LogisticRegression
 
 import mlcloud
-from mlcloud.servers import running_app
-from mlcloud.testing.screenshot import CHROMIUM, launch_chromium
+from mlcloud.testing.screenshot import CHROMIUM, washboard_page
 from mlcloud.testing.stack import PROJECT_DIR
-from mlcloud.washboard.access import load_or_create_token
-from mlcloud.washboard.app import create_washboard
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow, pytest.mark.browser,
@@ -33,23 +30,9 @@ WAIT_MS = 45_000  # starting instances and loading models is slow on a loaded 2-
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def page(stack):
-    playwright_api = pytest.importorskip("playwright.async_api", reason="the playwright package is not installed")
-    token = load_or_create_token(stack.settings.state_dir)
-    app = create_washboard(stack.settings, token=token, poll_interval=0.5)
-    async with running_app(app, "127.0.0.1:0", "the washboard", access_log=None) as address, \
-            playwright_api.async_playwright() as playwright:
-        browser = await launch_chromium(playwright)
-        try:
-            page = await browser.new_page(viewport={"width": 1440, "height": 900})
-            page.set_default_timeout(WAIT_MS)
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            await page.goto(f"http://{address}/#token={token}")
-            await page.wait_for_selector("#conn.live")
-            yield page
-            assert not errors, f"JavaScript errors on the page: {errors}"
-        finally:
-            await browser.close()
+    async with washboard_page(stack.settings, timeout_ms=WAIT_MS) as page:
+        await page.wait_for_selector("#conn.live")
+        yield page
 
 
 async def choose_route(page, route: str) -> None:
