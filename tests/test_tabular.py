@@ -1,5 +1,5 @@
 """The tabular predict codec (``POST /{model}/predict``): rows in, the model's matrix out, every
-refusal naming its field. The route itself runs against the real stack in tests/test_deployment.py."""
+refusal naming its field. The route itself runs against the real stack in tests/e2e/test_deployment.py."""
 
 from __future__ import annotations
 

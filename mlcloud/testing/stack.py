@@ -49,6 +49,13 @@ class Stack:
                             return
                     await asyncio.sleep(0.1)
 
+    async def deploy(self, *args: Any, **kwargs: Any) -> Any:
+        """``mlcloud.deploy`` against this stack, quietly, off the event loop (it blocks)."""
+        import mlcloud
+
+        return await asyncio.to_thread(mlcloud.deploy, *args, settings=self.settings,
+                                       progress=lambda _: None, **kwargs)
+
 
 def build_models(models_dir: Path = MODELS_DIR) -> Path:
     """Build the model bundles if they are missing or stale; return the build directory."""

@@ -12,7 +12,6 @@ import os
 import httpx
 import numpy as np
 import pytest
-import pytest_asyncio
 from sklearn.datasets import load_iris
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.linear_model import LogisticRegression
@@ -23,19 +22,9 @@ import mlcloud
 from mlcloud.deployment import run_blocking, write_bundle
 from mlcloud.modelbuild import convert
 from mlcloud.modelbuild.errors import ConversionError, MissingExtra
-from mlcloud.testing.stack import MODELS_DIR, running_stack
+from mlcloud.testing.stack import MODELS_DIR
 
 X, Y = load_iris(return_X_y=True)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory):
-    async with running_stack(tmp_path_factory.mktemp("stack")) as running:
-        yield running
-
-
-async def deploy(stack, *args, **kwargs) -> mlcloud.Deployment:
-    return await asyncio.to_thread(mlcloud.deploy, *args, settings=stack.settings, progress=lambda _: None, **kwargs)
 
 
 async def infer(client: httpx.AsyncClient, name: str, rows: np.ndarray) -> tuple[dict[str, list], str]:
@@ -59,7 +48,7 @@ async def served_by(client: httpx.AsyncClient, name: str) -> str:
 @pytest.mark.slow
 async def test_an_iris_pipeline_deployed_from_python_answers_as_the_estimator_and_updates_without_a_failure(stack):
     pipeline = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(X, Y)
-    first = await deploy(stack, pipeline, "iris", sample=X[:5])
+    first = await stack.deploy(pipeline, "iris", sample=X[:5])
     assert (first.bindle_id, first.url) == ("iris/1.0.0", f"{stack.http_url}/iris")
     assert first.curl.startswith(f"curl -s {stack.http_url}/iris/predict ") and "[[5.1, 3.5, 1.4, 0.2]]" in first.curl
     async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
@@ -84,7 +73,7 @@ async def test_an_iris_pipeline_deployed_from_python_answers_as_the_estimator_an
                     failures.append(repr(exc))
 
         clients = [asyncio.create_task(load()) for _ in range(4)]
-        second = await deploy(stack, forest, "iris", version="2.0.0", sample=X[:5])
+        second = await stack.deploy(forest, "iris", version="2.0.0", sample=X[:5])
         swapping = False
         await asyncio.gather(*clients)
         assert failures == [] and answered > 0
@@ -98,9 +87,9 @@ async def test_an_iris_pipeline_deployed_from_python_answers_as_the_estimator_an
 @pytest.mark.slow
 async def test_an_onnx_file_deploys_with_the_next_patch_version_lists_and_undeploys_to_a_404(stack):
     model = MODELS_DIR / "build" / "identity_model-0.2.0" / "identity_model.onnx"
-    first = await deploy(stack, model, "echo")
+    first = await stack.deploy(model, "echo")
     assert first.bindle_id == "echo/1.0.0"
-    second = await deploy(stack, str(model), "echo")
+    second = await stack.deploy(str(model), "echo")
     assert second.bindle_id == "echo/1.0.1"
     tensor = {"dimensions": [1, 4], "valueTypes": ["ValueF32"], "flags": 0,
               "data": list(np.array([1, 2, 3, 4], dtype="<f4").tobytes())}
@@ -212,7 +201,7 @@ async def test_tabular_predict_takes_rows_as_lists_or_by_feature_name_and_names_
 
     frame = pd.DataFrame(X, columns=["sepal_length", "sepal_width", "petal_length", "petal_width"])
     model = LogisticRegression(max_iter=500).fit(frame, Y)
-    await deploy(stack, model, "iris-rows", sample=frame[:5])
+    await stack.deploy(model, "iris-rows", sample=frame[:5])
     rows = frame[::10]
     async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
         by_list = await client.post("/iris-rows/predict", json={"instances": rows.values.tolist()})
@@ -242,14 +231,14 @@ async def test_a_model_the_provider_cannot_load_is_unlinked_and_the_route_keeps_
 
     from mlcloud.errors import InvalidModel
 
-    await deploy(stack, MODELS_DIR / "build" / "identity_model-0.2.0" / "identity_model.onnx", "steady")
+    await stack.deploy(MODELS_DIR / "build" / "identity_model-0.2.0" / "identity_model.onnx", "steady")
     io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 4]) for n in ("input", "output")]
     unknown_op = helper.make_graph([helper.make_node("Foo", ["input"], ["output"], domain="com.example")], "g",
                                    io[:1], io[1:])
     broken = helper.make_model(unknown_op, opset_imports=[helper.make_opsetid("", 13),
                                                           helper.make_opsetid("com.example", 1)], ir_version=8)
     with pytest.raises(InvalidModel, match="steady/1.0.1"):
-        await deploy(stack, broken, "steady")
+        await stack.deploy(broken, "steady")
     listed = {m.name: m for m in await asyncio.to_thread(mlcloud.models, settings=stack.settings)}
     assert (listed["steady"].bindle_id, listed["steady"].state) == ("steady/1.0.0", "READY")
     async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:

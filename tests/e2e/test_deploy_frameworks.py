@@ -17,30 +17,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import pytest_asyncio
 from sklearn.datasets import load_iris
 
-import mlcloud
 from mlcloud.deployment import write_bundle
 from mlcloud.modelbuild import convert
 from mlcloud.modelbuild.errors import ConversionError, MissingExtra
-from mlcloud.testing.stack import running_stack
 from tests.inference.models import plus3_graphdef
 
 X, Y = load_iris(return_X_y=True)
 FEATURES = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 IMAGE = (64, 64, 3)
 CLASSES = 10
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory):
-    async with running_stack(tmp_path_factory.mktemp("stack")) as running:
-        yield running
-
-
-async def deploy(stack, *args, **kwargs) -> mlcloud.Deployment:
-    return await asyncio.to_thread(mlcloud.deploy, *args, settings=stack.settings, progress=lambda _: None, **kwargs)
 
 
 def mobilenet_frozen_graph(path: Path, images: np.ndarray) -> np.ndarray:
@@ -106,7 +93,7 @@ async def test_an_xgboost_classifier_answers_predict_and_proba_as_the_model_does
 
     frame = pd.DataFrame(X, columns=FEATURES)
     model = xgboost.XGBClassifier(n_estimators=20, max_depth=3, random_state=0).fit(frame, Y)
-    deployed = await deploy(stack, model, "xgb-iris", sample=frame[:5])
+    deployed = await stack.deploy(model, "xgb-iris", sample=frame[:5])
     assert deployed.bindle_id == "xgb-iris/1.0.0" and deployed.curl.startswith(f"curl -s {deployed.url}/predict ")
     async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
         labels = await client.post("/xgb-iris/predict", json={"instances": frame.to_dict(orient="records")})
@@ -125,7 +112,7 @@ async def test_a_saved_lightgbm_model_file_deploys_and_answers_as_the_booster_do
 
     model = lightgbm.LGBMRegressor(n_estimators=20, num_leaves=8, verbose=-1).fit(X[:, :3], X[:, 3])
     model.booster_.save_model(tmp_path / "petal-width.txt")
-    deployed = await deploy(stack, tmp_path / "petal-width.txt", "lgb-petal")
+    deployed = await stack.deploy(tmp_path / "petal-width.txt", "lgb-petal")
     assert deployed.bindle_id == "lgb-petal/1.0.0"
     async with httpx.AsyncClient(base_url=stack.http_url, timeout=30) as client:
         reply = await client.post("/lgb-petal/predict", json={"instances": X[:, :3].tolist()})
@@ -169,7 +156,7 @@ async def test_a_frozen_tf1_mobilenet_is_converted_by_tf2onnx_and_answers_as_ten
     pytest.importorskip("tf2onnx", reason="the tensorflow extra is not installed")
     graph = tmp_path / "mobilenet.pb"
     expected = await asyncio.to_thread(mobilenet_frozen_graph, graph, images)
-    deployed = await deploy(stack, graph, "mobilenet", sample=images[:1])
+    deployed = await stack.deploy(graph, "mobilenet", sample=images[:1])
     assert deployed.bindle_id == "mobilenet/1.0.0" and "/v2/models/mobilenet/infer" in deployed.curl
     body = {"inputs": [{"name": "input", "shape": list(images.shape), "datatype": "FP32",
                         "data": images.ravel().tolist()}]}
