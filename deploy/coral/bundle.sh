@@ -60,8 +60,8 @@ pip=("${PYTHON}" -m pip)
     --platform manylinux_2_27_aarch64 --platform manylinux_2_17_aarch64 --python-version 3.11 \
     --implementation cp -r "${HERE}/requirements-aarch64.txt" -d "${OUT}/wheels"
 "${pip[@]}" wheel --quiet --progress-bar off --no-deps -r "${HERE}/requirements-aarch64-sdist.txt" -w "${OUT}/wheels"
-"${pip[@]}" wheel --quiet --progress-bar off --no-deps "${PROJECT}" -w "${OUT}/wheels"
-rm -rf "${PROJECT}/build"  # setuptools' leftovers
+"${pip[@]}" wheel --quiet --progress-bar off --no-deps "${OUT}/mlcloud" -w "${OUT}/wheels"
+rm -rf "${OUT}/mlcloud/build" "${OUT}"/mlcloud/*.egg-info  # setuptools builds in the tree
 say "wheels/: $(find "${OUT}/wheels" -name '*.whl' | wc -l) wheels"
 
 # 3. the standalone CPython.
