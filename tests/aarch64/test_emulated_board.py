@@ -53,9 +53,11 @@ from tests.deploy.test_aarch64_deps import standin_python_archive
 from tests.deploy.test_leaf_node import nats_creds, start, wait_log
 
 ROOT = Path(os.environ["MLCLOUD_AARCH64_ROOT"]) if os.environ.get("MLCLOUD_AARCH64_ROOT") else None
+EMULATED = 1800.0  # seconds: installs and first model loads under qemu on a busy 2-core machine
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(ROOT is None, reason="opt-in: `make test-aarch64` (MLCLOUD_AARCH64_ROOT, an emulated board)"),
+    pytest.mark.timeout(3 * EMULATED),  # the install fixture runs in the first test's setup
 ]
 
 SRC = "/srv/mlcloud"  # the copy of the checkout on the board
@@ -66,7 +68,6 @@ CAT = PROJECT_DIR / "images" / "cat.jpg"
 CAT_LABELS = {"n02124075 Egyptian cat", "n02123045 tabby, tabby cat", "n02123159 tiger cat"}
 BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
             "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1"}
-EMULATED = 1800.0  # seconds: installs and first model loads under qemu on a busy 2-core machine
 
 
 def in_root(root: Path, env: dict[str, str], *args: str) -> list[str]:
@@ -239,7 +240,6 @@ async def answer(http: httpx.AsyncClient, method: str, path: str, timeout: float
         await asyncio.sleep(1)
 
 
-@pytest.mark.timeout(3 * EMULATED)
 @pytest.mark.parametrize("join", ["direct", "leaf"])
 async def test_models_on_the_emulated_board_answer_through_the_x86_lattice(
     board: Board, join: str, tmp_path: Path
