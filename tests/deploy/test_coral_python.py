@@ -30,19 +30,24 @@ def script(path: Path, text: str) -> Path:
     return path
 
 
-@pytest.fixture
-def mendel_python(tmp_path: Path) -> Path:
-    """python3 as python.sh sees Mendel 5's: 3.7.3, and `-m pip` missing (no python3-pip)."""
-    return script(tmp_path / "python3.7", f"""#!/bin/sh
+def old_python(path: Path, *, pip: bool) -> Path:
+    """python3 as python.sh sees Mendel 5's: 3.7.3; ``-m pip`` is this machine's pip, or missing."""
+    module = f'exec {sys.executable} "$@"' if pip else 'echo "python3.7: No module named $2" >&2; exit 1'
+    return script(path, f"""#!/bin/sh
 case "$1" in
     -c) exec {sys.executable} -c "import sys, platform
 sys.version_info = (3, 7, 3, 'final', 0)
 platform.python_version = lambda: '3.7.3'
 $2" ;;
-    -m) echo "python3.7: No module named $2" >&2; exit 1 ;;
+    -m) {module} ;;
 esac
 exit 2
 """)
+
+
+@pytest.fixture
+def mendel_python(tmp_path: Path) -> Path:
+    return old_python(tmp_path / "python3.7", pip=False)
 
 
 def bundle_with_python(root: Path) -> Path:
@@ -115,3 +120,20 @@ def test_no_python_at_all_is_said_too(tmp_path: Path) -> None:
     result = python_sh(tmp_path / "opt", tmp_path, python=tmp_path / "python3")
     assert result.returncode == 1 and "is missing, older than" not in result.stdout
     assert f"{tmp_path / 'python3'} is missing, older than {MIN_PYTHON}" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_online_a_too_old_python_gets_uv_through_pip_and_says_when_the_download_fails(tmp_path: Path) -> None:
+    """The online path up to the download: uv comes from the package index into PREFIX/uv, then
+    `uv python install` is pointed at a mirror that does not exist (this machine reaches no
+    download site; one that does would succeed), so the message for a board without internet shows."""
+    prefix = tmp_path / "opt"
+    env = {**os.environ, "PYTHON": str(old_python(tmp_path / "python3.7", pip=True)), "PATH": "/usr/bin:/bin",
+           "UV_PYTHON_INSTALL_MIRROR": (tmp_path / "no-mirror").as_uri(), "UV_CACHE_DIR": str(tmp_path / "uv-cache")}
+    result = subprocess.run([str(PYTHON_SH), str(prefix)], capture_output=True, text=True, env=env, timeout=280)
+    assert result.returncode == 1 and result.stdout == "", result.stderr
+    assert "no uv here: installing it from the package index" in result.stderr
+    assert (prefix / "uv" / "bin" / "uv").is_file()
+    assert f"uv could not download CPython {MIN_PYTHON} (python-build-standalone); without internet, make an " \
+        "offline bundle" in result.stderr
