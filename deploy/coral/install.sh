@@ -96,8 +96,8 @@ if [ -n "${TRUST}" ] && ! [[ "${TRUST}" =~ ^A[A-Z2-7]{55}$ ]]; then
     die "--trust must be an account public key (A…, 56 characters), as \`mlcloud trust list\` prints it"
 fi
 if [ -n "${BUNDLE}" ]; then
-    BUNDLE="$(cd "${BUNDLE}" && pwd)"
     [ -d "${BUNDLE}/wheels" ] || die "--bundle ${BUNDLE} has no wheels/: make it with deploy/coral/bundle.sh"
+    BUNDLE="$(cd "${BUNDLE}" && pwd)"
     WHEELS="${BUNDLE}/wheels"
 fi
 case "${CORAL}" in auto | true | false) ;; *) die "--coral must be auto, true or false" ;; esac

@@ -137,3 +137,10 @@ def test_online_a_too_old_python_gets_uv_through_pip_and_says_when_the_download_
     assert (prefix / "uv" / "bin" / "uv").is_file()
     assert f"uv could not download CPython {MIN_PYTHON} (python-build-standalone); without internet, make an " \
         "offline bundle" in result.stderr
+
+
+def test_install_sh_refuses_a_folder_that_is_no_bundle(tmp_path: Path) -> None:
+    result = subprocess.run([str(PROJECT / "deploy" / "coral" / "install.sh"), "--bundle", str(tmp_path),
+                             "--dev", "127.0.0.1"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert f"--bundle {tmp_path} has no wheels/: make it with deploy/coral/bundle.sh" in result.stderr
