@@ -178,7 +178,7 @@ def board_settings(root: Path) -> dict[str, str]:
 def test_install_sh_made_an_aarch64_venv_and_the_board_settings(board: Board) -> None:
     out = run_in_root(board.root, {}, f"{PREFIX}/venv/bin/python", "-c",
                       "import platform, onnxruntime, ai_edge_litert, mlcloud; print(platform.machine())")
-    assert out.strip().splitlines()[-1] == "aarch64"
+    assert "aarch64" in out.splitlines(), out  # (onnxruntime warns that cpuinfo finds no /sys)
     env = board_settings(board.root)
     assert env["MLCLOUD_TRUSTED_ISSUERS"] == board.account
     assert env["MLCLOUD_NATS_URL"] == "nats://127.0.0.1:4222" and env["MLCLOUD_REGISTRY"] == "127.0.0.1:5000"
@@ -329,4 +329,4 @@ def test_the_offline_bundle_installs_on_a_board_without_index_or_new_python(boar
     assert f"Python {prefix}/python/bin/python3 (3.11." in out
     check = run_in_root(board.root, {}, f"{prefix}/venv/bin/python", "-c",
                         "import ai_edge_litert.interpreter, onnxruntime, mlcloud, platform; print(platform.machine())")
-    assert check.strip().splitlines()[-1] == "aarch64"
+    assert "aarch64" in check.splitlines(), check
