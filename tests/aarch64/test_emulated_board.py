@@ -201,7 +201,8 @@ async def dev_machine(tmp_path: Path, board: Board, leaf_listen: int) -> AsyncIt
             {}, state_dir=tmp_path / "dev-state", nats_url=f"nats://127.0.0.1:{hub_port}",
             nats_creds=auth.directory / "host.creds", nats_account_seed=auth.account_seed_path,
             lattice=f"emulated-{uuid.uuid4().hex[:8]}", registry="127.0.0.1:0",
-            http_address=f"127.0.0.1:{free_port()}", rpc_timeout=60.0, health_interval=1.0,
+            # A provider start answers once the instance is ready: minutes under qemu.
+            http_address=f"127.0.0.1:{free_port()}", rpc_timeout=60.0, ctl_timeout=EMULATED / 2, health_interval=1.0,
             heartbeat_interval=1.0, restart_backoff=0.2, stop_grace=3.0)
         async with contextlib.AsyncExitStack() as stack:
             bindle = await stack.enter_async_context(running_app(
@@ -250,55 +251,57 @@ async def test_models_on_the_emulated_board_answer_through_the_x86_lattice(
     started = time.monotonic()
     leaf_listen = free_port()
     models = await asyncio.to_thread(build_models)
-    async with dev_machine(tmp_path, board, leaf_listen) as (settings, hub_url), contextlib.ExitStack() as stack:
-        nats_url = hub_url
-        if join == "leaf":
-            # The nats.conf install.sh wrote, on this test's ports (4222 and 7422 may be taken here).
-            port = free_port()
-            conf = (board.root / "etc/mlcloud/nats.conf").read_text()
-            conf = conf.replace('"127.0.0.1:4222"', f'"127.0.0.1:{port}"').replace(":7422", f":{leaf_listen}")
-            (board.root / "etc/mlcloud/nats-test.conf").write_text(conf)
-            leaf_log = tmp_path / "leaf.log"
-            stack.enter_context(board_process(board.root, {}, leaf_log, f"{PREFIX}/venv/bin/nats-server",
-                                              "-c", "/etc/mlcloud/nats-test.conf"))
-            await wait_log(leaf_log, "Leafnode connection created", timeout=120)
-            nats_url = f"nats://127.0.0.1:{port}"
-        env = board_settings(board.root) | {
-            "MLCLOUD_LATTICE": settings.lattice, "MLCLOUD_NATS_URL": nats_url,
-            "MLCLOUD_BINDLE_URL": settings.effective_bindle_url, "MLCLOUD_REGISTRY": str(settings.registry),
-            "MLCLOUD_STATE_DIR": f"/var/lib/mlcloud-{join}", "MLCLOUD_RPC_TIMEOUT": "60",
-            "MLCLOUD_READY_TIMEOUT": "900", "MLCLOUD_HEARTBEAT_INTERVAL": "2",
-            # The secrets install.sh put in /var/lib/mlcloud/nats-auth.
-            "MLCLOUD_NATS_CREDS": "/var/lib/mlcloud/nats-auth/host.creds",
-            "MLCLOUD_NATS_ACCOUNT_SEED": "/var/lib/mlcloud/nats-auth/account.nk",
-        }
-        board_log = tmp_path / "board-host.log"
-        host = stack.enter_context(board_process(board.root, env, board_log, f"{PREFIX}/venv/bin/mlcloud", "host",
-                                                 "--label", "arch=aarch64", "--label", "coral=false"))
-        async with await CtlClient.connect(settings) as ctl:
-            async with asyncio.timeout(EMULATED):
-                while len(await ctl.get_hosts()) < 2:
-                    assert host.poll() is None, board_log.read_text()[-3000:]
-                    await asyncio.sleep(1)
-            await deploy_app(settings, CORAL_APP, lambda line: None, models, PROJECT_DIR)
-            inventories = {inv.labels["arch"]: inv for inv in await ctl.get_inventories()}
-            assert sorted(p.name for p in inventories["aarch64"].providers) == ["mlinference"]
-            assert sorted(p.name for p in inventories["x86_64"].providers) == ["httpserver"]
+    async with dev_machine(tmp_path, board, leaf_listen) as (settings, hub_url):
+        with contextlib.ExitStack() as stack:
+            nats_url = hub_url
+            if join == "leaf":
+                # The nats.conf install.sh wrote, on this test's ports (4222 and 7422 may be taken here).
+                port = free_port()
+                conf = (board.root / "etc/mlcloud/nats.conf").read_text()
+                conf = conf.replace('"127.0.0.1:4222"', f'"127.0.0.1:{port}"').replace(":7422", f":{leaf_listen}")
+                (board.root / "etc/mlcloud/nats-test.conf").write_text(conf)
+                leaf_log = tmp_path / "leaf.log"
+                stack.enter_context(board_process(board.root, {}, leaf_log, f"{PREFIX}/venv/bin/nats-server",
+                                                  "-c", "/etc/mlcloud/nats-test.conf"))
+                await wait_log(leaf_log, "Leafnode connection created", timeout=120)
+                nats_url = f"nats://127.0.0.1:{port}"
+            env = board_settings(board.root) | {
+                "MLCLOUD_LATTICE": settings.lattice, "MLCLOUD_NATS_URL": nats_url,
+                "MLCLOUD_BINDLE_URL": settings.effective_bindle_url, "MLCLOUD_REGISTRY": str(settings.registry),
+                "MLCLOUD_STATE_DIR": f"/var/lib/mlcloud-{join}", "MLCLOUD_RPC_TIMEOUT": "60",
+                "MLCLOUD_READY_TIMEOUT": "900", "MLCLOUD_HEARTBEAT_INTERVAL": "2",
+                # The secrets install.sh put in /var/lib/mlcloud/nats-auth.
+                "MLCLOUD_NATS_CREDS": "/var/lib/mlcloud/nats-auth/host.creds",
+                "MLCLOUD_NATS_ACCOUNT_SEED": "/var/lib/mlcloud/nats-auth/account.nk",
+            }
+            board_log = tmp_path / "board-host.log"
+            host = stack.enter_context(board_process(board.root, env, board_log, f"{PREFIX}/venv/bin/mlcloud", "host",
+                                                     "--label", "arch=aarch64", "--label", "coral=false"))
+            async with await CtlClient.connect(settings) as ctl:
+                async with asyncio.timeout(EMULATED):
+                    while len(await ctl.get_hosts()) < 2:
+                        assert host.poll() is None, board_log.read_text()[-3000:]
+                        await asyncio.sleep(1)
+                await deploy_app(settings, CORAL_APP, lambda line: None, models, PROJECT_DIR)
+                inventories = {inv.labels["arch"]: inv for inv in await ctl.get_inventories()}
+                assert sorted(p.name for p in inventories["aarch64"].providers) == ["mlinference"]
+                assert sorted(p.name for p in inventories["x86_64"].providers) == ["httpserver"]
 
-        async with httpx.AsyncClient(base_url=f"http://{settings.http_address}", timeout=120) as http:
-            plus3 = await answer(http, "POST", "/plus3", EMULATED, json=f32_tensor([1, 2, 3, 4], [1, 4]))
-            assert plus3.status_code == 200, plus3.text
-            assert list(np.frombuffer(bytes(plus3.json()["tensor"]["data"]), "<f4")) == [4, 5, 6, 7]
-            tensor = f32_tensor([1, 2, 3, 4], [1, 4])
-            identity = await answer(http, "POST", "/identity", EMULATED, json=tensor)
-            assert identity.status_code == 200 and identity.json()["tensor"]["data"] == tensor["data"], identity.text
-            matches = await answer(http, "PUT", "/mobilenetv27/matches", EMULATED, content=CAT.read_bytes())
-            assert matches.status_code == 200, matches.text
-            assert matches.json()[0]["label"] in CAT_LABELS, matches.json()
-        log = board_log.read_text()
-        # No Edge TPU here: LiteRT's CPU kernels ran plus3, and the log says so.
-        assert "libedgetpu.so.1 is not available" in log and "plus3-tflite on CPU" in log, log[-3000:]
-        assert "Traceback" not in log, log[-6000:]
+            async with httpx.AsyncClient(base_url=f"http://{settings.http_address}", timeout=120) as http:
+                plus3 = await answer(http, "POST", "/plus3", EMULATED, json=f32_tensor([1, 2, 3, 4], [1, 4]))
+                assert plus3.status_code == 200, plus3.text
+                assert list(np.frombuffer(bytes(plus3.json()["tensor"]["data"]), "<f4")) == [4, 5, 6, 7]
+                tensor = f32_tensor([1, 2, 3, 4], [1, 4])
+                identity = await answer(http, "POST", "/identity", EMULATED, json=tensor)
+                assert identity.status_code == 200, identity.text
+                assert identity.json()["tensor"]["data"] == tensor["data"]
+                matches = await answer(http, "PUT", "/mobilenetv27/matches", EMULATED, content=CAT.read_bytes())
+                assert matches.status_code == 200, matches.text
+                assert matches.json()[0]["label"] in CAT_LABELS, matches.json()
+            log = board_log.read_text()
+            # No Edge TPU here: LiteRT's CPU kernels ran plus3, and the log says so.
+            assert "libedgetpu.so.1 is not available" in log and "plus3-tflite on CPU" in log, log[-3000:]
+            assert "Traceback" not in log, log[-6000:]
     print(f"\n{join}: the board joined and answered in {time.monotonic() - started:.0f} s")
 
 
