@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mlcloud.errors import CorruptInputTensor, InvalidModel
-from mlcloud.inference.engines import create_engine
+from mlcloud.inference.engines import create_engine, litert
 from mlcloud.inference.engines.litert import edgetpu_operators
 from mlcloud.modelbuild import tflite_models
 
@@ -58,6 +58,8 @@ class FakeInterpreter:
 
 def _install(monkeypatch: pytest.MonkeyPatch, *, delegate_ok: bool) -> list[str]:
     loaded: list[str] = []
+    if delegate_ok:  # as if libedgetpu.so.1 were installed (it is not, here)
+        monkeypatch.setattr(litert, "_open_edgetpu_library", lambda: None)
 
     def load_delegate(library: str) -> object:
         if not delegate_ok:

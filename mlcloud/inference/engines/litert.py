@@ -19,6 +19,7 @@ buffers), so each session has its own lock; sessions of other models still run i
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections.abc import Sequence
@@ -73,6 +74,12 @@ def edgetpu_operators(model: bytes) -> tuple[int, int]:
             on_tpu += index in edgetpu
             total += 1
     return on_tpu, total
+
+
+def _open_edgetpu_library() -> None:
+    """dlopen libedgetpu.so.1 before LiteRT does: when it is missing, ai-edge-litert 2.1's
+    load_delegate fails half-way and the half-made Delegate's __del__ prints a traceback."""
+    ctypes.CDLL(EDGETPU_LIBRARY)
 
 
 def _import_litert() -> tuple[Any, Any]:
@@ -133,6 +140,7 @@ class LiteRtEngine(Engine):
         delegate_name = None
         if metadata.execution_target is ExecutionTarget.TPU:
             try:
+                _open_edgetpu_library()
                 delegates.append(load_delegate(EDGETPU_LIBRARY))
                 delegate_name = EDGETPU_LIBRARY
             except Exception as exc:  # ValueError or OSError, depending on the release
