@@ -21,6 +21,7 @@ command -v debootstrap >/dev/null || missing+=(debootstrap)
 [ -x /usr/bin/qemu-aarch64-static ] || missing+=(qemu-user-static)
 if [ ${#missing[@]} -gt 0 ]; then
     say "installing ${missing[*]} (Debian's packages)"
+    apt-get update -q >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >&2
 fi
 
