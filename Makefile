@@ -5,7 +5,7 @@ MLCLOUD := $(VENV)/bin/mlcloud
 PYTEST_ARGS ?=
 export MLCLOUD_STATE_DIR ?= $(CURDIR)/.state
 
-.PHONY: run check test bench soak models images system-deps venv clean
+.PHONY: run check test test-aarch64 bench soak models images system-deps venv clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,6 +37,13 @@ check: venv
 
 test: check system-deps
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Issue 18: an emulated arm64 Debian 12 board (tests/aarch64: debootstrap and qemu-user-static,
+# the root cached in $(MLCLOUD_STATE_DIR)/aarch64) runs install.sh and serves through this lattice.
+# Needs root; opt-in, not part of `test` (docs/deploy.md has its time).
+test-aarch64: venv models
+	MLCLOUD_AARCH64_ROOT="$$(bash tests/aarch64/emulated-root.sh)" \
+		$(PY) -m pytest -p no:cacheprovider -s --durations=0 $(PYTEST_ARGS) tests/aarch64
 
 # Issue 19's targets table comes last. The framework peers are off by default; they need the package
 # index once (installed into .state/bench-peers): `make bench BENCH_ARGS="--peers mlserver,bentoml"`.

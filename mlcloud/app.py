@@ -132,6 +132,11 @@ def _parse_component(item: dict[str, Any], base_dir: Path, source: str) -> Compo
     )
 
 
+def _label(value: Any) -> str:
+    """A label value as hosts report it: YAML reads ``coral: true`` as a bool, hosts say "true"."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _parse_traits(name: str, traits: list[Any], source: str) -> tuple[int, dict[str, str], list[LinkSpec]]:
     """Replicas and label requirements (``spreadscaler``) and links (``linkdef``) of a component."""
     replicas, requirements, links = 1, {}, []
@@ -140,7 +145,7 @@ def _parse_traits(name: str, traits: list[Any], source: str) -> tuple[int, dict[
         if trait.get("type") == "spreadscaler":
             replicas = int(tprops.get("replicas", 1))
             for spread in tprops.get("spread") or []:
-                requirements.update({str(k): str(v) for k, v in (spread.get("requirements") or {}).items()})
+                requirements.update({str(k): _label(v) for k, v in (spread.get("requirements") or {}).items()})
         elif trait.get("type") == "linkdef":
             values = {str(k): str(v) for k, v in (tprops.get("values") or {}).items()}
             links.append(LinkSpec(str(tprops["target"]), values, str(tprops.get("link_name", DEFAULT_LINK_NAME))))

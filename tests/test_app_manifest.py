@@ -74,3 +74,12 @@ def test_a_link_to_a_provider_parses(tmp_path):
     linked = {**ACTOR, "traits": [{"type": "linkdef", "properties": {"target": "p", "values": {"k": 1}}}]}
     manifest = AppManifest.load(write(tmp_path, app(linked, PROVIDER)), {})
     assert manifest.components[0].links[0].values == {"k": "1"}
+
+
+def test_an_unquoted_yaml_boolean_requirement_matches_the_hosts_label(tmp_path):
+    """`coral: true` (a YAML bool) places on hosts labelled coral=true, as install.sh labels boards."""
+    spread = {"type": "spreadscaler", "properties": {"spread": [{"requirements": {"arch": "aarch64", "coral": True}}]}}
+    (provider,) = AppManifest.load(write(tmp_path, app({**PROVIDER, "traits": [spread]})), {}).components
+    assert provider.requirements == {"arch": "aarch64", "coral": "true"}
+    assert provider.placeable_on(HostInventory(host_id="N1", labels={"arch": "aarch64", "coral": "true"}))
+    assert not provider.placeable_on(HostInventory(host_id="N2", labels={"arch": "aarch64", "coral": "false"}))

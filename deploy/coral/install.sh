@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Bring up an mlcloud host on an aarch64 board (Coral Dev Board, Raspberry Pi 4/5, any arm64
-# Debian with Python 3.11+). Run it as root from a copy of the mlcloud checkout on the board:
+# Debian). Run it as root from a copy of the mlcloud checkout on the board:
 #
 #   sudo deploy/coral/install.sh --dev 192.168.1.10 --trust AB… --nats-auth rpi5-nats-auth
 #                                                   # host on the dev machine's NATS, with the folder
 #                                                   # `mlcloud nats-creds rpi5` wrote there
 #   sudo deploy/coral/install.sh --dev 192.168.1.10 --nats standalone   # the board is its own lattice
+#   sudo mlcloud/deploy/coral/install.sh --bundle . --dev 192.168.1.10 …  # offline, from the bundle
+#                                                   # deploy/coral/bundle.sh made (mlcloud/ is in it)
 #
+# A system Python older than pyproject.toml's requires-python (Mendel's 3.7) is no stop: python.sh
+# installs a standalone CPython into PREFIX/python (with uv when online, from the bundle when not).
 # It creates the venv PREFIX/venv with the aarch64 dependency set (requirements-aarch64*.txt:
 # onnxruntime and ai-edge-litert, no tract), installs mlcloud into it, writes /etc/mlcloud/
 # (host.env, and nats.conf unless --nats direct), the board's NATS secrets (--nats-auth, into
@@ -31,6 +35,7 @@ CORAL=auto
 SYSTEMD=1
 PYTHON="${PYTHON:-python3}"
 WHEELS=""
+BUNDLE=""
 
 usage() {
     cat <<EOF
@@ -56,10 +61,14 @@ usage: deploy/coral/install.sh --dev ADDRESS [options]
   --prefix DIR      where the venv goes (default ${PREFIX})
   --wheels DIR      install from wheels in DIR only (a board without a package index: fill DIR
                     on another machine with \`pip download\`, see docs/deploy.md)
+  --bundle DIR      install offline from the bundle deploy/coral/bundle.sh made: its wheels
+                    (mlcloud's own included) and, when the system Python is too old, its
+                    standalone CPython
   --no-systemd      install the venv and /etc/mlcloud only; start nothing
   -h, --help        this text
 
-environment: PYTHON (default python3, at least pyproject.toml's requires-python: 3.11)
+environment: PYTHON (default python3; when older than pyproject.toml's requires-python, 3.11, a
+             standalone CPython is installed in PREFIX/python: deploy/coral/python.sh)
 EOF
 }
 
@@ -76,6 +85,7 @@ while [ $# -gt 0 ]; do
         --coral) CORAL="${2:?--coral needs auto, true or false}"; shift 2 ;;
         --prefix) PREFIX="${2:?--prefix needs a directory}"; shift 2 ;;
         --wheels) WHEELS="${2:?--wheels needs a directory}"; shift 2 ;;
+        --bundle) BUNDLE="${2:?--bundle needs the directory deploy/coral/bundle.sh made}"; shift 2 ;;
         --no-systemd) SYSTEMD=0; shift ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
@@ -84,6 +94,11 @@ done
 [ -n "${DEV}" ] || { usage >&2; die "--dev is required"; }
 if [ -n "${TRUST}" ] && ! [[ "${TRUST}" =~ ^A[A-Z2-7]{55}$ ]]; then
     die "--trust must be an account public key (A…, 56 characters), as \`mlcloud trust list\` prints it"
+fi
+if [ -n "${BUNDLE}" ]; then
+    [ -d "${BUNDLE}/wheels" ] || die "--bundle ${BUNDLE} has no wheels/: make it with deploy/coral/bundle.sh"
+    BUNDLE="$(cd "${BUNDLE}" && pwd)"
+    WHEELS="${BUNDLE}/wheels"
 fi
 case "${CORAL}" in auto | true | false) ;; *) die "--coral must be auto, true or false" ;; esac
 case "${NATS_MODE}" in
@@ -107,13 +122,9 @@ arch="$(uname -m)"
 if [ "${arch}" != aarch64 ]; then
     say "warning: this machine is ${arch}, not aarch64; the host will still say arch=aarch64"
 fi
-# The minimum is pyproject.toml's requires-python (one place); 3.11.0 and later work, Debian 12's 3.11.2 included.
-min_python="$(sed -n 's/^requires-python = ">=\([0-9.]*\)"$/\1/p' "${PROJECT}/pyproject.toml")"
-[ -n "${min_python}" ] || die "cannot read requires-python from ${PROJECT}/pyproject.toml"
-"${PYTHON}" -c "import sys; sys.exit(sys.version_info < tuple(int(p) for p in '${min_python}'.split('.')))" \
-    || die "${PYTHON} is older than ${min_python} (mlcloud and ai-edge-litert need it); set PYTHON="
-"${PYTHON}" -c 'import venv, ensurepip' 2>/dev/null \
-    || die "${PYTHON} cannot make venvs: apt-get install python3-venv"
+# The system's Python when new enough, else a standalone CPython in PREFIX/python.
+PYTHON="$(PYTHON="${PYTHON}" "${HERE}/python.sh" "${PREFIX}" "${BUNDLE}")"
+say "Python ${PYTHON} ($("${PYTHON}" -c 'import platform; print(platform.python_version())'))"
 
 edgetpu_present() {
     ldconfig -p 2>/dev/null | grep -q 'libedgetpu\.so\.1' && return 0
@@ -134,7 +145,8 @@ pip=("${PREFIX}/venv/bin/python" -m pip install --upgrade --progress-bar off)
 if [ -n "${WHEELS}" ]; then pip+=(--no-index --find-links "${WHEELS}"); fi
 "${pip[@]}" pip
 "${pip[@]}" -r "${HERE}/requirements-aarch64.txt" -r "${HERE}/requirements-aarch64-sdist.txt"
-"${pip[@]}" --no-deps "${PROJECT}"
+# mlcloud itself: the bundle's wheel (no build backend offline), else built from this checkout.
+if [ -n "${BUNDLE}" ]; then "${pip[@]}" --no-deps mlcloud; else "${pip[@]}" --no-deps "${PROJECT}"; fi
 "${PREFIX}/venv/bin/mlcloud" --version
 
 # 2. the mlcloud user, with access to the Edge TPU devices.

@@ -26,6 +26,7 @@ FILE_IDENTIFIER = b"TFL3"
 # schema.fbs enums
 TENSOR_FLOAT32 = 0
 BUILTIN_ADD = 0
+BUILTIN_CUSTOM = 32  # a custom op, named by OperatorCode.custom_code
 BUILTIN_OPTIONS_ADD = 11  # union BuiltinOptions: AddOptions
 ACTIVATION_NONE = 0
 
@@ -50,7 +51,8 @@ class TfliteGraph:
     """One subgraph with its buffers, enough for small hand-made models."""
 
     description: str
-    builtin_codes: list[int] = field(default_factory=list)
+    # (builtin code, custom code name or "") per operator code
+    codes: list[tuple[int, str]] = field(default_factory=list)
     tensors: list[TensorDef] = field(default_factory=list)
     operators: list[OperatorDef] = field(default_factory=list)
     inputs: list[int] = field(default_factory=list)
@@ -63,10 +65,12 @@ class TfliteGraph:
         self.tensors.append(TensorDef(name, shape, len(self.buffers) - 1))
         return len(self.tensors) - 1
 
-    def op(self, builtin: int, inputs: list[int], outputs: list[int]) -> None:
-        if builtin not in self.builtin_codes:
-            self.builtin_codes.append(builtin)
-        self.operators.append(OperatorDef(self.builtin_codes.index(builtin), inputs, outputs))
+    def op(self, builtin: int, inputs: list[int], outputs: list[int], custom: str = "") -> None:
+        """An operator; ``custom`` names a custom op (``builtin`` is then BUILTIN_CUSTOM)."""
+        code = (builtin, custom)
+        if code not in self.codes:
+            self.codes.append(code)
+        self.operators.append(OperatorDef(self.codes.index(code), inputs, outputs))
 
     def serialize(self) -> bytes:
         b = flatbuffers.Builder(1024)
@@ -111,15 +115,18 @@ class TfliteGraph:
         operators = []
         for op in self.operators:
             ins, outs = int_vector(op.inputs), int_vector(op.outputs)
-            b.StartObject(2)  # AddOptions
-            b.PrependInt8Slot(0, ACTIVATION_NONE, 0)
-            options = b.EndObject()
+            add = self.codes[op.opcode][0] == BUILTIN_ADD
+            if add:
+                b.StartObject(2)  # AddOptions
+                b.PrependInt8Slot(0, ACTIVATION_NONE, 0)
+                options = b.EndObject()
             b.StartObject(14)  # Operator
             b.PrependUint32Slot(0, op.opcode, 0)
             b.PrependUOffsetTRelativeSlot(1, ins, 0)
             b.PrependUOffsetTRelativeSlot(2, outs, 0)
-            b.PrependUint8Slot(3, BUILTIN_OPTIONS_ADD, 0)
-            b.PrependUOffsetTRelativeSlot(4, options, 0)
+            if add:
+                b.PrependUint8Slot(3, BUILTIN_OPTIONS_ADD, 0)
+                b.PrependUOffsetTRelativeSlot(4, options, 0)
             operators.append(b.EndObject())
 
         tensors_vec, operators_vec = table_vector(tensors), table_vector(operators)
@@ -134,9 +141,12 @@ class TfliteGraph:
         subgraph = b.EndObject()
 
         codes = []
-        for code in self.builtin_codes:
+        for code, custom in self.codes:
+            custom_off = b.CreateString(custom) if custom else None
             b.StartObject(4)  # OperatorCode
             b.PrependInt8Slot(0, min(code, 127), 0)  # deprecated_builtin_code, for old readers
+            if custom_off is not None:
+                b.PrependUOffsetTRelativeSlot(1, custom_off, 0)  # custom_code
             b.PrependInt32Slot(2, 1, 1)  # version
             b.PrependInt32Slot(3, code, 0)  # builtin_code
             codes.append(b.EndObject())

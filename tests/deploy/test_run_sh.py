@@ -118,6 +118,7 @@ def test_clean_refuses_the_project_directory(env: dict[str, str]) -> None:
 @pytest.mark.skipif(shutil.which("shellcheck") is None,
                     reason="shellcheck is not installed (apt-get install shellcheck)")
 def test_scripts_are_shellcheck_clean() -> None:
-    scripts = ["deploy/run.sh", "deploy/env", "deploy/coral/install.sh", "deploy/coral/dev.env"]
+    scripts = ["deploy/run.sh", "deploy/env", "deploy/coral/install.sh", "deploy/coral/dev.env",
+               "deploy/coral/python.sh", "deploy/coral/bundle.sh", "tests/aarch64/emulated-root.sh"]
     result = subprocess.run(["shellcheck", "-x", *scripts], cwd=PROJECT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
