@@ -19,13 +19,6 @@ DEADLINE = 2.0
 
 
 @pytest.fixture
-async def nc(nats_server, host_creds):
-    client = await connect(nats_server.url, name="gatherer", credentials=host_creds)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
 async def answerers(nats_server, host_creds):
     """Connections that answer scrapes as a host or an instance: ``await answer(report)``."""
     clients = []
