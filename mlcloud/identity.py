@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,10 @@ class KeyPair:
         return self.signing_key.sign(data).signature
 
 
+@functools.lru_cache(maxsize=256)
 def verify_key(public_key: str) -> nacl.signing.VerifyKey:
-    """The ed25519 key inside an nkey public key (what Bindle keyrings hold, base64)."""
+    """The ed25519 key inside an nkey public key (what Bindle keyrings hold, base64); remembered,
+    since every stage of every chain checks a grant with its originator's key."""
     try:
         return nacl.signing.VerifyKey(_decode(public_key)[1:])
     except ValueError as exc:  # PyNaCl's wrong-length error is a ValueError too

@@ -77,7 +77,8 @@ def render(result: BenchResult) -> str:
                                        _fmt(r["p50"], 2), _fmt(r["p50_delta_ms"], 1), _fmt(r["cpu_per_request"], 2)])
         out += ["", _table(ratio_rows, ["ratio", "against (best set-up)", "c", "req/s", "p50", "p50 Δ ms",
                                         "cpu/req"])]
-    split = [r for r in result.runs if r.system == "mlcloud" and r.variant == "onnxruntime" and r.processes]
+    # mlcloud's and each other checkout's (--against) processes, side by side.
+    split = [r for r in result.runs if r.system.startswith("mlcloud") and r.variant == "onnxruntime" and r.processes]
     if split:
         names = sorted({name for r in split for name in r.processes})
 
@@ -86,7 +87,8 @@ def render(result: BenchResult) -> str:
             return "-" if part is None else f"{part['cpu_ms_per_request']:.2f} / {part['wakeups_per_request']:.1f}"
 
         rows = [[name, "", *(share(r, name) for r in split)] for name in names]
-        levels = [f"c={r.concurrency}: cpu ms / wake-ups a req" for r in split]
+        levels = [f"{r.system.removeprefix('mlcloud')} c={r.concurrency}: cpu ms / wake-ups a req".lstrip()
+                  for r in split]
         out += ["", _table(rows, ["mlcloud process", "", *levels])]
     targets = result.targets()
     if targets:

@@ -106,7 +106,7 @@ class RpcClient:
         self.timeout = timeout
         self.signer = signer
         self.retries = retries
-        self._in_flight: dict[str, set[asyncio.Future[str]]] = {}  # target → calls to fail if it dies
+        self._in_flight: dict[str, set[_Watch]] = {}  # target → calls to fail if it dies
         self._died_at: dict[str, float] = {}  # target → when an instance serving it last died (loop time)
 
     async def follow_deaths(self, lattice: str) -> None:
@@ -126,8 +126,7 @@ class RpcClient:
         for target in died.targets:
             self._died_at[target] = now
             for call in self._in_flight.get(target, ()):
-                if not call.done():
-                    call.set_result(died.instance_id)
+                call.fail(died.instance_id, now)
 
     async def call(
         self,
@@ -192,26 +191,44 @@ class RpcClient:
                                    trace=traceparent)
         subject = subjects.call(target, self.caller)
         targets = {target, *(t for t, _ in (forward.stages() if forward else ()))}
-        died: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        for t in targets:
-            self._in_flight.setdefault(t, set()).add(died)
-        answer = asyncio.ensure_future(request(self.nc, subject, op, data, timeout=deadline,
-                                               invocation_id=invocation_id, forward=forward, chunks=self.chunks))
+        # The request runs in this task, inside a scope a death notice expires (no task of its
+        # own to wait on: a call costs no more event-loop turns than nats-py's request).
+        watch = _Watch(asyncio.timeout(None))
         try:
-            await asyncio.wait((answer, died), return_when=asyncio.FIRST_COMPLETED)
-            answered = answer.done()
+            async with watch.scope:
+                for t in targets:  # only an entered scope can be expired
+                    self._in_flight.setdefault(t, set()).add(watch)
+                reply = await request(self.nc, subject, op, data, timeout=deadline, invocation_id=invocation_id,
+                                      forward=forward, chunks=self.chunks)
+        except TimeoutError:
+            if watch.died is None or not watch.scope.expired():
+                raise
+            raise InstanceDied(f"{wire.describe_chain(op, forward)} on {subject}: instance "
+                               f"{watch.died[:8]} serving it died", subject=subject,
+                               invocation_id=invocation_id) from None
         finally:
             for t in targets:
-                calls = self._in_flight[t]
-                calls.discard(died)
-                if not calls:
-                    del self._in_flight[t]
-            if not answer.done():
-                answer.cancel()
-        if not answered:
-            raise InstanceDied(f"{wire.describe_chain(op, forward)} on {subject}: instance "
-                               f"{died.result()[:8]} serving it died", subject=subject, invocation_id=invocation_id)
-        return wire.decode_reply(answer.result(), result_type)
+                calls = self._in_flight.get(t)
+                if calls is not None:
+                    calls.discard(watch)
+                    if not calls:
+                        del self._in_flight[t]
+        return wire.decode_reply(reply, result_type)
+
+
+class _Watch:
+    """A call in flight that a death notice for its target ends at once (:meth:`RpcClient.follow_deaths`)."""
+
+    __slots__ = ("died", "scope")
+
+    def __init__(self, scope: asyncio.Timeout) -> None:
+        self.scope = scope
+        self.died: str | None = None  # the instance whose death ended it
+
+    def fail(self, instance_id: str, now: float) -> None:
+        if self.died is None:
+            self.died = instance_id
+            self.scope.reschedule(now)
 
 
 async def request(
