@@ -276,9 +276,12 @@ class ComponentRuntime:
             outcome = err.kind
             raise
         finally:
-            # The stage's line of the request (its id comes from mlcloud.tracing's log filter).
-            self.log.log(logging.DEBUG if from_host else logging.INFO, "%s %s %.1f ms (caller %s)",
-                         invocation.op, outcome, (time.perf_counter() - started) * 1000, invocation.caller[:8])
+            # The stage's line of the request (its id comes from mlcloud.tracing's log filter): a
+            # failure at INFO, a success at DEBUG, since each line costs a write in every process
+            # a request passes (the httpserver's access line already says it was answered).
+            level = logging.INFO if outcome != "ok" and not from_host else logging.DEBUG
+            self.log.log(level, "%s %s %.1f ms (caller %s)", invocation.op, outcome,
+                         (time.perf_counter() - started) * 1000, invocation.caller[:8])
 
     async def _health(self) -> HealthReport:
         if isinstance(self.component, Provider):

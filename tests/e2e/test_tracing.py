@@ -3,7 +3,7 @@ response and in the log line of every stage the request passed, read from the in
 files (``log_dir``, which the stack sets to ``state_dir/logs``).
 
 One stack per module, without OpenTelemetry (the default path; tests/e2e/test_tracing_otel.py
-runs one that exports spans).
+runs one that exports spans), logging at DEBUG: a stage logs a call that succeeded only there.
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
-from mlcloud.testing.stack import PROJECT_DIR
+from mlcloud.testing.stack import PROJECT_DIR, running_stack
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
@@ -23,6 +24,12 @@ CAT = (PROJECT_DIR / "images" / "cat.jpg").read_bytes()
 # The stages of PUT /{model}/matches, each an instance writing its own log file.
 STAGES = ("httpserver", "api", "preprocess", "mlinference", "postprocess")
 TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def stack(tmp_path_factory):
+    async with running_stack(tmp_path_factory.mktemp("stack"), log_level="DEBUG") as running:
+        yield running
 
 
 def log_lines(stack, stage: str) -> list[str]:
