@@ -96,6 +96,7 @@ def render(result: BenchResult) -> str:
         target_rows = [[t["target"], "" if t["concurrency"] is None else str(t["concurrency"]), _fmt(t["value"], 2),
                         t["goal"], verdict[t["met"]], t["against"]] for t in targets]
         out += ["", _table(target_rows, ["target", "c", "value", "goal", "", "against"])]
+        out += [f"  why not {t['target']}: {t['why']}" for t in targets if t.get("why")]
     if result.memory:
         parts = ", ".join(f"{name} {mb:.0f}" for name, mb in result.memory.get("processes_mb", {}).items())
         out += ["", f"mlcloud memory: peak {result.memory['peak_rss_mb']:.0f} MB RSS over the tree "

@@ -25,6 +25,12 @@ TARGET_P50_OVER_NAIVE_MS = 3.0  # at concurrency 1
 TARGET_P99_OVER_P50 = 1.5  # at concurrency 1: the tail
 TARGET_TREE_RSS_MB = 600.0  # the default app, nats-server and registry included
 
+# The lattice's processes that do none of the pipeline's work (decode, resize, normalise, the
+# model, top-5): they only carry its messages. Their CPU is what the design adds at the least.
+CARRIERS = ("nats-server", "httpserver", "api")
+# Those a one-process server has no counterpart of (it has an HTTP server too).
+HOPS = ("nats-server", "api")
+
 
 @dataclass
 class Run:
@@ -121,9 +127,11 @@ class BenchResult:
         found: list[dict[str, Any]] = []
 
         def judge(name: str, c: int | None, value: float | None, goal: str, met: bool | None,
-                  against: str = "") -> None:
-            found.append({"target": name, "concurrency": c, "value": value, "goal": goal,
-                          "met": None if value is None else met, "against": against})
+                  against: str = "", why: str = "") -> None:
+            """``why``: for a target missed, what in this run's own figures keeps the design from it."""
+            met = None if value is None else met
+            found.append({"target": name, "concurrency": c, "value": value, "goal": goal, "met": met,
+                          "against": against, "why": why if met is False else ""})
 
         levels = sorted({r.concurrency for r in self.runs if r.system == "mlcloud" and r.variant == ORT})
         if not levels:
@@ -134,25 +142,31 @@ class BenchResult:
         if top > 1:
             value = _ratio(ml.throughput, limit.throughput) if limit else None
             judge("req/s / best limit's", top, value, f">= {TARGET_THROUGHPUT_VS_LIMIT:g}",
-                  value is not None and value >= TARGET_THROUGHPUT_VS_LIMIT, limit.variant if limit else "")
+                  value is not None and value >= TARGET_THROUGHPUT_VS_LIMIT, limit.variant if limit else "",
+                  _cpu_cap(ml, limit, limit) if limit else "")
             value = _ratio(ml.throughput, naive.throughput) if naive else None
             judge("req/s / best naive's", top, value, f">= {TARGET_THROUGHPUT_VS_NAIVE:g}",
-                  value is not None and value >= TARGET_THROUGHPUT_VS_NAIVE, naive.variant if naive else "")
+                  value is not None and value >= TARGET_THROUGHPUT_VS_NAIVE, naive.variant if naive else "",
+                  _cpu_cap(ml, naive, limit) if naive and limit else "")
         low = self.find("mlcloud", ORT, 1)
         if low is not None:
+            on_path = _on_the_path(low)
             peers = [p for p in (self.best(name, 1) for name in self.peers()) if p is not None]
             peer = max(peers, key=lambda r: r.throughput, default=None)
             value = _ratio(low.throughput, peer.throughput) if peer else None
             judge("req/s / best peer's", 1, value, f">= {TARGET_THROUGHPUT_VS_PEERS:g}",
                   value is not None and value >= TARGET_THROUGHPUT_VS_PEERS,
-                  peer.system if peer else "not measured: run with --peers mlserver,bentoml")
+                  peer.system if peer else "not measured: run with --peers mlserver,bentoml",
+                  f"{peer.system} answers at p50 {peer.p50_ms:.1f} ms; {on_path}" if peer and on_path else "")
             naive_low = self.best("naive", 1)
             value = round_figure(low.p50_ms - naive_low.p50_ms) if naive_low else None
             judge("p50 - best naive's p50 (ms)", 1, value, f"<= {TARGET_P50_OVER_NAIVE_MS:g}",
-                  value is not None and value <= TARGET_P50_OVER_NAIVE_MS, naive_low.variant if naive_low else "")
+                  value is not None and value <= TARGET_P50_OVER_NAIVE_MS, naive_low.variant if naive_low else "",
+                  on_path)
             value = _ratio(low.p99_ms, low.p50_ms)
+            limit_low = self.best("limit", 1)
             judge("p99 / p50", 1, value, f"<= {TARGET_P99_OVER_P50:g}",
-                  value is not None and value <= TARGET_P99_OVER_P50)
+                  value is not None and value <= TARGET_P99_OVER_P50, "", _tail(low, limit_low))
         peak: float | None = self.memory.get("peak_rss_mb") or None
         judge("tree RSS at peak (MB)", None, peak, f"< {TARGET_TREE_RSS_MB:g}",
               peak is not None and peak < TARGET_TREE_RSS_MB, "nats-server and registry included")
@@ -168,6 +182,40 @@ class BenchResult:
             "memory": self.memory,
             "notes": self.notes,
         }
+
+
+def _carried_ms(run: Run, names: tuple[str, ...] = CARRIERS) -> float | None:
+    """CPU ms a request of the processes ``names`` (None when the run has no breakdown by process)."""
+    parts = [run.processes.get(name, {}).get("cpu_ms_per_request") for name in names]
+    return sum(p for p in parts if p is not None) if all(p is not None for p in parts) else None
+
+
+def _cpu_cap(ml: Run, other: Run, limit: Run) -> str:
+    """Why mlcloud cannot reach ``other`` when the cores are the bottleneck: whatever else it
+    spends, its pipeline costs at least the limit's CPU and its carriers come on top."""
+    carried = _carried_ms(ml)
+    if carried is None:
+        return ""
+    cap = other.cpu_ms_per_request / (limit.cpu_ms_per_request + carried)
+    return (f"the cores are the limit ({ml.cpu_cores:.2f} of them busy): {', '.join(CARRIERS)} alone spend "
+            f"{carried:.1f} CPU ms a request beside the pipeline's {limit.cpu_ms_per_request:.1f}, "
+            f"so at most {cap:.2f}x with a process per component")
+
+
+def _on_the_path(low: Run) -> str:
+    hops = _carried_ms(low, HOPS)
+    if hops is None:
+        return ""
+    return (f"mlcloud's is {low.p50_ms:.1f} ms: {' and '.join(HOPS)}, which a one-process server does "
+            f"without, spend {hops:.1f} CPU ms a request at c=1, most of it on the request's path")
+
+
+def _tail(low: Run, limit: Run | None) -> str:
+    if limit is not None and limit.p50_ms and limit.p99_ms / limit.p50_ms > TARGET_P99_OVER_P50:
+        return (f"the limit's own fastest set-up ({limit.variant}) has {limit.p99_ms / limit.p50_ms:.2f}: "
+                "its spinning threads and the other processes share 2 cores")
+    wakeups = sum(part.get("wakeups_per_request", 0.0) for part in low.processes.values())
+    return f"a request wakes the lattice's processes {wakeups:.0f} times on 2 cores" if wakeups else ""
 
 
 def round_figure(x: float) -> float:

@@ -103,3 +103,36 @@ def test_a_target_the_run_could_not_measure_is_neither_met_nor_missed():
     assert judged["req/s / best peer's"]["met"] is None and judged["p50 - best naive's p50 (ms)"]["met"] is None
     assert judged["tree RSS at peak (MB)"]["met"] is None
     assert judged["p99 / p50"]["met"] is False  # 2.0
+
+
+def test_a_missed_target_says_what_in_the_run_keeps_the_design_from_it():
+    """The figures of the quiet run in docs/performance.md: the carriers (nats-server, httpserver,
+    api) alone cap c=16 at the limit's CPU over the limit's plus theirs."""
+    def lattice(c: int, throughput: float, p50: float, p99: float, cpu: float, carried: tuple[float, ...]) -> Run:
+        run = _run("mlcloud", c, throughput, p50, p99=p99)
+        run.cpu_ms_per_request, run.cpu_cores = cpu, 1.88
+        run.processes = {name: {"cpu_ms_per_request": ms, "wakeups_per_request": 2.0}
+                         for name, ms in zip(("nats-server", "httpserver", "api"), carried, strict=True)}
+        run.processes["mlinference"] = {"cpu_ms_per_request": 14.0, "wakeups_per_request": 4.0}
+        return run
+
+    limit16 = _run("limit", 16, 129.1, 108.8, "onnxruntime/one-thread")
+    limit16.cpu_ms_per_request = 16.4
+    naive16 = _run("naive", 16, 132.5, 120.4, "onnxruntime/one-thread")
+    naive16.cpu_ms_per_request = 15.6
+    runs = [_run("limit", 1, 99.4, 9.8, "onnxruntime/default", p99=17.9), _run("naive", 1, 87.0, 11.2),
+            _run("bentoml", 1, 77.3, 12.9), limit16, naive16,
+            lattice(1, 51.9, 18.7, 31.7, 28.7, (2.77, 1.67, 1.60)),
+            lattice(16, 87.0, 182.3, 268.4, 24.5, (2.10, 1.37, 1.27))]
+    result = BenchResult({}, {}, runs, {"peak_rss_mb": 586.0, "rss_mb_now": 586.0})
+    judged = {t["target"]: t for t in result.targets()}
+    assert all(not judged[name]["met"] for name in judged if name != "tree RSS at peak (MB)")
+    assert "4.7 CPU ms a request beside the pipeline's 16.4" in judged["req/s / best limit's"]["why"]
+    assert "at most 0.78x" in judged["req/s / best limit's"]["why"]  # 16.4 / (16.4 + 4.74)
+    assert "at most 0.74x" in judged["req/s / best naive's"]["why"]  # 15.6 / 21.14
+    assert "nats-server and api, which a one-process server does without, spend 4.4 CPU ms a request at c=1" \
+        in judged["p50 - best naive's p50 (ms)"]["why"]
+    assert judged["req/s / best peer's"]["why"].startswith("bentoml answers at p50 12.9 ms")
+    assert "(onnxruntime/default) has 1.83" in judged["p99 / p50"]["why"]
+    assert judged["tree RSS at peak (MB)"]["why"] == ""  # met: nothing to explain
+    assert "why not req/s / best limit's: the cores are the limit" in render(result)
